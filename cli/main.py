@@ -1,0 +1,71 @@
+"""Entry point of the ``deltaw`` command.
+
+Each command lives in its own module of this package and only parses options, calls one library
+function and prints. Errors a user can fix arrive as :class:`deltaw.DeltawError` and leave as one
+line on stderr with exit status 1 (usage errors: 2); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from deltaw.errors import DeltawError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class DeltawGroup(click.Group):
+    """A click group that turns deltaw's errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DeltawError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"deltaw: error: {err}", err=True)
+            ctx.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("deltaw: interrupted; no output was written", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=DeltawGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="deltaw")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """deltaw: what did your fine-tune learn?
+
+    Spectra, intrinsic rank, subspace similarity, amplification and intruder dimensions of the
+    weight update ΔW of LoRA adapters and full fine-tunes (Hu et al. 2021, Section 7).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _register() -> None:
+    # Commands register themselves here; each module holds one command.
+    from importlib import import_module
+
+    for name in ("info", "analyze", "compare", "report", "train", "reproduce"):
+        try:
+            module = import_module(f"deltaw.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"deltaw.cli.{name}":
+                continue  # command not built yet
+            raise
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="deltaw")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
