@@ -1,0 +1,185 @@
+"""The learned update ΔW of one module, in the three forms checkpoints give it.
+
+- :class:`LowRankDelta`: ΔW = s · B @ A (LoRA: PEFT, loralib, kohya), kept factored.
+- :class:`DoraDelta`: ΔW = m / ‖W + sBA‖_row · (W + sBA) − W (DoRA, Liu et al. 2024); dense.
+- :class:`DenseDelta`: ΔW = W_ft − W_base (full fine-tuning); dense.
+
+A Delta holds *readers*, not tensors: its factors or matrices are read from the (memory-mapped)
+checkpoint when asked for, so a mapping of thousands of Deltas costs no memory. ``shape`` is the
+shape of ΔW in the layout of the base tensor; ``matrix_shape`` the 2-D shape analysed (a conv
+kernel (out, in, kh, kw) is analysed as (out, in·kh·kw)). All math is done in ``dtype``
+(float32 by default); bf16/fp16 storage is upcast on read.
+
+References: Hu et al. 2021, "LoRA", eq. 3 (h = W₀x + BAx, scaled by α/r);
+Liu et al. 2024, "DoRA", eq. 5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+Reader = Callable[[], torch.Tensor]
+
+
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (shape[0], math.prod(shape[1:])) if len(shape) > 1 else (shape[0], 1)
+
+
+@dataclass(eq=False)
+class Delta:
+    """Common interface of every ΔW kind.
+
+    Attributes
+    ----------
+    name : str
+        Module name: the base model's parameter name without ``.weight`` (see the README).
+    shape : tuple of int
+        Shape of ΔW in the layout of the base tensor.
+    read_base : callable or None
+        Reads the base weight W (base layout, as stored) when a base was given.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    read_base: Reader | None = field(default=None, repr=False)
+
+    kind: str = field(default="", init=False)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """The 2-D shape (rows, cols) in which ΔW is analysed."""
+        return _matrix_shape(self.shape)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """ΔW as a dense tensor of shape ``shape`` (so ``W + d.to_dense()`` is the merged weight)."""
+        raise NotImplementedError
+
+    def base(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The base weight W as a 2-D ``matrix_shape`` tensor, or None without a base."""
+        if self.read_base is None:
+            return None
+        return self.read_base().to(dtype).reshape(self.matrix_shape)
+
+    def matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """ΔW as a dense 2-D ``matrix_shape`` tensor."""
+        return self.to_dense(dtype).reshape(self.matrix_shape)
+
+
+@dataclass(eq=False)
+class LowRankDelta(Delta):
+    """ΔW = s · B @ A, never formed unless :meth:`to_dense` is called.
+
+    Attributes
+    ----------
+    read_A : callable
+        Reads A as stored: (r, in) (conv: (r, in, kh, kw); PEFT embedding: (r, num_embeddings)).
+    read_B : callable
+        Reads B as stored: (out, r) (conv: (out, r, 1, 1); PEFT embedding: (dim, r)).
+    rank : int
+        r, the inner dimension of B @ A.
+    scale : float
+        s: α/r, α/√r with rsLoRA, kohya's alpha/r, or the user's scale for loralib.
+    transposed : bool
+        True when the base stores the weight as (in, out): GPT-2's ``Conv1D``
+        (``fan_in_fan_out``) and PEFT's embedding LoRA. Then ΔW = (s · B @ A)ᵀ.
+    read_bias : callable or None
+        Reads lora_B's bias (``lora_bias=True``); the bias update is ``scale * bias``.
+    """
+
+    read_A: Reader | None = field(default=None, repr=False)
+    read_B: Reader | None = field(default=None, repr=False)
+    rank: int = 0
+    scale: float = 1.0
+    transposed: bool = False
+    read_bias: Reader | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.kind = "lora"
+
+    @property
+    def A(self) -> torch.Tensor:
+        """lora_A as a 2-D (r, in) matrix (conv kernels flattened), float32."""
+        return self.read_A().float().flatten(1)
+
+    @property
+    def B(self) -> torch.Tensor:
+        """lora_B as a 2-D (out, r) matrix, float32."""
+        return self.read_B().float().flatten(1)
+
+    def factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R) with ΔW (as the 2-D ``matrix_shape``) = scale · L @ R.
+
+        L: (rows, r), R: (r, cols). For a transposed layout L = Aᵀ and R = Bᵀ, so callers
+        never need to know the layout.
+        """
+        A = self.read_A().to(dtype).flatten(1)  # (r, in)
+        B = self.read_B().to(dtype).flatten(1)  # (out, r)
+        return (A.T, B.T) if self.transposed else (B, A)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        L, R = self.factors(dtype)
+        return (self.scale * (L @ R)).reshape(self.shape)
+
+    def bias_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The bias update s · b of ``lora_bias=True`` adapters, else None."""
+        return None if self.read_bias is None else self.scale * self.read_bias().to(dtype)
+
+
+@dataclass(eq=False)
+class DenseDelta(Delta):
+    """ΔW = W_ft − W_base, read one tensor pair at a time."""
+
+    read_tuned: Reader | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.kind = "dense"
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.read_tuned().to(dtype) - self.read_base().to(dtype)
+
+
+@dataclass(eq=False)
+class DoraDelta(Delta):
+    """DoRA: W' = m / ‖W + sBA‖_row · (W + sBA), so ΔW = W' − W is dense.
+
+    The norm is taken per output feature over the input dimension, as PEFT does
+    (``torch.linalg.norm(W + sBA, dim=1)`` with W in (out, in) layout).
+
+    Attributes
+    ----------
+    lowrank : LowRankDelta
+        The directional LoRA part sBA.
+    read_magnitude : callable
+        Reads the magnitude vector m: (out,).
+    """
+
+    lowrank: LowRankDelta | None = field(default=None, repr=False)
+    read_magnitude: Reader | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.kind = "dora"
+
+    @property
+    def rank(self) -> int:
+        return self.lowrank.rank
+
+    @property
+    def scale(self) -> float:
+        return self.lowrank.scale
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        W = self.read_base().to(dtype)
+        merged = W + self.lowrank.to_dense(dtype)
+        # The norm runs over the input dimension of the (out, in) layout.
+        rows = merged.T if self.lowrank.transposed else merged
+        m = self.read_magnitude().to(dtype).reshape(-1)
+        factor = m / torch.linalg.norm(rows.flatten(1), dim=1)
+        rows = factor.reshape(-1, *([1] * (rows.dim() - 1))) * rows
+        return (rows.T if self.lowrank.transposed else rows) - W
+
+
+DeltaKind = Literal["lora", "dora", "dense"]

@@ -1,0 +1,1 @@
+"""Checkpoint formats: each module turns files into named tensors lazily, nothing more."""

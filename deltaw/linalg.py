@@ -1,0 +1,293 @@
+"""The SVD core: exact for LoRA without forming ΔW, randomized top-k or full for dense ΔW.
+
+- Low rank, ΔW = s·L@R with L: (m, r), R: (r, n): thin QR L = Q_L R_L and Rᵀ = Q_R R_R, the
+  r×r core C = s·R_L R_Rᵀ = U_c Σ V_cᵀ, then U = Q_L U_c and V = Q_R V_c. Exact, O((m+n)r² + r³).
+- Dense, top-k: the randomized range finder with power iterations (Halko, Martinsson & Tropp
+  2011, Alg. 4.4 + 5.1). ‖ΔW‖²_F is summed exactly, so captured energy and tail are exact.
+- Dense, full: LAPACK / cuSOLVER ``gesdd`` with fallbacks (float64, ``gesvd``, CPU) on failure.
+
+Work is grouped by shape and run as batched tensor operations on the chosen device, in chunks
+that bound memory. Float32 matmuls run at "highest" precision: TF32 would corrupt small σ.
+
+References
+----------
+Hu et al. 2021, "LoRA", Section 7. Halko, Martinsson & Tropp 2011, "Finding structure with
+randomness", SIAM Review 53(2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from deltaw.delta import Delta, DoraDelta, LowRankDelta
+from deltaw.errors import DeltawError
+
+log = logging.getLogger("deltaw")
+
+# Elements per batched chunk: bounds the memory of one batch (64 Mi float32 = 256 MiB).
+CHUNK_ELEMENTS = 64 * 2**20
+
+
+@dataclass
+class SVD:
+    """Singular value decomposition of one ΔW, unpackable as ``U, S, Vh = svd(d)``.
+
+    Attributes
+    ----------
+    U : Tensor, (rows, k)
+        Left singular vectors, columns ordered by descending σ.
+    S : Tensor, (k,)
+        Singular values, descending.
+    Vh : Tensor, (k, cols)
+        Right singular vectors as rows.
+    energy : float
+        ‖ΔW‖²_F, exact (float64 sum) whatever k is.
+    method : str
+        ``"factored"`` (exact, LoRA), ``"full"`` (exact, dense) or ``"randomized"``
+        (top-k, approximate; values converge to the exact ones with the power iterations).
+    """
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+    energy: float
+    method: str
+
+    def __iter__(self):
+        return iter((self.U, self.S, self.Vh))
+
+    @property
+    def energy_captured(self) -> float:
+        """Fraction of ‖ΔW‖²_F held by the computed singular values (1.0 for an exact full SVD)."""
+        if self.energy <= 0:
+            return 1.0
+        return min(1.0, float((self.S.double() ** 2).sum()) / self.energy)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → the first CUDA device when present, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise DeltawError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeltawError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return resolved
+
+
+@contextlib.contextmanager
+def highest_precision():
+    """Full float32 matmuls for the duration (no TF32 / bf16 shortcuts)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD of ``M`` (..., m, n), retried on convergence failure.
+
+    The retries, in order: ``gesvd`` (CUDA), float64, float64 on the CPU. Each is logged.
+    Results are returned in ``M``'s dtype and device.
+    """
+    attempts = []
+    if M.is_cuda:
+        attempts.append(("gesvd driver", lambda: torch.linalg.svd(M, full_matrices=False, driver="gesvd")))
+    attempts.append(("float64", lambda: torch.linalg.svd(M.double(), full_matrices=False)))
+    if M.is_cuda:
+        attempts.append(("float64 on the CPU", lambda: torch.linalg.svd(M.double().cpu(), full_matrices=False)))
+    try:
+        return torch.linalg.svd(M, full_matrices=False)
+    except (torch.linalg.LinAlgError, RuntimeError) as first:
+        error = first
+    for what, attempt in attempts:
+        log.warning("SVD did not converge (%s); retrying with %s", str(error).splitlines()[0], what)
+        try:
+            U, S, Vh = attempt()
+            return U.to(M), S.to(M.real.dtype).to(M.device), Vh.to(M)
+        except (torch.linalg.LinAlgError, RuntimeError) as err:
+            error = err
+    raise DeltawError(f"the SVD did not converge even in float64 on the CPU ({error})")
+
+
+def factored_svd(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """Exact thin SVD of ``scale · L @ R`` without forming the product.
+
+    Parameters
+    ----------
+    L : Tensor, (..., m, r)
+    R : Tensor, (..., r, n)
+    scale : float
+
+    Returns
+    -------
+    U : (..., m, q), S : (..., q), Vh : (..., q, n) with q = min(m, n, r) … the rank bound of
+        the core; trailing σ may be 0 when B or A is rank deficient.
+    """
+    Q_left, R_left = torch.linalg.qr(L)  # (.., m, a), (.., a, r)
+    Q_right, R_right = torch.linalg.qr(R.mT)  # (.., n, b), (.., b, r)
+    core = scale * (R_left @ R_right.mT)  # (.., a, b)
+    U_core, S, Vh_core = robust_svd(core)
+    return Q_left @ U_core, S, Vh_core @ Q_right.mT
+
+
+def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 4,
+                   generator: torch.Generator | None = None):
+    """Top-``k`` SVD of ``M`` (..., m, n) by the randomized range finder with power iterations.
+
+    Parameters
+    ----------
+    M : Tensor, (..., m, n)
+    k : int
+        Number of singular triplets returned.
+    oversample : int
+        Extra sketch columns p; the sketch has k + p columns (Halko et al. use p = 5–10).
+    n_iter : int
+        Power iterations q, each re-orthonormalised (Alg. 4.4), sharpening the decay σ^(2q+1).
+    generator : torch.Generator, optional
+        Seeds the Gaussian test matrix, so results are reproducible.
+
+    Returns
+    -------
+    U : (..., m, k), S : (..., k), Vh : (..., k, n)
+    """
+    m, n = M.shape[-2:]
+    width = min(k + oversample, m, n)
+    omega = torch.randn((*M.shape[:-2], n, width), generator=generator, dtype=M.dtype, device="cpu").to(M.device)
+    Q = torch.linalg.qr(M @ omega).Q  # (.., m, l)
+    for _ in range(n_iter):
+        Q = torch.linalg.qr(M.mT @ Q).Q  # (.., n, l)
+        Q = torch.linalg.qr(M @ Q).Q  # (.., m, l)
+    U_small, S, Vh = robust_svd(Q.mT @ M)  # (.., l, n)
+    return (Q @ U_small)[..., :k], S[..., :k], Vh[..., :k, :]
+
+
+def _energy(M: torch.Tensor) -> torch.Tensor:
+    """‖M‖²_F per matrix of a batch, accumulated in float64."""
+    return M.double().pow(2).sum(dim=(-2, -1))
+
+
+def check_memory(delta: Delta, k: int | None, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative."""
+    if isinstance(delta, LowRankDelta):
+        return
+    m, n = delta.matrix_shape
+    itemsize = torch.finfo(dtype).bits // 8
+    # ΔW, its two inputs as read, and the SVD's workspace and vectors.
+    factor = 4 if k else 6
+    need = factor * m * n * itemsize
+    have = available_memory(device)
+    if have is not None and need > have:
+        hint = "--top-k with a smaller K" if k else "--top-k K (a randomized top-k SVD)"
+        raise DeltawError(
+            f"{delta.name}: a dense {m}×{n} {'top-k' if k else 'full'} SVD needs about "
+            f"{need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is available; use {hint}"
+        )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (host RAM for the CPU), or None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def svd(delta: Delta, k: int | None = None, *, device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> SVD:
+    """SVD of one ΔW (conv kernels reshaped to 2-D); see :func:`svd_many`."""
+    return next(svd_many([delta], k, device=device, dtype=dtype, n_iter=n_iter, seed=seed))[1]
+
+
+def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | torch.device = "auto",
+             dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> Iterator[tuple[Delta, SVD]]:
+    """SVDs of many ΔW, batched by shape, streamed in input order.
+
+    Parameters
+    ----------
+    deltas : iterable of Delta
+        Read lazily: at most one chunk of same-shape matrices is in memory at once.
+    k : int, optional
+        Keep the top ``k`` triplets. For LoRA the factored SVD is exact either way; for dense ΔW
+        ``k`` switches to the randomized range finder (unless k + 10 ≥ min(m, n), where the full
+        SVD is cheaper), otherwise the full spectrum is computed.
+    device : "auto", "cpu", "cuda[:N]" or torch.device
+    dtype : torch.float32 or torch.float64
+        Precision of the math; bf16/fp16 checkpoints are upcast.
+    n_iter : int
+        Power iterations of the randomized SVD.
+    seed : int
+        Seeds the randomized SVD's test matrices.
+
+    Yields
+    ------
+    (Delta, SVD)
+        In the order of ``deltas``; SVD tensors live on the CPU.
+    """
+    device = resolve_device(device)
+    generator = torch.Generator().manual_seed(seed)
+    with highest_precision(), torch.no_grad():
+        group: list[Delta] = []
+        for delta in deltas:
+            if group and (_group_key(delta) != _group_key(group[0]) or _chunk_full(group)):
+                yield from _run_group(group, k, device, dtype, n_iter, generator)
+                group = []
+            group.append(delta)
+        if group:
+            yield from _run_group(group, k, device, dtype, n_iter, generator)
+
+
+def _group_key(delta: Delta):
+    rank = delta.rank if isinstance(delta, LowRankDelta) else None
+    return type(delta), delta.matrix_shape, rank
+
+
+def _chunk_full(group: list[Delta]) -> bool:
+    m, n = group[0].matrix_shape
+    per = (m + n) * group[0].rank if isinstance(group[0], LowRankDelta) else m * n
+    return (len(group) + 1) * per > CHUNK_ELEMENTS
+
+
+def _run_group(group, k, device, dtype, n_iter, generator):
+    first = group[0]
+    if isinstance(first, LowRankDelta):
+        L, R = zip(*(d.factors(dtype) for d in group))
+        scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
+        U, S, Vh = factored_svd(torch.stack(L).to(device), torch.stack(R).to(device))
+        S = S * scales.reshape(-1, 1).abs()
+        # A negative scale flips the sign of one side; keep σ ≥ 0.
+        U = U * torch.sign(scales)
+        energy = (S.double() ** 2).sum(-1)
+        method = "factored"
+    else:
+        for d in group:
+            check_memory(d, k, dtype, device)
+        M = torch.stack([d.matrix(dtype) for d in group]).to(device)  # (g, m, n)
+        energy = _energy(M)
+        m, n = first.matrix_shape
+        if k is not None and k + 10 < min(m, n):
+            U, S, Vh = randomized_svd(M, k, n_iter=n_iter, generator=generator)
+            method = "randomized"
+        else:
+            U, S, Vh = robust_svd(M)
+            method = "full"
+        del M
+    if k is not None:
+        U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
+    for i, d in enumerate(group):
+        yield d, SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method)

@@ -1,0 +1,82 @@
+"""``load_deltas``: detect a checkpoint's format and read its ΔWs lazily."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from deltaw.deltas import Deltas
+from deltaw.errors import DeltawError
+from deltaw.formats import full, kohya, loralib, peft
+from deltaw.formats.tensors import TensorStore
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """``"peft"``, ``"kohya"``, ``"loralib"`` or ``"full"`` for a checkpoint path, without math."""
+    path = Path(path)
+    if not path.exists():
+        raise DeltawError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return "peft" if (path / peft.CONFIG_NAME).exists() else "full"
+    if path.name == peft.CONFIG_NAME:
+        return "peft"
+    keys = TensorStore.open(path).keys()
+    if kohya.is_kohya(keys):
+        return "kohya"
+    if any(".lora_A." in k or ".lora_B." in k for k in keys):
+        raise DeltawError(
+            f"{path}: PEFT adapter weights without their adapter_config.json; "
+            "give the adapter folder (the config holds lora_alpha and r)"
+        )
+    if loralib.is_loralib(keys):
+        return "loralib"
+    return "full"
+
+
+def load_deltas(
+    checkpoint: str | os.PathLike,
+    base: str | os.PathLike | None = None,
+    *,
+    scale: float | None = None,
+) -> Deltas:
+    """Read the weight updates ΔW of a checkpoint, one lazy :class:`~deltaw.delta.Delta` per module.
+
+    Parameters
+    ----------
+    checkpoint : path
+        A PEFT adapter folder, a kohya LoRA ``.safetensors``, a loralib state dict, or a full
+        fine-tune (Hugging Face model folder, single or sharded, or one ``.safetensors``/``.pt``).
+    base : path, optional
+        The pretrained model the checkpoint was trained from (same forms as a full fine-tune).
+        Optional for LoRA (spectra, ranks and subspaces don't need it); required for DoRA
+        and full fine-tunes, and for amplification and intruder dimensions.
+    scale : float, optional
+        The LoRA scale α/r for loralib state dicts, which do not store it.
+
+    Returns
+    -------
+    Deltas
+        Ordered mapping ``name → Delta`` plus ``skipped`` (with reasons), ``notes`` and ``format``.
+        Tensors are read from disk only when a Delta's factors or matrices are asked for.
+
+    Examples
+    --------
+    >>> deltas = deltaw.load_deltas("adapter/", base="base-model/")   # doctest: +SKIP
+    >>> d = deltas["model.layers.0.self_attn.q_proj"]                  # doctest: +SKIP
+    >>> U, S, Vh = deltaw.svd(d)                                       # doctest: +SKIP
+    """
+    path = Path(checkpoint)
+    fmt = detect_format(path)
+    base_store = TensorStore.open(base) if base is not None else None
+    if fmt == "peft":
+        return peft.load_peft(path.parent if path.is_file() else path, base_store)
+    store = TensorStore.open(path)
+    if fmt == "kohya":
+        return kohya.load_kohya(path, store, base_store)
+    if fmt == "loralib":
+        return loralib.load_loralib(path, store, base_store, scale)
+    if base_store is None:
+        raise DeltawError(
+            f"{path}: a full model checkpoint; its ΔW = W_ft − W_base needs the base model (--base)"
+        )
+    return full.load_full(store, base_store)

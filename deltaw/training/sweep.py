@@ -1,0 +1,460 @@
+"""Train a sweep of LoRA adapters (one per rank and seed) and optionally a full fine-tune.
+
+Every run starts from the same pretrained base and sees the same data and split, so the weight
+updates ΔW differ only by rank, seed or method — what the analyses of Hu et al. 2021 ("LoRA:
+Low-Rank Adaptation of Large Language Models", https://arxiv.org/abs/2106.09685, Section 7)
+compare. LoRA follows the paper: h = W₀x + (α/r)·BAx on the chosen attention projections, B = 0 at
+the start, and α fixed to the first rank tried so the learning rate need not be retuned per rank.
+
+Output layout under ``config.out``::
+
+    manifest.json          schema "deltaw.runs/1": base, data, one entry per finished run
+    lora-r8-s0/            a PEFT adapter folder (adapter_config.json, adapter_model.safetensors)
+    full-s0/               a Hugging Face model folder (config.json, model.safetensors, tokenizer)
+
+Each run folder also holds ``deltaw_run.json``, its manifest entry. A folder is written under a
+temporary name and renamed when complete, so an interrupted sweep leaves no half folder; a rerun
+skips every run whose folder is complete and whose settings match.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from deltaw.errors import DeltawError
+from deltaw.training.data import LabelledText, load_data, split_train_eval
+from deltaw.training.model import load_classifier, load_tokenizer, resolve_model_dir
+
+SCHEMA = "deltaw.runs/1"
+MANIFEST = "manifest.json"
+RUN_FILE = "deltaw_run.json"
+
+_LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", RUN_FILE)
+_FULL_FILES = ("config.json", "model.safetensors", RUN_FILE)
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a sweep. Defaults: a full-length run; :meth:`quick` for demos."""
+
+    out: Path  # folder for the run folders and manifest.json
+    model: str | None = None  # base model folder; None or "minilm": the embedded all-MiniLM-L6-v2
+    data: str | None = None  # "tweets" (the embedded default task) or a JSONL file of text/label
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 64)  # LoRA ranks r, in the order tried
+    targets: tuple[str, ...] = ("query", "value")  # module names LoRA adapts (PEFT target_modules)
+    alpha: float | None = None  # lora_alpha; None: the first rank (the paper's convention)
+    seeds: tuple[int, ...] = (0,)  # seeds of the LoRA runs (head init, A init, data order)
+    seed_ranks: tuple[int, ...] | None = None  # ranks run with every seed, others only seeds[0]; None: all
+    full_ft: bool = False  # also fine-tune every weight, with seeds[0]
+    steps: int = 1000  # optimizer steps per run
+    batch_size: int = 32  # examples per step
+    max_length: int = 128  # tokens per example after truncation (batches pad to their longest)
+    lr: float = 5e-4  # peak learning rate of the LoRA runs (A, B and the classifier head)
+    full_lr: float = 5e-5  # peak learning rate of the full fine-tune
+    warmup: float = 0.06  # share of steps with a linear warm-up; then linear decay to 0
+    eval_fraction: float = 0.1  # share of the data held out (split by text hash, never trained on)
+    max_eval: int | None = 2000  # cap on the held-out examples scored after training
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
+    threads: int | None = None  # CPU threads for torch; None: every core
+    log_every: int | None = None  # steps between progress lines; None: about 10 lines a run
+
+    @classmethod
+    def quick(cls, out: str | Path, **overrides: Any) -> "TrainConfig":
+        """A small real configuration: ~30-50 s a LoRA run of MiniLM on a 2-core CPU."""
+        preset = dict(steps=150, batch_size=16, max_length=64, lr=1e-3, full_lr=1e-4, max_eval=512)
+        preset.update(overrides)
+        return cls(out=Path(out), **preset)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.ranks, self.seeds = tuple(self.ranks), tuple(self.seeds)
+        self.targets = tuple(self.targets)
+        if not self.ranks and not self.full_ft:
+            raise DeltawError("nothing to train: give at least one rank or --full-ft")
+        if any(r < 1 for r in self.ranks) or len(set(self.ranks)) != len(self.ranks):
+            raise DeltawError(f"ranks must be distinct positive integers, got {self.ranks}")
+        if not self.seeds:
+            raise DeltawError("give at least one seed")
+        if self.steps < 1 or self.batch_size < 1 or self.max_length < 2:
+            raise DeltawError("steps, batch size and max length must be positive")
+        if self.ranks and not self.targets:
+            raise DeltawError("LoRA needs at least one target module name")
+
+    @property
+    def lora_alpha(self) -> float:
+        """α of every LoRA run: ``alpha`` if given, else the first rank."""
+        return float(self.alpha if self.alpha is not None else (self.ranks or (1,))[0])
+
+
+@dataclass
+class RunSpec:
+    """One planned run: ``kind`` "lora" (with ``rank``) or "full"."""
+
+    name: str
+    kind: str
+    seed: int
+    rank: int | None = None
+
+
+def plan_runs(config: TrainConfig) -> list[RunSpec]:
+    """The runs of a sweep in training order: by rank, then seed; the full fine-tune last."""
+    runs = []
+    for rank in config.ranks:
+        all_seeds = config.seed_ranks is None or rank in config.seed_ranks
+        for seed in config.seeds if all_seeds else config.seeds[:1]:
+            runs.append(RunSpec(f"lora-r{rank}-s{seed}", "lora", seed, rank))
+    if config.full_ft:
+        runs.append(RunSpec(f"full-s{config.seeds[0]}", "full", config.seeds[0]))
+    return runs
+
+
+@dataclass
+class SweepInputs:
+    """What every run of a sweep shares: base folder, tokenizer, data split, device."""
+
+    base_dir: Path
+    tokenizer: Any
+    train: LabelledText
+    eval: LabelledText
+    device: torch.device
+    base: dict = field(default_factory=dict)  # manifest "base" section
+    data: dict = field(default_factory=dict)  # manifest "data" section
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: the first CUDA device when present, else the CPU; ``"cuda[:N]"`` must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeltawError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeltawError(f"device {device!r} asked for, but torch sees no CUDA device")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeltawError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
+    elif resolved.type != "cpu":
+        raise DeltawError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def prepare(config: TrainConfig) -> SweepInputs:
+    """Load the base's tokenizer and the data, split it, pick the device."""
+    base_dir = resolve_model_dir(config.model)
+    data = load_data(config.data)
+    train, evaluation = split_train_eval(
+        data, eval_fraction=config.eval_fraction, max_eval=config.max_eval
+    )
+    model_config = json.loads((base_dir / "config.json").read_text())
+    base = {
+        "path": str(base_dir),
+        "model_type": model_config.get("model_type"),
+        "hidden_size": model_config.get("hidden_size"),
+        "num_hidden_layers": model_config.get("num_hidden_layers"),
+    }
+    data_section = dict(data.description)
+    data_section.update(
+        label_names=data.label_names,
+        n_train=len(train),
+        n_eval=len(evaluation),
+        split=f"held out: first {config.eval_fraction:g} by SHA-256('split:' + text), "
+        f"at most {config.max_eval} scored",
+    )
+    return SweepInputs(
+        base_dir, load_tokenizer(base_dir), train, evaluation, resolve_device(config.device),
+        base, data_section,
+    )
+
+
+def _settings(config: TrainConfig, kind: str) -> dict:
+    # What must match for a finished run to be reused by a later sweep into the same folder.
+    settings = dict(
+        steps=config.steps, batch_size=config.batch_size, max_length=config.max_length,
+        lr=config.lr if kind == "lora" else config.full_lr, warmup=config.warmup,
+        weight_decay=0.0, grad_clip=1.0, eval_fraction=config.eval_fraction,
+        max_eval=config.max_eval,
+    )
+    if kind == "lora":
+        settings.update(alpha=config.lora_alpha, targets=list(config.targets), lora_dropout=0.0)
+    return settings
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator):
+    # Epochs of seeded permutations: the data order depends on the seed alone.
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _encode(tokenizer, data: LabelledText, indices: list[int], max_length: int, device):
+    batch = tokenizer(
+        [data.texts[i] for i in indices], padding=True, truncation=True,
+        max_length=max_length, return_tensors="pt",
+    )
+    batch = {k: v.to(device) for k, v in batch.items()}
+    batch["labels"] = torch.tensor([data.labels[i] for i in indices], device=device)
+    return batch
+
+
+def _fit(model, inputs: SweepInputs, config: TrainConfig, *, lr: float, seed: int, name: str,
+         log: Log) -> float:
+    """Train ``model`` in place; return the mean loss over the last tenth of the steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    # No weight decay: decoupled decay adds -lr·λ·W to every step of a full fine-tune, a
+    # component of ΔW along W itself that would bias the amplification analysis.
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, round(config.warmup * config.steps))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (config.steps - step) / max(1, config.steps - warm))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    batches = _batches(len(inputs.train), config.batch_size, torch.Generator().manual_seed(seed))
+    every = config.log_every or max(1, config.steps // 10)
+    tail = max(1, config.steps // 10)
+    losses: list[float] = []
+    model.train()
+    start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        batch = _encode(inputs.tokenizer, inputs.train, next(batches), config.max_length,
+                        inputs.device)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise DeltawError(f"{name}: loss became {losses[-1]} at step {step}; lower the learning rate")
+        if step % every == 0 or step == config.steps:
+            recent = losses[-every:]
+            log(f"[{name}] step {step}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
+                f"({time.perf_counter() - start:.0f} s)")
+    return sum(losses[-tail:]) / tail
+
+
+@torch.no_grad()
+def evaluate(model, inputs: SweepInputs, config: TrainConfig) -> float:
+    """Accuracy of ``model`` on the held-out examples."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(inputs.eval), 64):
+        indices = list(range(start, min(start + 64, len(inputs.eval))))
+        batch = _encode(inputs.tokenizer, inputs.eval, indices, config.max_length, inputs.device)
+        labels = batch.pop("labels")
+        correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
+    return correct / max(1, len(inputs.eval))
+
+
+def _write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
+    # Everything goes to a hidden sibling first; the rename is the commit point.
+    tmp = dest.parent / f".tmp-{dest.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_lora(config: TrainConfig, inputs: SweepInputs, *, rank: int, seed: int, dest: Path,
+               log: Log | None = None) -> dict:
+    """Train one LoRA adapter and write it to ``dest`` as a PEFT folder.
+
+    LoRA (rank ``rank``, α = ``config.lora_alpha``, scaling α/r) on every module named in
+    ``config.targets``; with PEFT's ``task_type="SEQ_CLS"`` the classifier head is trained in full
+    and saved whole (``modules_to_save``) — a replacement, not a low-rank delta.
+
+    Returns
+    -------
+    dict
+        The run's manifest entry (also written to ``dest / "deltaw_run.json"``).
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    log = log or _stderr
+    name, started = dest.name, time.perf_counter()
+    base = load_classifier(inputs.base_dir, len(inputs.train.label_names), seed=seed)
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=rank, lora_alpha=config.lora_alpha,
+                      target_modules=list(config.targets), lora_dropout=0.0)
+    try:
+        model = get_peft_model(base, lora)
+    except ValueError as err:
+        raise DeltawError(f"{name}: targets {list(config.targets)} do not fit the base model "
+                          f"({str(err).splitlines()[0]})") from None
+    model.to(inputs.device)
+    final_loss = _fit(model, inputs, config, lr=config.lr, seed=seed, name=name, log=log)
+    accuracy = evaluate(model, inputs, config)
+    entry = dict(
+        name=name, kind="lora", rank=rank, alpha=config.lora_alpha,
+        scaling=config.lora_alpha / rank, seed=seed, targets=list(config.targets),
+        modules_to_save=sorted(model.peft_config["default"].modules_to_save or []),
+        steps=config.steps, final_loss=final_loss, eval_accuracy=accuracy, path=name,
+        settings=_settings(config, "lora"),
+    )
+
+    def write(folder: Path) -> None:
+        model.to("cpu").save_pretrained(str(folder))
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        (folder / RUN_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+
+    _write_atomically(dest, write)
+    log(f"[{name}] done: loss {final_loss:.4f}, eval accuracy {accuracy:.3f}, {entry['seconds']:.0f} s")
+    return entry
+
+
+def train_full(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Path,
+               log: Log | None = None) -> dict:
+    """Fine-tune every weight of the base and write it to ``dest`` as a Hugging Face folder.
+
+    The folder holds ``config.json``, ``model.safetensors`` (keys of the classification model,
+    e.g. ``bert.encoder.layer.0.attention.self.query.weight``) and the tokenizer.
+
+    Returns
+    -------
+    dict
+        The run's manifest entry (also written to ``dest / "deltaw_run.json"``).
+    """
+    log = log or _stderr
+    name, started = dest.name, time.perf_counter()
+    model = load_classifier(inputs.base_dir, len(inputs.train.label_names), seed=seed)
+    model.to(inputs.device)
+    final_loss = _fit(model, inputs, config, lr=config.full_lr, seed=seed, name=name, log=log)
+    accuracy = evaluate(model, inputs, config)
+    entry = dict(
+        name=name, kind="full", rank=None, alpha=None, scaling=None, seed=seed, targets=None,
+        modules_to_save=None, steps=config.steps, final_loss=final_loss,
+        eval_accuracy=accuracy, path=name, settings=_settings(config, "full"),
+    )
+
+    def write(folder: Path) -> None:
+        model.to("cpu").save_pretrained(str(folder))  # safetensors: the default since 4.35
+        inputs.tokenizer.save_pretrained(str(folder))
+        if not (folder / "model.safetensors").is_file():
+            raise DeltawError(f"{name}: transformers wrote no model.safetensors (sharded?)")
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        (folder / RUN_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+
+    _write_atomically(dest, write)
+    log(f"[{name}] done: loss {final_loss:.4f}, eval accuracy {accuracy:.3f}, {entry['seconds']:.0f} s")
+    return entry
+
+
+def _finished(out: Path, spec: RunSpec, settings: dict) -> dict | None:
+    """The entry of a complete run folder for ``spec``, or None; raises if its settings differ."""
+    folder = out / spec.name
+    needed = _LORA_FILES if spec.kind == "lora" else _FULL_FILES
+    if not all((folder / f).is_file() for f in needed):
+        return None
+    try:
+        entry = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if entry.get("settings") != settings:
+        raise DeltawError(
+            f"{folder} was trained with other settings ({entry.get('settings')}); "
+            "use another --out or delete that folder"
+        )
+    return entry
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+def read_manifest(out: str | Path) -> dict | None:
+    """The manifest in ``out``, or None when there is none yet."""
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DeltawError(f"{path}: not valid JSON ({err.msg}); delete it to start over") from None
+    if manifest.get("schema") != SCHEMA:
+        raise DeltawError(f"{path}: schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
+    return manifest
+
+
+def run_sweep(config: TrainConfig, *, log: Log | None = None) -> dict:
+    """Train every run of :func:`plan_runs` not already finished in ``config.out``.
+
+    Returns
+    -------
+    dict
+        The manifest (schema ``deltaw.runs/1``), as written to ``config.out / "manifest.json"``:
+        ``base`` (path and shape of the pretrained model), ``data`` (source, derivation, label
+        names, split sizes) and ``runs``, one entry per finished run (name, kind, rank, alpha,
+        scaling, seed, targets, modules_to_save, steps, final_loss, eval_accuracy, path relative to
+        ``out``, seconds, settings), runs of earlier sweeps into the same folder included.
+    """
+    log = log or _stderr
+    inputs = prepare(config)
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    manifest = read_manifest(out) or {"schema": SCHEMA, "base": inputs.base, "data": inputs.data,
+                                      "runs": []}
+    for key, now in (("base", inputs.base["path"]), ("data", inputs.data["file_sha256"])):
+        before = manifest[key].get("path" if key == "base" else "file_sha256")
+        if before != now:
+            raise DeltawError(f"{out / MANIFEST} holds runs with another {key} ({before}); "
+                              "use another --out")
+    # Entries whose folder was deleted since are dropped; the rest are kept even when this sweep
+    # does not plan them, so sweeps into one folder accumulate.
+    runs = {e["name"]: e for e in manifest["runs"] if (out / e.get("path", e["name"])).is_dir()}
+    threads = torch.get_num_threads()
+    if inputs.device.type == "cpu":
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    try:
+        plan = plan_runs(config)
+        log(f"deltaw train: {len(plan)} runs on {inputs.device} into {out}; base {inputs.base_dir}; "
+            f"data {inputs.data['name']} ({len(inputs.train)} train / {len(inputs.eval)} eval)")
+        for spec in plan:
+            entry = _finished(out, spec, _settings(config, spec.kind))
+            if entry is not None:
+                log(f"[{spec.name}] already finished, skipped")
+            elif spec.kind == "lora":
+                entry = train_lora(config, inputs, rank=spec.rank, seed=spec.seed,
+                                   dest=out / spec.name, log=log)
+            else:
+                entry = train_full(config, inputs, seed=spec.seed, dest=out / spec.name, log=log)
+            runs[spec.name] = entry
+            manifest["runs"] = list(runs.values())
+            _write_manifest(out, manifest)
+    finally:
+        torch.set_num_threads(threads)
+    return manifest
+
+
+__all__ = [
+    "TrainConfig", "RunSpec", "SweepInputs", "plan_runs", "prepare", "resolve_device",
+    "train_lora", "train_full", "evaluate", "run_sweep", "read_manifest", "SCHEMA",
+]
