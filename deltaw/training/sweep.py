@@ -19,6 +19,7 @@ skips every run whose folder is complete and whose settings match.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -157,6 +158,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def prepare(config: TrainConfig) -> SweepInputs:
     """Load the base's tokenizer and the data, split it, pick the device."""
+    missing = [m for m in ("peft", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:  # fail before any data is read, not after the first run
+        raise DeltawError(f"training needs {' and '.join(missing)}: pip install 'deltaw[train]'")
     base_dir = resolve_model_dir(config.model)
     data = load_data(config.data)
     train, evaluation = split_train_eval(

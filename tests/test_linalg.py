@@ -1,0 +1,160 @@
+"""The SVD core against numpy float64 SVD of the formed ΔW."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deltaw
+from deltaw.delta import DenseDelta, LowRankDelta
+from deltaw.linalg import factored_svd, randomized_svd, robust_svd
+
+TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def lowrank(m, n, r, scale=0.5, transposed=False, seed=0, name="m"):
+    g = torch.Generator().manual_seed(seed)
+    A, B = torch.randn(r, n, generator=g), torch.randn(m, r, generator=g)
+    shape = (n, m) if transposed else (m, n)
+    return LowRankDelta(name=name, shape=shape, read_A=lambda: A, read_B=lambda: B, rank=r, scale=scale,
+                        transposed=transposed)
+
+
+def dense(matrix, name="d"):
+    zero = torch.zeros_like(matrix)
+    return DenseDelta(name=name, shape=tuple(matrix.shape), read_base=lambda: zero, read_tuned=lambda: matrix)
+
+
+def low_rank_plus_noise(m, n, rank, noise=1e-3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    decay = torch.logspace(0, -2, rank, dtype=torch.float64)
+    U = torch.linalg.qr(torch.randn(m, rank, generator=g, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64)).Q
+    return (U * decay) @ V.T + noise * torch.randn(m, n, generator=g, dtype=torch.float64)
+
+
+def assert_valid_svd(svd, reference: np.ndarray, tol):
+    U, S, Vh = svd
+    k = S.shape[0]
+    s_ref = np.linalg.svd(reference, compute_uv=False)
+    np.testing.assert_allclose(S.double().numpy(), s_ref[:k], rtol=tol, atol=tol * s_ref[0])
+    # Vectors are defined up to sign (and rotation within repeated σ): check the reconstruction.
+    approx = (U.double() * S.double()) @ Vh.double()
+    if k >= np.sum(s_ref > s_ref[0] * 1e-6):
+        np.testing.assert_allclose(approx.numpy(), reference, atol=tol * 10 * s_ref[0])
+    assert np.allclose(U.double().T @ U.double(), np.eye(k), atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m,n,r", [(64, 48, 4), (32, 96, 8), (16, 16, 32), (1, 40, 3)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_factored_svd_matches_numpy(m, n, r, dtype, transposed):
+    d = lowrank(m, n, r, transposed=transposed)
+    reference = d.to_dense(torch.float64).numpy()
+    result = deltaw.svd(d, dtype=dtype)
+    assert result.method == "factored"
+    assert result.U.shape[0] == d.shape[0] and result.Vh.shape[1] == d.shape[1]
+    assert result.S.shape[0] == min(m, n, r)
+    assert_valid_svd(result, reference, TOL[dtype])
+    assert result.energy == pytest.approx(float((reference**2).sum()), rel=TOL[dtype])
+
+
+def test_negative_scale_keeps_sigma_nonnegative():
+    d = lowrank(20, 30, 3, scale=-2.0)
+    result = deltaw.svd(d, dtype=torch.float64)
+    assert (result.S >= 0).all()
+    assert_valid_svd(result, d.to_dense(torch.float64).numpy(), 1e-10)
+
+
+def test_conv_lowrank_is_analysed_as_2d():
+    g = torch.Generator().manual_seed(1)
+    down, up = torch.randn(4, 6, 3, 3, generator=g), torch.randn(10, 4, 1, 1, generator=g)
+    d = LowRankDelta(name="conv", shape=(10, 6, 3, 3), read_A=lambda: down, read_B=lambda: up, rank=4, scale=0.25)
+    assert d.matrix_shape == (10, 54)
+    reference = (0.25 * up.flatten(1).double() @ down.flatten(1).double()).numpy()
+    assert_valid_svd(deltaw.svd(d, dtype=torch.float64), reference, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_full_spectrum(dtype):
+    matrix = low_rank_plus_noise(80, 60, 10)
+    result = deltaw.svd(dense(matrix), dtype=dtype)
+    assert result.method == "full" and result.energy_captured == pytest.approx(1.0)
+    assert_valid_svd(result, matrix.numpy(), TOL[dtype])
+
+
+def test_dense_randomized_top_k_is_close_and_energy_exact():
+    matrix = low_rank_plus_noise(300, 200, 12, noise=1e-4)
+    result = deltaw.svd(dense(matrix), k=12, dtype=torch.float64)
+    assert result.method == "randomized"
+    s_ref = np.linalg.svd(matrix.numpy(), compute_uv=False)
+    np.testing.assert_allclose(result.S.numpy(), s_ref[:12], rtol=1e-6)
+    assert result.energy == pytest.approx(float((s_ref**2).sum()), rel=1e-12)
+    assert result.energy_captured == pytest.approx(float((s_ref[:12] ** 2).sum() / (s_ref**2).sum()), rel=1e-6)
+
+
+def test_small_k_close_to_min_dim_uses_exact_svd():
+    result = deltaw.svd(dense(low_rank_plus_noise(30, 20, 5)), k=15)
+    assert result.method == "full" and result.S.shape == (15,)
+
+
+def test_svd_many_batches_and_keeps_order():
+    deltas = [lowrank(40, 30, 4, seed=i, name=f"a{i}") for i in range(5)]
+    deltas += [dense(low_rank_plus_noise(24, 24, 3, seed=i), name=f"d{i}") for i in range(3)]
+    deltas += [lowrank(40, 30, 2, seed=9, name="b")]
+    results = list(deltaw.svd_many(deltas, dtype=torch.float64))
+    assert [d.name for d, _ in results] == [d.name for d in deltas]
+    for d, result in results:
+        alone = deltaw.svd(d, dtype=torch.float64)
+        np.testing.assert_allclose(result.S.numpy(), alone.S.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_zero_update_has_zero_spectrum():
+    zero = torch.zeros(5, 7)
+    d = LowRankDelta(name="z", shape=(5, 7), read_A=lambda: zero[:2], read_B=lambda: zero[:, :2], rank=2)
+    result = deltaw.svd(d)
+    assert torch.all(result.S == 0) and result.energy == 0 and result.energy_captured == 1.0
+
+
+def test_factored_and_randomized_primitives_batch():
+    g = torch.Generator().manual_seed(0)
+    L, R = torch.randn(3, 20, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, 15, generator=g, dtype=torch.float64)
+    U, S, Vh = factored_svd(L, R, 2.0)
+    np.testing.assert_allclose((U * S.unsqueeze(-2)) @ Vh, 2.0 * L @ R, atol=1e-10)
+    M = 2.0 * L @ R
+    U, S, Vh = randomized_svd(M, 4, generator=g)
+    np.testing.assert_allclose((U * S.unsqueeze(-2)) @ Vh, M, atol=1e-8)
+
+
+def test_robust_svd_retries_on_failure(monkeypatch, caplog):
+    calls = []
+    real = torch.linalg.svd
+
+    def flaky(M, *args, **kwargs):
+        calls.append(M.dtype)
+        if M.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("did not converge")
+        return real(M, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    M = torch.randn(6, 4)
+    with caplog.at_level("WARNING", logger="deltaw"):
+        U, S, Vh = robust_svd(M)
+    assert calls == [torch.float32, torch.float64] and S.dtype == torch.float32
+    assert "retrying with float64" in caplog.text
+
+
+def test_resolve_device():
+    assert deltaw.resolve_device("cpu").type == "cpu"
+    assert deltaw.resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(deltaw.DeltawError, match="CUDA is not available"):
+            deltaw.resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    deltas = [lowrank(256, 128, 16, seed=i) for i in range(3)] + [dense(low_rank_plus_noise(128, 96, 8).float())]
+    for (d, cpu), (_, gpu) in zip(deltaw.svd_many(deltas, device="cpu"), deltaw.svd_many(deltas, device="cuda")):
+        np.testing.assert_allclose(gpu.S.numpy(), cpu.S.numpy(), rtol=1e-4, atol=1e-5 * float(cpu.S[0]))
