@@ -38,6 +38,7 @@ def load_deltas(
     base: str | os.PathLike | None = None,
     *,
     scale: float | None = None,
+    require_base: bool = True,
 ) -> Deltas:
     """Read the weight updates ΔW of a checkpoint, one lazy :class:`~deltaw.delta.Delta` per module.
 
@@ -52,6 +53,9 @@ def load_deltas(
         and full fine-tunes, and for amplification and intruder dimensions.
     scale : float, optional
         The LoRA scale α/r for loralib state dicts, which do not store it.
+    require_base : bool
+        With False, a DoRA adapter or full fine-tune without its base still loads (for
+        ``deltaw info``, which only describes); its ΔW cannot be formed then.
 
     Returns
     -------
@@ -69,12 +73,16 @@ def load_deltas(
     fmt = detect_format(path)
     base_store = TensorStore.open(base) if base is not None else None
     if fmt == "peft":
-        return peft.load_peft(path.parent if path.is_file() else path, base_store)
+        return peft.load_peft(path.parent if path.is_file() else path, base_store, require_base)
     store = TensorStore.open(path)
     if fmt == "kohya":
         return kohya.load_kohya(path, store, base_store)
     if fmt == "loralib":
         return loralib.load_loralib(path, store, base_store, scale)
+    if base_store is None and not require_base:
+        matrices = sum(len(store.shape(k)) >= 2 for k in store.keys())
+        return Deltas(str(path), None, "full", notes=["a full model: ΔW needs the base model (--base)"],
+                      details={"tensors": len(store.keys()), "weight_matrices": matrices})
     if base_store is None:
         raise DeltawError(
             f"{path}: a full model checkpoint; its ΔW = W_ft − W_base needs the base model (--base)"

@@ -131,6 +131,8 @@ class NotFinite:
     shape: tuple[int, ...]
     count: int | None  # NaN/Inf entries in the weights, when the producer counted them
     reason: str
+    layer: int | None = None
+    module_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -201,11 +203,20 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
     if kind not in ("lora", "dora", "dense"):
         raise _fail(where, f"'kind' must be 'lora', 'dora' or 'dense', got {kind!r}")
     shape = _shape(raw, where)
+    layer = raw.get("layer")
+    module_type = raw.get("module_type")
+    if layer is None and module_type is None:
+        layer, module_type = parse_name(name)
+    elif module_type is None:
+        module_type = parse_name(name)[1]
+    if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
+        raise _fail(where, f"'layer' must be an int or null, got {layer!r}")
+    module_type = str(module_type)
     nonfinite = raw.get("nonfinite") or 0
     if not isinstance(nonfinite, int) or isinstance(nonfinite, bool) or nonfinite < 0:
         raise _fail(where, f"'nonfinite' must be a count, got {nonfinite!r}")
     if nonfinite > 0:
-        return NotFinite(name, kind, shape, nonfinite, "NaN/Inf in weights")
+        return NotFinite(name, kind, shape, nonfinite, "NaN/Inf in weights", layer, module_type)
 
     if "singular_values" not in raw or "fro_norm" not in raw:
         missing = "singular_values" if "singular_values" not in raw else "fro_norm"
@@ -219,7 +230,8 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
     fro = raw["fro_norm"]
     metrics = [fro, raw.get("effective_rank"), raw.get("stable_rank")]
     if not np.all(np.isfinite(sv)) or not all(_finite(x) for x in metrics):
-        return NotFinite(name, kind, shape, None, "metrics not finite (NaN/Inf)")
+        return NotFinite(name, kind, shape, None, "metrics not finite (NaN/Inf)", layer,
+                         module_type)
     if len(sv) > 1 and np.any(np.diff(sv) > 1e-6 * max(sv[0], 1e-30)):
         raise _fail(where, "'singular_values' must be in descending order")
 
@@ -228,15 +240,6 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
         isinstance(v, int) and not isinstance(v, bool) for v in energy_rank.values()
     ):
         raise _fail(where, f"'energy_rank' must map '0.5'/'0.9'/'0.99' to ints, got {energy_rank!r}")
-
-    layer = raw.get("layer")
-    module_type = raw.get("module_type")
-    if layer is None and module_type is None:
-        layer, module_type = parse_name(name)
-    elif module_type is None:
-        module_type = parse_name(name)[1]
-    if layer is not None and (not isinstance(layer, int) or isinstance(layer, bool)):
-        raise _fail(where, f"'layer' must be an int or null, got {layer!r}")
 
     def opt_int(key):
         value = raw.get(key)
@@ -252,7 +255,7 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
         kind=kind,
         shape=tuple(shape[:2]) if len(shape) >= 2 else (shape[0], 1),
         layer=layer,
-        module_type=str(module_type),
+        module_type=module_type,
         lora_rank=opt_int("lora_rank"),
         scale=opt_float("scale"),
         fro_norm=float(fro),

@@ -89,7 +89,7 @@ def adapter_weights_file(folder: Path) -> Path:
     raise DeltawError(f"{folder}: no adapter_model.safetensors or adapter_model.bin next to {CONFIG_NAME}")
 
 
-def load_peft(folder: Path, base: TensorStore | None) -> Deltas:
+def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True) -> Deltas:
     """Read a PEFT LoRA/DoRA adapter folder into :class:`Deltas` (see the module docstring)."""
     config = read_config(folder)
     store = TensorStore([adapter_weights_file(folder)], folder)
@@ -117,7 +117,7 @@ def load_peft(folder: Path, base: TensorStore | None) -> Deltas:
     matcher = NameMatcher(base.keys()) if base is not None else None
     ranks: dict[str, int] = {}
     for module, keys in parts.items():
-        delta = _module_delta(module, keys, store, config, base, matcher, out)
+        delta = _module_delta(module, keys, store, config, base, matcher, out, require_base)
         if delta is not None:
             out.deltas[delta.name] = delta
             ranks[delta.name] = delta.rank
@@ -141,7 +141,7 @@ def load_peft(folder: Path, base: TensorStore | None) -> Deltas:
     return out
 
 
-def _module_delta(module, keys, store, config, base, matcher, out):
+def _module_delta(module, keys, store, config, base, matcher, out, require_base):
     embedding = "lora_embedding_A" in keys
     a_key = keys.get("lora_embedding_A" if embedding else "lora_A")
     b_key = keys.get("lora_embedding_B" if embedding else "lora_B")
@@ -186,7 +186,7 @@ def _module_delta(module, keys, store, config, base, matcher, out):
     magnitude_key = keys.get("lora_magnitude_vector")
     if magnitude_key is None:
         return lowrank
-    if base is None:
+    if base is None and require_base:
         raise DeltawError(
             f"{out.checkpoint}: a DoRA adapter (use_dora): its ΔW depends on the base weights; "
             "pass the base model (--base)"

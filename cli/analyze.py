@@ -1,0 +1,58 @@
+"""``deltaw analyze``: spectra, intrinsic rank, amplification and intruders of one checkpoint."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+import deltaw
+from deltaw.cli.options import (base_option, check_outputs, device_option, dtype_option, outputs_option,
+                                progress_bar, scale_option)
+from deltaw.cli.table import summary_table
+from deltaw.cli.writers import write_outputs
+
+
+@click.command("analyze")
+@click.argument("checkpoint", type=click.Path())
+@base_option
+@outputs_option
+@device_option
+@dtype_option
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="For dense ΔW: compute only the top K singular values (randomized SVD, labelled as such); "
+                   "energy fractions stay exact.")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="r for the amplification analysis (default: the LoRA rank; dense: the 90%-energy rank, ≤ 64).")
+@click.option("--modules", "modules", default=None, metavar="REGEX",
+              help="Analyse only modules whose name matches REGEX (re.search).")
+@scale_option
+def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_k, rank, modules, scale):
+    """Analyse the weight update ΔW of CHECKPOINT module by module.
+
+    CHECKPOINT is a PEFT adapter folder, a kohya LoRA .safetensors, a loralib state dict (with
+    --scale), or a full fine-tune (with --base). Prints a summary table; --json, --csv and --pdf
+    write the full results.
+
+    \b
+    Example:
+      deltaw analyze runs/lora-r8-s0 --base path/to/base --pdf report.pdf --json result.json
+      deltaw analyze finetuned/ --base base/ --top-k 64 --json - | jq '.modules[0]'
+    """
+    check_outputs(json_path, pdf_path, csv_path)
+    update, close = progress_bar("analysing")
+    try:
+        analysis = deltaw.analyze(checkpoint, base=base, device=device, dtype=getattr(torch, dtype),
+                                  top_k=top_k, rank=rank, modules=modules, scale=scale, progress=update)
+    finally:
+        close()
+    doc = analysis.to_json()
+    to_stderr = json_path == "-"
+    click.echo(f"{checkpoint}: {doc['format']}, {len(doc['modules'])} modules"
+               + (f", base {base}" if base else ""), err=to_stderr)
+    click.echo(summary_table(doc), err=to_stderr, nl=False)
+    for note in doc.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    write_outputs([doc], json_path, pdf_path, csv_path)
+    for label, path in (("JSON", json_path), ("CSV", csv_path), ("PDF report", pdf_path)):
+        if path and path != "-":
+            click.echo(f"{label}: {path}", err=True)

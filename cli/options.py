@@ -1,0 +1,62 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+import click
+
+base_option = click.option(
+    "--base", type=click.Path(), default=None,
+    help="The pretrained model the checkpoint was trained from (folder or file). "
+         "Required for full fine-tunes and DoRA; enables amplification and intruder dimensions.")
+
+scale_option = click.option(
+    "--scale", type=float, default=None,
+    help="LoRA scale α/r for loralib state dicts, which do not store it.")
+
+device_option = click.option(
+    "--device", default="auto", show_default=True,
+    help="Where the math runs: auto (CUDA when present), cpu, cuda or cuda:N.")
+
+dtype_option = click.option(
+    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+    help="Precision of the math (bf16/fp16 checkpoints are always upcast).")
+
+
+def outputs_option(command):
+    """``--json PATH|-``, ``--pdf PATH`` and ``--csv PATH``: the outputs every analysis can write."""
+    command = click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+                           help="Write one row per module as CSV.")(command)
+    command = click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False), default=None,
+                           help="Write the figure-rich PDF report.")(command)
+    command = click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                           help="Write the results as JSON; '-' prints them on stdout (the table then goes to stderr).")(command)
+    return command
+
+
+def check_outputs(*paths: str | None) -> None:
+    """Fail before any work when an output cannot be written (the file is written atomically later)."""
+    from deltaw.atomic import check_writable
+
+    for path in paths:
+        if path is not None and path != "-":
+            check_writable(path)
+
+
+def progress_bar(label: str):
+    """A progress callback ``(done, total, name)`` drawing a bar on stderr, and a close function."""
+    import sys
+
+    state: dict = {}
+
+    def update(done: int, total: int, name: str) -> None:
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label=label, file=sys.stderr,
+                                             show_pos=True, item_show_func=lambda n: n)
+            state["bar"].__enter__()
+        state["bar"].update(done - state["bar"].pos, name)
+
+    def close() -> None:
+        if "bar" in state:
+            state["bar"].__exit__(None, None, None)
+
+    return update, close

@@ -1,0 +1,59 @@
+"""Writing a command's results: JSON, CSV and PDF, each atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import click
+
+from deltaw.atomic import write_text_atomic
+
+CSV_FIELDS = ["name", "kind", "layer", "module_type", "rows", "cols", "lora_rank", "scale", "fro_norm",
+              "base_fro_norm", "energy_rank_0.5", "energy_rank_0.9", "energy_rank_0.99", "effective_rank",
+              "stable_rank", "numerical_rank", "energy_captured", "svd_method", "amplification_r",
+              "proj_delta", "proj_base_top", "proj_random", "amplification_factor", "intruders", "delta_m",
+              "delta_d", "nonfinite"]
+
+
+def csv_rows(doc: dict):
+    for r in doc["modules"]:
+        amp = r.get("amplification") or {}
+        md = r.get("magnitude_direction") or {}
+        energy = r.get("energy_rank") or {}
+        yield {
+            "name": r["name"], "kind": r["kind"], "layer": r.get("layer"), "module_type": r.get("module_type"),
+            "rows": r["shape"][0], "cols": r["shape"][1], "lora_rank": r.get("lora_rank"), "scale": r.get("scale"),
+            "fro_norm": r.get("fro_norm"), "base_fro_norm": r.get("base_fro_norm"),
+            "energy_rank_0.5": energy.get("0.5"), "energy_rank_0.9": energy.get("0.9"),
+            "energy_rank_0.99": energy.get("0.99"), "effective_rank": r.get("effective_rank"),
+            "stable_rank": r.get("stable_rank"), "numerical_rank": r.get("numerical_rank"),
+            "energy_captured": r.get("energy_captured"), "svd_method": r.get("svd_method"),
+            "amplification_r": amp.get("r"), "proj_delta": amp.get("proj_delta"),
+            "proj_base_top": amp.get("proj_base_top"), "proj_random": amp.get("proj_random"),
+            "amplification_factor": amp.get("factor"),
+            "intruders": (r.get("intruders") or {}).get("count"), "delta_m": md.get("delta_m"),
+            "delta_d": md.get("delta_d"), "nonfinite": r.get("nonfinite", 0),
+        }
+
+
+def write_outputs(docs: list[dict], json_path=None, pdf_path=None, csv_path=None) -> None:
+    """Write the requested outputs; the JSON of one document is that document, of several a list."""
+    if json_path is not None:
+        text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=1, allow_nan=False)
+        if json_path == "-":
+            click.echo(text)
+        else:
+            write_text_atomic(json_path, text + "\n")
+    if csv_path is not None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for doc in docs:
+            writer.writerows(csv_rows(doc))
+        write_text_atomic(csv_path, buffer.getvalue())
+    if pdf_path is not None:
+        from deltaw.reports import render
+
+        render(docs, pdf_path)

@@ -1,0 +1,130 @@
+"""The one heatmap helper (layer × module type grids and φ(i, j) maps) and its colour bar.
+
+Cells are vector rectangles (``pcolormesh``), row 0 at the top as in a matrix. A NaN value is a
+cell with no data (light grey); cells flagged ``not_finite`` are hatched grey and read "NaN" —
+a module whose weights held NaN/Inf is never given a colour as if it were a number. Tick labels
+are thinned to what fits; values are written into cells when the cells are big enough to read.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+
+from . import style
+from .layout import Region, line_height, text_width
+
+_STEPS = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 250, 256, 500, 1000)
+
+
+def _axes_inches(ax: Axes) -> tuple[float, float]:
+    box = ax.get_position()
+    fw, fh = ax.figure.get_size_inches()
+    return box.width * fw, box.height * fh
+
+
+def _thin(labels: Sequence[str], room_per_cell: float, need: float) -> list[int]:
+    """Indices of labels to show so shown ones are at least ``need`` inches apart."""
+    if not labels:
+        return []
+    step = next((s for s in _STEPS if s * room_per_cell >= need), _STEPS[-1])
+    if step == 1:
+        return list(range(len(labels)))
+    numeric = all(str(l).lstrip("-").isdigit() for l in labels)
+    keep = [i for i, l in enumerate(labels)
+            if (int(l) % step == 0 if numeric else i % step == 0)]
+    if 0 not in keep and (not keep or keep[0] * room_per_cell >= need):
+        keep.insert(0, 0)  # the first row/column (i = 1) is always labelled
+    return keep
+
+
+def heatmap(
+    ax: Axes,
+    values: np.ndarray,
+    *,
+    x_labels: Sequence[str],
+    y_labels: Sequence[str],
+    vmin: float,
+    vmax: float,
+    cmap: str = style.SEQUENTIAL,
+    annotate: Callable[[float], str] | None = None,
+    not_finite: np.ndarray | None = None,
+    cell_edges: bool = False,
+    x_label: str | None = None,
+    y_label: str | None = None,
+):
+    """Draw ``values`` (rows × columns) on ``ax``; return the mappable for a colour bar.
+
+    ``annotate`` formats a value for display inside its cell (skipped when cells are too small
+    for ``style.TINY`` text). ``not_finite`` marks cells to hatch as NaN/Inf.
+    """
+    values = np.asarray(values, dtype=float)
+    nrows, ncols = values.shape
+    norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1.0)
+    colormap = colormaps[cmap]
+    ax.set_facecolor(style.NO_DATA)
+    mesh = ax.pcolormesh(
+        np.arange(ncols + 1), np.arange(nrows + 1), np.ma.masked_invalid(values),
+        cmap=colormap, norm=norm, shading="flat",
+        edgecolors="white" if cell_edges else "face",
+        linewidth=0.6 if cell_edges else 0.0, antialiased=cell_edges,
+        rasterized=values.size > 40000,
+    )
+    ax.set_xlim(0, ncols)
+    ax.set_ylim(nrows, 0)
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_linewidth(0.5)
+    ax.tick_params(length=2, pad=1.5)
+
+    width, height = _axes_inches(ax)
+    cell_w, cell_h = width / ncols, height / nrows
+    label_w = max((text_width(str(l), style.SMALL) for l in x_labels), default=0.1)
+    xs = _thin(list(x_labels), cell_w, label_w + 0.06)
+    ys = _thin(list(y_labels), cell_h, line_height(style.SMALL))
+    ax.set_xticks([i + 0.5 for i in xs], [x_labels[i] for i in xs])
+    ax.set_yticks([i + 0.5 for i in ys], [y_labels[i] for i in ys])
+    if x_label:
+        ax.set_xlabel(x_label, labelpad=2)
+    if y_label:
+        ax.set_ylabel(y_label, labelpad=2)
+
+    flagged = np.zeros_like(values, dtype=bool) if not_finite is None else np.asarray(not_finite)
+    for r, c in zip(*np.nonzero(flagged)):
+        ax.add_patch(Rectangle((c, r), 1, 1, facecolor=style.NOT_FINITE, hatch="////",
+                               edgecolor="#7a7a7a", linewidth=0.0))
+
+    if annotate is not None:
+        texts = [[annotate(v) if np.isfinite(v) else "" for v in row] for row in values]
+        longest = max((len(t) for row in texts for t in row), default=1)
+        size = min(style.SMALL, 0.55 * cell_h * 72, cell_w * 72 / (0.62 * max(longest, 1)))
+        if size >= style.TINY - 0.6:
+            for r in range(nrows):
+                for c in range(ncols):
+                    if flagged[r, c]:
+                        text, color = "NaN", style.INK
+                    elif texts[r][c]:
+                        red, green, blue, _ = colormap(norm(values[r, c]))
+                        luminance = 0.299 * red + 0.587 * green + 0.114 * blue
+                        text, color = texts[r][c], ("white" if luminance < 0.5 else style.INK)
+                    else:
+                        continue
+                    ax.text(c + 0.5, r + 0.5, text, ha="center", va="center", fontsize=size,
+                            color=color)
+    return mesh
+
+
+def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None):
+    """A slim vertical colour bar filling ``region``."""
+    cax = region.axes()
+    bar = region.fig.colorbar(mappable, cax=cax, ticks=ticks)
+    bar.outline.set_linewidth(0.4)
+    cax.tick_params(labelsize=style.SMALL, length=2, width=0.5, pad=1.5)
+    if label:
+        bar.set_label(label, fontsize=style.SMALL, labelpad=3)
+    return bar

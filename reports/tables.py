@@ -1,0 +1,143 @@
+"""The one table helper: booktabs-style tables measured to fit the text width, split over pages.
+
+A :class:`Table` is header + rows of strings. Columns take their natural (measured) width; the
+``stretch`` column takes what is left, or gives it up when the table is too wide, its cells then
+wrapped (``wrap=True``) or shortened in the middle with "…". Cells may hold several lines
+("\\n") and mathtext.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from . import style
+from .layout import Region, ellipsize, line_height, text_width, wrap
+from .pdf import Block
+
+PAD = 0.07  # inches either side of a cell's text
+ROW_PAD = 0.045  # inches above and below a row's text
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str] | None
+    rows: list[list[str]]
+    align: str  # one of "l", "r", "c" per column
+    size: float = style.SMALL
+    stretch: int = 0  # the column that absorbs spare width or gives it up
+    wrap: bool = False  # wrap (True) or shorten (False) cells of the stretch column
+    zebra: bool = True
+    bold_first_column: bool = False
+    max_width: float | None = None  # narrower than the text width, e.g. for a key/value table
+
+
+def _lines(cell: str) -> list[str]:
+    return str(cell).split("\n")
+
+
+def _natural(table: Table) -> list[float]:
+    ncol = len(table.align)
+    widths = [0.0] * ncol
+    for row_index, row in enumerate(([table.header] if table.header else []) + table.rows):
+        for c in range(ncol):
+            cell = row[c] if c < len(row) else ""
+            weight = "bold" if (table.header and row_index == 0) or (
+                c == 0 and table.bold_first_column) else "normal"
+            for line in _lines(cell):
+                widths[c] = max(widths[c], text_width(line, table.size, weight))
+    return [w + 2 * PAD for w in widths]
+
+
+def _layout(table: Table, width: float) -> tuple[list[float], list[list[list[str]]], list[float]]:
+    """Column widths, each row's cells as lines, and each row's height (header first)."""
+    width = min(width, table.max_width or width)
+    widths = _natural(table)
+    spare = width - sum(widths)
+    widths[table.stretch] = max(widths[table.stretch] + spare, 0.5)
+    fit_width = widths[table.stretch] - 2 * PAD
+    rows = ([table.header] if table.header else []) + table.rows
+    cells, heights = [], []
+    for row_index, row in enumerate(rows):
+        row_cells = []
+        for c in range(len(table.align)):
+            lines = _lines(row[c] if c < len(row) else "")
+            is_header = bool(table.header) and row_index == 0
+            if c == table.stretch and not is_header:
+                weight = "bold" if (c == 0 and table.bold_first_column) else "normal"
+                if table.wrap:
+                    lines = [piece for line in lines
+                             for piece in wrap(line, fit_width, table.size, weight=weight)]
+                else:
+                    lines = [ellipsize(line, fit_width, table.size, weight=weight)
+                             for line in lines]
+            row_cells.append(lines)
+        cells.append(row_cells)
+        heights.append(max(len(c) for c in row_cells) * line_height(table.size) + 2 * ROW_PAD)
+    return widths, cells, heights
+
+
+def table_height(table: Table, width: float = style.CONTENT_W) -> float:
+    return sum(_layout(table, width)[2]) + 0.04
+
+
+def draw_table(region: Region, table: Table) -> None:
+    """Draw ``table`` from the top of ``region``, full width (or ``table.max_width``)."""
+    widths, cells, heights = _layout(table, region.w)
+    total_w = sum(widths)
+    ax = region.axes()
+    ax.set_axis_off()
+    ax.set_xlim(0, region.w)
+    ax.set_ylim(0, region.h)
+    step = line_height(table.size)
+    y = region.h - 0.02
+    ax.plot([0, total_w], [y, y], color=style.INK, lw=0.8)
+    for r, (row_cells, height) in enumerate(zip(cells, heights)):
+        is_header = bool(table.header) and r == 0
+        body_index = r - (1 if table.header else 0)
+        if table.zebra and not is_header and body_index % 2 == 1:
+            ax.add_patch(_rect(0, y - height, total_w, height, style.ZEBRA))
+        x = 0.0
+        for c, lines in enumerate(row_cells):
+            align = table.align[c]
+            tx = {"l": x + PAD, "r": x + widths[c] - PAD, "c": x + widths[c] / 2}[align]
+            weight = "bold" if is_header or (c == 0 and table.bold_first_column) else "normal"
+            for n, line in enumerate(lines):
+                ty = y - ROW_PAD - (n + 1) * step + 0.24 * step
+                ax.text(tx, ty, line, fontsize=table.size, weight=weight, color=style.INK,
+                        ha={"l": "left", "r": "right", "c": "center"}[align], va="baseline")
+            x += widths[c]
+        y -= height
+        if is_header:
+            ax.plot([0, total_w], [y, y], color=style.INK, lw=0.5)
+    ax.plot([0, total_w], [y, y], color=style.INK, lw=0.8)
+
+
+def _rect(x, y, w, h, color):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x, y), w, h, facecolor=color, edgecolor="none", zorder=0)
+
+
+def table_blocks(table: Table, caption: str | None, *, kind: str | None = "Table",
+                 max_height: float = 8.4) -> list[Block]:
+    """``table`` as one or more blocks, each at most ``max_height`` inches, the header repeated
+    and the caption marked "(continued)" after the first."""
+    widths, cells, heights = _layout(table, style.CONTENT_W)
+    header_h = heights[0] if table.header else 0.0
+    body_heights = heights[1:] if table.header else heights
+    chunks, current, used = [], [], header_h
+    for row, h in zip(table.rows, body_heights):
+        if current and used + h > max_height - 0.04:
+            chunks.append(current)
+            current, used = [], header_h
+        current.append(row)
+        used += h
+    chunks.append(current)
+    blocks = []
+    for n, rows in enumerate(chunks):
+        part = replace(table, rows=rows)
+        blocks.append(Block(height=table_height(part), draw=lambda region, part=part:
+                            draw_table(region, part),
+                            caption=caption if n == 0 or not caption else "(continued)",
+                            kind=kind, continued=n > 0))
+    return blocks
