@@ -1,4 +1,4 @@
-"""``deltaw train``: a sweep of LoRA adapters (and a full fine-tune) from one base and one dataset."""
+"""``deltaw train``: LoRA adapters per rank and seed, and a full fine-tune, from one base."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ OUT/manifest.json. Rerunning with the same OUT skips the runs already finished."
 @click.option("--max-length", type=click.IntRange(min=2), default=None,
               help="Tokens per example.  [default: 128; --quick 64]")
 @click.option("--lr", type=float, default=None,
-              help="LoRA learning rate.  [default: 5e-4; --quick 1e-3]")
+              help="LoRA learning rate.  [default: 2e-3; --quick 3e-3]")
 @click.option("--full-lr", type=float, default=None,
               help="Full fine-tune learning rate.  [default: 5e-5; --quick 1e-4]")
 @click.option("--quick", is_flag=True,
@@ -79,6 +79,6 @@ def command(out, quick, **options) -> None:
     config = TrainConfig.quick(out, **given) if quick else TrainConfig(out=out, **given)
     manifest = run_sweep(config, log=lambda line: click.echo(line, err=True))
     for run in manifest["runs"]:
-        click.echo(f"{run['name']:<16} acc {run['eval_accuracy']:.3f}  loss {run['final_loss']:.4f}  "
-                   f"{config.out / run['path']}")
+        click.echo(f"{run['name']:<16} acc {run['eval_accuracy']:.3f}  "
+                   f"loss {run['final_loss']:.4f}  {config.out / run['path']}")
     click.echo(f"manifest: {config.out / 'manifest.json'}")

@@ -33,3 +33,42 @@ __all__ = [
     "energy_rank", "energy_ranks", "effective_rank", "stable_rank", "numerical_rank",
     "gavish_donoho_threshold", "gavish_donoho_rank", "marchenko_pastur_edge",
 ]
+
+# The analyses (subspace similarity, amplification, intruders, magnitude/direction) and the runner.
+from deltaw.amplification import amplification, amplification_rank, base_overlap, base_svd
+from deltaw.analysis import analyze, spectral_summary
+from deltaw.compare import compare
+from deltaw.direction import magnitude_direction
+from deltaw.intruders import intruder_dimensions
+from deltaw.records import (
+    Amplification,
+    Analysis,
+    Comparison,
+    Intruders,
+    MagnitudeDirection,
+    ModuleRecord,
+    PairResult,
+    PhiRecord,
+    SkippedRecord,
+    SpectralSummary,
+    parse_module_name,
+)
+from deltaw.subspace import (
+    phi_grid,
+    principal_angles,
+    projection_distance,
+    random_subspace_similarity,
+    subspace_basis,
+    subspace_bases,
+    subspace_similarity,
+)
+
+__all__ += [
+    "subspace_similarity", "subspace_basis", "subspace_bases", "phi_grid", "principal_angles",
+    "projection_distance", "random_subspace_similarity",
+    "amplification", "amplification_rank", "base_overlap", "base_svd",
+    "intruder_dimensions", "magnitude_direction",
+    "analyze", "spectral_summary", "compare",
+    "Analysis", "ModuleRecord", "SpectralSummary", "SkippedRecord", "Amplification", "Intruders",
+    "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord", "parse_module_name",
+]

@@ -97,6 +97,25 @@ def highest_precision():
         torch.set_float32_matmul_precision(previous)
 
 
+@contextlib.contextmanager
+def _one_thread(tensor: torch.Tensor):
+    """Run small CPU LAPACK calls (an r × r core's SVD) on one thread.
+
+    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD takes ~0.5 ms on one thread,
+    and 10–100× that with two when another process keeps the cores busy (measured, see
+    benchmarks/README.md). Threads are restored afterwards; CUDA tensors are left alone.
+    """
+    previous = torch.get_num_threads()
+    if tensor.is_cuda or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin SVD of ``M`` (..., m, n), retried on convergence failure.
 
@@ -136,12 +155,100 @@ def factored_svd(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
     -------
     U : (..., m, q), S : (..., q), Vh : (..., q, n) with q = min(m, n, r) … the rank bound of
         the core; trailing σ may be 0 when B or A is rank deficient.
+
+    Notes
+    -----
+    For float32 input with r ≤ min(m, n), the thin QRs are Cholesky QRs of float64 Gram matrices
+    (:func:`_factored_svd_cholesky`): matrix products instead of Householder reflections, several
+    times faster on CPUs and far less sensitive to a loaded machine. Factors too ill-conditioned
+    for it (or rank deficient, as a zero-initialised B) take the Householder path below, as do
+    float64 requests, whose accuracy bar is float64's.
     """
+    m, r = L.shape[-2:]
+    n = R.shape[-1]
+    if L.dtype == torch.float32 and 0 < r <= min(m, n):
+        return _factored_svd_cholesky(L, R, scale)
+    return _factored_svd_householder(L, R, scale)
+
+
+def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """:func:`factored_svd` by Householder QR of both factors, in their dtype."""
     Q_left, R_left = torch.linalg.qr(L)  # (.., m, a), (.., a, r)
     Q_right, R_right = torch.linalg.qr(R.mT)  # (.., n, b), (.., b, r)
     core = scale * (R_left @ R_right.mT)  # (.., a, b)
-    U_core, S, Vh_core = robust_svd(core)
+    with _one_thread(core):
+        U_core, S, Vh_core = robust_svd(core)
     return Q_left @ U_core, S, Vh_core @ Q_right.mT
+
+
+# Cholesky QR in float64 loses accuracy as cond(X)² · eps64. The spread max|diag R| / min|diag R|
+# (a lower bound of cond(X)) decides: up to _ONE_PASS_SPREAD one pass is accurate to far below
+# float32 rounding; up to _TWO_PASS_SPREAD a second pass on the first pass's Q (CholeskyQR2,
+# Fukaya et al. 2014) restores it; beyond, or when Cholesky fails (a rank-deficient factor), the
+# module goes to Householder QR.
+_ONE_PASS_SPREAD = 1e3
+_TWO_PASS_SPREAD = 1e7
+
+
+def _diag_spread(C: torch.Tensor) -> torch.Tensor:
+    d = C.diagonal(dim1=-2, dim2=-1).abs()
+    return d.amax(-1) / d.amin(-1)  # inf for a zero pivot, nan for nan input
+
+
+def _cholesky_qr(X: torch.Tensor):
+    """X = Q T (thin QR) of float64 ``X`` (..., m, r) without forming Q unless a second pass needs it.
+
+    Returns ``(basis, T_basis, T, ok)`` with Q = basis · T_basis⁻¹ and T the upper-triangular
+    R factor of X; ``ok`` (...,) is False where the factor must go to Householder QR instead
+    (its triangles are replaced by the identity so that the batch stays finite). Products with
+    the tall X run on all threads, the r × r steps on one.
+    """
+    G = X.mT @ X  # (.., r, r)
+    with _one_thread(G):
+        eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
+        C, info = torch.linalg.cholesky_ex(G)  # XᵀX = C Cᵀ, T = Cᵀ
+        spread = _diag_spread(C)
+        ok = (info == 0) & (spread <= _TWO_PASS_SPREAD)  # nan compares False
+        T = torch.where(ok[..., None, None], C, eye).mT
+        if not bool((ok & (spread > _ONE_PASS_SPREAD)).any()):
+            return X, T, T, ok
+        T_inv = torch.linalg.solve_triangular(T, eye, upper=True)
+    Q1 = X @ T_inv  # (.., m, r)
+    G2 = Q1.mT @ Q1
+    with _one_thread(G2):
+        C2, info2 = torch.linalg.cholesky_ex(G2)
+        ok = ok & (info2 == 0)
+        T2 = torch.where(ok[..., None, None], C2, eye).mT
+        return Q1, T2, T2 @ T, ok
+
+
+def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """:func:`factored_svd` by Cholesky QR of float64 Grams; r ≤ min(m, n).
+
+    With L = Q_L T_L and Rᵀ = Q_R T_R, the core C = s · T_L T_Rᵀ (r × r) = U_c Σ V_cᵀ and
+    U = Q_L U_c = L · T_L⁻¹ U_c, V = Rᵀ · T_R⁻¹ V_c: only products with the tall factors, in
+    float64 (float32 data are exact in it), results rounded to float32 once at the end.
+    """
+    dtype = L.dtype
+    left, right = L.to(torch.float64), R.mT.to(torch.float64)  # (.., m, r), (.., n, r)
+    base_l, tri_l, T_l, ok_l = _cholesky_qr(left)
+    base_r, tri_r, T_r, ok_r = _cholesky_qr(right)
+    with _one_thread(T_l):
+        U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))  # (.., r, r)
+        X_l = torch.linalg.solve_triangular(tri_l, U_core, upper=True)  # T_basis⁻¹ U_c
+        X_r = torch.linalg.solve_triangular(tri_r, Vh_core.mT, upper=True)
+    # Uᵀ = X_lᵀ · base_lᵀ: MKL's float64 GEMM runs this (r × r)·(r × m) shape about twice as fast
+    # as (m × r)·(r × r); the transpose back is a float32 copy.
+    U = (X_l.mT @ base_l.mT).to(dtype).mT.contiguous()  # (.., m, r)
+    Vh = (X_r.mT @ base_r.mT).to(dtype)  # (.., r, n)
+    S = S.to(dtype)
+    bad = ~(ok_l & ok_r)
+    if bool(bad.any()):
+        if bad.dim() == 0:
+            return _factored_svd_householder(L, R, scale)
+        U_h, S_h, Vh_h = _factored_svd_householder(L[bad], R[bad], scale)
+        U[bad], S[bad], Vh[bad] = U_h, S_h, Vh_h
+    return U, S, Vh
 
 
 def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 4,
@@ -167,17 +274,50 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
     m, n = M.shape[-2:]
     width = min(k + oversample, m, n)
     omega = torch.randn((*M.shape[:-2], n, width), generator=generator, dtype=M.dtype, device="cpu").to(M.device)
-    Q = torch.linalg.qr(M @ omega).Q  # (.., m, l)
+    Q = orthonormal_basis(M @ omega)  # (.., m, l)
     for _ in range(n_iter):
-        Q = torch.linalg.qr(M.mT @ Q).Q  # (.., n, l)
-        Q = torch.linalg.qr(M @ Q).Q  # (.., m, l)
-    U_small, S, Vh = robust_svd(Q.mT @ M)  # (.., l, n)
+        Q = orthonormal_basis(M.mT @ Q)  # (.., n, l)
+        Q = orthonormal_basis(M @ Q)  # (.., m, l)
+    small = Q.mT @ M  # (.., l, n)
+    with _one_thread(small):
+        U_small, S, Vh = robust_svd(small)
     return (Q @ U_small)[..., :k], S[..., :k], Vh[..., :k, :]
 
 
+def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
+    """Q (..., m, l) with orthonormal columns and the span of ``Y`` (..., m, l): the thin QR's Q.
+
+    Float32 input with l ≤ m is orthonormalised by Cholesky QR (two passes where needed) of the
+    float64 Gram, as in :func:`_factored_svd_cholesky`; what it cannot take (rank-deficient or
+    too ill-conditioned ``Y``), and other dtypes, go to Householder QR (``torch.linalg.qr``).
+    """
+    m, l = Y.shape[-2:]
+    if Y.dtype != torch.float32 or not 0 < l <= m:
+        return torch.linalg.qr(Y).Q
+    basis, tri, _, ok = _cholesky_qr(Y.to(torch.float64))
+    with _one_thread(tri):
+        tri_inv = torch.linalg.solve_triangular(tri, torch.eye(l, dtype=tri.dtype, device=tri.device), upper=True)
+    Q = (basis @ tri_inv).to(Y.dtype)
+    if not bool(ok.all()):
+        if ok.dim() == 0:
+            return torch.linalg.qr(Y).Q
+        Q[~ok] = torch.linalg.qr(Y[~ok]).Q
+    return Q
+
+
+# Rows per block when summing squares in float64, so no float64 copy of a whole batch is made.
+_ENERGY_BLOCK = 2**20
+
+
 def _energy(M: torch.Tensor) -> torch.Tensor:
-    """‖M‖²_F per matrix of a batch, accumulated in float64."""
-    return M.double().pow(2).sum(dim=(-2, -1))
+    """‖M‖²_F per matrix of a batch, accumulated in float64 one block of rows at a time."""
+    m, n = M.shape[-2:]
+    rows = max(1, _ENERGY_BLOCK // max(n, 1))
+    total = torch.zeros(M.shape[:-2], dtype=torch.float64, device=M.device)
+    for start in range(0, m, rows):
+        block = M[..., start:start + rows, :].double()
+        total += block.pow(2).sum(dim=(-2, -1))
+    return total
 
 
 def check_memory(delta: Delta, k: int | None, dtype: torch.dtype, device: torch.device) -> None:
@@ -277,9 +417,11 @@ def _run_group(group, k, device, dtype, n_iter, generator):
     else:
         for d in group:
             check_memory(d, k, dtype, device)
-        M = torch.stack([d.matrix(dtype) for d in group]).to(device)  # (g, m, n)
-        energy = _energy(M)
         m, n = first.matrix_shape
+        M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
+        for i, d in enumerate(group):
+            M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
+        energy = _energy(M)
         if k is not None and k + 10 < min(m, n):
             U, S, Vh = randomized_svd(M, k, n_iter=n_iter, generator=generator)
             method = "randomized"

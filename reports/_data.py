@@ -223,10 +223,10 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
         raise _fail(where, f"missing {missing!r}")
     sv = raw["singular_values"]
     if not isinstance(sv, (list, tuple)) or not all(
-        isinstance(s, (int, float)) and not isinstance(s, bool) for s in sv
+        s is None or (isinstance(s, (int, float)) and not isinstance(s, bool)) for s in sv
     ):
         raise _fail(where, "'singular_values' must be a list of numbers")
-    sv = np.asarray(sv, dtype=float)
+    sv = np.asarray([np.nan if s is None else s for s in sv], dtype=float)  # null: NaN in JSON
     fro = raw["fro_norm"]
     metrics = [fro, raw.get("effective_rank"), raw.get("stable_rank")]
     if not np.all(np.isfinite(sv)) or not all(_finite(x) for x in metrics):
@@ -237,7 +237,7 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
 
     energy_rank = raw.get("energy_rank")
     if not isinstance(energy_rank, dict) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in energy_rank.values()
+        _finite(v) and float(v).is_integer() for v in energy_rank.values()
     ):
         raise _fail(where, f"'energy_rank' must map '0.5'/'0.9'/'0.99' to ints, got {energy_rank!r}")
 

@@ -1,6 +1,8 @@
 """The one heatmap helper (layer × module type grids and φ(i, j) maps) and its colour bar.
 
-Cells are vector rectangles (``pcolormesh``), row 0 at the top as in a matrix. A NaN value is a
+Row 0 is at the top, as in a matrix. Grids with white cell edges (layer × module type) are
+vector rectangles; continuous maps (φ) and grids of more than ``MAX_VECTOR_CELLS`` cells are
+one image at one pixel per cell, which PDF viewers show without smoothing. A NaN value is a
 cell with no data (light grey); cells flagged ``not_finite`` are hatched grey and read "NaN" —
 a module whose weights held NaN/Inf is never given a colour as if it were a number. Tick labels
 are thinned to what fits; values are written into cells when the cells are big enough to read.
@@ -15,11 +17,14 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from . import style
 from .layout import Region, line_height, text_width
 
-_STEPS = (1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 250, 256, 500, 1000)
+MAX_VECTOR_CELLS = 1200  # larger maps (φ over 64 × 64) are embedded as one exact image
+_STEPS = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
+_STEPS_2 = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # for ranks that are powers of two
 
 
 def _axes_inches(ax: Axes) -> tuple[float, float]:
@@ -32,10 +37,13 @@ def _thin(labels: Sequence[str], room_per_cell: float, need: float) -> list[int]
     """Indices of labels to show so shown ones are at least ``need`` inches apart."""
     if not labels:
         return []
-    step = next((s for s in _STEPS if s * room_per_cell >= need), _STEPS[-1])
+    numeric = all(str(l).lstrip("-").isdigit() for l in labels)
+    steps = _STEPS
+    if numeric and len(labels) > 1 and (len(labels) & (len(labels) - 1)) == 0:
+        steps = _STEPS_2
+    step = next((s for s in steps if s * room_per_cell >= need), steps[-1])
     if step == 1:
         return list(range(len(labels)))
-    numeric = all(str(l).lstrip("-").isdigit() for l in labels)
     keep = [i for i, l in enumerate(labels)
             if (int(l) % step == 0 if numeric else i % step == 0)]
     if 0 not in keep and (not keep or keep[0] * room_per_cell >= need):
@@ -68,13 +76,16 @@ def heatmap(
     norm = Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1.0)
     colormap = colormaps[cmap]
     ax.set_facecolor(style.NO_DATA)
-    mesh = ax.pcolormesh(
-        np.arange(ncols + 1), np.arange(nrows + 1), np.ma.masked_invalid(values),
-        cmap=colormap, norm=norm, shading="flat",
-        edgecolors="white" if cell_edges else "face",
-        linewidth=0.6 if cell_edges else 0.0, antialiased=cell_edges,
-        rasterized=values.size > 40000,
-    )
+    if cell_edges and values.size <= MAX_VECTOR_CELLS:
+        mesh = ax.pcolormesh(
+            np.arange(ncols + 1), np.arange(nrows + 1), np.ma.masked_invalid(values),
+            cmap=colormap, norm=norm, shading="flat", edgecolors="white", linewidth=0.6)
+    else:
+        # one embedded image at one pixel per cell, shown unsmoothed (no /Interpolate): exact,
+        # compact, and free of the hairline seams viewers draw between adjacent vector cells
+        mesh = ax.imshow(np.ma.masked_invalid(values), cmap=colormap, norm=norm,
+                         interpolation="none", aspect="auto", origin="upper",
+                         extent=(0, ncols, nrows, 0))
     ax.set_xlim(0, ncols)
     ax.set_ylim(nrows, 0)
     for spine in ax.spines.values():
@@ -123,6 +134,9 @@ def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None):
     """A slim vertical colour bar filling ``region``."""
     cax = region.axes()
     bar = region.fig.colorbar(mappable, cax=cax, ticks=ticks)
+    if ticks is None:  # about one tick per 0.3 inch of bar
+        bar.locator = MaxNLocator(nbins=max(2, int(region.h / 0.3)))
+        bar.update_ticks()
     bar.outline.set_linewidth(0.4)
     cax.tick_params(labelsize=style.SMALL, length=2, width=0.5, pad=1.5)
     if label:

@@ -7,6 +7,7 @@ lower-left corner, and text is wrapped by measuring each word with the font that
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -32,13 +33,17 @@ def plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
+_DPI = 720
+
+
 @lru_cache(maxsize=1)
 def _renderer() -> RendererAgg:
-    return RendererAgg(10, 10, 72)  # 72 dpi: one pixel is one point
+    # a high resolution, so hinting's rounding of glyph advances to whole pixels is negligible
+    return RendererAgg(10, 10, _DPI)
 
 
 @lru_cache(maxsize=20000)
-def _width_pt(text: str, size: float, weight: str, family: str) -> float:
+def _width_px(text: str, size: float, weight: str, family: str) -> float:
     prop = FontProperties(family=family, size=size, weight=weight)
     width, _, _ = _renderer().get_text_width_height_descent(text, prop, ismath=is_math(text))
     return width
@@ -48,7 +53,7 @@ def text_width(text: str, size: float, weight: str = "normal") -> float:
     """Width of ``text`` in inches when drawn at ``size`` points."""
     family = rcParams["font.family"]
     family = family[0] if isinstance(family, list) else family
-    return _width_pt(text, size, weight, family) / 72.0
+    return _width_px(text, size, weight, family) / _DPI
 
 
 def line_height(size: float) -> float:
@@ -63,24 +68,68 @@ def wrap(text: str, width: float, size: float, *, weight: str = "normal",
     Newlines in ``text`` start new lines; a single word wider than a line gets a line of its
     own. Mathtext words (``$…$`` without spaces inside) are measured as they will be drawn.
     """
+    # words are measured one by one (cached) and summed with the space between them; the 1 %
+    # margin covers kerning across word boundaries
+    space = text_width(" ", size, weight)
     lines: list[str] = []
     for paragraph in text.split("\n"):
-        current = ""
-        for word in paragraph.split():
-            candidate = f"{current} {word}" if current else word
-            limit = width - (first_indent if not lines else 0.0)
-            if current and text_width(candidate, size, weight) > limit:
+        current, current_w = "", 0.0
+        for word in _words(paragraph):
+            word_w = text_width(word, size, weight)
+            limit = (width - (first_indent if not lines else 0.0)) * 0.99
+            if word_w > limit and not is_math(word):  # a long path: break it at / _ - .
+                if current:
+                    lines.append(current)
+                pieces = _break_word(word, width * 0.99, size, weight)
+                lines.extend(pieces[:-1])
+                current, current_w = pieces[-1], text_width(pieces[-1], size, weight)
+                continue
+            if current and current_w + space + word_w > limit:
                 lines.append(current)
-                current = word
+                current, current_w = word, word_w
+            elif current:
+                current, current_w = f"{current} {word}", current_w + space + word_w
             else:
-                current = candidate
+                current, current_w = word, word_w
         lines.append(current)
     return lines
 
 
+def _words(paragraph: str) -> list[str]:
+    """Words split at spaces, keeping a ``$…$`` math span with spaces inside as one word."""
+    words: list[str] = []
+    for piece in paragraph.split():
+        if words and (words[-1].count("$") - words[-1].count(r"\$")) % 2 == 1:
+            words[-1] += " " + piece
+        else:
+            words.append(piece)
+    return words
+
+
+def _break_word(word: str, width: float, size: float, weight: str) -> list[str]:
+    """A word too long for a line cut into pieces that fit, after ``/ _ - .`` where possible."""
+    pieces, current = [], ""
+    for part in re.split(r"(?<=[/_\-.])", word):
+        if current and text_width(current + part, size, weight) > width:
+            pieces.append(current)
+            current = ""
+        while text_width(part, size, weight) > width and len(part) > 1:  # no break point
+            cut = len(part) - 1
+            while cut > 1 and text_width(part[:cut], size, weight) > width:
+                cut -= 1
+            pieces.append(part[:cut])
+            part = part[cut:]
+        current += part
+    pieces.append(current)
+    return [p for p in pieces if p] or [word]
+
+
 def ellipsize(text: str, width: float, size: float, *, weight: str = "normal") -> str:
-    """``text`` shortened in the middle with ``…`` until it fits ``width`` inches."""
-    if text_width(text, size, weight) <= width:
+    """``text`` shortened in the middle with ``…`` until it fits ``width`` inches.
+
+    Mathtext is returned whole: cutting it would break the markup."""
+    width += 1e-6  # a column sized to its widest cell must keep that cell whole
+    if is_math(text) or text_width(text, size, weight) <= width:
         return text
     keep_tail = True
     head, tail = text[: len(text) // 2], text[len(text) // 2:]

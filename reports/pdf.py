@@ -14,6 +14,7 @@ the temporary file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -125,7 +126,7 @@ class Document:
                 lines = self._caption(block, label)
                 caption_h = (CAPTION_GAP + len(lines) * line_height(style.CAPTION)) if lines else 0.0
                 need = height + caption_h + (HEADING_H if first and section.heading else 0.0)
-                if block.new_page or (y - need < bottom and pages[-1].items):
+                if pages[-1].items and (block.new_page or y - need < bottom):
                     pages.append(_Page(section))
                     y = top
                 if first:
@@ -183,7 +184,7 @@ class Document:
         """Draw every page and write the PDF to ``path`` atomically (see the module notes)."""
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
-        with rc_context(style.RC):
+        with rc_context(style.RC), _quiet("fontTools"):
             pages = self._paginate()
             fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
                                        dir=directory)
@@ -206,6 +207,18 @@ class Document:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
                 raise
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Silence a chatty library logger (fontTools warns about font timestamps) while writing."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _umask() -> int:

@@ -38,6 +38,7 @@ RC = {
     "axes.titlesize": 9.0,
     "axes.titleweight": "bold",
     "axes.titlepad": 4.0,
+    "axes.titley": 1.0,  # a fixed title position: no overlap search at every draw
     "axes.labelsize": 8.5,
     "axes.labelcolor": INK,
     "axes.edgecolor": "#404040",

@@ -29,13 +29,15 @@ class Table:
     zebra: bool = True
     bold_first_column: bool = False
     max_width: float | None = None  # narrower than the text width, e.g. for a key/value table
+    fill: bool = True  # stretch to the full width; False: natural width when it fits
+    row_pad: float = ROW_PAD
 
 
 def _lines(cell: str) -> list[str]:
     return str(cell).split("\n")
 
 
-def _natural(table: Table) -> list[float]:
+def natural_widths(table: Table) -> list[float]:
     ncol = len(table.align)
     widths = [0.0] * ncol
     for row_index, row in enumerate(([table.header] if table.header else []) + table.rows):
@@ -51,7 +53,9 @@ def _natural(table: Table) -> list[float]:
 def _layout(table: Table, width: float) -> tuple[list[float], list[list[list[str]]], list[float]]:
     """Column widths, each row's cells as lines, and each row's height (header first)."""
     width = min(width, table.max_width or width)
-    widths = _natural(table)
+    widths = natural_widths(table)
+    if not table.fill:
+        width = min(width, sum(widths))
     spare = width - sum(widths)
     widths[table.stretch] = max(widths[table.stretch] + spare, 0.5)
     fit_width = widths[table.stretch] - 2 * PAD
@@ -72,7 +76,8 @@ def _layout(table: Table, width: float) -> tuple[list[float], list[list[list[str
                              for line in lines]
             row_cells.append(lines)
         cells.append(row_cells)
-        heights.append(max(len(c) for c in row_cells) * line_height(table.size) + 2 * ROW_PAD)
+        heights.append(max(len(c) for c in row_cells) * line_height(table.size)
+                       + 2 * table.row_pad)
     return widths, cells, heights
 
 
@@ -102,7 +107,7 @@ def draw_table(region: Region, table: Table) -> None:
             tx = {"l": x + PAD, "r": x + widths[c] - PAD, "c": x + widths[c] / 2}[align]
             weight = "bold" if is_header or (c == 0 and table.bold_first_column) else "normal"
             for n, line in enumerate(lines):
-                ty = y - ROW_PAD - (n + 1) * step + 0.24 * step
+                ty = y - table.row_pad - (n + 1) * step + 0.24 * step
                 ax.text(tx, ty, line, fontsize=table.size, weight=weight, color=style.INK,
                         ha={"l": "left", "r": "right", "c": "center"}[align], va="baseline")
             x += widths[c]
@@ -122,7 +127,7 @@ def table_blocks(table: Table, caption: str | None, *, kind: str | None = "Table
                  max_height: float = 8.4) -> list[Block]:
     """``table`` as one or more blocks, each at most ``max_height`` inches, the header repeated
     and the caption marked "(continued)" after the first."""
-    widths, cells, heights = _layout(table, style.CONTENT_W)
+    heights = _layout(table, style.CONTENT_W)[2]
     header_h = heights[0] if table.header else 0.0
     body_heights = heights[1:] if table.header else heights
     chunks, current, used = [], [], header_h

@@ -2,13 +2,12 @@
 
 Every sentence here is built from the numbers in the document; reference values from the papers
 are quoted with their source so a reader can set the two side by side (see REFERENCE.md §4–5).
-Mathtext (``$…$``) is used only inside single words so captions can be wrapped by word.
+Mathtext (``$…$``) spans are short; the wrapper keeps each one whole on a line.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections import Counter
 
 import numpy as np
@@ -16,10 +15,11 @@ import numpy as np
 from ._data import Analysis, Comparison, Module, Pair, role_of
 from .layout import plain
 
-NORM_DW = r"$\|\Delta W\|_F$"
-NORM_W = r"$\|W\|_F$"
-REL_NORM = r"$\|\Delta W\|_F/\|W\|_F$"
-PROJ = r"$\|U^\top W V\|_F$"
+NORM_DW = r"$‖\Delta W‖_F$"
+NORM_DW2 = r"$‖\Delta W‖_F^2$"
+NORM_W = r"$‖W‖_F$"
+REL_NORM = r"$‖\Delta W‖_F/‖W‖_F$"
+PROJ = r"$‖U^\top W V‖_F$"
 PHI = r"$\phi(i,j)$"
 
 
@@ -141,7 +141,10 @@ def analysis_findings(a: Analysis) -> list[str]:
         return out + _exclusions(a)
 
     zero = [m for m in mods if m.fro_norm == 0]
-    live = [m for m in mods if m.fro_norm > 0] or mods
+    live = [m for m in mods if m.fro_norm > 0]
+    if not live:
+        return [f"Every analysed module ({len(mods)}) has ΔW = 0 exactly: an untrained adapter, "
+                f"or the checkpoint is the base itself."] + _exclusions(a)
     for kind in ("lora", "dora", "dense"):
         group = [m for m in live if m.kind == kind]
         if not group:
@@ -156,16 +159,18 @@ def analysis_findings(a: Analysis) -> list[str]:
             dims = [min(m.shape) for m in group]
             what += f" (up to {num(max(dims), 6)} directions each)"
         out.append(
-            f"{what}, 90% of the update's energy lies in a median of "
-            f"{count(float(np.median(r90)))} directions (range {span(r90, str)}); "
-            f"half of it in {count(float(np.median(r50)))}."
+            f"{what}, 90% of the update's energy lies in "
+            + (f"a median of {count(float(np.median(r90)))} directions (range {span(r90, str)})"
+               if min(r90) != max(r90) else
+               f"{r90[0]} directions" + (" in every module" if len(r90) > 1 else ""))
+            + f"; half of it in {count(float(np.median(r50)))}."
         )
         top_k = [m for m in group if m.is_top_k]
         if top_k:
             out.append(
                 f"For {plural(len(top_k), 'module')} only the top singular values were computed; "
                 f"they hold a median {pct(float(np.median([m.energy_captured for m in top_k])))} "
-                f"of {NORM_DW}² (the rank estimates use the exact total)."
+                f"of {NORM_DW2} (the rank estimates use the exact total)."
             )
 
     types = a.types
@@ -204,17 +209,19 @@ def analysis_findings(a: Analysis) -> list[str]:
 
     rel = [m.rel_norm for m in live if m.rel_norm is not None]
     if rel:
-        out.append(f"Relative size of the update {REL_NORM}: median {pct(float(np.median(rel)))} "
-                   f"(range {span(rel, pct)}).")
+        out.append(f"Relative size of the update {REL_NORM}: "
+                   + (f"median {median_and_range(rel, pct)}." if len(rel) > 1 else f"{pct(rel[0])}."))
     amps = [m.amplification for m in live if m.amplification]
     if amps:
         factors = [x["factor"] for x in amps]
         rs = sorted({int(x["r"]) for x in amps})
         r_text = f"r = {rs[0]}" if len(rs) == 1 else f"r = {rs[0]}–{rs[-1]}"
         out.append(
-            f"The update amplifies directions of W by a median factor {num(float(np.median(factors)))} "
-            f"(range {span(factors)}, top {r_text} directions of ΔW; paper: ≈21.5 for r = 4 and "
-            f"≈1.9 for r = 64 on GPT-3 layer 48 W_q). W's own weight along ΔW's directions, "
+            f"Along its top {r_text} directions the update amplifies W by a "
+            + (f"median factor {median_and_range(factors)}" if len(factors) > 1 else
+               f"factor {num(factors[0])}")
+            + "; the paper finds ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, W_q). "
+            f"W's own weight along ΔW's directions, "
             f"{PROJ} = {num(float(np.median([x['proj_delta'] for x in amps])))}, lies between "
             f"random directions ({num(float(np.median([x['proj_random'] for x in amps])))}) and "
             f"W's top directions ({num(float(np.median([x['proj_base_top'] for x in amps])))})."
@@ -334,7 +341,7 @@ BASIS_TEXT = {
 
 
 def caption_layer_grid(metric: str, how_to_read: str, values: list[float], fmt, *,
-                       not_finite: int, no_layer: bool, multiple: bool) -> str:
+                       not_finite: int, no_layer: bool, multiple: bool, missing: bool) -> str:
     text = f"{metric} per layer (columns) and module type (rows). {how_to_read}"
     if values:
         text += f" Values span {span(values, fmt)}."
@@ -342,7 +349,8 @@ def caption_layer_grid(metric: str, how_to_read: str, values: list[float], fmt, 
         text += " Where several modules share a cell, the cell shows their median."
     if no_layer:
         text += " Column “–” holds modules without a layer index."
-    text += " Light grey: no such module."
+    if missing:
+        text += " Light grey: no such module."
     if not_finite:
         text += f" Hatched “NaN”: weights hold NaN/Inf ({plural(not_finite, 'module')})."
     return text
@@ -356,18 +364,21 @@ def caption_spectra(module_type: str, mods: list[Module], *, many_layers: bool) 
         f"Spectra of ΔW for {plain(module_type)} ({kinds}"
         + (f", {_ranks(mods)}" if _ranks(mods) else "")
         + (f", layers {layers[0]}–{layers[-1]}" if len(layers) > 1 else "") + ").",
-        "Left: singular values σ_i/σ_1 on a log scale; right: cumulative share of "
-        f"{NORM_DW}² held by the first k directions, dots where each module reaches 90%.",
-        "One line per module, coloured by layer" + (", black: median over modules" if many_layers
-                                                     else "") + ".",
+        r"Left: singular values $\sigma_i/\sigma_1$ on a log scale; right: cumulative energy, "
+        f"the share of {NORM_DW2} held by the first k directions, dots where each module "
+        "reaches 90%.",
+        "One line per module, coloured by layer"
+        + (", black: median over modules." if many_layers else "."),
         "Vertical lines mark the medians of the rank estimators named in the legend.",
-        f"90% of the energy needs a median of {count(float(np.median(r90)))} directions "
-        f"(range {span(r90, str)}).",
+        (f"90% of the energy needs a median of {count(float(np.median(r90)))} directions "
+         f"(range {span(r90, str)})." if min(r90) != max(r90) else
+         f"90% of the energy needs {plural(r90[0], 'direction')}"
+         + (" in every module." if len(r90) > 1 else ".")),
     ]
     top_k = [m for m in mods if m.is_top_k]
     if top_k:
         captured = [m.energy_captured for m in top_k]
         parts.append(
             f"Top-k spectra ({plural(len(top_k), 'module')}): the listed values hold "
-            f"{span(captured, pct)} of {NORM_DW}²; the cumulative curves end there, not at 100%.")
+            f"{span(captured, pct)} of {NORM_DW2}; the cumulative curves end there, not at 100%.")
     return " ".join(parts)

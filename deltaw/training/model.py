@@ -70,7 +70,9 @@ def check_model_dir(folder: str | Path) -> Path:
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DeltawError(f"{folder}: no such model folder (give a local Hugging Face model folder)")
+        raise DeltawError(
+            f"{folder}: no such model folder (give a local Hugging Face model folder)"
+        )
     if not (folder / "config.json").is_file():
         raise DeltawError(f"{folder}: no config.json; not a Hugging Face model folder")
     if not any((folder / name).is_file() for name in _WEIGHT_FILES):
@@ -79,7 +81,7 @@ def check_model_dir(folder: str | Path) -> Path:
 
 
 def resolve_model_dir(model: str | Path | None = None) -> Path:
-    """The folder of the base model: the embedded MiniLM for ``None``/``"minilm"``, else ``model``."""
+    """The base model's folder: the embedded MiniLM for None or ``"minilm"``, else ``model``."""
     if model is None or str(model) == DEFAULT_MODEL:
         return default_model_dir()
     return check_model_dir(model)
@@ -96,7 +98,9 @@ def load_tokenizer(folder: str | Path):
         raise DeltawError(f"{folder}: cannot load a tokenizer ({_first_line(err)})") from None
 
 
-def load_classifier(folder: str | Path, num_labels: int, *, seed: int) -> torch.nn.Module:
+def load_classifier(
+    folder: str | Path, num_labels: int, *, seed: int, label_names: list[str] | None = None
+) -> torch.nn.Module:
     """The model in ``folder`` with a sequence-classification head of ``num_labels`` outputs.
 
     Parameters
@@ -106,6 +110,8 @@ def load_classifier(folder: str | Path, num_labels: int, *, seed: int) -> torch.
     num_labels : int
     seed : int
         Seeds torch before loading, so the fresh head's initial weights depend on ``seed`` only.
+    label_names : list of str, optional
+        Names of the label ids, stored in the config (``id2label``) of a saved fine-tune.
 
     Returns
     -------
@@ -115,10 +121,14 @@ def load_classifier(folder: str | Path, num_labels: int, *, seed: int) -> torch.
     _quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 
+    names = {}
+    if label_names is not None:
+        names = dict(id2label=dict(enumerate(label_names)),
+                     label2id={name: i for i, name in enumerate(label_names)})
     torch.manual_seed(seed)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), num_labels=num_labels, local_files_only=True
+            str(folder), num_labels=num_labels, local_files_only=True, **names
         )
     except (OSError, ValueError, KeyError) as err:
         raise DeltawError(

@@ -1,0 +1,226 @@
+"""``python -m benchmarks table``: the markdown results table and the scaling plot, from results.json.
+
+The table is printed, and written into ``benchmarks/README.md`` between the markers
+``<!-- results:start -->`` and ``<!-- results:end -->`` (when the README has them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GiB = 2**30
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _s(x):
+    if x is None:
+        return "—"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s" if x < 100 else f"{x:.0f} s"
+
+
+def _x(x):
+    if x is None:
+        return "—"
+    return f"{x:.2f}×" if x < 10 else f"{x:.1f}×" if x < 100 else f"{x:,.0f}×"
+
+
+def _holds(h):
+    return {True: "✅ holds", False: "❌ misses", None: "—"}[h]
+
+
+def machine_line(r: dict) -> str:
+    m = r["machine"]
+    mem = f"{m['memory_bytes'] / GiB:.0f} GiB RAM" if m.get("memory_bytes") else ""
+    gpu = f", GPU {m['gpu']['name']}" if m.get("gpu") else ", no GPU"
+    load = m.get("load_average")
+    load_s = f"; load average at start {load[0]:.2f}" if load else ""
+    return (f"{m['cpu']}, {m['cores']} cores, {mem}{gpu}; torch {m['torch']} ({m['torch_blas']}, "
+            f"{m['torch_threads']} threads), Python {m['python']}{load_s}. "
+            f"Run `{r.get('command', 'python -m benchmarks run')}` ({r['mode']}, device {r['device']}) "
+            f"on {r['date']}, {r.get('wall_s', 0) / 60:.1f} min.")
+
+
+def markdown(r: dict) -> str:
+    lines = [f"Machine: {machine_line(r)}", ""]
+    lines += ["| case | deltaw | baseline | ratio | goal | |", "|---|---|---|---|---|---|"]
+    plan = r.get("plan", {})
+    lora = r.get("lora")
+    if lora:
+        lines.append(f"| LoRA ({plan.get('lora')}): load + exact SVD with vectors, {lora['modules']} modules "
+                     f"vs reading the tensors into float32 | {_s(lora['deltaw_svd']['median'])} | "
+                     f"{_s(lora['read_f32']['median'])} | {_x(lora['ratio_svd_vs_read'])} | ≤ 8× | "
+                     f"{_holds(lora['ratio_svd_vs_read'] <= 8)} |")
+        if "deltaw_analyze" in lora:
+            lines.append(f"| LoRA: `deltaw.analyze` (spectra + metrics + JSON) vs reading | "
+                         f"{_s(lora['deltaw_analyze']['median'])} | {_s(lora['read_f32']['median'])} | "
+                         f"{_x(lora['ratio_analyze_vs_read'])} | — | |")
+    base = r.get("lora_dense_baseline")
+    if base and lora:
+        lines.append(f"| LoRA: vs forming B·A and a dense SVD (float32, vectors), per-module time × "
+                     f"{lora['modules']} (extrapolated) | {_s(lora['deltaw_svd']['median'])} | "
+                     f"{_s(base['extrapolated_total_s'])} | {_x(base['ratio_vs_deltaw'])} | ≥ 1000× | "
+                     f"{_holds(base['ratio_vs_deltaw'] >= 1000)} |")
+    w = r.get("ww_peft")
+    if w:
+        lines.append(f"| LoRA: vs WeightWatcher {w['ww_version']} PEFT mode, same {w['layers']}-layer adapter "
+                     f"({w['modules']} modules; {w['ratio_of'].replace('_', '.')}) | "
+                     f"{_s(w['deltaw_analyze_s'] or w['deltaw_svd_s'])} | {_s(w['ww_s'])} | {_x(w['ratio'])} | "
+                     f"faster | {_holds(w['ratio'] > 1)} |")
+    elif r.get("weightwatcher") and not r["weightwatcher"].get("available"):
+        lines.append(f"| WeightWatcher | — | not run: {r['weightwatcher'].get('why')} | — | — | |")
+    dense = r.get("dense")
+    if dense:
+        key = "deltaw_analyze" if "deltaw_analyze" in dense else "deltaw_svd"
+        ratio = dense["ratio_analyze_vs_read" if key == "deltaw_analyze" else "ratio_svd_vs_read"]
+        label = "`deltaw.analyze(top_k=…)`" if key == "deltaw_analyze" else "load + top-k `svd_many`"
+        lines.append(f"| dense ΔW ({plan.get('dense')}): {label} vs reading both checkpoints into float32 | "
+                     f"{_s(dense[key]['median'])} | {_s(dense['read_f32']['median'])} | {_x(ratio)} | ≤ 4× | "
+                     f"{_holds(ratio <= 4)} |")
+        if key == "deltaw_analyze":
+            lines.append(f"| dense ΔW: load + `svd_many(k=64)` alone vs reading | {_s(dense['deltaw_svd']['median'])} "
+                         f"| {_s(dense['read_f32']['median'])} | {_x(dense['ratio_svd_vs_read'])} | — | |")
+    da = r.get("dense_analyze")
+    if da and da.get("available") and dense:
+        lines.append(f"| dense ΔW: `deltaw.analyze(tuned, base=…, top_k=64)` (spectra + amplification, overlap and "
+                     f"intruders, which take full SVDs of W and W+ΔW), {da['layers']} layer, 1 run | "
+                     f"{_s(da['seconds'])} | {_s(da['read_f32'])} | {_x(da['ratio'])} | ≤ 4× | "
+                     f"{_holds(da['ratio'] <= 4)} |")
+    acc = r.get("dense_accuracy")
+    if acc:
+        top = max(m["max_abs_err_over_sigma1"] for m in acc["modules"])
+        cap = max(m["captured_abs_err"] for m in acc["modules"])
+        lines.append(f"| dense ΔW: top-{acc['k']} σ and captured energy vs a float64 dense SVD "
+                     f"({len(acc['modules'])} modules of layer 0) | max abs. error {top:.1e}·σ₁; energy fraction "
+                     f"{cap:.1e} | float64 | — | agree | {_holds(top <= 1e-2 and cap <= 1e-2)} |")
+    w = r.get("ww_delta")
+    if w:
+        v = w["values"]
+        err = v.get("max_rel_diff_sigma_max")
+        same = err is not None and err <= 1e-4
+        lines.append(f"| dense full spectra vs WeightWatcher {w['ww_version']} delta mode, same {w['layers']}-layer "
+                     f"pair ({w['modules']} modules; {w['ratio_of'].replace('_', '.')}); σ₁ differs by ≤ "
+                     f"{err:.1e}, ‖ΔW‖² by ≤ {v.get('max_rel_diff_energy') or 0:.1e} | "
+                     f"{_s(w['deltaw_analyze_s'] or w['deltaw_svd_s'])} | {_s(w['ww_s'])} | {_x(w['ratio'])} | ≥ 2×, "
+                     f"same values | {_holds(w['ratio'] >= 2 and same)} |")
+    mem = r.get("memory")
+    if mem:
+        budget = r["memory_budget"]["budget_bytes"]
+        peaks = ", ".join(f"{m['layers']} L: {m['peak_rss_anon_bytes'] / GiB:.2f}" for m in mem)
+        peak = max(m["peak_rss_anon_bytes"] for m in mem)
+        growth = (peak - min(m["peak_rss_anon_bytes"] for m in mem)) / GiB
+        lines.append(f"| dense ΔW: peak anonymous memory (GiB; file-backed mmap pages aside) | {peaks} | "
+                     f"budget {budget / GiB:.2f} | growth {growth:.2f} GiB | ≤ 1 GiB + 3 × largest matrix, flat | "
+                     f"{_holds(peak <= budget and growth <= 0.1)} |")
+    b = r.get("batching")
+    if b:
+        for case in ("lora", "dense_topk"):
+            if f"{case}/float32/batched" in b:
+                lines.append(
+                    f"| {r['device']}: {case.replace('_', ' ')} batched vs per-module "
+                    f"({b[f'{case}/modules']} modules), float32 / float64 | "
+                    f"{_s(b[f'{case}/float32/batched'])} / {_s(b[f'{case}/float64/batched'])} | "
+                    f"{_s(b[f'{case}/float32/per_module'])} / {_s(b[f'{case}/float64/per_module'])} | "
+                    f"{_x(b[f'{case}/float32/per_module'] / b[f'{case}/float32/batched'])} | — | |")
+    if r["device"] == "cpu":
+        lines.append("| GPU (CUDA) runs | — | — | — | recorded when a device is lent | not run: no GPU on this "
+                     "machine |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_markdown(r: dict) -> str:
+    p = r.get("profile")
+    if not p:
+        return ""
+    ops = p["torch_ops"]
+    groups = {
+        "QR (geqrf + orgqr)": ("linalg_qr", "geqrf", "orgqr", "householder"),
+        "small SVD of the r×r core": ("linalg_svd", "_linalg_svd"),
+        "matmuls (core, U = Q·U_c, V)": ("matmul", "bmm", "mm", "mul"),
+        "bf16 → float32 conversion": ("_to_copy", "to", "copy_"),
+        "stacking same-shape factors": ("stack", "cat"),
+    }
+    taken, rows = set(), []
+    for label, names in groups.items():
+        t = sum(v["self_s"] for k, v in ops.items() if k.split("::")[-1] in names and k not in taken)
+        taken |= {k for k in ops if k.split("::")[-1] in names}
+        rows.append((label, t))
+    other_ops = sum(v["self_s"] for k, v in ops.items() if k not in taken)
+    total_ops = sum(v["self_s"] for v in ops.values())
+    wall = p["wall_s"]
+    rows.append(("other torch ops", other_ops))
+    rows.append(("reading (safetensors) + Python + outside torch ops", max(0.0, wall - total_ops)))
+    lines = [f"Profile of one LoRA run (load + SVD of every module), wall {wall:.2f} s without the profiler, "
+             f"{p['threads']} threads:", "", "| where | seconds | share |", "|---|---|---|"]
+    for label, t in rows:
+        lines.append(f"| {label} | {t:.3f} | {100 * t / wall:.0f}% |")
+    lines += ["", "Top Python-level functions by own time (cProfile):", "",
+              "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
+    for f in p["python_top"][:10]:
+        lines.append(f"| `{f['func']}` | {f['calls']} | {f['tottime']:.3f} | {f['cumtime']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: Path) -> Path | None:
+    s = r.get("scaling")
+    if not s:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax = axes[0]
+    ax.plot([x["modules"] for x in s["modules"]], [x["seconds"] for x in s["modules"]], "o-", label="LoRA r=64")
+    ax.set(xlabel="modules (Llama-2-7B shapes, read from file)", ylabel="seconds", title="vs number of modules")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    if s["rank"]:
+        ax.plot([x["rank"] for x in s["rank"]], [x["seconds"] / x["modules"] * 1000 for x in s["rank"]], "o-")
+    ax.set(xscale="log", yscale="log", xlabel="LoRA rank r (4096×4096)", ylabel="ms per module", title="vs rank")
+    ax.grid(alpha=0.3, which="both")
+    ax = axes[2]
+    for key, label in (("lora_r64", "LoRA r=64 (factored, exact)"), ("dense_top64", "dense top-64 (randomized)"),
+                       ("dense_full", "dense full SVD")):
+        pts = [(x["n"], x[key]) for x in s["size"] if key in x]
+        if pts:
+            ax.plot(*zip(*pts), "o-", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="n (n×n matrix)", ylabel="seconds per module", title="vs matrix size")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.suptitle(f"deltaw scaling — {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['device']}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_readme(readme: Path, text: str) -> bool:
+    if not readme.is_file():
+        return False
+    doc = readme.read_text()
+    if START not in doc or END not in doc:
+        return False
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}{END}{tail}")
+    return True
+
+
+def main(results: Path, readme: Path | None, png: Path | None) -> str:
+    r = json.loads(results.read_text())
+    text = markdown(r)
+    prof = profile_markdown(r)
+    if prof:
+        text += "\n" + prof
+    goals = r.get("goals", [])
+    if goals:
+        text += "\nGoals: " + "; ".join(
+            f"{g['id']} {'holds' if g['holds'] else 'misses' if g['holds'] is False else 'n/a'}" for g in goals) + "\n"
+    if png is not None and plot(r, png):
+        text += f"\n![scaling]({png.name})\n"
+    if readme is not None:
+        write_readme(readme, text)
+    return text

@@ -1,0 +1,184 @@
+"""How ΔW relates to W: the amplification factor (Hu et al. 2021, Section 7.3, Table 7) and the
+overlap of ΔW's top directions with W's (Appendix H.3, Figure 8).
+
+With U (rows, r) and V (cols, r) the top-r left and right singular vectors of ΔW, the paper
+projects W onto ΔW's subspace, ‖Uᵀ W V‖_F, and compares it with two baselines: U, V from W's own
+top-r singular vectors (which gives sqrt(Σ_{i≤r} σᵢ(W)²)) and from a random matrix. The
+amplification factor ‖ΔW‖_F / ‖Uᵀ W V‖_F says how strongly ΔW amplifies directions that W holds
+but does not emphasise (≈ 21.5 for GPT-3 W_q at r = 4 in Table 7).
+
+Everything is in the base tensor's layout (``matrix_shape``): for GPT-2 ``Conv1D`` weights stored
+(in, out), W and ΔW are both (in, out), consistently. A LoRA ΔW is never formed: U, V come from the
+factored SVD.
+
+References
+----------
+Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", Section 7.3, Table 7,
+Appendix H.3, Figure 8.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from deltaw._inputs import base_matrix, check_dtype, exact_math
+from deltaw.delta import Delta, LowRankDelta
+from deltaw.linalg import SVD, resolve_device, robust_svd, svd
+from deltaw.records import Amplification
+from deltaw.spectrum import energy_rank, numerical_rank
+from deltaw.subspace import phi_grid
+
+#: Cap on r chosen from the energy rank of a dense ΔW.
+MAX_DENSE_R = 64
+#: Energy fraction whose rank is r for a dense ΔW (Biderman et al. 2024's 90%).
+DENSE_R_ENERGY = 0.9
+#: Fig. 8: at most this many of ΔW's top directions, against W's top 10%.
+OVERLAP_DELTA_DIRECTIONS = 8
+OVERLAP_BASE_FRACTION = 0.1
+
+
+def base_svd(W: torch.Tensor) -> SVD:
+    """Thin SVD of the base weight W (rows, cols), computed once and reused by the analyses.
+
+    Used for amplification's baseline (σ(W)), the Fig. 8 overlap (W's right singular vectors)
+    and intruder dimensions (W's left singular vectors). Tensors stay on W's device.
+    """
+    with exact_math():
+        U, S, Vh = robust_svd(W)
+    return SVD(U, S, Vh, energy=float(W.double().pow(2).sum()), method="full")
+
+
+def amplification_rank(d: Delta, delta_svd: SVD, r: int | None = None,
+                       dtype: torch.dtype = torch.float32) -> int:
+    """The r of the amplification analysis.
+
+    ``r`` when given; else the LoRA rank for a LoRA ΔW, and for a dense (or DoRA) ΔW the rank
+    holding 90% of ‖ΔW‖²_F, capped at 64. Always capped at ΔW's numerical rank (directions with
+    σ = 0 are not ΔW's) and at the number of singular vectors computed; 0 for ΔW = 0.
+    """
+    S = delta_svd.S
+    if r is None and isinstance(d, LowRankDelta):
+        r = d.rank
+    elif r is None:
+        r = min(energy_rank(S, DENSE_R_ENERGY, delta_svd.energy) or len(S), MAX_DENSE_R)
+    return int(min(r, numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps), len(S)))
+
+
+def _random_frames(m: int, n: int, r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-r left (m, r) and right (n, r) singular subspaces of a seeded Gaussian (m, n) matrix.
+
+    For an iid Gaussian matrix these are independent, uniformly random r-frames (rotation
+    invariance), so they are drawn as such — the same distribution at O((m+n)r²) instead of an
+    (m, n) SVD. ‖Uᵀ W V‖_F depends only on the spans.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(m, r, generator=generator, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(n, r, generator=generator, dtype=torch.float64)).Q
+    return U, V
+
+
+def projection_norm(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor) -> float:
+    """‖Uᵀ W V‖_F for U (rows, r), W (rows, cols), V (cols, r)."""
+    return float(torch.linalg.matrix_norm((U.mT @ (W @ V)).double()))
+
+
+def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
+                  delta_svd: SVD | None = None, W_svd: SVD | None = None, device="auto",
+                  dtype: torch.dtype = torch.float32) -> Amplification | None:
+    """Amplification of W's directions by ΔW (Hu et al. 2021, Section 7.3, Table 7).
+
+    Parameters
+    ----------
+    d : Delta
+        ΔW, (rows, cols) in the base tensor's layout.
+    W : Tensor (rows, cols), optional
+        The base weight; default ``d.base()``.
+    r : int, optional
+        Number of ΔW's singular directions; default see :func:`amplification_rank` (the LoRA
+        rank; dense: the 90%-energy rank capped at 64).
+    seed : int
+        Seeds the random baseline.
+    delta_svd : SVD, optional
+        ΔW's SVD when already computed (it must hold at least r vectors); else computed here
+        (factored for LoRA, exact; for dense, top-r randomized when r is given, else full).
+    W_svd : SVD, optional
+        W's SVD from :func:`base_svd`, reused for σ(W); else W's singular values are computed.
+    device, dtype
+        Where and in what precision W is projected.
+
+    Returns
+    -------
+    Amplification or None
+        A mapping with ``r``, ``proj_delta`` = ‖Uᵀ W V‖_F (U, V: ΔW's top-r), ``proj_base_top``
+        (U, V: W's top-r, = sqrt(Σ_{i≤r} σᵢ(W)²)), ``proj_random`` (U, V of a seeded Gaussian
+        matrix), ``delta_fro`` = ‖ΔW‖_F, ``base_fro`` = ‖W‖_F and ``factor`` = delta_fro /
+        proj_delta (None when proj_delta = 0). None when ΔW = 0 (no direction to amplify).
+
+    Examples
+    --------
+    >>> amp = deltaw.amplification(deltas["model.layers.0.self_attn.q_proj"])   # doctest: +SKIP
+    >>> amp["factor"], amp["r"]                                                 # doctest: +SKIP
+    (21.5, 4)
+    """
+    check_dtype(dtype)
+    device = resolve_device(device)
+    W = base_matrix(d, W, dtype=dtype, device=device, needed_for="amplification")
+    if delta_svd is None:
+        delta_svd = svd(d, None if isinstance(d, LowRankDelta) else r, device=device, dtype=dtype)
+    r = amplification_rank(d, delta_svd, r, dtype)
+    if r == 0:
+        return None
+    with exact_math():
+        U = delta_svd.U[:, :r].to(device=device, dtype=dtype)  # (rows, r)
+        V = delta_svd.Vh[:r].mT.to(device=device, dtype=dtype)  # (cols, r)
+        proj_delta = projection_norm(U, W, V)
+        sigma_W = (W_svd.S if W_svd is not None else torch.linalg.svdvals(W)).double()
+        proj_base_top = float(sigma_W[:r].pow(2).sum().sqrt())
+        U_rand, V_rand = _random_frames(*W.shape, r, seed)
+        proj_random = projection_norm(U_rand.to(W), W, V_rand.to(W))
+        base_fro = float(W.double().pow(2).sum().sqrt())
+    delta_fro = math.sqrt(delta_svd.energy)
+    return Amplification(r=r, proj_delta=proj_delta, proj_base_top=proj_base_top, proj_random=proj_random,
+                         delta_fro=delta_fro, base_fro=base_fro,
+                         factor=delta_fro / proj_delta if proj_delta > 0 else None)
+
+
+def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None,
+                 delta_svd: SVD | None = None, W_svd: SVD | None = None, device="auto",
+                 dtype: torch.dtype = torch.float32) -> np.ndarray | None:
+    """φ between ΔW's top-i and W's top-j right singular vectors (Hu et al. 2021, Fig. 8).
+
+    Parameters
+    ----------
+    d : Delta
+    W : Tensor (rows, cols), optional
+        Default ``d.base()``.
+    i : int, optional
+        ΔW's directions: default min(8, ΔW's numerical rank) (the paper shows the top 4).
+    j : int, optional
+        W's directions: default 10% of min(rows, cols) (at least 1), the paper's "top 10%".
+    delta_svd, W_svd : SVD, optional
+        Precomputed SVDs of ΔW and of W (:func:`base_svd`).
+
+    Returns
+    -------
+    ndarray (i, j) or None
+        ``phi[a-1, b-1]`` = ‖V_ΔW[:, :a]ᵀ V_W[:, :b]‖²_F / min(a, b) (eq. 4 with the right singular
+        vectors of ΔW and W); None when ΔW = 0. In the paper the values barely exceed 0.2.
+    """
+    check_dtype(dtype)
+    device = resolve_device(device)
+    if W_svd is None:
+        W_svd = base_svd(base_matrix(d, W, dtype=dtype, device=device, needed_for="the Fig. 8 overlap"))
+    if delta_svd is None:
+        delta_svd = svd(d, device=device, dtype=dtype)
+    available = numerical_rank(delta_svd.S, d.matrix_shape, eps=torch.finfo(dtype).eps)
+    i = min(OVERLAP_DELTA_DIRECTIONS if i is None else i, available)
+    if i == 0:
+        return None
+    if j is None:
+        j = max(1, round(OVERLAP_BASE_FRACTION * min(d.matrix_shape)))
+    return phi_grid(delta_svd.Vh[:i].mT, W_svd.Vh[:j].mT)

@@ -1,0 +1,310 @@
+"""``deltaw.analyze``: every module of a checkpoint through the SVD core and the analyses.
+
+The run streams: ΔWs are read lazily (:func:`~deltaw.load.load_deltas`), decomposed in order by
+:func:`~deltaw.linalg.svd_many` (batched by shape, on the device), measured, and turned into plain
+:class:`~deltaw.records.ModuleRecord` s; no more than one chunk of matrices is held at a time.
+Per module:
+
+- the spectrum and rank estimators (:func:`spectral_summary`, REFERENCE.md §3);
+- with the base: ‖W‖_F, amplification (Hu et al. 2021, Table 7), the Fig. 8 overlap φ between
+  ΔW's and W's right singular vectors, intruder dimensions (Shuttleworth et al. 2024) and the
+  magnitude/direction change (Liu et al. 2024), all from one SVD of W.
+
+A module whose tensors hold NaN or ±Inf is recorded with ``nonfinite`` (the count) and null
+metrics; NaN never becomes a number in the results.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from deltaw._inputs import check_dtype, is_transposed
+from deltaw.amplification import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap, base_svd
+from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
+from deltaw.deltas import Deltas
+from deltaw.direction import magnitude_direction
+from deltaw.errors import DeltawError
+from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
+from deltaw.linalg import SVD, resolve_device, svd_many
+from deltaw.load import load_deltas
+from deltaw.records import Analysis, ModuleRecord, SkippedRecord, SpectralSummary, parse_module_name
+from deltaw.spectrum import (effective_rank, energy_ranks, gavish_donoho_rank, numerical_rank,
+                             stable_rank)
+
+Progress = Callable[[int, int, str], None]
+
+
+def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
+                     dtype: torch.dtype = torch.float32) -> SpectralSummary:
+    """The spectrum of one ΔW and its rank estimators (REFERENCE.md §3).
+
+    Parameters
+    ----------
+    result : SVD
+        From :func:`deltaw.svd` / :func:`deltaw.svd_many`; ``result.energy`` = ‖ΔW‖²_F is exact
+        even for a top-k.
+    shape : (rows, cols)
+    lowrank : bool
+        True for a factored LoRA ΔW: values below the numerical-rank threshold (exact zeros of a
+        rank-deficient B or A) are not listed, and no Gavish–Donoho rank is given (the spectrum is
+        exactly low rank, there is no noise bulk to threshold).
+    dtype : torch.dtype
+        The math's dtype, whose eps sets the numerical-rank threshold σ₁ · max(rows, cols) · eps.
+
+    Returns
+    -------
+    SpectralSummary
+        Energy ranks use the exact ‖ΔW‖²_F (None where a top-k does not reach the fraction);
+        effective rank is computed on the listed values (for a randomized top-k that is the
+        effective rank of the top-k part: ``svd_method`` says which); numerical rank counts among
+        the listed values.
+    """
+    S = result.S.double().cpu().numpy()
+    eps = torch.finfo(dtype).eps
+    rank = numerical_rank(S, shape, eps=eps)
+    listed = S[:rank] if lowrank else S
+    energy = float(result.energy)
+    captured = 1.0 if energy <= 0 else min(1.0, float((listed**2).sum()) / energy)
+    return SpectralSummary(
+        fro_norm=math.sqrt(energy),
+        singular_values=listed,
+        svd_method=result.method,
+        energy_captured=captured,
+        energy_rank=energy_ranks(listed, energy),
+        effective_rank=effective_rank(listed),
+        stable_rank=stable_rank(listed, energy),
+        numerical_rank=rank,
+        gavish_donoho_rank=None if lowrank else gavish_donoho_rank(S, shape),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reading one module: count NaN/Inf, form a dense ΔW once
+
+
+@dataclass(eq=False)
+class _FormedDelta(DenseDelta):
+    """A dense (or DoRA) ΔW already formed in memory, with its base, so nothing is read twice."""
+
+    formed: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.formed.to(dtype).reshape(self.shape)
+
+
+def _nonfinite(*tensors: torch.Tensor | None) -> int:
+    return sum(int((~torch.isfinite(t)).sum()) for t in tensors if t is not None and t.is_floating_point())
+
+
+def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
+    """(the Delta to decompose, NaN/Inf count of the module's tensors).
+
+    A LoRA is returned as it is (its factors are small; W is read later, when measured). A dense
+    or DoRA ΔW is formed once here from tensors read once, and returned, with W, as a
+    :class:`_FormedDelta`.
+    """
+    if isinstance(d, LowRankDelta):
+        return d, _nonfinite(d.read_A(), d.read_B())
+    base = d.read_base()
+    if isinstance(d, DoraDelta):
+        bad = _nonfinite(d.lowrank.read_A(), d.lowrank.read_B(), d.read_magnitude(), base)
+        once = replace(d, read_base=lambda: base)
+    elif isinstance(d, DenseDelta):
+        tuned = d.read_tuned()
+        bad = _nonfinite(tuned, base)
+        once = replace(d, read_base=lambda: base, read_tuned=lambda: tuned)
+    else:
+        bad, once = 0, d
+    if bad:
+        return d, bad
+    W, delta = once.base(dtype), once.matrix(dtype)
+    bad = _nonfinite(delta, W)  # finite inputs can still overflow
+    if bad:
+        return d, bad
+    return _FormedDelta(name=d.name, shape=d.matrix_shape, read_base=lambda: W, formed=delta), 0
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring one module
+
+
+@dataclass
+class _Options:
+    rank: int | None
+    intruder_k: int
+    intruder_eps: float
+    seed: int
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _identity(d: Delta) -> dict:
+    layer, module_type = parse_module_name(d.name)
+    lowrank = isinstance(d, (LowRankDelta, DoraDelta))
+    return dict(name=d.name, kind=d.kind, shape=tuple(d.matrix_shape), layer=layer, module_type=module_type,
+                lora_rank=d.rank if lowrank else None, scale=float(d.scale) if lowrank else None)
+
+
+def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> ModuleRecord:
+    """The record of one module from its SVD, plus the base analyses when W is known."""
+    identity = _identity(original)
+    if not bool(torch.isfinite(result.S).all()) or not math.isfinite(result.energy):
+        return ModuleRecord(**identity, nonfinite=max(1, _nonfinite(result.S)))
+    lowrank = isinstance(view, LowRankDelta)
+    summary = spectral_summary(result, view.matrix_shape, lowrank=lowrank, dtype=opts.dtype)
+    record = ModuleRecord(**identity, **vars(summary))
+    W = view.base(opts.dtype)
+    if W is None:
+        return record
+    bad = _nonfinite(W)
+    if bad:
+        return ModuleRecord(**identity, nonfinite=bad)
+    W = W.to(opts.device)
+    W_svd = base_svd(W)
+    record.base_fro_norm = math.sqrt(W_svd.energy)
+    common = dict(device=opts.device, dtype=opts.dtype)
+    record.amplification = amplification(view, W, opts.rank, opts.seed, delta_svd=result, W_svd=W_svd, **common)
+    if record.amplification is not None:
+        i = min(record.amplification.r, OVERLAP_DELTA_DIRECTIONS)
+        record.base_overlap = base_overlap(view, W, i=i, delta_svd=result, W_svd=W_svd, **common)
+    delta = view.matrix(opts.dtype)  # dense: already formed; LoRA: formed here, W + ΔW is dense anyway
+    record.intruders = intruder_dimensions(view, W, opts.intruder_k, opts.intruder_eps, delta=delta,
+                                           W_svd=W_svd, **common)
+    record.magnitude_direction = magnitude_direction(
+        view, W, delta=None if lowrank else delta, transposed=is_transposed(original), device=opts.device)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+
+def _select(deltas: Deltas, modules: str | None) -> list[Delta]:
+    if modules is None:
+        return list(deltas.values())
+    try:
+        pattern = re.compile(modules)
+    except re.error as err:
+        raise DeltawError(f"--modules {modules!r} is not a valid regular expression ({err})") from err
+    selected = [d for name, d in deltas.items() if pattern.search(name)]
+    if not selected and len(deltas):
+        examples = ", ".join(list(deltas)[:3])
+        raise DeltawError(f"no module name matches {modules!r} (names look like: {examples})")
+    return selected
+
+
+def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | None = None, *,
+            device="auto", dtype: torch.dtype = torch.float32, top_k: int | None = None,
+            rank: int | None = None, modules: str | None = None, scale: float | None = None,
+            intruder_k: int = DEFAULT_K, intruder_eps: float = DEFAULT_EPS, seed: int = 0,
+            progress: Progress | None = None) -> Analysis:
+    """Analyse every ΔW of a checkpoint; the library side of ``deltaw analyze``.
+
+    Parameters
+    ----------
+    checkpoint : path or Deltas
+        A PEFT adapter folder, kohya ``.safetensors``, loralib state dict (with ``scale``) or a
+        full fine-tune (with ``base``); or ΔWs already loaded with :func:`deltaw.load_deltas`.
+    base : path, optional
+        The pretrained model. Enables ``base_fro_norm``, ``amplification``, ``base_overlap``,
+        ``intruders`` and ``magnitude_direction`` (null without it); required for DoRA and full
+        fine-tunes.
+    device : "auto", "cpu", "cuda[:N]"
+    dtype : torch.float32 or torch.float64
+        Precision of the math; its eps sets the numerical-rank threshold.
+    top_k : int, optional
+        For dense (full fine-tune, DoRA) ΔW: only the top k singular values, by randomized SVD
+        (``svd_method`` = "randomized"); ‖ΔW‖_F and the energy fractions stay exact. LoRA spectra
+        are always exact and complete.
+    rank : int, optional
+        r of the amplification analysis. Default: the LoRA rank; for a dense ΔW the rank holding
+        90% of ‖ΔW‖²_F, capped at 64 (and at top_k). Capped at ΔW's numerical rank.
+    modules : str, optional
+        Regular expression; only modules whose name it matches (``re.search``) are analysed.
+    scale : float, optional
+        α/r for loralib state dicts.
+    intruder_k, intruder_eps : int, float
+        Top-k vectors of W + ΔW examined and the |cos| threshold (Shuttleworth et al. 2024).
+    seed : int
+        Seeds the randomized SVD and the random baseline of the amplification.
+    progress : callable(done, total, name), optional
+        Called after each module (the CLI draws a progress bar with it).
+
+    Returns
+    -------
+    Analysis
+        One :class:`~deltaw.records.ModuleRecord` per module in checkpoint order, the skipped
+        tensors and notes; ``.to_json()`` is the ``deltaw.analysis/1`` document.
+
+    Notes
+    -----
+    Per module (ΔW: (rows, cols) in the base tensor's layout, conv kernels flattened):
+    ``fro_norm`` = ‖ΔW‖_F; ``singular_values`` descending (LoRA: the non-zero ones; dense: all,
+    or the top k); ``energy_rank[τ]`` = smallest k with Σ_{i≤k} σᵢ² ≥ τ‖ΔW‖²_F; ``effective_rank``
+    = exp(−Σ pᵢ log pᵢ), pᵢ = σᵢ/Σσⱼ over the listed values; ``stable_rank`` = ‖ΔW‖²_F/σ₁²;
+    ``numerical_rank`` = #{σᵢ > σ₁ max(rows, cols) eps}; ``gavish_donoho_rank`` (dense, full
+    spectrum only). An all-zero ΔW has every rank 0 and no amplification or overlap.
+    ``base_overlap`` is Fig. 8's φ(i, j) between ΔW's top-i (i ≤ min(r, 8)) and W's top-j
+    (j = 10% of min(rows, cols)) right singular vectors. Intruders look at left singular vectors
+    in the base layout; magnitude/direction at output features.
+
+    Examples
+    --------
+    >>> analysis = deltaw.analyze("runs/lora-r8", base="base-model/")     # doctest: +SKIP
+    >>> analysis["model.layers.0.self_attn.q_proj"].amplification.factor  # doctest: +SKIP
+    >>> json.dump(analysis.to_json(), open("result.json", "w"))           # doctest: +SKIP
+    """
+    check_dtype(dtype)
+    for label, value in (("top_k", top_k), ("rank", rank), ("intruder_k", intruder_k)):
+        if value is not None and value < 1:
+            raise DeltawError(f"{label} must be ≥ 1, got {value}")
+    if not 0 < intruder_eps <= 1:
+        raise DeltawError(f"intruder_eps must be in (0, 1], got {intruder_eps}")
+    device = resolve_device(device)
+    deltas = checkpoint if isinstance(checkpoint, Deltas) else load_deltas(checkpoint, base, scale=scale)
+    selected = _select(deltas, modules)
+    opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype)
+    analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
+                        skipped=[SkippedRecord(s.name, s.reason) for s in deltas.skipped],
+                        notes=list(deltas.notes))
+    if top_k is not None and any(not isinstance(d, LowRankDelta) for d in selected):
+        analysis.notes.append(f"dense ΔW: top-{top_k} singular values by randomized SVD (svd_method); "
+                              "‖ΔW‖_F and energy fractions are exact")
+
+    records: list[ModuleRecord | None] = [None] * len(selected)
+    done = 0
+
+    def finish(i: int, record: ModuleRecord) -> None:
+        nonlocal done
+        records[i] = record
+        done += 1
+        if progress is not None:
+            progress(done, len(selected), record.name)
+
+    originals: dict[int, tuple[int, Delta]] = {}
+
+    def finite_views():
+        """The Deltas to decompose, in order; modules with NaN/Inf are recorded on the way."""
+        for i, d in enumerate(selected):
+            view, bad = _read(d, dtype)
+            if bad:
+                finish(i, ModuleRecord(**_identity(d), nonfinite=bad))
+                continue
+            originals[id(view)] = (i, d)
+            yield view
+
+    # LoRA keeps its exact, complete spectrum; dense ΔW gets top_k. One stream per run, in order.
+    for lowrank, run in itertools.groupby(finite_views(), key=lambda v: isinstance(v, LowRankDelta)):
+        for view, result in svd_many(run, None if lowrank else top_k, device=device, dtype=dtype, seed=seed):
+            i, original = originals.pop(id(view))
+            finish(i, _measure(original, view, result, opts))
+    analysis.modules = [r for r in records if r is not None]
+    return analysis
+

@@ -1,0 +1,73 @@
+"""Intruder dimensions (Shuttleworth et al. 2024, "LoRA vs Full Fine-tuning: An Illusion of
+Equivalence").
+
+With y_j the top-k left singular vectors of the fine-tuned weight W + ΔW and x_i all left
+singular vectors of W, y_j is an *intruder* when max_i |cos(y_j, x_i)| < ε: a new direction the
+pretrained weight does not have. Defaults k = 10, ε = 0.5. LoRA tends to create them, full
+fine-tuning almost never; their number tracks forgetting.
+
+"Left" is the column space of the matrix in the base tensor's layout (the output space of an
+``nn.Linear`` (out, in); the input space of a GPT-2 ``Conv1D``, stored (in, out)). W's thin SVD
+supplies min(rows, cols) vectors x_i. W + ΔW is dense, so its SVD is formed here even for LoRA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deltaw._inputs import base_matrix, check_dtype, exact_math
+from deltaw.amplification import base_svd
+from deltaw.delta import Delta
+from deltaw.errors import DeltawError
+from deltaw.linalg import SVD, resolve_device, robust_svd
+from deltaw.records import Intruders
+
+DEFAULT_K = 10
+DEFAULT_EPS = 0.5
+
+
+def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAULT_EPS, *,
+                        delta=None, W_svd: SVD | None = None, device="auto",
+                        dtype: torch.dtype = torch.float32) -> Intruders:
+    """Count the intruder dimensions of W + ΔW among its top-k left singular vectors.
+
+    Parameters
+    ----------
+    d : Delta
+        ΔW, (rows, cols) in the base tensor's layout.
+    W : Tensor (rows, cols), optional
+        The base weight; default ``d.base()``.
+    k : int
+        How many of W + ΔW's top left singular vectors to examine (capped at min(rows, cols)).
+    eps : float in (0, 1]
+        A vector y_j is an intruder when max_i |cos(y_j, x_i)| < eps.
+    delta : Tensor (rows, cols), optional
+        ΔW already formed (saves reading it again); default ``d.matrix()``.
+    W_svd : SVD, optional
+        W's SVD from :func:`deltaw.amplification.base_svd`; computed here otherwise.
+
+    Returns
+    -------
+    Intruders
+        ``k``, ``eps``, ``count``, ``indices`` (0-based among the top k) and ``max_cos`` (k,):
+        max_i |cos(y_j, x_i)| for every examined y_j.
+    """
+    check_dtype(dtype)
+    if not k >= 1:
+        raise DeltawError(f"intruder k must be ≥ 1, got {k}")
+    if not 0 < eps <= 1:
+        raise DeltawError(f"intruder eps must be in (0, 1], got {eps}")
+    device = resolve_device(device)
+    W = base_matrix(d, W, dtype=dtype, device=device, needed_for="intruder dimensions")
+    if W_svd is None:
+        W_svd = base_svd(W)
+    with exact_math():
+        delta = d.matrix(dtype) if delta is None else torch.as_tensor(delta)
+        tuned = W + delta.to(W).reshape(W.shape)  # (rows, cols)
+        k = min(k, min(W.shape))
+        Y = robust_svd(tuned)[0][:, :k]  # (rows, k): top-k left singular vectors of W + ΔW
+        X = W_svd.U.to(W)  # (rows, min(rows, cols)): W's left singular vectors
+        max_cos = (Y.mT @ X).abs().amax(dim=1).double().cpu()  # (k,)
+    intruders = torch.nonzero(max_cos < eps).flatten().tolist()
+    return Intruders(k=k, eps=float(eps), count=len(intruders), indices=intruders,
+                     max_cos=[float(c) for c in max_cos])

@@ -1,0 +1,248 @@
+"""How ΔW relates to W (LoRA paper §7.3): the Table 7 layout and the factor per layer.
+
+Rows as in the paper: ‖UᵀWV‖_F with U, V the top-r singular vectors of ΔW, of W, and of a
+random matrix; ‖ΔW‖_F; ‖W‖_F; the amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F. Columns are modules
+when there are a few; otherwise, per module type, a low, a middle and a top layer and the median
+over all layers. The paper's GPT-3 values stand in the last columns for comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from . import style, text
+from ._data import Analysis, Module, representative_layers, type_sort_key
+from .figures_layers import grid_block, grid_caption, layer_grid
+from .layout import plain
+from .pdf import Block
+from .tables import Table, natural_widths, table_blocks
+
+MAX_TYPE_LINES = 4  # more module types than this: aggregate the lines, add a grid
+
+ROWS = [  # (label, key in the amplification record)
+    ("r (directions)", "r"),
+    (f"{text.PROJ} from ΔW", "proj_delta"),
+    ("      … from W's top r", "proj_base_top"),
+    ("      … from random", "proj_random"),
+    (text.NORM_DW, "delta_fro"),
+    (text.NORM_W, "base_fro"),
+    ("amplification factor", "factor"),
+]
+
+PAPER = [  # GPT-3 175B, layer 48, W_q (Hu et al. 2021, Table 7)
+    ("paper\nr = 4", {"r": 4, "proj_delta": 0.32, "proj_base_top": 21.67,
+                                  "proj_random": 0.02, "delta_fro": 6.91, "base_fro": 61.95,
+                                  "factor": 21.5}),
+    ("paper\nr = 64", {"r": 64, "proj_delta": 1.90, "proj_base_top": 37.71,
+                                   "proj_random": 0.33, "delta_fro": 3.57, "base_fro": 61.95,
+                                   "factor": 1.9}),
+]
+
+
+def _label(m: Module) -> str:
+    return f"{plain(m.module_type)}\nlayer {m.layer}" if m.layer is not None else plain(
+        m.name.rsplit(".", 2)[-2] + "." + m.name.rsplit(".", 1)[-1] if "." in m.name else m.name)
+
+
+def _columns(mods: list[Module]) -> list[list[tuple[str, dict]]]:
+    """Groups of (header, record) columns to keep together: every module alone, or per module
+    type a low, a middle and a top layer and the median."""
+    if len(mods) <= 6:
+        return [[(_label(m), m.amplification)] for m in mods]
+    groups = []
+    types = []
+    for m in mods:
+        if m.module_type not in types:
+            types.append(m.module_type)
+    for t in types:
+        of_type = [m for m in mods if m.module_type == t]
+        by_layer = {m.layer: m for m in of_type if m.layer is not None}
+        columns = [(_label(by_layer[layer]), by_layer[layer].amplification)
+                   for layer in representative_layers(sorted(by_layer))]
+        if not by_layer:
+            columns = [(_label(m), m.amplification) for m in of_type[:3]]
+        if len(of_type) > 1:
+            median = {key: float(np.median([m.amplification[key] for m in of_type]))
+                      for _, key in ROWS}
+            columns.append((f"{plain(t)}\nmedian", median))
+        groups.append(columns)
+    return groups
+
+
+def _cell(key: str, value: float, exact: bool = False) -> str:
+    if exact:  # the paper's numbers, as printed there
+        return ("≈" if key == "factor" else "") + f"{value:g}"
+    if key == "r":
+        return text.count(value)
+    if key == "factor":
+        return "≈" + text.num(value, 3)
+    return text.num(value, 3)
+
+
+def amplification_table_blocks(analysis: Analysis) -> list[Block]:
+    mods = sorted((m for m in analysis.modules if m.amplification),
+                  key=lambda m: (type_sort_key(m.module_type), m.layer is None, m.layer or 0))
+    if not mods:
+        return []
+    # pack columns into tables that fit the text width; the paper's columns end the first one
+    chunks, current = [], []
+    for group in _columns(mods):
+        for column in group if _width(group) > style.CONTENT_W else [group]:
+            add = column if isinstance(column, list) else [column]
+            reserve = PAPER if not chunks else []
+            if current and _width(current + add + reserve) > style.CONTENT_W:
+                chunks.append(current + reserve)
+                current = []
+            current.extend(add)
+    chunks.append(current + (PAPER if not chunks else []))
+    blocks = []
+    for n, chunk in enumerate(chunks):
+        table = _table(chunk)
+        rs = sorted({int(m.amplification["r"]) for m in mods})
+        caption = (
+            f"How ΔW relates to W, laid out like Table 7 of the LoRA paper. U and V are the top-r "
+            f"left and right singular vectors of ΔW (r = {text.span(rs, str)}); {text.PROJ} "
+            f"(“from ΔW”) measures how much of W lies along them. Baselines: U, V from W's own top-r "
+            f"directions (the most W can hold) and from a random Gaussian matrix (chance). "
+            f"The amplification factor {text.NORM_DW}/{text.PROJ} says how strongly the update "
+            f"amplifies directions W already holds but does not emphasise; the paper finds "
+            f"≈21.5 at r = 4 and ≈1.9 at r = 64 (columns “paper”: GPT-3 175B, layer 48, W_q)."
+            + (" Columns: for each module type a low, a middle and a top layer, and the median "
+               "over all its modules." if len(mods) > 6 else "")
+        )
+        for block in table_blocks(table, caption if n == 0 else "(continued)", kind="Table"):
+            block.continued = block.continued or n > 0
+            blocks.append(block)
+    return blocks
+
+
+def _table(cols: list[tuple[str, dict]]) -> Table:
+    paper = [any(record is p for _, p in PAPER) for _, record in cols]
+    rows = [[label] + [_cell(key, record[key], exact) for (_, record), exact in zip(cols, paper)]
+            for label, key in ROWS]
+    return Table(header=[""] + [h for h, _ in cols], rows=rows, align="l" + "r" * len(cols),
+                 stretch=0, size=style.SMALL, fill=False)
+
+
+def _width(cols) -> float:
+    return sum(natural_widths(_table(cols)))
+
+
+def _per_layer(mods: list[Module], fn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Layers, and per layer the median, 25th and 75th percentile of ``fn(amplification)``."""
+    by_layer: dict[int, list[float]] = {}
+    for m in mods:
+        by_layer.setdefault(m.layer, []).append(fn(m.amplification))
+    layers = sorted(by_layer)
+    values = [np.asarray(by_layer[l]) for l in layers]
+    return (np.array(layers), np.array([np.median(v) for v in values]),
+            np.array([np.percentile(v, 25) for v in values]),
+            np.array([np.percentile(v, 75) for v in values]))
+
+
+def amplification_layer_block(analysis: Analysis) -> Block | None:
+    """The factor per layer and W along ΔW's directions per layer: a line per module type, or,
+    with more than ``MAX_TYPE_LINES`` types, the median over all modules with its IQR band."""
+    mods = [m for m in analysis.modules if m.amplification and m.layer is not None]
+    if len({m.layer for m in mods}) < 2:
+        return None
+    types = [t for t in analysis.types if any(m.module_type == t for m in mods)]
+    aggregate = len(types) > MAX_TYPE_LINES
+    if aggregate:
+        groups = [(f"median of {len(mods)} modules (IQR shaded)", mods, style.ACCENT)]
+    else:
+        groups = [(plain(t), [m for m in mods if m.module_type == t], style.type_color(n))
+                  for n, t in enumerate(types)]
+    factors = [m.amplification["factor"] for m in mods]
+    curves = [  # (axes index, quantity, line style)
+        (0, lambda a: a["factor"], "-o"),
+        (1, lambda a: a["proj_delta"] / a["proj_base_top"], "-"),
+        (1, lambda a: a["proj_random"] / a["proj_base_top"], "--"),
+    ]
+
+    def draw(region):
+        left, right = region.inset(left=0.55, top=0.28, bottom=0.42, right=0.05).columns(
+            [1, 1], gap=0.72)
+        axes = (left.axes(), right.axes())
+        ax_f, ax_p = axes
+        handles = []
+        for label, group, color in groups:
+            for index, fn, ls in curves:
+                x, med, q25, q75 = _per_layer(group, fn)
+                dashed = ls == "--"
+                axes[index].plot(x, med, ls, color=color, ms=2.5, lw=0.8 if dashed else 1.0,
+                                 alpha=0.7 if dashed else 1.0)
+                if aggregate:
+                    axes[index].fill_between(x, q25, q75, color=color, alpha=0.15, linewidth=0)
+            handles.append(Line2D([], [], color=color, marker="o", ms=2.5, label=label))
+        positive = [f for f in factors if f > 0]
+        if positive and max(positive) / min(positive) > 15:
+            ax_f.set_yscale("log")
+        else:
+            ax_f.set_ylim(bottom=0)
+        _, hi = ax_f.get_xlim()
+        for value, label in ((21.5, "paper r = 4"), (1.9, "paper r = 64")):
+            ymin, ymax = ax_f.get_ylim()
+            if ymin <= value <= ymax * 1.5:
+                ax_f.axhline(value, color=style.MUTED, lw=0.6, ls=(0, (4, 2)))
+                ax_f.text(hi, value, f"{label} ", fontsize=style.TINY, color=style.MUTED,
+                          va="bottom", ha="right",
+                          bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
+        ax_p.set_yscale("log")
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+            ax.set_xlabel("layer", labelpad=2)
+        ax_f.set_ylabel("amplification factor", labelpad=2)
+        ax_p.set_ylabel(f"{text.PROJ} relative to W's top r", labelpad=2)
+        ax_f.set_title("Amplification factor per layer", loc="left")
+        ax_p.set_title("W along ΔW's directions vs W's top", loc="left")
+        # legends sit in headroom above the data, so they never cover a curve
+        if not aggregate:
+            _headroom(ax_f, rows=(len(handles) + 3) // 4)
+            ax_f.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4),
+                        columnspacing=1.0, handlelength=1.6, borderaxespad=0.2)
+        _headroom(ax_p, rows=1)
+        ax_p.legend(handles=[Line2D([], [], color="#444", lw=1.0, label="U, V from ΔW"),
+                             Line2D([], [], color="#444", lw=0.8, ls="--", label="U, V random")],
+                    loc="upper center", ncol=2, borderaxespad=0.2)
+
+    caption = (
+        f"Left: amplification factor {text.NORM_DW}/{text.PROJ} per layer, "
+        + (f"the median over all {len(types)} module types with the interquartile range shaded "
+           f"(the grid below shows each type)" if aggregate else
+           "one line per module type (median where a layer has several modules)")
+        + f"; median {text.num(float(np.median(factors)))}, range {text.span(factors)}. "
+        f"Dashed: the paper's GPT-3 values, when in range. Right: "
+        f"{text.PROJ} for ΔW's top-r directions (solid) and for random directions (dashed), "
+        f"divided by the same for W's own top-r directions; a value of 1 would mean ΔW repeats "
+        f"W's top directions. In the paper ΔW sits far above random yet far below W's top "
+        f"(0.32 vs 0.02 vs 21.67 at r = 4)."
+    )
+    return Block(height=2.6, draw=draw, caption=caption)
+
+
+def _headroom(ax, rows: int) -> None:
+    """Raise the top of the y axis by about ``rows`` legend rows (0.14 of the axes each)."""
+    lo, hi = ax.get_ylim()
+    share = min(0.14 * rows, 0.5)
+    if ax.get_yscale() == "log":
+        span = np.log10(hi) - np.log10(lo)
+        ax.set_ylim(lo, 10 ** (np.log10(lo) + span / (1 - share)))
+    else:
+        ax.set_ylim(lo, lo + (hi - lo) / (1 - share))
+
+
+def amplification_grid_block(analysis: Analysis) -> Block | None:
+    """The factor as a layer × module-type grid, when there are too many types for lines."""
+    mods = [m for m in analysis.modules if m.amplification]
+    if len({m.module_type for m in mods}) <= MAX_TYPE_LINES:
+        return None
+    grid = layer_grid(analysis, lambda m: m.amplification["factor"] if m.amplification else None)
+    caption = grid_caption(
+        grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how "
+        "strongly ΔW amplifies directions of W that W does not emphasise (see the table and "
+        "the figure above).", text.num, len(analysis.not_finite))
+    return grid_block(grid, title="Amplification factor", caption=caption,
+                      fmt=lambda v: text.num(v, 2))

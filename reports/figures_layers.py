@@ -1,0 +1,160 @@
+"""Layer × module-type grids: energy rank, effective rank, relative size, intruder counts.
+
+One heatmap per metric, module types as rows (in block order q, k, v, o, MLP) and layers as
+columns, so a model of any depth fits the page width. Cells of modules whose weights held
+NaN/Inf are hatched, never coloured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from . import style, text
+from ._data import Analysis, Module, type_sort_key
+from .heatmap import colorbar, heatmap
+from .layout import Region, ellipsize, plain, text_width
+from .pdf import Block
+
+NO_LAYER = "–"
+MAX_CELL_W = 0.75  # inches
+MAX_LABEL_W = 1.6  # inches for a module type's name; longer ones are shortened with …
+
+
+@dataclass(frozen=True)
+class Grid:
+    types: list[str]
+    columns: list  # layer indices, then None for modules without one
+    values: np.ndarray  # (types, columns), NaN where no module
+    not_finite: np.ndarray  # (types, columns) bool
+    multiple: bool  # some cell holds more than one module
+
+    @property
+    def labels(self) -> list[str]:
+        return [NO_LAYER if c is None else str(c) for c in self.columns]
+
+
+def layer_grid(analysis: Analysis, value: Callable[[Module], float | None]) -> Grid | None:
+    """The median of ``value`` per (module type, layer) cell; None when no module has a value."""
+    cells: dict[tuple[str, object], list[float]] = {}
+    for m in analysis.modules:
+        v = value(m)
+        if v is not None and np.isfinite(v):
+            cells.setdefault((m.module_type, m.layer), []).append(float(v))
+    if not cells:
+        return None
+    bad = {(m.module_type, m.layer) for m in analysis.not_finite}
+    keys = set(cells) | bad
+    types = sorted({t for t, _ in keys}, key=type_sort_key)
+    layers = sorted({l for _, l in keys if l is not None})
+    columns = layers + ([None] if any(l is None for _, l in keys) else [])
+    values = np.full((len(types), len(columns)), np.nan)
+    flagged = np.zeros(values.shape, dtype=bool)
+    for (t, l), vs in cells.items():
+        values[types.index(t), columns.index(l)] = float(np.median(vs))
+    for t, l in bad:
+        if (t, l) not in cells:
+            flagged[types.index(t), columns.index(l)] = True
+    return Grid(types, columns, values, flagged, any(len(v) > 1 for v in cells.values()))
+
+
+def grid_caption(grid: Grid, metric: str, how_to_read: str, fmt, not_finite: int) -> str:
+    """The caption of a grid: what it shows, how to read it, the range, the empty cells."""
+    return text.caption_layer_grid(
+        metric, how_to_read, list(grid.values[np.isfinite(grid.values)]), fmt,
+        not_finite=not_finite, no_layer=None in grid.columns, multiple=grid.multiple,
+        missing=bool(np.any(~np.isfinite(grid.values) & ~grid.not_finite)))
+
+
+def grid_block(grid: Grid, *, title: str, caption: str,
+               fmt: Callable[[float], str], cmap: str = style.SEQUENTIAL,
+               vmin: float | None = None, vmax: float | None = None,
+               integer: bool = False) -> Block:
+    """A heatmap block for ``grid``; height grows with the number of module types."""
+    finite = grid.values[np.isfinite(grid.values)]
+    lo = float(finite.min()) if vmin is None else vmin
+    hi = float(finite.max()) if vmax is None else vmax
+    n_types = len(grid.types)
+    cell_h = min(0.30, 4.2 / max(n_types, 1))
+    labels = [ellipsize(plain(t), MAX_LABEL_W, style.SMALL) for t in grid.types]
+    left = max(text_width(l, style.SMALL) for l in labels) + 0.22
+    height = 0.30 + n_types * cell_h + 0.45
+
+    def draw(region):
+        # cells no wider than MAX_CELL_W, so a few layers do not stretch into long bars
+        plot_w = min(region.w - 0.85 - left, len(grid.columns) * MAX_CELL_W)
+        body = Region(region.fig, region.x, region.y, left + plot_w + 0.1, region.h)
+        bar = Region(region.fig, body.x + body.w, region.y, 0.75, region.h)
+        ax = body.inset(left=left, top=0.30, bottom=0.45, right=0.1).axes()
+        mesh = heatmap(
+            ax, grid.values, x_labels=grid.labels, y_labels=labels,
+            vmin=lo, vmax=hi, cmap=cmap, annotate=fmt if len(grid.columns) <= 36 else None,
+            not_finite=grid.not_finite,
+            cell_edges=len(grid.columns) <= 48, x_label="layer",
+        )
+        ax.set_title(title, loc="left")
+        bar_ = colorbar(bar.inset(left=0.05, right=0.58, top=0.30, bottom=0.45), mesh, None)
+        if fmt is text.pct:  # the bar speaks the cells' unit; other formats round too hard
+            bar_.formatter = FuncFormatter(lambda v, _: text.pct(v))
+        if integer:
+            bar_.locator = MaxNLocator(integer=True, nbins=max(2, int((height - 0.75) / 0.3)))
+        bar_.update_ticks()
+
+    return Block(height=height, draw=draw, caption=caption)
+
+
+def layer_grid_blocks(analysis: Analysis) -> list[Block]:
+    """Energy rank (0.9), effective rank, and ‖ΔW‖_F/‖W‖_F (or ‖ΔW‖_F without a base)."""
+    n_bad = len(analysis.not_finite)
+    blocks = []
+    specs = [
+        ("90%-energy rank: directions holding 90% of $‖\\Delta W‖_F^2$",
+         lambda m: m.energy_rank_90, text.count, "90%-energy rank",
+         "Each cell is the smallest k whose top-k singular values hold 90% of the squared "
+         "Frobenius norm of ΔW; brighter cells need more directions.", None),
+        ("Effective rank (Roy & Vetterli 2007)",
+         lambda m: m.effective_rank, lambda v: text.num(v, 2), "Effective rank",
+         r"Effective rank is exp of the entropy of $\sigma_i/\Sigma_j\sigma_j$: the number of directions the update "
+         "spreads over, counting weak ones fractionally.", None),
+    ]
+    if any(m.rel_norm is not None for m in analysis.modules):
+        specs.append((f"Relative size of the update, {text.REL_NORM}",
+                      lambda m: m.rel_norm, text.pct, f"Relative size {text.REL_NORM}",
+                      "Brighter cells were changed more, relative to the pretrained weights.", 0.0))
+    else:
+        specs.append((f"Size of the update, {text.NORM_DW} (no base weights given)",
+                      lambda m: m.fro_norm, lambda v: text.num(v, 2), f"Size {text.NORM_DW}",
+                      "Brighter cells were changed more. Without the base weights the size cannot "
+                      "be set against ‖W‖.", 0.0))
+    for title, value, fmt, metric, how, vmin in specs:
+        grid = layer_grid(analysis, value)
+        if grid is None:
+            continue
+        caption = grid_caption(grid, metric, how, fmt, n_bad)
+        blocks.append(grid_block(grid, title=title, caption=caption, fmt=fmt, vmin=vmin,
+                                 integer=fmt is text.count))
+    return blocks
+
+
+def intruder_block(analysis: Analysis) -> Block | None:
+    """Intruder-dimension counts per layer × module type, or None without intruder data."""
+    grid = layer_grid(analysis, lambda m: m.intruders["count"] if m.intruders else None)
+    if grid is None:
+        return None
+    with_data = [m for m in analysis.modules if m.intruders]
+    k = int(with_data[0].intruders["k"])
+    eps = with_data[0].intruders["eps"]
+    caption = grid_caption(
+        grid, "Intruder dimensions",
+        f"A singular vector among the top {k} of W + ΔW is an intruder when its cosine "
+        f"similarity to every singular vector of W stays below ε = {text.num(eps)} "
+        f"(Shuttleworth et al. 2024): a new direction rather than a re-weighted old one. "
+        f"Counts run from 0 to {k}; LoRA adapters typically show some, full fine-tunes "
+        f"almost none, and more intruders go with more forgetting.",
+        text.count, len(analysis.not_finite))
+    return grid_block(grid, title=f"Intruder dimensions among the top {k} (ε = {text.num(eps)})",
+                      caption=caption, fmt=text.count, integer=True,
+                      cmap=style.COUNTS, vmin=0.0, vmax=float(max(k, 1)))

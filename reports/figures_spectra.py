@@ -1,0 +1,190 @@
+"""Singular value spectra and cumulative energy, one figure per module type.
+
+All modules of a type share two panels — σ_i/σ_1 on a log scale and the cumulative share of
+‖ΔW‖_F² — one line per module coloured by layer, so 200+ modules stay readable as a family of
+curves with their median. The medians of the rank estimators are drawn as vertical lines. For a
+top-k (dense) spectrum the cumulative curve is divided by the exact ‖ΔW‖_F², so it ends at the
+captured energy instead of pretending to reach 100 %.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from . import style, text
+from ._data import Analysis, Module
+from .heatmap import colorbar
+from .layout import ellipsize, plain, text_width
+from .pdf import Block
+
+HEIGHT = 2.75
+LEGEND_H = 0.22  # a strip under the panels for the legend, so it never covers a curve
+MAX_POINTS = 400  # points per curve; long dense spectra are sampled on a log grid
+
+ESTIMATORS = [  # (legend label, value of a module, line style)
+    ("90% energy", lambda m: m.energy_rank_90, "-"),
+    ("effective", lambda m: m.effective_rank, "--"),
+    ("stable", lambda m: m.stable_rank, ":"),
+    ("Gavish–Donoho", lambda m: m.gavish_donoho_rank, "-."),
+]
+
+
+def _estimator_medians(mods: list[Module]) -> list[tuple[str, float, str]]:
+    """(label, median over modules, line style) of each rank estimator the modules have."""
+    out = []
+    for label, value, ls in ESTIMATORS:
+        vals = [value(m) for m in mods if value(m) is not None]
+        if vals and float(np.median(vals)) > 0:
+            out.append((label, float(np.median(vals)), ls))
+    return out
+
+
+def _sample(n: int) -> np.ndarray:
+    """Indices (0-based) at which to draw a curve of ``n`` points."""
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    head = np.arange(50)
+    tail = np.unique(np.round(np.geomspace(50, n - 1, MAX_POINTS - 50)).astype(int))
+    return np.unique(np.concatenate([head, tail]))
+
+
+def _median_curve(curves: list[np.ndarray]) -> np.ndarray:
+    """Median over curves of different lengths, where at least half of them reach."""
+    longest = max(len(c) for c in curves)
+    stack = np.full((len(curves), longest), np.nan)
+    for row, c in zip(stack, curves):
+        row[: len(c)] = c
+    reach = np.sum(np.isfinite(stack), axis=0)
+    median = np.full(longest, np.nan)
+    ok = reach >= max(2, len(curves) / 2)
+    median[ok] = np.nanmedian(stack[:, ok], axis=0)
+    return median
+
+
+def _plottable(m: Module) -> bool:
+    """A spectrum with something to draw (ΔW = 0 has none)."""
+    return m.fro_norm > 0 and m.singular_values.size > 0 and m.singular_values[0] > 0
+
+
+def spectra_block(module_type: str, mods: list[Module], layer_norm: Normalize | None) -> Block:
+    """The spectrum and cumulative-energy figure for the (plottable) modules of one type."""
+    mods = sorted(mods, key=lambda m: (m.layer is None, m.layer or 0))
+    cmap = style.layer_cmap()
+    many = len(mods) >= 3
+    longest = max((m.singular_values.size for m in mods), default=1)
+    medians = _estimator_medians(mods)
+    # a top-k spectrum can have rank estimates beyond its last listed value: show them too
+    full_rank = max((min(m.shape) for m in mods), default=longest)
+    x_max = max([longest] + [min(at, full_rank) for _, at, _ in medians])
+    top_k = any(m.is_top_k for m in mods)
+    log_x = x_max > 64
+    labels = (["median"] if many else []) + [f"{l} {text.num(at, 3)}" for l, at, _ in medians]
+    entry_w = [text_width(l, style.SMALL) + 0.45 + 0.17 for l in labels]
+    ncol = len(labels) if sum(entry_w) <= style.CONTENT_W - 0.6 else (len(labels) + 1) // 2
+    legend_h = LEGEND_H if ncol == len(labels) else 2 * LEGEND_H
+
+    def color(m: Module):
+        if layer_norm is None or m.layer is None:
+            return style.ACCENT if layer_norm is None else "#8a8a8a"
+        return cmap(layer_norm(m.layer))
+
+    def draw(region):
+        strip = region.inset(top=region.h - legend_h)
+        plots = region.inset(bottom=legend_h)
+        body, bar = plots.columns([plots.w - 0.62, 0.62])
+        left, right = body.inset(left=0.55, top=0.28, bottom=0.42).columns([1, 1], gap=0.62)
+        ax_s, ax_c = left.axes(), right.axes()
+        width = 0.9 if len(mods) <= 24 else 0.6
+        alpha = 0.9 if len(mods) <= 24 else 0.6
+        normalised, smallest = [], 1.0
+        for m in mods:
+            s = m.singular_values / m.singular_values[0]
+            normalised.append(s)
+            idx = _sample(s.size)
+            x = idx + 1
+            positive = s[idx] > 0
+            if np.any(positive):
+                smallest = min(smallest, float(s[idx][positive].min()))
+            ax_s.plot(x[positive], s[idx][positive], color=color(m), lw=width, alpha=alpha)
+            cum = np.cumsum(m.singular_values ** 2) / m.fro_norm ** 2
+            ax_c.plot(x, cum[idx], color=color(m), lw=width, alpha=alpha)
+            k90 = m.energy_rank_90
+            if 1 <= k90 <= cum.size:
+                ax_c.plot([k90], [cum[k90 - 1]], "o", ms=2.6, color=color(m), mec="white",
+                          mew=0.3, zorder=3)
+        if many:
+            med = _median_curve(normalised)
+            idx = _sample(med.size)
+            ax_s.plot(idx + 1, med[idx], color="black", lw=1.6, zorder=4)
+            cums = [np.cumsum(m.singular_values ** 2) / m.fro_norm ** 2 for m in mods]
+            medc = _median_curve(cums)
+            idx = _sample(medc.size)
+            ax_c.plot(idx + 1, medc[idx], color="black", lw=1.6, zorder=4)
+
+        handles = [Line2D([], [], color="black", lw=1.6, label="median")] if many else []  # = labels
+        for label, at, ls in medians:
+            for ax in (ax_s, ax_c):
+                ax.axvline(at, color="#333333", lw=0.8, ls=ls, zorder=2)
+            handles.append(Line2D([], [], color="#333333", lw=0.8, ls=ls,
+                                  label=f"{label} {text.num(at, 3)}"))
+        if top_k and x_max > longest:
+            for ax in (ax_s, ax_c):
+                ax.axvspan(longest + 0.5, x_max * 1.1 + 1, color=style.NO_DATA, zorder=0, lw=0)
+            mid = float(np.sqrt((longest + 0.5) * (x_max * 1.1 + 1))) if log_x else (
+                (longest + 0.5 + x_max * 1.1 + 1) / 2)
+            ax_s.text(mid, 0.03, "not\nlisted", transform=ax_s.get_xaxis_transform(),
+                      ha="center", va="bottom", fontsize=style.TINY, color=style.MUTED)
+
+        for level in (0.5, 0.9, 0.99):
+            ax_c.axhline(level, color=style.RULE, lw=0.5, ls=(0, (2, 2)), zorder=1)
+        ax_s.set_yscale("log")
+        ax_s.set_ylim(max(smallest, 1e-7) * 0.6, 1.6)
+        ax_c.set_ylim(0, 1.02)
+        ax_c.set_yticks([0, 0.25, 0.5, 0.75, 0.9, 1.0], ["0", "25%", "50%", "75%", "90%", "100%"])
+        for ax in (ax_s, ax_c):
+            if log_x:
+                ax.set_xscale("log")
+                ax.set_xlim(0.9, x_max * 1.1)
+            else:
+                ax.set_xlim(0.5, x_max + 0.5)
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=2))
+            ax.set_xlabel("index i" if ax is ax_s else "k (leading directions)", labelpad=2)
+        ax_s.set_ylabel(r"$\sigma_i\,/\,\sigma_1$", labelpad=2)
+        name = ellipsize(plain(module_type), left.w - 1.25, style.BODY, weight="bold")
+        ax_s.set_title(f"{name}: singular values", loc="left")
+        name = ellipsize(plain(module_type), right.w - 1.35, style.BODY, weight="bold")
+        ax_c.set_title(f"{name}: cumulative energy", loc="left")
+        ax_c.set_ylabel(f"share of {text.NORM_DW2}", labelpad=2)
+        region.fig.legend(handles=handles, loc="upper left", ncol=ncol,
+                          bbox_to_anchor=strip.inset(left=0.55).frac(), handlelength=2.2,
+                          columnspacing=1.2, borderaxespad=0.0, borderpad=0.0,
+                          fontsize=style.SMALL, labelspacing=0.3)
+        if layer_norm is not None:
+            mappable = ScalarMappable(norm=layer_norm, cmap=cmap)
+            span = layer_norm.vmax - layer_norm.vmin
+            ticks = None if span > 12 else list(range(int(layer_norm.vmin), int(layer_norm.vmax) + 1))
+            bar_ = colorbar(bar.inset(left=0.06, right=0.44, top=0.28, bottom=0.42), mappable,
+                            "layer", ticks=ticks)
+            if ticks is None:
+                bar_.locator = MaxNLocator(integer=True)
+                bar_.update_ticks()
+
+    caption = text.caption_spectra(module_type, mods, many_layers=many)
+    if layer_norm is not None and any(m.layer is None for m in mods):
+        caption += " Grey lines: modules without a layer index."
+    return Block(height=HEIGHT + legend_h - LEGEND_H, draw=draw, caption=caption)
+
+
+def spectra_blocks(analysis: Analysis) -> list[Block]:
+    layers = analysis.layers
+    norm = Normalize(vmin=layers[0], vmax=layers[-1]) if len(layers) >= 2 else None
+    blocks = []
+    for module_type in analysis.types:
+        mods = [m for m in analysis.of_type(module_type) if _plottable(m)]
+        if mods:
+            blocks.append(spectra_block(module_type, mods, norm))
+    return blocks

@@ -1,0 +1,81 @@
+"""The opening page of a report part: title, what was analysed, headline findings, contents."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from . import style
+from .layout import Region, line_height, paragraph, wrap
+from .pdf import Block, Section
+from .tables import Table, draw_table, table_height
+
+BULLET_INDENT = 0.2
+SUBHEAD_H = 0.34
+
+
+def title_block(title: str, subtitle: str, note: str) -> Block:
+    sub_lines = wrap(subtitle, style.CONTENT_W, style.SUBTITLE)
+    note_lines = wrap(note, style.CONTENT_W, style.BODY)
+    height = (0.55 + len(sub_lines) * line_height(style.SUBTITLE) + 0.1
+              + len(note_lines) * line_height(style.BODY) + 0.1)
+
+    def draw(region: Region):
+        region.text(0.0, region.h - 0.42, title, fontsize=style.TITLE, weight="bold",
+                    color=style.ACCENT, va="baseline")
+        y = paragraph(region, sub_lines, size=style.SUBTITLE, y_top=region.h - 0.55)
+        paragraph(region, note_lines, size=style.BODY, y_top=y - 0.1, color=style.MUTED)
+
+    return Block(height=height, draw=draw, kind=None, new_page=True, gap_after=0.2)
+
+
+def facts_block(facts: list[tuple[str, str]]) -> Block:
+    """What was analysed, as a two-column key/value table."""
+    table = Table(header=None, rows=[[k, v] for k, v in facts], align="ll", size=style.BODY - 0.5,
+                  stretch=1, wrap=True, zebra=True, bold_first_column=True)
+    return Block(height=table_height(table), draw=lambda region: draw_table(region, table),
+                 kind=None, gap_after=0.3)
+
+
+def _subhead(region: Region, y_top: float, label: str) -> float:
+    region.text(0.0, y_top - 0.22, label, fontsize=style.SUBTITLE, weight="bold",
+                color=style.ACCENT, va="baseline")
+    return y_top - SUBHEAD_H
+
+
+def findings_block(findings: list[str], heading: str = "Headline findings") -> Block:
+    size = style.BODY + 0.5
+    wrapped = [wrap(f, style.CONTENT_W - BULLET_INDENT, size) for f in findings]
+    gap = 0.07
+    height = SUBHEAD_H + sum(len(w) * line_height(size) + gap for w in wrapped)
+
+    def draw(region: Region):
+        y = _subhead(region, region.h, heading)
+        for lines in wrapped:
+            region.text(0.04, y - line_height(size) + 0.22 * line_height(size), "•",
+                        fontsize=size, color=style.ACCENT, va="baseline")
+            y = paragraph(region, lines, size=size, y_top=y, x=BULLET_INDENT) - gap
+
+    return Block(height=height, draw=draw, kind=None, gap_after=0.3)
+
+
+def contents_block(sections: list[Section]) -> Block:
+    """Section titles with page numbers; ``sections`` may be filled in after this is made."""
+    size = style.BODY
+
+    def height() -> float:
+        return SUBHEAD_H + len(sections) * line_height(size) * 1.1
+
+    def draw(region: Region):
+        y = _subhead(region, region.h, "Contents")
+        step = line_height(size) * 1.1
+        for section in sections:
+            y -= step
+            region.text(0.0, y, section.title, fontsize=size, va="baseline")
+            region.text(region.w, y, str(section.first_page or ""), fontsize=size,
+                        va="baseline", ha="right")
+
+    return Block(height=height, draw=draw, kind=None)
+
+
+def today() -> str:
+    return date.today().isoformat()

@@ -1,0 +1,197 @@
+"""Amplification factor (LoRA paper Table 7) and the Fig. 8 overlap: closed forms, float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import deltaw
+from adapters import RANKS, SEEDS, cuda_or_skip, family, phi_reference, svd64
+from deltaw.delta import DenseDelta, LowRankDelta
+
+RTOL = 2e-5  # float32 math against float64 references
+
+
+def lowrank(B, A, scale=1.0, base=None, transposed=False, name="m"):
+    shape = (A.shape[1], B.shape[0]) if transposed else (B.shape[0], A.shape[1])
+    return LowRankDelta(name=name, shape=shape, read_A=lambda: A, read_B=lambda: B, rank=A.shape[0], scale=scale,
+                        transposed=transposed, read_base=None if base is None else (lambda: base))
+
+
+def dense(delta, base, name="d"):
+    return DenseDelta(name=name, shape=tuple(delta.shape), read_base=lambda: base, read_tuned=lambda: base + delta)
+
+
+def reference(delta: np.ndarray, W: np.ndarray, r: int) -> dict:
+    """Table 7's quantities from numpy's float64 SVDs of the formed ΔW and of W."""
+    U, _, Vt = svd64(delta)
+    s_W = svd64(W)[1]
+    proj = np.linalg.norm(U[:, :r].T @ W @ Vt[:r].T)
+    return dict(proj_delta=proj, proj_base_top=np.sqrt(np.sum(s_W[:r] ** 2)), delta_fro=np.linalg.norm(delta),
+                base_fro=np.linalg.norm(W), factor=np.linalg.norm(delta) / proj)
+
+
+def assert_matches(amp, expected, rtol=RTOL):
+    for key, value in expected.items():
+        assert amp[key] == pytest.approx(value, rel=rtol), key
+
+
+def spectral_matrix(m, n, sigma, seed=0):
+    g = np.random.default_rng(seed)
+    U = np.linalg.qr(g.standard_normal((m, m)))[0]
+    V = np.linalg.qr(g.standard_normal((n, n)))[0]
+    return U, V, (U[:, : len(sigma)] * sigma) @ V[:, : len(sigma)].T
+
+
+# ---------------------------------------------------------------------------------------------
+# closed forms
+
+
+def test_delta_inside_w_top_subspace_gives_factor_one():
+    """ΔW = W's own top-r part: U, V are W's, so proj_delta = proj_base_top = ‖ΔW‖_F, factor 1."""
+    sigma = np.array([10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5])
+    U, V, W = spectral_matrix(30, 20, sigma)
+    r = 3
+    top = (U[:, :r] * sigma[:r]) @ V[:, :r].T
+    B, A = torch.from_numpy(U[:, :r] * sigma[:r]).float(), torch.from_numpy(V[:, :r].T).float()
+    amp = deltaw.amplification(lowrank(B, A), torch.from_numpy(W).float())
+    assert amp["r"] == r
+    assert amp["proj_delta"] == pytest.approx(np.sqrt(np.sum(sigma[:r] ** 2)), rel=1e-5)
+    assert amp["proj_base_top"] == pytest.approx(amp["proj_delta"], rel=1e-5)
+    assert amp["factor"] == pytest.approx(1.0, rel=1e-5)
+    assert amp["delta_fro"] == pytest.approx(np.linalg.norm(top), rel=1e-5)
+    assert dict(amp).keys() == {"r", "proj_delta", "proj_base_top", "proj_random", "delta_fro", "base_fro",
+                                "factor"}
+
+
+def test_delta_in_w_lower_directions_is_amplified():
+    """ΔW along W's weakest direction: ‖UᵀWV‖ = σ_min(W), factor = ‖ΔW‖/σ_min."""
+    sigma = np.array([10.0, 5.0, 0.25])
+    U, V, W = spectral_matrix(12, 9, sigma, seed=1)
+    B, A = torch.from_numpy(U[:, 2:3] * 3.0).float(), torch.from_numpy(V[:, 2:3].T).float()
+    amp = deltaw.amplification(lowrank(B, A), torch.from_numpy(W).float())
+    assert amp.proj_delta == pytest.approx(0.25, rel=1e-5)
+    assert amp.factor == pytest.approx(3.0 / 0.25, rel=1e-5)
+
+
+def test_delta_orthogonal_to_w_has_no_factor_and_zero_delta_none():
+    U, V, W = spectral_matrix(10, 8, np.array([4.0, 2.0]))
+    B, A = torch.from_numpy(U[:, 5:6]).float(), torch.from_numpy(V[:, 5:6].T).float()
+    amp = deltaw.amplification(lowrank(B, A), torch.from_numpy(W).float())
+    assert amp.proj_delta == pytest.approx(0.0, abs=1e-6)
+    assert amp.factor is None or amp.factor > 1e4  # ΔW orthogonal to W: nothing it amplifies
+    zero = lowrank(torch.zeros(10, 2), torch.randn(2, 8))
+    assert deltaw.amplification(zero, torch.from_numpy(W).float()) is None
+
+
+def test_rotation_of_the_factors_changes_nothing():
+    g = torch.Generator().manual_seed(0)
+    W, B, A = torch.randn(20, 16, generator=g), torch.randn(20, 4, generator=g), torch.randn(4, 16, generator=g)
+    Q = torch.linalg.qr(torch.randn(4, 4, generator=g)).Q
+    first = deltaw.amplification(lowrank(B, A, 0.3), W)
+    second = deltaw.amplification(lowrank(B @ Q, Q.T @ A, 0.3), W)
+    for key in first:
+        assert second[key] == pytest.approx(first[key], rel=1e-5), key
+
+
+def test_random_baseline_is_seeded_with_the_expected_size():
+    """E ‖QᵤᵀWQᵥ‖²_F = r²‖W‖²_F / (mn) for independent uniformly random r-frames."""
+    g = torch.Generator().manual_seed(1)
+    W, B, A = torch.randn(60, 40, generator=g), torch.randn(60, 4, generator=g), torch.randn(4, 40, generator=g)
+    d = lowrank(B, A)
+    assert deltaw.amplification(d, W, seed=5).proj_random == deltaw.amplification(d, W, seed=5).proj_random
+    squares = [deltaw.amplification(d, W, seed=s).proj_random ** 2 for s in range(40)]
+    expected = 4**2 * float(W.pow(2).sum()) / (60 * 40)
+    assert np.mean(squares) == pytest.approx(expected, rel=0.25)
+
+
+def test_rank_choice():
+    g = torch.Generator().manual_seed(2)
+    W, B, A = torch.randn(30, 30, generator=g), torch.randn(30, 6, generator=g), torch.randn(6, 30, generator=g)
+    assert deltaw.amplification(lowrank(B, A), W).r == 6  # the LoRA rank
+    assert deltaw.amplification(lowrank(B, A), W, r=2).r == 2
+    assert deltaw.amplification(lowrank(B, A), W, r=20).r == 6  # capped at ΔW's rank
+    B[:, 3:] = 0
+    assert deltaw.amplification(lowrank(B, A), W).r == 3  # directions with σ = 0 are not ΔW's
+    # Dense: the 90%-energy rank (capped at 64).
+    sigma = np.array([10.0, 1.0, 0.5, 0.1])
+    _, _, delta = spectral_matrix(30, 30, sigma, seed=3)
+    d = dense(torch.from_numpy(delta), torch.zeros(30, 30, dtype=torch.float64))
+    assert deltaw.amplification(d, W).r == 1
+    assert deltaw.amplification(d, W, r=3).r == 3
+
+
+def test_missing_base_is_a_clear_error():
+    d = lowrank(torch.randn(5, 2), torch.randn(2, 4), name="layers.0.q")
+    with pytest.raises(deltaw.DeltawError, match="layers.0.q: amplification needs the base weight"):
+        deltaw.amplification(d)
+    with pytest.raises(deltaw.DeltawError, match="W has shape"):
+        deltaw.amplification(d, torch.zeros(4, 5, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# PEFT adapters and a full fine-tune against numpy
+
+
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_amplification_matches_numpy_on_peft_adapters(rank, seed):
+    fam = family()
+    checkpoint = fam.lora[(rank, seed)]
+    deltas = deltaw.load_deltas(checkpoint.path, base=fam.base)
+    for name, expected_delta in checkpoint.delta.items():
+        amp = deltaw.amplification(deltas[name])
+        assert amp.r == rank
+        assert_matches(amp, reference(expected_delta, fam.base_weights[name], rank))
+
+
+def test_amplification_in_the_base_layout_for_fan_in_fan_out():
+    """GPT-2 Conv1D: W and ΔW are both (in, out); the numbers are those of that layout."""
+    fam = family()
+    deltas = deltaw.load_deltas(fam.gpt2.path, base=fam.gpt2_base)
+    for name, expected_delta in fam.gpt2.delta.items():
+        W = fam.gpt2_base_weights[name]
+        assert deltas[name].matrix_shape == W.shape
+        amp = deltaw.amplification(deltas[name])
+        assert_matches(amp, reference(expected_delta, W, 4))
+        # ‖UᵀWV‖ is the same number in the transposed layout (U and V swap).
+        assert_matches(amp, reference(expected_delta.T, W.T, 4))
+
+
+def test_amplification_of_a_full_finetune():
+    fam = family()
+    deltas = deltaw.load_deltas(fam.full.path, base=fam.base)
+    name = "model.layers.1.mlp.up_proj"
+    delta, W = fam.full.delta[name], fam.base_weights[name]
+    amp = deltaw.amplification(deltas[name], r=3)
+    assert_matches(amp, reference(delta, W, 3), rtol=1e-4)
+    s = svd64(delta)[1]
+    expected_r = min(int(np.searchsorted(np.cumsum(s**2) / np.sum(s**2), 0.9 - 1e-12)) + 1, 64)
+    assert deltaw.amplification(deltas[name]).r == expected_r
+
+
+def test_base_overlap_matches_numpy():
+    fam = family()
+    checkpoint = fam.lora[(8, 0)]
+    deltas = deltaw.load_deltas(checkpoint.path, base=fam.base)
+    name = "model.layers.0.mlp.down_proj"  # 64×96: W's top 10% is 6 directions
+    phi = deltaw.base_overlap(deltas[name])
+    assert phi.shape == (8, 6)
+    V_delta = svd64(checkpoint.delta[name])[2][:8].T
+    V_W = svd64(fam.base_weights[name])[2][:6].T
+    np.testing.assert_allclose(phi, phi_reference(V_delta, V_W), atol=1e-5)
+    W_svd = deltaw.base_svd(deltas[name].base())
+    np.testing.assert_allclose(deltaw.base_overlap(deltas[name], i=4, j=10, W_svd=W_svd),
+                               phi_reference(V_delta[:, :4], svd64(fam.base_weights[name])[2][:10].T), atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_amplification_on_cuda_matches_cpu():
+    cuda_or_skip()
+    fam = family()
+    deltas = deltaw.load_deltas(fam.lora[(8, 1)].path, base=fam.base)
+    for d in deltas.values():
+        on_gpu, on_cpu = deltaw.amplification(d, device="cuda"), deltaw.amplification(d, device="cpu")
+        for key in on_cpu:
+            assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4), key

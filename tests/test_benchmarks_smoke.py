@@ -1,0 +1,93 @@
+"""The benchmark runner's smoke mode: it runs end to end and writes well-formed results.
+
+Benchmarks are not timed tests: nothing here asserts a speed, only that every part ran, produced
+finite numbers of the right kind, and that the table and plot can be made from the results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--smoke", "--out", str(out), "--data", str(tmp / "data")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, json.loads(out.read_text())
+
+
+def test_smoke_results_are_well_formed(smoke):
+    _, r = smoke
+    assert r["mode"] == "smoke" and r["device"] == "cpu"
+    machine = r["machine"]
+    assert machine["cores"] >= 1 and machine["torch"] and machine["torch_threads"] >= 1
+    for part in ("lora", "lora_dense_baseline", "dense", "dense_accuracy", "memory", "scaling", "batching", "profile"):
+        assert part in r, part
+    lora = r["lora"]
+    assert lora["modules"] == 14  # 2 tiny layers × 7 linear modules
+    for name in ("read_f32", "deltaw_svd"):
+        assert len(lora[name]["runs"]) == 2 and all(_finite_positive(t) for t in lora[name]["runs"])
+    assert _finite_positive(lora["ratio_svd_vs_read"])
+    assert _finite_positive(r["lora_dense_baseline"]["extrapolated_total_s"])
+    assert _finite_positive(r["dense"]["ratio_svd_vs_read"])
+
+
+def test_smoke_accuracy_and_memory_records(smoke):
+    _, r = smoke
+    rows = r["dense_accuracy"]["modules"]
+    assert len(rows) == 7
+    for row in rows:
+        # Exact (full) SVD at these tiny sizes: agreement with float64 is float32-level.
+        assert row["max_abs_err_over_sigma1"] < 1e-4
+        assert 0 < row["captured_deltaw"] <= 1
+    mem = r["memory"]
+    assert [m["layers"] for m in mem] == [1, 2]
+    for m in mem:
+        assert m["peak_rss_anon_bytes"] >= m["start_rss_anon_bytes"] > 0 or m["peak_rss_anon_bytes"] > 0
+    assert r["memory_budget"]["budget_bytes"] > 2**30
+
+
+def test_smoke_scaling_and_goals(smoke):
+    _, r = smoke
+    s = r["scaling"]
+    assert [x["modules"] for x in s["modules"]] == [1, 7, 14]
+    assert [x["rank"] for x in s["rank"]] == [2, 4, 8]
+    assert all(_finite_positive(x["seconds"]) for x in s["modules"] + s["rank"])
+    ids = {g["id"] for g in r["goals"]}
+    assert {"lora_vs_read", "lora_vs_dense", "dense_vs_read", "dense_values", "memory_budget", "memory_flat"} <= ids
+    for g in r["goals"]:
+        assert g["holds"] in (True, False, None)
+
+
+def test_table_and_plot_from_results(smoke, tmp_path):
+    tmp, _ = smoke
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- results:start -->\nSTALE-TABLE\n<!-- results:end -->\nafter\n")
+    png = tmp_path / "scaling.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "table", "--results", str(tmp / "results.json"),
+         "--readme", str(readme), "--plot", str(png)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\nafter\n")
+    assert "| case | deltaw | baseline | ratio | goal |" in text and "STALE-TABLE" not in text
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,120 @@
+"""The deltaw command line: click's CliRunner for exit codes and outputs, plus real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import deltaw
+from builders import make_adapter, save_model, tiny_llama
+from deltaw.cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def adapter_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_model(tiny_llama(), root / "base")
+    for rank, seed in ((2, 0), (8, 0), (8, 1)):
+        make_adapter(tiny_llama(), root / f"r{rank}-s{seed}", target_modules=["q_proj", "v_proj"], r=rank,
+                     lora_alpha=2 * rank, init_lora_weights="gaussian" if seed else False)
+    return root
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in cli.commands.items():
+        result = run(name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example" in result.output and f"deltaw {name}" in result.output, name
+
+
+def test_analyze_json_matches_library(adapter_pair, tmp_path):
+    out = tmp_path / "a.json"
+    result = run("analyze", adapter_pair / "r8-s0", "--base", adapter_pair / "base", "--json", out,
+                 "--csv", tmp_path / "a.csv")
+    assert result.exit_code == 0, result.output
+    assert "self_attn.q_proj" in result.output  # the summary table
+    doc = json.loads(out.read_text())
+    expected = deltaw.analyze(adapter_pair / "r8-s0", base=adapter_pair / "base").to_json()
+    assert doc["schema"] == "deltaw.analysis/1"
+    assert [m["name"] for m in doc["modules"]] == [m["name"] for m in expected["modules"]]
+    for got, want in zip(doc["modules"], expected["modules"]):
+        for key in ("kind", "shape", "lora_rank", "scale", "energy_rank", "numerical_rank"):
+            assert got[key] == want[key], key
+        for key in ("fro_norm", "effective_rank", "stable_rank", "base_fro_norm"):
+            assert got[key] == pytest.approx(want[key], rel=1e-6), key
+        assert got["singular_values"] == pytest.approx(want["singular_values"], rel=1e-6)
+        assert got["amplification"]["factor"] == pytest.approx(want["amplification"]["factor"], rel=1e-6)
+        assert got["intruders"]["count"] == want["intruders"]["count"]
+    lines = (tmp_path / "a.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(doc["modules"]) and lines[0].startswith("name,kind")
+
+
+def test_json_to_stdout_is_clean(adapter_pair):
+    result = CliRunner().invoke(cli, ["analyze", str(adapter_pair / "r2-s0"), "--json", "-"])
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)  # nothing but the JSON on stdout
+    assert doc["base"] is None and doc["modules"][0]["amplification"] is None
+
+
+def test_compare_and_report(adapter_pair, tmp_path):
+    result = run("compare", adapter_pair / "r2-s0", adapter_pair / "r8-s0", "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["schema"] == "deltaw.comparison/1" and doc["basis"] == "A"
+    module = doc["pairs"][0]["modules"][0]
+    assert len(module["phi"]) == 2 and len(module["phi"][0]) == 8
+    run("analyze", adapter_pair / "r8-s0", "--base", adapter_pair / "base", "--json", tmp_path / "a.json")
+    result = run("report", tmp_path / "a.json", tmp_path / "c.json", "--pdf", tmp_path / "r.pdf")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_info(adapter_pair):
+    result = run("info", adapter_pair / "r8-s0")
+    assert result.exit_code == 0 and "peft checkpoint, 4 modules" in result.output
+    facts = json.loads(run("info", adapter_pair / "r8-s0", "--json").output)
+    assert facts["details"]["ranks"] == [8] and facts["kinds"] == {"lora": 4}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["analyze", "missing-folder"], "missing-folder: no such file or folder"),
+        (["analyze", "{a}", "--pdf", "/nonexistent/dir/r.pdf"], "/nonexistent/dir does not exist"),
+        (["compare", "{a}"], "at least two checkpoints"),
+        (["report", "missing.json", "--pdf", "{tmp}/x.pdf"], "missing.json: no such file"),
+        (["analyze", "{a}", "--device", "cuda:7"] if not __import__("torch").cuda.is_available()
+         else ["analyze", "{a}", "--device", "bogus"], "device"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(adapter_pair, tmp_path, args, message):
+    args = [a.format(a=adapter_pair / "r8-s0", tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code in (1, 2)
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_real_subprocess_exit_codes(adapter_pair, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "deltaw.cli.main", "analyze", str(adapter_pair / "r2-s0"),
+                         "--json", "-"], capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["schema"] == "deltaw.analysis/1"
+    bad = subprocess.run([sys.executable, "-m", "deltaw.cli.main", "analyze", str(tmp_path / "nope")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0 and "no such file" in bad.stderr
+    usage = subprocess.run([sys.executable, "-m", "deltaw.cli.main", "analyze", "--top-k", "zero", "x"],
+                           capture_output=True, text=True)
+    assert usage.returncode == 2
+    debug = subprocess.run([sys.executable, "-m", "deltaw.cli.main", "--debug", "analyze", str(tmp_path / "nope")],
+                           capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
