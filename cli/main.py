@@ -51,13 +51,7 @@ def _register() -> None:
     from importlib import import_module
 
     for name in ("info", "analyze", "compare", "report", "train", "reproduce"):
-        try:
-            module = import_module(f"deltaw.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"deltaw.cli.{name}":
-                continue  # command not built yet
-            raise
-        cli.add_command(module.command)
+        cli.add_command(import_module(f"deltaw.cli.{name}").command)
 
 
 _register()

@@ -61,6 +61,15 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _known(*values) -> bool:
+    return all(v is not None for v in values)
+
+
+def _n(value, spec: str = ".2f") -> str:
+    """A number for a sentence, or "n/a" when it could not be measured."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _records(doc: dict, module_type: str | None = None) -> list[dict]:
     return [m for m in doc["modules"]
             if not m.get("nonfinite") and (module_type is None or m["module_type"].endswith(module_type))]
@@ -86,9 +95,9 @@ def finding_fig3(fig3: dict) -> dict:
         rest.append(statistics.mean(m["phi"][i][i] for i in range(1, n)) if n > 1 else None)
         rand.append(m["random_phi"][0][0])
     top, rest, rand = _median(top), _median(rest), _median(rand)
-    held = top is not None and top > 0.5 and (rest is None or rest < top)
-    return _finding("fig3", f"median over W_q, W_v and layers: φ(1,1) = {top:.2f}, φ(i,i) for 1 < i ≤ 8 = "
-                            f"{rest:.2f}; random φ(1,1) = {rand:.2f}", held,
+    held = _known(top) and top > 0.5 and (rest is None or rest < top)
+    return _finding("fig3", f"median over W_q, W_v and layers: φ(1,1) = {_n(top, '.2f')}, φ(i,i) for 1 < i ≤ 8 = "
+                            f"{_n(rest, '.2f')}; random φ(1,1) = {_n(rand, '.2f')}", held,
                     "The top direction is shared across ranks and the others much less, as in the paper."
                     if held else "The top direction is not clearly shared across ranks here.")
 
@@ -102,8 +111,8 @@ def finding_fig4(fig4: dict) -> dict:
     v = _median([block_mean(m) for m in _phi_by_type(fig4, "value")])
     rand = _median([statistics.mean(r for row in m["random_phi"][:8] for r in row[:8])
                     for m in fig4["pairs"][0]["modules"]])
-    held = q is not None and v is not None and q > v > rand
-    return _finding("fig4", f"mean φ over i, j ≤ 8 between seeds: W_q {q:.2f}, W_v {v:.2f}, random {rand:.2f}",
+    held = _known(q, v, rand) and q > v > rand
+    return _finding("fig4", f"mean φ over i, j ≤ 8 between seeds: W_q {_n(q, '.2f')}, W_v {_n(v, '.2f')}, random {_n(rand, '.2f')}",
                     held, "Seeds agree more on W_q than on W_v, and both far above random."
                     if held else "The W_q > W_v > random ordering across seeds did not hold here.")
 
@@ -113,7 +122,9 @@ def table7_rows(analyses: dict[str, dict], runs: dict[int, str]) -> list[dict]:
     for rank in (LOW_RANK, 64):
         for m in _records(analyses[runs[rank]]):
             if m.get("amplification"):
-                rows.append({"r": rank, "layer": m["layer"], "module_type": m["module_type"], **m["amplification"]})
+                # "r" is the run's LoRA rank; the projection used min(r, numerical rank) directions.
+                rows.append({**m["amplification"], "r": rank, "directions": m["amplification"]["r"],
+                             "layer": m["layer"], "module_type": m["module_type"]})
     return rows
 
 
@@ -123,9 +134,9 @@ def finding_table7(rows: list[dict]) -> dict:
 
     low, high = med(LOW_RANK, "factor"), med(64, "factor")
     proj, top, rand = med(LOW_RANK, "proj_delta"), med(LOW_RANK, "proj_base_top"), med(LOW_RANK, "proj_random")
-    held = low > high and low > 1 and rand < proj < top / 5
-    return _finding("table7", f"W_q, median over layers: r = {LOW_RANK}: ‖UᵀWV‖ {proj:.3g} (from ΔW) vs {top:.3g} "
-                              f"(from W) vs {rand:.3g} (random); factor {low:.3g}; r = 64: factor {high:.3g}",
+    held = _known(low, high, proj, top, rand) and low > high and low > 1 and rand < proj < top / 5
+    return _finding("table7", f"W_q, median over layers: r = {LOW_RANK}: ‖UᵀWV‖ {_n(proj, '.3g')} (from ΔW) vs {_n(top, '.3g')} "
+                              f"(from W) vs {_n(rand, '.3g')} (random); factor {_n(low, '.3g')}; r = 64: factor {_n(high, '.3g')}",
                     held, "ΔW amplifies directions W barely uses, more strongly at low rank, as in Table 7."
                     if held else "The amplification pattern of Table 7 did not fully hold here.")
 
@@ -136,7 +147,7 @@ def finding_fig8(analyses: dict[str, dict], runs: dict[int, str]) -> dict:
               for m in _records(analyses[runs[LOW_RANK]]) if m.get("base_overlap")]
     best = _median(values)
     held = best is not None and best < 0.5
-    return _finding("fig8", f"r = {LOW_RANK}, median over modules of max over i ≤ 4 of φ(i, top 10 % of W) = {best:.2f}",
+    return _finding("fig8", f"r = {LOW_RANK}, median over modules of max over i ≤ 4 of φ(i, top 10 % of W) = {_n(best, '.2f')}",
                     held, "ΔW's top directions lie mostly outside W's top directions, as in Appendix H.3."
                     if held else "ΔW's top directions overlap W's top directions more than in the paper.")
 
@@ -147,10 +158,10 @@ def finding_full_rank(analyses: dict[str, dict], runs: dict, full: str) -> dict:
     mlp = _median([m["energy_rank"]["0.9"] for m in _records(full_doc)
                    if "intermediate" in m["module_type"] or "output.dense" == m["module_type"]])
     lora = _median([m["energy_rank"]["0.9"] for m in _records(analyses[runs[8]])])
-    ratio = attn / lora if lora else None
-    held = ratio is not None and ratio >= 10 and (mlp or 0) >= attn
-    return _finding("full_rank", f"90 %-energy rank, median: full FT attention {attn}, MLP {mlp}; LoRA r = 8 {lora} "
-                                 f"(×{ratio:.0f})", held,
+    ratio = attn / lora if _known(attn) and lora else None
+    held = _known(ratio, mlp) and ratio >= 10 and mlp >= attn
+    return _finding("full_rank", f"90 %-energy rank, median: full FT attention {_n(attn, 'g')}, MLP {_n(mlp, 'g')}; LoRA r = 8 {_n(lora, 'g')} "
+                                 f"(×{_n(ratio, '.0f')})", held,
                     "Full fine-tuning spreads its update over far more directions than LoRA, MLP most."
                     if held else "The full fine-tune's update is not 10× higher-rank than LoRA's here, "
                                  "or MLP is not the highest.")
@@ -162,11 +173,11 @@ def finding_intruders(analyses: dict[str, dict], lora_runs: list[str], full: str
                   if m.get("intruders") and m["module_type"].endswith(target)]
         return statistics.mean(counts) if counts else None
 
-    lora = statistics.mean(c for c in (mean_count(analyses[r]) for r in lora_runs) if c is not None)
+    lora = _median([mean_count(analyses[r]) for r in lora_runs])
     full_count = mean_count(analyses[full])
-    held = full_count is not None and lora > full_count and full_count < 1
-    return _finding("intruders", f"intruders per W_q/W_v module (k = 10, ε = 0.5): LoRA {lora:.2f}, "
-                                 f"full FT {full_count:.2f}", held,
+    held = _known(lora, full_count) and lora > full_count and full_count < 1
+    return _finding("intruders", f"intruders per W_q/W_v module (k = 10, ε = 0.5): LoRA {_n(lora, '.2f')}, "
+                                 f"full FT {_n(full_count, '.2f')}", held,
                     "LoRA introduces intruder dimensions and full fine-tuning almost none, as Shuttleworth et al. found."
                     if held else "The LoRA-vs-full intruder contrast did not hold here.")
 

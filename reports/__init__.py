@@ -34,6 +34,7 @@ from ._data import (ANALYSIS_SCHEMA, COMPARISON_SCHEMA, Analysis, Comparison, pa
 from .analysis_report import add_analysis
 from .comparison_report import add_comparison
 from .pdf import Document
+from .reproduction_report import SCHEMA as REPRODUCTION_SCHEMA, add_reproduction
 
 __all__ = ["write_analysis_pdf", "write_comparison_pdf", "render"]
 
@@ -104,16 +105,21 @@ def render(docs: list[dict], path: str | os.PathLike) -> None:
             parsed.append(parse_analysis(d))
         elif schema == COMPARISON_SCHEMA:
             parsed.append(d)  # parsed below, once the analyses are known
+        elif schema == REPRODUCTION_SCHEMA:
+            parsed.append(("reproduction", d))
         else:
             raise DeltawError(
                 f"cannot render document {i}: unknown 'schema' {schema!r} (expected "
-                f"{ANALYSIS_SCHEMA!r} or {COMPARISON_SCHEMA!r})")
+                f"{ANALYSIS_SCHEMA!r}, {COMPARISON_SCHEMA!r} or {REPRODUCTION_SCHEMA!r})")
     analyses = [p for p in parsed if isinstance(p, Analysis)]
     parts = [parse_comparison(p, analyses) if isinstance(p, dict) else p for p in parsed]
-    doc = Document(_title(analyses, [p for p in parts if isinstance(p, Comparison)]),
+    title_parts = [p for p in parts if not isinstance(p, tuple)]
+    doc = Document(_title(analyses, [p for p in title_parts if isinstance(p, Comparison)]),
                    "deltaw report")
     for part in parts:
-        if isinstance(part, Comparison):
+        if isinstance(part, tuple):
+            add_reproduction(doc, part[1])
+        elif isinstance(part, Comparison):
             add_comparison(doc, part, [a for a in analyses if a.checkpoint in part.checkpoints])
         else:
             add_analysis(doc, part)
