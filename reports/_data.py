@@ -95,7 +95,7 @@ class Module:
     fro_norm: float
     singular_values: np.ndarray  # (k,), descending
     energy_captured: float
-    energy_rank: dict[str, int]
+    energy_rank: dict[str, int | None]  # None: a top-k spectrum short of the threshold
     effective_rank: float
     stable_rank: float
     numerical_rank: int | None
@@ -113,8 +113,10 @@ class Module:
         return self.fro_norm / self.base_fro_norm
 
     @property
-    def energy_rank_90(self) -> int:
-        return int(self.energy_rank.get("0.9", 0))
+    def energy_rank_90(self) -> float:
+        """The 90 %-energy rank; NaN (drawn as missing) when a top-k spectrum does not reach 90 %."""
+        value = self.energy_rank.get("0.9")
+        return float("nan") if value is None else int(value)
 
     @property
     def is_top_k(self) -> bool:
@@ -237,7 +239,7 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
 
     energy_rank = raw.get("energy_rank")
     if not isinstance(energy_rank, dict) or not all(
-        _finite(v) and float(v).is_integer() for v in energy_rank.values()
+        v is None or (_finite(v) and float(v).is_integer()) for v in energy_rank.values()
     ):
         raise _fail(where, f"'energy_rank' must map '0.5'/'0.9'/'0.99' to ints, got {energy_rank!r}")
 
@@ -261,7 +263,7 @@ def _module(raw, index: int, doc_where: str) -> Module | NotFinite:
         fro_norm=float(fro),
         singular_values=sv,
         energy_captured=1.0 if captured is None else min(captured, 1.0),
-        energy_rank={str(k): int(v) for k, v in energy_rank.items()},
+        energy_rank={str(k): None if v is None else int(v) for k, v in energy_rank.items()},
         effective_rank=float(raw["effective_rank"]),
         stable_rank=float(raw["stable_rank"]),
         numerical_rank=opt_int("numerical_rank"),

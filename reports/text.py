@@ -41,7 +41,9 @@ def num(x: float | None, digits: int = 3) -> str:
 
 
 def count(x: float) -> str:
-    """A median of counts: an integer when it is one, else one decimal."""
+    """A median of counts: an integer when it is one, else one decimal; "–" when unknown."""
+    if x is None or x != x:
+        return "–"
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
 
 
@@ -149,8 +151,9 @@ def analysis_findings(a: Analysis) -> list[str]:
         group = [m for m in live if m.kind == kind]
         if not group:
             continue
-        r90 = [m.energy_rank_90 for m in group]
-        r50 = [m.energy_rank.get("0.5", 0) for m in group]
+        # A top-k spectrum short of a threshold has no rank there: leave it out of the medians.
+        r90 = [m.energy_rank["0.9"] for m in group if m.energy_rank.get("0.9") is not None]
+        r50 = [m.energy_rank["0.5"] for m in group if m.energy_rank.get("0.5") is not None]
         label = {"lora": "LoRA", "dora": "DoRA", "dense": "dense"}[kind]
         what = f"Across {plural(len(group), label + ' module')}"
         if kind != "dense" and _ranks(group):
@@ -158,6 +161,10 @@ def analysis_findings(a: Analysis) -> list[str]:
         if kind == "dense":
             dims = [min(m.shape) for m in group]
             what += f" (up to {num(max(dims), 6)} directions each)"
+        if not r90 or not r50:
+            out.append(f"{what}, the singular values computed hold less than 90% of the update's energy "
+                       "in some modules: their 90%-energy rank is above the top-k computed.")
+            continue
         out.append(
             f"{what}, 90% of the update's energy lies in "
             + (f"a median of {count(float(np.median(r90)))} directions (range {span(r90, str)})"
