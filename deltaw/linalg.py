@@ -72,17 +72,22 @@ class SVD:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → the first CUDA device when present, else the CPU."""
+    """``"auto"``: the first CUDA device when present, else the CPU; ``"cuda[:N]"`` must exist."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as err:
-        raise DeltawError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise DeltawError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    except RuntimeError:
+        raise DeltawError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeltawError(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeltawError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
+    elif resolved.type != "cpu":
+        raise DeltawError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
     return resolved
 
 

@@ -20,9 +20,10 @@ MARK = {True: "yes", False: "no", None: "n/a"}
 
 
 def _findings_table(summary: dict) -> list[Block]:
-    rows = [[f["id"], plain(f["paper"]), plain(f["ours"]), MARK[f["reproduced"]]] for f in summary["findings"]]
-    table = Table(header=["finding", "the paper", "ours", "reproduced"], rows=rows, align="lllc",
-                  size=style.SMALL, stretch=2, wrap=True)
+    rows = [[f["id"], f"Paper: {plain(f['paper'])}\nOurs: {plain(f['ours'])}\n{plain(f['sentence'])}",
+             MARK[f["reproduced"]]] for f in summary["findings"]]
+    table = Table(header=["finding", "the paper's claim, our numbers, the verdict", "reproduced"], rows=rows,
+                  align="llc", size=style.SMALL, stretch=1, wrap=True)
     return table_blocks(table, "The paper's findings next to ours. 'reproduced' is computed from the numbers in "
                                "'ours' by the rule stated in deltaw/reproduce.py for each finding.")
 

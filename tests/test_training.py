@@ -288,7 +288,7 @@ def test_default_dataset_and_embedded_minilm():
 
 
 def test_device_choice_fails_in_one_line():
-    from deltaw.training.sweep import resolve_device
+    from deltaw.linalg import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

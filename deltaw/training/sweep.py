@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 
 from deltaw.errors import DeltawError
+from deltaw.linalg import resolve_device
 from deltaw.training.data import LabelledText, load_data, split_train_eval
 from deltaw.training.manifest import (
     MANIFEST, RUN_FILE, SCHEMA, clear_stale, finished_entry, read_manifest, write_atomically,
@@ -153,24 +154,6 @@ class SweepInputs:
     train_lengths: list[int] = field(default_factory=list)  # tokens per training example
     base: dict = field(default_factory=dict)  # manifest "base" section
     data: dict = field(default_factory=dict)  # manifest "data" section
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: the first CUDA device when present, else the CPU; ``"cuda[:N]"`` must exist."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise DeltawError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeltawError(f"device {device!r} asked for, but torch sees no CUDA device")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise DeltawError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
-    elif resolved.type != "cpu":
-        raise DeltawError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return resolved
 
 
 def prepare(config: TrainConfig) -> SweepInputs:
@@ -456,6 +439,6 @@ def run_sweep(config: TrainConfig, *, log: Log | None = None) -> dict:
 
 
 __all__ = [
-    "TrainConfig", "RunSpec", "SweepInputs", "plan_runs", "prepare", "resolve_device",
+    "TrainConfig", "RunSpec", "SweepInputs", "plan_runs", "prepare",
     "train_lora", "train_full", "evaluate", "run_sweep", "read_manifest", "SCHEMA",
 ]
