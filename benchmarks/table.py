@@ -166,6 +166,7 @@ def plot(r: dict, path: Path) -> Path | None:
     if not s:
         return None
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -179,6 +180,10 @@ def plot(r: dict, path: Path) -> Path | None:
     if s["rank"]:
         ax.plot([x["rank"] for x in s["rank"]], [x["seconds"] / x["modules"] * 1000 for x in s["rank"]], "o-")
     ax.set(xscale="log", yscale="log", xlabel="LoRA rank r (4096×4096)", ylabel="ms per module", title="vs rank")
+    if s["rank"]:
+        ranks = [x["rank"] for x in s["rank"]]
+        ax.set_xticks(ranks, [str(r) for r in ranks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(alpha=0.3, which="both")
     ax = axes[2]
     for key, label in (("lora_r64", "LoRA r=64 (factored, exact)"), ("dense_top64", "dense top-64 (randomized)"),
@@ -187,6 +192,9 @@ def plot(r: dict, path: Path) -> Path | None:
         if pts:
             ax.plot(*zip(*pts), "o-", label=label)
     ax.set(xscale="log", yscale="log", xlabel="n (n×n matrix)", ylabel="seconds per module", title="vs matrix size")
+    sizes = [x["n"] for x in s["size"]]
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"deltaw scaling — {r['machine']['cpu']}, {r['machine']['cores']} cores, {r['device']}", fontsize=10)

@@ -2,6 +2,8 @@
 
 - Low rank, ΔW = s·L@R with L: (m, r), R: (r, n): thin QR L = Q_L R_L and Rᵀ = Q_R R_R, the
   r×r core C = s·R_L R_Rᵀ = U_c Σ V_cᵀ, then U = Q_L U_c and V = Q_R V_c. Exact, O((m+n)r² + r³).
+  The thin QRs are Cholesky QRs of float64 Gram matrices (matrix products, Q never formed) for
+  float32 math, Householder QR for float64 and for factors Cholesky cannot take.
 - Dense, top-k: the randomized range finder with power iterations (Halko, Martinsson & Tropp
   2011, Alg. 4.4 + 5.1). ‖ΔW‖²_F is summed exactly, so captured energy and tail are exact.
 - Dense, full: LAPACK / cuSOLVER ``gesdd`` with fallbacks (float64, ``gesvd``, CPU) on failure.

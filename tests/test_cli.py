@@ -118,3 +118,34 @@ def test_real_subprocess_exit_codes(adapter_pair, tmp_path):
     debug = subprocess.run([sys.executable, "-m", "deltaw.cli.main", "--debug", "analyze", str(tmp_path / "nope")],
                            capture_output=True, text=True)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_all_commands_on_kohya_and_sharded_full_finetune(tmp_path):
+    import torch
+    from transformers import BertModel
+
+    from builders import tiny_bert_config
+    from test_formats_other import kohya_file
+
+    kohya_file(tmp_path / "lora.safetensors")
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config())
+    save_model(base, tmp_path / "base")
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_model(base.to(torch.bfloat16), tmp_path / "ft", max_shard_size="20KB")
+    assert (tmp_path / "ft" / "model.safetensors.index.json").exists()
+    for checkpoint, extra in ((tmp_path / "lora.safetensors", []), (tmp_path / "ft", ["--base", tmp_path / "base"])):
+        stem = checkpoint.stem
+        assert run("info", checkpoint, *extra).exit_code == 0
+        result = run("analyze", checkpoint, *extra, "--json", tmp_path / f"{stem}.json", "--pdf", tmp_path / f"{stem}.pdf")
+        assert result.exit_code == 0, result.output
+        doc = json.loads((tmp_path / f"{stem}.json").read_text())
+        assert doc["format"] == ("kohya" if stem == "lora" else "full") and doc["modules"]
+        assert run("report", tmp_path / f"{stem}.json", "--pdf", tmp_path / f"{stem}-again.pdf").exit_code == 0
+    result = run("compare", tmp_path / "ft", tmp_path / "ft", "--base", tmp_path / "base", "--basis", "delta",
+                 "--top-k", "4", "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.output
+    phi = json.loads((tmp_path / "c.json").read_text())["pairs"][0]["modules"][0]["phi"]
+    assert phi[0][0] == pytest.approx(1.0)  # a fine-tune shares every direction with itself
