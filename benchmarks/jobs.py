@@ -201,8 +201,6 @@ def dense_accuracy(args):
 @job
 def dense_full_values(args):
     """deltaw full spectra (no --top-k) on a dense pair: time and σ₁, ‖ΔW‖²_F, stable rank."""
-    import torch
-
     import deltaw
     from benchmarks.measure import interleaved
 
@@ -252,7 +250,7 @@ def dense_memory(args):
     """Peak anonymous memory of one dense top-k run (imports excluded from the delta)."""
     import torch  # noqa: F401  (imported before the baseline is read)
 
-    import deltaw  # noqa: F401
+    import deltaw.analysis  # noqa: F401  (deltaw's exports are lazy: import the modules now)
     from benchmarks.measure import PeakAnon
 
     base, tuned, k, path = args["base"], args["tuned"], args.get("top_k"), args.get("path", "svd")

@@ -14,7 +14,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import click
-import torch
 
 import deltaw
 from deltaw.cli.options import (base_option, check_outputs, device_option, dtype_option, outputs_option,
@@ -38,6 +37,8 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
       deltaw analyze runs/lora-r8-s0 --base path/to/base --pdf report.pdf --json result.json
       deltaw analyze finetuned/ --base base/ --top-k 64 --json - | jq '.modules[0]'
     """
+    import torch  # here, so that `deltaw --help` starts without it
+
     check_outputs(json_path, pdf_path, csv_path)
     update, close = progress_bar("analysing")
     try:

@@ -19,6 +19,8 @@ def read_result(path: str) -> list[dict]:
             data = json.load(handle)
     except FileNotFoundError as err:
         raise DeltawError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise DeltawError(f"{path}: is a folder; give the JSON file written by analyze, compare or reproduce") from err
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise DeltawError(f"{path}: not a JSON result file ({err})") from err
     docs = data if isinstance(data, list) else [data]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 
 import click
 
-from deltaw.atomic import write_text_atomic
+from deltaw.atomic import atomic_path
 
 CSV_FIELDS = ["name", "kind", "layer", "module_type", "rows", "cols", "lora_rank", "scale", "fro_norm",
               "base_fro_norm", "energy_rank_0.5", "energy_rank_0.9", "energy_rank_0.99", "effective_rank",
@@ -39,21 +40,31 @@ def csv_rows(doc: dict):
 
 
 def write_outputs(docs: list[dict], json_path=None, pdf_path=None, csv_path=None) -> None:
-    """Write the requested outputs; the JSON of one document is that document, of several a list."""
-    if json_path is not None:
-        text = json.dumps(docs[0] if len(docs) == 1 else docs, indent=1, allow_nan=False)
-        if json_path == "-":
-            click.echo(text)
-        else:
-            write_text_atomic(json_path, text + "\n")
-    if csv_path is not None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for doc in docs:
-            writer.writerows(csv_rows(doc))
-        write_text_atomic(csv_path, buffer.getvalue())
-    if pdf_path is not None:
-        from deltaw.reports import render
+    """Write the requested outputs, all or none.
 
-        render(docs, pdf_path)
+    Each file is staged beside its path and all are moved into place once the last one (usually
+    the PDF, the slowest) is complete: an error or Ctrl-C on the way leaves no output at all, not
+    a JSON without its PDF. The JSON of one document is that document, of several a list.
+    """
+    text = None if json_path is None else json.dumps(docs[0] if len(docs) == 1 else docs, indent=1,
+                                                     allow_nan=False)
+    with contextlib.ExitStack() as staged:
+        if json_path is not None and json_path != "-":
+            staged.enter_context(atomic_path(json_path)).write_text(text + "\n")
+        if csv_path is not None:
+            staged.enter_context(atomic_path(csv_path)).write_text(csv_text(docs))
+        if pdf_path is not None:
+            from deltaw.reports import render
+
+            render(docs, staged.enter_context(atomic_path(pdf_path)))
+    if json_path == "-":
+        click.echo(text)
+
+
+def csv_text(docs: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for doc in docs:
+        writer.writerows(csv_rows(doc))
+    return buffer.getvalue()

@@ -6,69 +6,66 @@ weight update ΔW of LoRA adapters and full fine-tunes (Hu et al. 2021, "LoRA", 
 >>> import deltaw
 >>> deltas = deltaw.load_deltas("adapter/", base="base-model/")   # doctest: +SKIP
 >>> U, S, Vh = deltaw.svd(deltas["model.layers.0.self_attn.q_proj"])   # doctest: +SKIP
+
+The names below are imported on first use, so ``import deltaw.errors`` (the CLI's start, the
+PDF reports) does not pay for importing torch.
 """
 
-from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
-from deltaw.deltas import Deltas, Skipped
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 from deltaw.errors import DeltawError
-from deltaw.linalg import SVD, factored_svd, randomized_svd, resolve_device, svd, svd_many
-from deltaw.load import detect_format, load_deltas
-from deltaw.spectrum import (
-    effective_rank,
-    energy_rank,
-    energy_ranks,
-    gavish_donoho_rank,
-    gavish_donoho_threshold,
-    marchenko_pastur_edge,
-    numerical_rank,
-    stable_rank,
-)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Delta", "DenseDelta", "DoraDelta", "LowRankDelta", "Deltas", "Skipped", "DeltawError",
-    "SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "resolve_device",
-    "load_deltas", "detect_format",
-    "energy_rank", "energy_ranks", "effective_rank", "stable_rank", "numerical_rank",
-    "gavish_donoho_threshold", "gavish_donoho_rank", "marchenko_pastur_edge",
-]
+# public name → the module that defines it
+_EXPORTS = {
+    "deltaw.delta": ["Delta", "DenseDelta", "DoraDelta", "LowRankDelta"],
+    "deltaw.deltas": ["Deltas", "Skipped"],
+    "deltaw.linalg": ["SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "resolve_device"],
+    "deltaw.load": ["load_deltas", "detect_format"],
+    "deltaw.spectrum": ["energy_rank", "energy_ranks", "effective_rank", "stable_rank", "numerical_rank",
+                        "gavish_donoho_threshold", "gavish_donoho_rank", "marchenko_pastur_edge"],
+    # the analyses (subspace similarity, amplification, intruders, magnitude/direction) and the runners
+    "deltaw.subspace": ["subspace_similarity", "subspace_basis", "subspace_bases", "phi_grid",
+                        "principal_angles", "projection_distance", "random_subspace_similarity"],
+    "deltaw.amplification": ["amplification", "amplification_rank", "base_overlap", "base_svd"],
+    "deltaw.intruders": ["intruder_dimensions"],
+    "deltaw.direction": ["magnitude_direction"],
+    "deltaw.analysis": ["analyze", "spectral_summary"],
+    "deltaw.compare": ["compare"],
+    "deltaw.records": ["Analysis", "ModuleRecord", "SpectralSummary", "SkippedRecord", "Amplification",
+                       "Intruders", "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord",
+                       "parse_module_name"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-# The analyses (subspace similarity, amplification, intruders, magnitude/direction) and the runner.
-from deltaw.amplification import amplification, amplification_rank, base_overlap, base_svd
-from deltaw.analysis import analyze, spectral_summary
-from deltaw.compare import compare
-from deltaw.direction import magnitude_direction
-from deltaw.intruders import intruder_dimensions
-from deltaw.records import (
-    Amplification,
-    Analysis,
-    Comparison,
-    Intruders,
-    MagnitudeDirection,
-    ModuleRecord,
-    PairResult,
-    PhiRecord,
-    SkippedRecord,
-    SpectralSummary,
-    parse_module_name,
-)
-from deltaw.subspace import (
-    phi_grid,
-    principal_angles,
-    projection_distance,
-    random_subspace_similarity,
-    subspace_basis,
-    subspace_bases,
-    subspace_similarity,
-)
+__all__ = ["DeltawError", *_MODULE_OF]
 
-__all__ += [
-    "subspace_similarity", "subspace_basis", "subspace_bases", "phi_grid", "principal_angles",
-    "projection_distance", "random_subspace_similarity",
-    "amplification", "amplification_rank", "base_overlap", "base_svd",
-    "intruder_dimensions", "magnitude_direction",
-    "analyze", "spectral_summary", "compare",
-    "Analysis", "ModuleRecord", "SpectralSummary", "SkippedRecord", "Amplification", "Intruders",
-    "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord", "parse_module_name",
-]
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Importing a submodule binds it on the package; where a function shares the module's
+        # name (deltaw.amplification, deltaw.compare) the function stays the public one.
+        if name in _MODULE_OF and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'deltaw' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

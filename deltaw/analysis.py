@@ -32,7 +32,7 @@ from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction
 from deltaw.errors import DeltawError
 from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
-from deltaw.linalg import SVD, resolve_device, svd_many
+from deltaw.linalg import SVD, check_memory, resolve_device, svd_many
 from deltaw.load import load_deltas
 from deltaw.records import Analysis, ModuleRecord, SkippedRecord, SpectralSummary, parse_module_name
 from deltaw.spectrum import (effective_rank, energy_ranks, gavish_donoho_rank, numerical_rank,
@@ -186,6 +186,18 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
 # the runner
 
 
+def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> None:
+    """Refuse, before any work, a run with a module whose decompositions cannot fit in memory."""
+    for d in selected:
+        if not isinstance(d, LowRankDelta):
+            check_memory(d.name, d.matrix_shape, top_k, opts.dtype, opts.device)
+        if d.read_base is not None:
+            check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
+                         what="the base analyses (full SVDs of W and W + ΔW)",
+                         alternative="analyze without --base (spectra and ranks need no base), "
+                                     "or leave this module out with --modules")
+
+
 def _select(deltas: Deltas, modules: str | None) -> list[Delta]:
     if modules is None:
         return list(deltas.values())
@@ -271,6 +283,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     deltas = checkpoint if isinstance(checkpoint, Deltas) else load_deltas(checkpoint, base, scale=scale)
     selected = _select(deltas, modules)
     opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype)
+    _check_memory(selected, top_k, opts)
     analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
                         skipped=[SkippedRecord(s.name, s.reason) for s in deltas.skipped],
                         notes=list(deltas.notes))

@@ -18,9 +18,16 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise DeltawError(f"{path}: is a folder; give a file name for the output")
     if not folder.is_dir():
         raise DeltawError(f"{path}: folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise DeltawError(f"{path}: folder {folder} is not writable")
+    if not _can_write(folder):
+        raise DeltawError(f"{path}: folder {folder} is not writable; choose another output folder")
     return path
+
+
+def _can_write(folder: Path) -> bool:
+    # The effective ids are the ones the write will use (they differ under setuid or sudo -u).
+    if os.access in os.supports_effective_ids:
+        return os.access(folder, os.W_OK | os.X_OK, effective_ids=True)
+    return os.access(folder, os.W_OK | os.X_OK)
 
 
 @contextlib.contextmanager
@@ -31,10 +38,15 @@ def atomic_path(path: str | os.PathLike):
     left as it was.
     """
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise DeltawError(f"{path}: cannot write in {path.parent} ({err.strerror}); "
+                          "choose another output folder") from err
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,3 +57,9 @@ def atomic_path(path: str | os.PathLike):
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

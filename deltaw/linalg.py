@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from deltaw.delta import Delta, DoraDelta, LowRankDelta
+from deltaw.delta import Delta, LowRankDelta
 from deltaw.errors import DeltawError
 
 log = logging.getLogger("deltaw")
@@ -327,28 +327,66 @@ def _energy(M: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def check_memory(delta: Delta, k: int | None, dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative."""
-    if isinstance(delta, LowRankDelta):
-        return
-    m, n = delta.matrix_shape
+def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.dtype,
+                 device: torch.device, *, count: int = 1, what: str | None = None,
+                 alternative: str | None = None) -> None:
+    """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative.
+
+    Parameters
+    ----------
+    name : str
+        The module, for the message.
+    shape : (m, n)
+        The dense matrix to decompose.
+    k : int, optional
+        Top-k (randomized) rather than the full SVD.
+    count : int
+        Matrices decomposed together in one batch.
+    what, alternative : str, optional
+        What the decomposition is for, and what the user can do instead (default: ``--top-k``).
+    """
+    m, n = shape
     itemsize = torch.finfo(dtype).bits // 8
-    # ΔW, its two inputs as read, and the SVD's workspace and vectors.
+    # The matrix, its two inputs as read, and the SVD's workspace and vectors.
     factor = 4 if k else 6
-    need = factor * m * n * itemsize
+    need = count * factor * m * n * itemsize
     have = available_memory(device)
     if have is not None and need > have:
-        hint = "--top-k with a smaller K" if k else "--top-k K (a randomized top-k SVD)"
+        what = what or f"a dense {'top-k' if k else 'full'} SVD"
+        alternative = alternative or ("--top-k with a smaller K" if k else "--top-k K (a randomized top-k SVD)")
         raise DeltawError(
-            f"{delta.name}: a dense {m}×{n} {'top-k' if k else 'full'} SVD needs about "
-            f"{need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is available; use {hint}"
+            f"{name}: {what} of a {m}×{n} matrix needs about {need / 2**30:.1f} GiB but "
+            f"{have / 2**30:.1f} GiB is available on {device}; use {alternative}"
         )
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free on ``device`` (host RAM for the CPU), or None when unknown."""
+    """Bytes free on ``device`` (host RAM for the CPU), or None when unknown.
+
+    On the CPU this is Linux's MemAvailable (free memory plus the page cache it can drop: a
+    memory-mapped checkpoint fills the cache but does not use up memory), capped by a cgroup
+    (container) limit where one is set.
+    """
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    have = _meminfo_available()
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            have = min(have, int(limit) - used) if have is not None else int(limit) - used
+    except (OSError, ValueError):
+        pass
+    return have
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -422,9 +460,8 @@ def _run_group(group, k, device, dtype, n_iter, generator):
         energy = (S.double() ** 2).sum(-1)
         method = "factored"
     else:
-        for d in group:
-            check_memory(d, k, dtype, device)
         m, n = first.matrix_shape
+        check_memory(first.name, (m, n), k, dtype, device, count=len(group))
         M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
         for i, d in enumerate(group):
             M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch

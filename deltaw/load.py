@@ -17,7 +17,14 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise DeltawError(f"{path}: no such file or folder")
     if path.is_dir():
-        return "peft" if (path / peft.CONFIG_NAME).exists() else "full"
+        if (path / peft.CONFIG_NAME).exists():
+            return "peft"
+        if any((path / name).is_file() for name in peft.WEIGHT_NAMES):
+            raise DeltawError(
+                f"{path}: PEFT adapter weights without their {peft.CONFIG_NAME}; "
+                "copy the config saved with the adapter into this folder (it holds lora_alpha and r)"
+            )
+        return "full"
     if path.name == peft.CONFIG_NAME:
         return "peft"
     keys = TensorStore.open(path).keys()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
@@ -24,6 +23,8 @@ from typing import Callable
 from matplotlib import rc_context
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+
+from deltaw.atomic import atomic_path
 
 from . import style
 from .layout import Region, line_height, paragraph, text_width, wrap
@@ -182,31 +183,18 @@ class Document:
 
     def write(self, path: str | os.PathLike) -> None:
         """Draw every page and write the PDF to ``path`` atomically (see the module notes)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
         with rc_context(style.RC), _quiet("fontTools"):
             pages = self._paginate()
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                                       dir=directory)
-            os.close(fd)
-            try:
-                metadata = {
-                    "Title": self.title,
-                    "Subject": self.subject,
-                    "Author": "deltaw",
-                    "Creator": "deltaw.reports (matplotlib)",
-                    "CreationDate": datetime.now(timezone.utc),
-                }
-                with PdfPages(tmp, metadata=metadata) as pdf:
-                    for number, page in enumerate(pages, start=1):
-                        fig = self._draw_page(page, number, len(pages))
-                        pdf.savefig(fig)
-                os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            metadata = {
+                "Title": self.title,
+                "Subject": self.subject,
+                "Author": "deltaw",
+                "Creator": "deltaw.reports (matplotlib)",
+                "CreationDate": datetime.now(timezone.utc),
+            }
+            with atomic_path(path) as tmp, PdfPages(tmp, metadata=metadata) as pdf:
+                for number, page in enumerate(pages, start=1):
+                    pdf.savefig(self._draw_page(page, number, len(pages)))
 
 
 @contextlib.contextmanager
@@ -219,12 +207,6 @@ def _quiet(logger_name: str):
         yield
     finally:
         logger.setLevel(level)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _hline(fig: Figure, x0: float, x1: float, y: float, width: float, color: str = style.RULE):

@@ -41,8 +41,10 @@ def read_config(folder: Path) -> dict:
         raise DeltawError(f"{folder}: no {CONFIG_NAME}; is this a PEFT adapter folder?")
     try:
         config = json.loads(path.read_text())
+    except OSError as err:
+        raise DeltawError(f"{path}: cannot read the file ({err.strerror})") from err
     except (ValueError, UnicodeDecodeError) as err:
-        raise DeltawError(f"{path}: not valid JSON ({err})") from err
+        raise DeltawError(f"{path}: not valid JSON ({err}); save the adapter again with PEFT") from err
     if not isinstance(config, dict):
         raise DeltawError(f"{path}: expected a JSON object")
     peft_type = str(config.get("peft_type", "LORA")).upper()

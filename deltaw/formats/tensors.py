@@ -29,8 +29,11 @@ def _check_readable_file(path: Path) -> None:
         raise DeltawError(f"{path}: no such file")
     if path.is_dir():
         raise DeltawError(f"{path}: is a folder, expected a checkpoint file")
-    if not os.access(path, os.R_OK):
-        raise DeltawError(f"{path}: file is not readable (check its permissions)")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise DeltawError(f"{path}: cannot read the file ({err.strerror}); check its permissions") from err
 
 
 class _SafetensorsFile:
@@ -185,7 +188,7 @@ def model_folder_files(folder: Path) -> list[Path]:
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError) as err:
                 raise DeltawError(f"{index}: not a valid shard index ({_first_line(err)})") from err
             shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (folder / s).is_file()]

@@ -158,23 +158,26 @@ def load_jsonl(path: str | Path) -> LabelledText:
         raise DeltawError(f"{path}: no such data file (expected JSONL with text and label)")
     texts: list[str] = []
     raw_labels: list[int | str] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DeltawError(f"{path}:{number}: not JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DeltawError(f'{path}:{number}: expected {{"text": str, "label": int|str}}')
-            label = record.get("label")
-            if isinstance(label, bool) or not isinstance(label, (int, str)):
-                raise DeltawError(
-                    f"{path}:{number}: label must be an int or a string, got {label!r}"
-                )
-            texts.append(record["text"])
-            raw_labels.append(label)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise DeltawError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DeltawError(f"{path}:{number}: not JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DeltawError(f'{path}:{number}: expected {{"text": str, "label": int|str}}')
+        label = record.get("label")
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise DeltawError(
+                f"{path}:{number}: label must be an int or a string, got {label!r}"
+            )
+        texts.append(record["text"])
+        raw_labels.append(label)
     kinds = {type(label) for label in raw_labels}
     if len(kinds) > 1:
         raise DeltawError(f"{path}: labels mix ints and strings; use one kind")
