@@ -27,10 +27,9 @@ NAME_W = 2.3  # inches for a module name in the appendix tables
 
 def _facts(a: Analysis) -> list[tuple[str, str]]:
     mods = a.modules
-    n_total = len(mods) + len(a.not_finite)
-    modules = f"{n_total} analysed" + (f" ({text.kind_summary(mods)})" if mods else "")
+    modules = f"{len(mods)} analysed" + (f" ({text.kind_summary(mods)})" if mods else "")
     if a.not_finite:
-        modules += f"; {len(a.not_finite)} with NaN/Inf"
+        modules += f"; {len(a.not_finite)} not analysed (NaN/Inf)"
     if a.skipped:
         modules += f"; {text.plural(len(a.skipped), 'tensor')} skipped"
     layers = a.layers

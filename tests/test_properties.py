@@ -108,24 +108,24 @@ def test_energy_ranks_are_monotone_in_the_threshold(sigma, taus):
 # parsers on arbitrary bytes
 
 
-def _survives(path: Path) -> None:
-    """Open and read every tensor: either it works or it is a DeltawError, nothing else."""
-    try:
-        store = TensorStore.open(path)
-        for key in store.keys():
-            store.shape(key)
-            store.get(key)
-    except deltaw.DeltawError as err:
-        assert str(path) in str(err) and "\n" not in str(err)
+def _survives(name: str, data: bytes) -> None:
+    """Open a file of these bytes and read every tensor: it works or it is one DeltawError line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(data)
+        try:
+            store = TensorStore.open(path)
+            for key in store.keys():
+                store.shape(key)
+                store.get(key)
+        except deltaw.DeltawError as err:
+            assert str(path) in str(err) and "\n" not in str(err)
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=512))
 def test_safetensors_parsing_survives_arbitrary_bytes(data):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.safetensors"
-        path.write_bytes(data)
-        _survives(path)
+    _survives("model.safetensors", data)
 
 
 entries = st.fixed_dictionaries({
@@ -142,16 +142,10 @@ def test_safetensors_headers_survive_arbitrary_content(header, claimed, data):
     """Well-formed length prefix and JSON, hostile content: absurd shapes, offsets, dtypes, lengths."""
     raw = json.dumps(header).encode()
     length = len(raw) if claimed is None else claimed
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.safetensors"
-        path.write_bytes(struct.pack("<Q", length) + raw + data)
-        _survives(path)
+    _survives("model.safetensors", struct.pack("<Q", length) + raw + data)
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.binary(max_size=512))
 def test_pickle_loading_survives_arbitrary_bytes(data):
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "pytorch_model.bin"
-        path.write_bytes(data)
-        _survives(path)
+    _survives("pytorch_model.bin", data)
