@@ -7,6 +7,7 @@ line on stderr with exit status 1 (usage errors: 2); ``--debug`` shows the trace
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -30,6 +31,22 @@ class DeltawGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("deltaw: interrupted; no output was written", err=True)
             ctx.exit(130)
+        except _Terminated as stop:
+            click.echo("deltaw: terminated; no output was written", err=True)
+            ctx.exit(128 + stop.signum)
+
+
+class _Terminated(BaseException):
+    """SIGTERM (a job scheduler's stop, ``kill``) unwinding the stack like Ctrl-C does, so the
+    staged outputs are removed rather than left behind as temporary files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame) -> None:
+    raise _Terminated(signum)
 
 
 @click.group(cls=DeltawGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +75,7 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli.main(args=argv, prog_name="deltaw")
 
 

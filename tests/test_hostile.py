@@ -402,6 +402,35 @@ def test_ctrl_c_during_the_analysis(tmp_path, llama, monkeypatch):
     assert result.exit_code == 130 and not list(tmp_path.iterdir())
 
 
+SIGTERM_WHILE_DRAWING = """
+import os, signal, sys
+from deltaw.reports import pdf
+from deltaw.cli.main import main
+
+def killed(self, *args):
+    os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as a job scheduler sends it
+    raise AssertionError("SIGTERM did not stop the run")
+
+pdf.Document._draw_page = killed
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_leaves_no_output(tmp_path, llama):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_DRAWING, "analyze", str(llama[0] / "adapter"),
+                             "--json", str(out / "a.json"), "--pdf", str(out / "a.pdf")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 128 + 15, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "deltaw: terminated; no output was written"
+    assert "Traceback" not in result.stderr
+    assert not list(out.iterdir())
+
+
 def test_too_big_for_memory_is_refused_up_front(tmp_path, llama, monkeypatch):
     from deltaw import linalg
 
