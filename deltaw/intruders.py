@@ -8,7 +8,8 @@ fine-tuning almost never; their number tracks forgetting.
 
 "Left" is the column space of the matrix in the base tensor's layout (the output space of an
 ``nn.Linear`` (out, in); the input space of a GPT-2 ``Conv1D``, stored (in, out)). W's thin SVD
-supplies min(rows, cols) vectors x_i. W + ΔW is dense, so its SVD is formed here even for LoRA.
+supplies min(rows, cols) vectors x_i. W + ΔW is dense even for LoRA; only its top k left
+singular vectors are computed (:func:`deltaw.linalg.top_left_singular_vectors`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from deltaw._inputs import base_matrix, check_dtype, exact_math
 from deltaw.amplification import base_svd
 from deltaw.delta import Delta
 from deltaw.errors import DeltawError
-from deltaw.linalg import SVD, resolve_device, robust_svd
+from deltaw.linalg import SVD, resolve_device, top_left_singular_vectors
 from deltaw.records import Intruders
 
 DEFAULT_K = 10
@@ -65,7 +66,7 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
         delta = d.matrix(dtype) if delta is None else torch.as_tensor(delta)
         tuned = W + delta.to(W).reshape(W.shape)  # (rows, cols)
         k = min(k, min(W.shape))
-        Y = robust_svd(tuned)[0][:, :k]  # (rows, k): top-k left singular vectors of W + ΔW
+        Y = top_left_singular_vectors(tuned, k)  # (rows, k), of W + ΔW
         X = W_svd.U.to(W)  # (rows, min(rows, cols)): W's left singular vectors
         max_cos = (Y.mT @ X).abs().amax(dim=1).double().cpu()  # (k,)
     intruders = torch.nonzero(max_cos < eps).flatten().tolist()

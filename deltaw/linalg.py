@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deltaw.delta import Delta, LowRankDelta
@@ -289,6 +290,47 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
     with _one_thread(small):
         U_small, S, Vh = robust_svd(small)
     return (Q @ U_small)[..., :k], S[..., :k], Vh[..., :k, :]
+
+
+#: Below this min(rows, cols) a full SVD takes milliseconds and Lanczos buys nothing.
+LANCZOS_MIN_DIM = 512
+
+
+def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-``k`` left singular vectors of one matrix, exact to float tolerance.
+
+    Parameters
+    ----------
+    M : Tensor, (m, n)
+    k : int
+
+    Returns
+    -------
+    Tensor, (m, min(k, m, n)), columns by decreasing σ, in ``M``'s dtype and device.
+
+    Notes
+    -----
+    A full SVD costs O(mn·min(m, n)) to keep k vectors. On the CPU, for k ≤ min(m, n)/8 and
+    min(m, n) ≥ :data:`LANCZOS_MIN_DIM`, Lanczos bidiagonalisation (ARPACK through
+    ``scipy.sparse.linalg.svds`` with ``tol=0``: iterated to machine precision, in float64) needs
+    a few hundred products with M instead; its vectors agree with a float64 full SVD to ~1e-15
+    (benchmarks/README.md). CUDA tensors, small matrices and larger k take the full SVD, as does
+    a Lanczos run that fails to converge (logged).
+    """
+    m, n = M.shape
+    k = min(k, m, n)
+    if M.is_cuda or min(m, n) < LANCZOS_MIN_DIM or 8 * k > min(m, n):
+        return robust_svd(M)[0][:, :k]
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, svds
+
+    start = torch.randn(min(m, n), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    try:
+        U, S, _ = svds(M.detach().double().numpy(), k=k, tol=0, v0=start.numpy())
+    except (ArpackNoConvergence, ArpackError) as err:
+        log.warning("Lanczos SVD of a %d×%d matrix did not converge (%s); using the full SVD", m, n, err)
+        return robust_svd(M)[0][:, :k]
+    order = np.argsort(-S)
+    return torch.from_numpy(np.ascontiguousarray(U[:, order])).to(M.dtype)
 
 
 def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:

@@ -116,3 +116,17 @@ def test_intruders_on_cuda_match_cpu():
     for d in deltas.values():
         on_gpu, on_cpu = deltaw.intruder_dimensions(d, device="cuda"), deltaw.intruder_dimensions(d, device="cpu")
         np.testing.assert_allclose(on_gpu.max_cos, on_cpu.max_cos, atol=1e-4)
+
+
+def test_intruders_of_a_large_matrix_match_numpy():
+    """600×520: W + ΔW's top vectors come from Lanczos; the same answer as the float64 reference."""
+    U, V, _ = spread_matrix(600, 520, seed=5)
+    W = (U[:, :520] * np.linspace(1.0, 0.01, 520)) @ V.T
+    z = U @ np.ones(600) / np.sqrt(600)  # a direction far from every x_i
+    delta = 3.0 * np.outer(z, V[:, 0]) + 0.5 * np.outer(U[:, 40], V[:, 1])
+    max_cos, indices = reference(delta, W, 10, 0.5)
+    for dtype, atol in ((torch.float64, 1e-9), (torch.float32, 1e-4)):
+        d = dense(torch.from_numpy(delta), torch.from_numpy(W))
+        result = deltaw.intruder_dimensions(d, k=10, eps=0.5, dtype=dtype)
+        np.testing.assert_allclose(result.max_cos, max_cos, atol=atol)
+        assert result.indices == indices and result.count >= 1

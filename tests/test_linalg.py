@@ -158,3 +158,33 @@ def test_cuda_matches_cpu():
     deltas = [lowrank(256, 128, 16, seed=i) for i in range(3)] + [dense(low_rank_plus_noise(128, 96, 8).float())]
     for (d, cpu), (_, gpu) in zip(deltaw.svd_many(deltas, device="cpu"), deltaw.svd_many(deltas, device="cuda")):
         np.testing.assert_allclose(gpu.S.numpy(), cpu.S.numpy(), rtol=1e-4, atol=1e-5 * float(cpu.S[0]))
+
+
+@pytest.mark.parametrize("m,n,dtype", [(640, 520, torch.float32), (520, 700, torch.float64), (100, 90, torch.float32)])
+def test_top_left_singular_vectors_match_numpy(m, n, dtype):
+    """Lanczos (min(m, n) ≥ 512) or the full SVD (smaller): the same vectors as numpy float64."""
+    from deltaw.linalg import top_left_singular_vectors
+
+    M = low_rank_plus_noise(m, n, rank=12, noise=1e-4, seed=3)  # σ well separated at the top
+    want = np.linalg.svd(M.numpy())[0][:, :10]
+    got = top_left_singular_vectors(M.to(dtype), 10)
+    assert got.shape == (m, 10) and got.dtype == dtype
+    cos = np.abs(np.sum(got.double().numpy() * want, axis=0))  # defined up to sign
+    np.testing.assert_allclose(cos, 1.0, atol=1e-9 if dtype == torch.float64 else 1e-5)
+
+
+def test_top_left_singular_vectors_fall_back_when_lanczos_fails(monkeypatch, caplog):
+    import scipy.sparse.linalg
+
+    from deltaw.linalg import top_left_singular_vectors
+
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", no_convergence)
+    M = low_rank_plus_noise(600, 560, rank=12, seed=4)
+    with caplog.at_level("WARNING", logger="deltaw"):
+        got = top_left_singular_vectors(M, 10)
+    assert "did not converge" in caplog.text
+    np.testing.assert_allclose(np.abs(np.sum(got.numpy() * np.linalg.svd(M.numpy())[0][:, :10], axis=0)), 1.0,
+                               atol=1e-9)
