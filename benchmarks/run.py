@@ -303,7 +303,7 @@ def goals(r: dict) -> list[dict]:
     if da and da.get("available"):
         add("dense_analyze_vs_read", f"dense: deltaw.analyze(top_k, base) ÷ reading ({da['layers']} layer, 1 run)",
             da["ratio"], "≤ 4×", da["ratio"] <= 4,
-            "with a base, analyze also takes full SVDs of W and W+ΔW (amplification, overlap, intruders)")
+            "with a base, analyze also takes a full SVD of W and the top-k of W+ΔW (amplification, overlap, intruders)")
     acc = r.get("dense_accuracy")
     if acc:
         top = max(m["max_abs_err_over_sigma1"] for m in acc["modules"])

@@ -83,7 +83,7 @@ def markdown(r: dict) -> str:
     da = r.get("dense_analyze")
     if da and da.get("available") and dense:
         lines.append(f"| dense ΔW: `deltaw.analyze(tuned, base=…, top_k=64)` (spectra + amplification, overlap and "
-                     f"intruders, which take full SVDs of W and W+ΔW), {da['layers']} layer, 1 run | "
+                     f"intruders: a full SVD of W, Lanczos top-10 of W+ΔW), {da['layers']} layer, 1 run | "
                      f"{_s(da['seconds'])} | {_s(da['read_f32'])} | {_x(da['ratio'])} | ≤ 4× | "
                      f"{_holds(da['ratio'] <= 4)} |")
     acc = r.get("dense_accuracy")

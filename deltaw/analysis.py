@@ -193,7 +193,7 @@ def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> N
             check_memory(d.name, d.matrix_shape, top_k, opts.dtype, opts.device)
         if d.read_base is not None:
             check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
-                         what="the base analyses (full SVDs of W and W + ΔW)",
+                         what="the base analyses (a full SVD of W, and W + ΔW formed)",
                          alternative="analyze without --base (spectra and ranks need no base), "
                                      "or leave this module out with --modules")
 

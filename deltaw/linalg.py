@@ -312,10 +312,10 @@ def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
     -----
     A full SVD costs O(mn·min(m, n)) to keep k vectors. On the CPU, for k ≤ min(m, n)/8 and
     min(m, n) ≥ :data:`LANCZOS_MIN_DIM`, Lanczos bidiagonalisation (ARPACK through
-    ``scipy.sparse.linalg.svds`` with ``tol=0``: iterated to machine precision, in float64) needs
-    a few hundred products with M instead; its vectors agree with a float64 full SVD to ~1e-15
-    (benchmarks/README.md). CUDA tensors, small matrices and larger k take the full SVD, as does
-    a Lanczos run that fails to converge (logged).
+    ``scipy.sparse.linalg.svds`` with ``tol=0``: iterated to the machine precision of ``M``'s
+    dtype) needs a few hundred products with M instead. Its vectors agree with numpy's float64
+    SVD as closely as a full SVD in that dtype does (tests/test_linalg.py). CUDA tensors, small
+    matrices and larger k take the full SVD, as does a Lanczos run that fails to converge (logged).
     """
     m, n = M.shape
     k = min(k, m, n)
@@ -323,14 +323,14 @@ def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
         return robust_svd(M)[0][:, :k]
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, svds
 
-    start = torch.randn(min(m, n), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    start = torch.randn(min(m, n), generator=torch.Generator().manual_seed(0), dtype=M.dtype)
     try:
-        U, S, _ = svds(M.detach().double().numpy(), k=k, tol=0, v0=start.numpy())
+        U, S, _ = svds(M.detach().numpy(), k=k, tol=0, v0=start.numpy())
     except (ArpackNoConvergence, ArpackError) as err:
         log.warning("Lanczos SVD of a %d×%d matrix did not converge (%s); using the full SVD", m, n, err)
         return robust_svd(M)[0][:, :k]
     order = np.argsort(-S)
-    return torch.from_numpy(np.ascontiguousarray(U[:, order])).to(M.dtype)
+    return torch.from_numpy(np.ascontiguousarray(U[:, order]))
 
 
 def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
