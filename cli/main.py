@@ -29,11 +29,17 @@ class DeltawGroup(click.Group):
             click.echo(f"deltaw: error: {err}", err=True)
             ctx.exit(EXIT_ERROR)
         except KeyboardInterrupt:
-            click.echo("deltaw: interrupted; no output was written", err=True)
+            click.echo(f"deltaw: interrupted; {_what_is_left(ctx)}", err=True)
             ctx.exit(130)
         except _Terminated as stop:
-            click.echo("deltaw: terminated; no output was written", err=True)
+            click.echo(f"deltaw: terminated; {_what_is_left(ctx)}", err=True)
             ctx.exit(128 + stop.signum)
+
+
+def _what_is_left(ctx: click.Context) -> str:
+    if ctx.invoked_subcommand in ("train", "reproduce"):
+        return "finished runs are kept and the same command resumes; nothing half-written was left"
+    return "no output was written"
 
 
 class _Terminated(BaseException):

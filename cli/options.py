@@ -35,11 +35,12 @@ def outputs_option(command):
 
 def check_outputs(*paths: str | None) -> None:
     """Fail before any work when an output cannot be written (the file is written atomically later)."""
-    from deltaw.atomic import check_writable
+    from deltaw.atomic import check_distinct, check_writable
 
-    for path in paths:
-        if path is not None and path != "-":
-            check_writable(path)
+    files = [path for path in paths if path is not None and path != "-"]
+    for path in files:
+        check_writable(path)
+    check_distinct(files)
 
 
 def progress_bar(label: str):

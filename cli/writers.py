@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 
 import click
 
-from deltaw.atomic import atomic_path
+from deltaw.atomic import staged_outputs
 
 CSV_FIELDS = ["name", "kind", "layer", "module_type", "rows", "cols", "lora_rank", "scale", "fro_norm",
               "base_fro_norm", "energy_rank_0.5", "energy_rank_0.9", "energy_rank_0.99", "effective_rank",
@@ -42,21 +41,24 @@ def csv_rows(doc: dict):
 def write_outputs(docs: list[dict], json_path=None, pdf_path=None, csv_path=None) -> None:
     """Write the requested outputs, all or none.
 
-    Each file is staged beside its path and all are moved into place once the last one (usually
-    the PDF, the slowest) is complete: an error or Ctrl-C on the way leaves no output at all, not
-    a JSON without its PDF. The JSON of one document is that document, of several a list.
+    Each file is staged beside its path; all are renamed into place together once the last one
+    (usually the PDF, the slowest) is complete, so an error or Ctrl-C on the way leaves no output,
+    not a JSON without its PDF. The JSON of one document is that document, of several a list.
     """
     text = None if json_path is None else json.dumps(docs[0] if len(docs) == 1 else docs, indent=1,
                                                      allow_nan=False)
-    with contextlib.ExitStack() as staged:
-        if json_path is not None and json_path != "-":
-            staged.enter_context(atomic_path(json_path)).write_text(text + "\n")
-        if csv_path is not None:
-            staged.enter_context(atomic_path(csv_path)).write_text(csv_text(docs))
-        if pdf_path is not None:
-            from deltaw.reports import render
+    writers = []  # (path, write(tmp))
+    if json_path is not None and json_path != "-":
+        writers.append((json_path, lambda tmp: tmp.write_text(text + "\n")))
+    if csv_path is not None:
+        writers.append((csv_path, lambda tmp: tmp.write_text(csv_text(docs))))
+    if pdf_path is not None:
+        from deltaw.reports import render
 
-            render(docs, staged.enter_context(atomic_path(pdf_path)))
+        writers.append((pdf_path, lambda tmp: render(docs, tmp)))
+    with staged_outputs(*(path for path, _ in writers)) as temporaries:
+        for (_, write), tmp in zip(writers, temporaries):
+            write(tmp)
     if json_path == "-":
         click.echo(text)
 

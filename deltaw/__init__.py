@@ -14,8 +14,10 @@ PDF reports) does not pay for importing torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
+from typing import TYPE_CHECKING
 
 from deltaw.errors import DeltawError
 
@@ -45,6 +47,24 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 
 __all__ = ["DeltawError", *_MODULE_OF]
 
+if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
+    from deltaw.amplification import amplification, amplification_rank, base_overlap, base_svd
+    from deltaw.analysis import analyze, spectral_summary
+    from deltaw.compare import compare
+    from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
+    from deltaw.deltas import Deltas, Skipped
+    from deltaw.direction import magnitude_direction
+    from deltaw.intruders import intruder_dimensions
+    from deltaw.linalg import SVD, factored_svd, randomized_svd, resolve_device, svd, svd_many
+    from deltaw.load import detect_format, load_deltas
+    from deltaw.records import (Amplification, Analysis, Comparison, Intruders, MagnitudeDirection,
+                                ModuleRecord, PairResult, PhiRecord, SkippedRecord, SpectralSummary,
+                                parse_module_name)
+    from deltaw.spectrum import (effective_rank, energy_rank, energy_ranks, gavish_donoho_rank,
+                                 gavish_donoho_threshold, marchenko_pastur_edge, numerical_rank, stable_rank)
+    from deltaw.subspace import (phi_grid, principal_angles, projection_distance, random_subspace_similarity,
+                                 subspace_basis, subspace_bases, subspace_similarity)
+
 
 class _Package(types.ModuleType):
     def __setattr__(self, name: str, value) -> None:
@@ -61,7 +81,9 @@ sys.modules[__name__].__class__ = _Package
 def __getattr__(name: str):
     module = _MODULE_OF.get(name)
     if module is None:
-        raise AttributeError(f"module 'deltaw' has no attribute {name!r}")
+        if name.startswith("_") or importlib.util.find_spec(f"deltaw.{name}") is None:
+            raise AttributeError(f"module 'deltaw' has no attribute {name!r}")
+        return importlib.import_module(f"deltaw.{name}")  # a submodule: deltaw.linalg, …
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value

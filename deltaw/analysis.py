@@ -32,7 +32,7 @@ from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction
 from deltaw.errors import DeltawError
 from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
-from deltaw.linalg import SVD, check_memory, resolve_device, svd_many
+from deltaw.linalg import SVD, check_memory, check_memory_for, resolve_device, svd_many
 from deltaw.load import load_deltas
 from deltaw.records import Analysis, ModuleRecord, SkippedRecord, SpectralSummary, parse_module_name
 from deltaw.spectrum import (effective_rank, energy_ranks, gavish_donoho_rank, numerical_rank,
@@ -188,9 +188,8 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
 
 def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> None:
     """Refuse, before any work, a run with a module whose decompositions cannot fit in memory."""
+    check_memory_for(selected, top_k, opts.dtype, opts.device)
     for d in selected:
-        if not isinstance(d, LowRankDelta):
-            check_memory(d.name, d.matrix_shape, top_k, opts.dtype, opts.device)
         if d.read_base is not None:
             check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
                          what="the base analyses (a full SVD of W, and W + ΔW formed)",

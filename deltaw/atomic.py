@@ -1,10 +1,15 @@
-"""Atomic output files: a run that fails or is interrupted leaves no half-written file behind."""
+"""Atomic output files: a run that fails or is interrupted leaves no half-written file behind.
+
+An output is written under a temporary name beside its path and renamed onto it in one step
+(``os.replace``) once complete. :func:`staged_outputs` does this for several files at once,
+renaming them together only after the last one is complete.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from deltaw.errors import DeltawError
@@ -30,36 +35,72 @@ def _can_write(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+def check_distinct(paths) -> None:
+    """Refuse two outputs written to one file (the second would silently replace the first)."""
+    seen: set[Path] = set()
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise DeltawError(f"{path}: given for two outputs; give each output its own file")
+        seen.add(resolved)
 
-    On any exception (KeyboardInterrupt included) the temporary file is removed and ``path`` is
-    left as it was.
+
+def _temporary_beside(path: Path) -> Path:
+    """Create an empty, hidden temporary file next to ``path``.
+
+    Created with mode 0666 so the kernel applies the umask and default ACLs, as for any file the
+    user writes (``tempfile.mkstemp`` would make outputs private, 0600).
     """
-    path = check_writable(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     except OSError as err:
         raise DeltawError(f"{path}: cannot write in {path.parent} ({err.strerror}); "
                           "choose another output folder") from err
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
-        os.replace(tmp, path)
-    except BaseException:
+    return tmp
+
+
+def _discard(paths) -> None:
+    for tmp in paths:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def staged_outputs(*paths: str | os.PathLike):
+    """Yield one temporary path per output; all are moved into place together on success.
+
+    On any exception (KeyboardInterrupt included) every temporary file is removed and the outputs
+    are left as they were. The renames happen in one loop after the last output is complete.
+
+    Raises
+    ------
+    DeltawError
+        Before anything is written, if two outputs share a path or one cannot be written.
+    """
+    targets = [check_writable(p) for p in paths]
+    check_distinct(targets)
+    temporaries: list[Path] = []
+    try:
+        temporaries += [_temporary_beside(t) for t in targets]
+        yield temporaries
+        for tmp, target in zip(temporaries, targets):
+            try:
+                os.replace(tmp, target)
+            except OSError as err:
+                raise DeltawError(f"{target}: cannot be written ({err.strerror})") from err
+    except BaseException:
+        _discard(temporaries)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    with staged_outputs(path) as (tmp,):
+        yield tmp
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -21,7 +21,7 @@ from deltaw._inputs import check_dtype
 from deltaw.delta import DoraDelta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
-from deltaw.linalg import resolve_device
+from deltaw.linalg import check_memory_for, resolve_device
 from deltaw.load import load_deltas
 from deltaw.records import Comparison, PairResult, PhiRecord, parse_module_name
 from deltaw.subspace import _check_basis, phi_grid, random_subspace_similarity, subspace_bases
@@ -111,6 +111,9 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
     comparison = Comparison(checkpoints=[d.checkpoint for d in loaded], basis=basis, side=side,
                             top_k=top_k if basis == "delta" else None, seed=seed)
     pairs = {(a, b): PairResult(a, b) for a, b in itertools.combinations(range(len(loaded)), 2)}
+    if basis == "delta":  # dense ΔWs are decomposed: refuse up front what cannot fit
+        for deltas in loaded:
+            check_memory_for([deltas[n] for n in names if n in deltas], top_k, dtype, device)
     streams = [subspace_bases([deltas[n] for n in names if n in deltas], basis, side=side, top_k=top_k,
                               device=device, dtype=dtype) for deltas in loaded]
     for name in names:

@@ -139,6 +139,7 @@ def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     try:
         return torch.linalg.svd(M, full_matrices=False)
     except (torch.linalg.LinAlgError, RuntimeError) as first:
+        _raise_if_out_of_memory(M, first)
         error = first
     for what, attempt in attempts:
         log.warning("SVD did not converge (%s); retrying with %s", str(error).splitlines()[0], what)
@@ -146,8 +147,18 @@ def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
             U, S, Vh = attempt()
             return U.to(M), S.to(M.real.dtype).to(M.device), Vh.to(M)
         except (torch.linalg.LinAlgError, RuntimeError) as err:
+            _raise_if_out_of_memory(M, err)
             error = err
     raise DeltawError(f"the SVD did not converge even in float64 on the CPU ({error})")
+
+
+def _raise_if_out_of_memory(M: torch.Tensor, err: BaseException) -> None:
+    # Out of memory is not a convergence failure: a float64 retry would need twice the memory.
+    if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err):
+        shape = "×".join(str(d) for d in M.shape)
+        raise DeltawError(f"out of memory on {M.device} for the SVD of a {shape} {M.dtype} batch "
+                          f"({str(err).splitlines()[0]}); use --top-k K, fewer modules (--modules), "
+                          "or another device") from err
 
 
 def factored_svd(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
@@ -369,9 +380,15 @@ def _energy(M: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def dense_svd_bytes(shape: tuple[int, int], k: int | None, dtype: torch.dtype) -> int:
+    """Bytes one dense SVD of ``shape`` needs: the matrix, its two inputs as read, the SVD's
+    workspace and vectors (full), or the sketches and the small SVD (top-k)."""
+    m, n = shape
+    return (4 if k else 6) * m * n * (torch.finfo(dtype).bits // 8)
+
+
 def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.dtype,
-                 device: torch.device, *, count: int = 1, what: str | None = None,
-                 alternative: str | None = None) -> None:
+                 device: torch.device, *, what: str | None = None, alternative: str | None = None) -> None:
     """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative.
 
     Parameters
@@ -382,18 +399,13 @@ def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.
         The dense matrix to decompose.
     k : int, optional
         Top-k (randomized) rather than the full SVD.
-    count : int
-        Matrices decomposed together in one batch.
     what, alternative : str, optional
         What the decomposition is for, and what the user can do instead (default: ``--top-k``).
     """
-    m, n = shape
-    itemsize = torch.finfo(dtype).bits // 8
-    # The matrix, its two inputs as read, and the SVD's workspace and vectors.
-    factor = 4 if k else 6
-    need = count * factor * m * n * itemsize
+    need = dense_svd_bytes(shape, k, dtype)
     have = available_memory(device)
     if have is not None and need > have:
+        m, n = shape
         what = what or f"a dense {'top-k' if k else 'full'} SVD"
         alternative = alternative or ("--top-k with a smaller K" if k else "--top-k K (a randomized top-k SVD)")
         raise DeltawError(
@@ -402,24 +414,55 @@ def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.
         )
 
 
+def check_memory_for(deltas: Iterable[Delta], k: int | None, dtype: torch.dtype, device: torch.device) -> None:
+    """:func:`check_memory` for every dense ΔW among ``deltas``, before any of them is read."""
+    for d in deltas:
+        if not isinstance(d, LowRankDelta):
+            check_memory(d.name, d.matrix_shape, k, dtype, device)
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes free on ``device`` (host RAM for the CPU), or None when unknown.
 
-    On the CPU this is Linux's MemAvailable (free memory plus the page cache it can drop: a
-    memory-mapped checkpoint fills the cache but does not use up memory), capped by a cgroup
-    (container) limit where one is set.
+    CUDA: free device memory plus what PyTorch holds cached but unused. CPU: Linux's
+    MemAvailable (free memory plus the page cache it can drop: a memory-mapped checkpoint fills
+    the cache but does not use up memory), capped by a container's cgroup limit where one is set
+    (:func:`cgroup_headroom`).
     """
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     have = _meminfo_available()
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            have = min(have, int(limit) - used) if have is not None else int(limit) - used
-    except (OSError, ValueError):
-        pass
+    headroom = cgroup_headroom()
+    if headroom is not None:
+        have = headroom if have is None else min(have, headroom)
     return have
+
+
+def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes the cgroup (v2, or v1's memory controller) may still use, or None without a limit.
+
+    Usage excludes the inactive file cache, which the kernel reclaims before it kills anything.
+    """
+    for limit_file, usage_file, inactive_key in (
+        ("memory.max", "memory.current", "inactive_file"),  # v2
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),  # v1
+    ):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
+            return None
+        stat = (root / limit_file).with_name("memory.stat")
+        try:
+            fields = dict(line.split() for line in stat.read_text().splitlines() if line.count(" ") == 1)
+            usage -= int(fields.get(inactive_key, 0))
+        except (OSError, ValueError):
+            pass
+        return max(0, int(limit) - usage)
+    return None
 
 
 def _meminfo_available() -> int | None:
@@ -503,7 +546,13 @@ def _run_group(group, k, device, dtype, n_iter, generator):
         method = "factored"
     else:
         m, n = first.matrix_shape
-        check_memory(first.name, (m, n), k, dtype, device, count=len(group))
+        check_memory(first.name, (m, n), k, dtype, device)
+        have = available_memory(device)
+        fit = len(group) if have is None else max(1, have // dense_svd_bytes((m, n), k, dtype))
+        if fit < len(group):  # a smaller batch, not a refusal: each matrix fits on its own
+            for start in range(0, len(group), fit):
+                yield from _run_group(group[start:start + fit], k, device, dtype, n_iter, generator)
+            return
         M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
         for i, d in enumerate(group):
             M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch

@@ -403,12 +403,12 @@ def test_ctrl_c_during_the_analysis(tmp_path, llama, monkeypatch):
 
 
 SIGTERM_WHILE_DRAWING = """
-import os, signal, sys
+import signal, sys
 from deltaw.reports import pdf
 from deltaw.cli.main import main
 
 def killed(self, *args):
-    os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as a job scheduler sends it
+    signal.raise_signal(signal.SIGTERM)  # a real signal, as a job scheduler sends it, to this thread
     raise AssertionError("SIGTERM did not stop the run")
 
 pdf.Document._draw_page = killed
@@ -447,3 +447,101 @@ def test_too_big_for_memory_is_refused_up_front(tmp_path, llama, monkeypatch):
     assert_one_line_error(result, "base analyses", "analyze without --base")
     monkeypatch.setattr(linalg, "available_memory", lambda device: 2**20)
     assert invoke("analyze", root / "adapter").exit_code == 0  # a LoRA spectrum needs no dense matrix
+
+
+def _cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("files, headroom", [
+    ({}, None),  # no cgroup files: no limit known
+    ({"memory.max": "max\n", "memory.current": "123\n"}, None),  # v2, unlimited
+    ({"memory.max": "1000\n", "memory.current": "400\n", "memory.stat": "anon 300\ninactive_file 100\n"}, 700),
+    ({"memory.max": "1000\n", "memory.current": "1500\n"}, 0),  # over the limit: nothing left, not negative
+    ({"memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": "5\n"}, None),  # v1
+    ({"memory/memory.limit_in_bytes": "2048\n", "memory/memory.usage_in_bytes": "1024\n",
+      "memory/memory.stat": "cache 600\ntotal_inactive_file 512\n"}, 1536),
+])
+def test_cgroup_headroom(tmp_path, files, headroom):
+    from deltaw.linalg import cgroup_headroom
+
+    assert cgroup_headroom(_cgroup(tmp_path, files)) == headroom
+
+
+def test_batches_shrink_to_fit_instead_of_refusing(monkeypatch):
+    """Four 64×64 matrices batch together; with memory for one at a time they run one by one."""
+    from deltaw import linalg
+
+    g = torch.Generator().manual_seed(0)
+    mats = [torch.randn(64, 64, generator=g) for _ in range(4)]
+    deltas = [deltaw.DenseDelta(name=f"d{i}", shape=(64, 64), read_base=lambda: torch.zeros(64, 64),
+                                read_tuned=lambda M=M: M) for i, M in enumerate(mats)]
+    batches = []
+    real = linalg.robust_svd
+    monkeypatch.setattr(linalg, "robust_svd", lambda M: batches.append(M.shape[0]) or real(M))
+    monkeypatch.setattr(linalg, "available_memory", lambda device: linalg.dense_svd_bytes((64, 64), None, torch.float32))
+    results = list(deltaw.svd_many(deltas, device="cpu"))
+    assert batches == [1, 1, 1, 1]
+    for (d, result), M in zip(results, mats):
+        want = np.linalg.svd(M.double().numpy(), compute_uv=False)
+        np.testing.assert_allclose(result.S.numpy(), want, rtol=1e-5, atol=1e-6 * want[0])
+
+
+def test_compare_refuses_up_front_too(tmp_path, llama, monkeypatch):
+    from deltaw import linalg
+
+    root, state = llama
+    for seed in (1, 2):
+        save_file({k: v + 0.01 * seed for k, v in state.items()}, str(tmp_path / f"ft{seed}.safetensors"))
+    monkeypatch.setattr(linalg, "available_memory", lambda device: 2**16)
+    result = invoke("compare", tmp_path / "ft1.safetensors", tmp_path / "ft2.safetensors", "--base", root / "base",
+                    "--basis", "delta")
+    assert_one_line_error(result, "top-k SVD of a", "use --top-k with a smaller K")
+
+
+def test_out_of_memory_on_the_gpu_is_one_line_not_a_float64_retry(monkeypatch, caplog):
+    from deltaw import linalg
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(torch.linalg, "svd", oom)
+    with pytest.raises(deltaw.DeltawError, match="out of memory on cpu .* use --top-k K"):
+        linalg.robust_svd(torch.ones(3, 3))
+    assert "retrying" not in caplog.text
+
+
+def test_outputs_have_the_users_permissions_and_distinct_paths(tmp_path, llama):
+    root, _ = llama
+    previous = os.umask(0o022)
+    try:
+        result = invoke("analyze", root / "adapter", "--json", tmp_path / "a.json", "--csv", tmp_path / "a.csv")
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.json", "a.csv")} == {0o644}
+    result = invoke("analyze", root / "adapter", "--json", tmp_path / "b.json", "--csv", tmp_path / "b.json")
+    assert_one_line_error(result, "given for two outputs")
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_pipe_where_a_checkpoint_is_expected(tmp_path):
+    os.mkfifo(tmp_path / "model.safetensors")
+    assert_one_line_error(invoke("info", tmp_path / "model.safetensors"), "neither a regular file nor a folder")
+
+
+def test_a_subfolder_we_may_not_enter_is_no_suggestion(open_folder, llama):
+    import shutil
+
+    adapter = shutil.copytree(llama[0] / "adapter", open_folder / "adapter")  # readable by anyone
+    base = open_folder / "base"
+    (base / "private").mkdir(parents=True)
+    (base / "private").chmod(0o700)
+    (base / "notes.txt").write_text("")
+    deltaw.load_deltas
+    with unprivileged():
+        result = invoke("analyze", adapter, "--base", base)
+    assert_one_line_error(result, "no model weights found")

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 import deltaw
 from deltaw.formats.tensors import TensorStore
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so CI cannot fail on a seed nobody saw.
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -122,7 +123,7 @@ def _survives(name: str, data: bytes) -> None:
             assert str(path) in str(err) and "\n" not in str(err)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(data=st.binary(max_size=512))
 def test_safetensors_parsing_survives_arbitrary_bytes(data):
     _survives("model.safetensors", data)
@@ -136,7 +137,7 @@ entries = st.fixed_dictionaries({
 headers = st.dictionaries(st.text(max_size=8), entries | st.integers() | st.text(max_size=4), max_size=4)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(header=headers, claimed=st.one_of(st.none(), st.integers(0, 2**64 - 1)), data=st.binary(max_size=256))
 def test_safetensors_headers_survive_arbitrary_content(header, claimed, data):
     """Well-formed length prefix and JSON, hostile content: absurd shapes, offsets, dtypes, lengths."""
@@ -145,7 +146,7 @@ def test_safetensors_headers_survive_arbitrary_content(header, claimed, data):
     _survives("model.safetensors", struct.pack("<Q", length) + raw + data)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(data=st.binary(max_size=512))
 def test_pickle_loading_survives_arbitrary_bytes(data):
     _survives("pytorch_model.bin", data)

@@ -297,3 +297,15 @@ def test_device_choice_fails_in_one_line():
     if not torch.cuda.is_available():
         with pytest.raises(DeltawError, match="no CUDA device"):
             resolve_device("cuda:0")
+
+
+def test_jsonl_text_may_hold_line_separators(tmp_path):
+    """U+2028 and form feeds are legal unescaped in JSON strings: they do not split a line."""
+    rows = [{"text": "good\u2028day\x0c!", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                                      encoding="utf-8")
+    data = load_jsonl(tmp_path / "d.jsonl")
+    assert data.texts == ["good\u2028day\x0c!", "bad"]
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9", "label": 1}\n'.encode("latin-1"))
+    with pytest.raises(DeltawError, match="latin1.jsonl: not UTF-8 text"):
+        load_jsonl(tmp_path / "latin1.jsonl")

@@ -156,6 +156,9 @@ class TensorStore:
             raise DeltawError(f"{path}: no such file or folder")
         if path.is_file():
             return cls([path], path)
+        if not path.is_dir():
+            raise DeltawError(f"{path}: neither a regular file nor a folder (a pipe or device?); "
+                              "give a checkpoint file or folder")
         return cls(model_folder_files(path), path)
 
     def keys(self) -> list[str]:
@@ -181,6 +184,19 @@ class TensorStore:
         return self._where[key].path
 
 
+def _checkpoints_inside(folder: Path) -> list[Path]:
+    """Subfolders holding a checkpoint (a package that ships its model one level down)."""
+    names = (*_INDEX_FILES, *_SINGLE_FILES, "adapter_config.json")
+    found = []
+    for sub in sorted(folder.iterdir()):
+        try:
+            if sub.is_dir() and any((sub / name).is_file() for name in names):
+                found.append(sub)
+        except OSError:  # a subfolder we may not enter is simply not a suggestion
+            continue
+    return found
+
+
 def model_folder_files(folder: Path) -> list[Path]:
     """The weight files of a Hugging Face model folder: an index's shards, or the single file."""
     for index_name in _INDEX_FILES:
@@ -203,9 +219,8 @@ def model_folder_files(folder: Path) -> list[Path]:
         return candidates
     if not any(folder.iterdir()):
         raise DeltawError(f"{folder}: the folder is empty; expected a model or adapter checkpoint")
-    inside = [sub.name for sub in sorted(folder.iterdir()) if sub.is_dir()
-              and any((sub / name).is_file() for name in (*_INDEX_FILES, *_SINGLE_FILES, "adapter_config.json"))]
-    hint = f"; did you mean {folder / inside[0]}?" if inside else ""
+    inside = _checkpoints_inside(folder)
+    hint = f"; did you mean {inside[0]}?" if inside else ""
     raise DeltawError(
         f"{folder}: no model weights found (expected model.safetensors, pytorch_model.bin, "
         f"a sharded index, or an adapter_config.json){hint}"

@@ -159,7 +159,8 @@ def load_jsonl(path: str | Path) -> LabelledText:
     texts: list[str] = []
     raw_labels: list[int | str] = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 or \x0c unescaped.
+        lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as err:
         raise DeltawError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     for number, line in enumerate(lines, start=1):
