@@ -17,9 +17,14 @@ def detect_format(path: str | os.PathLike) -> str:
     if not path.exists():
         raise DeltawError(f"{path}: no such file or folder")
     if path.is_dir():
-        if (path / peft.CONFIG_NAME).exists():
+        try:
+            has_config = (path / peft.CONFIG_NAME).exists()
+            has_adapter_weights = any((path / name).is_file() for name in peft.WEIGHT_NAMES)
+        except OSError as err:
+            raise DeltawError(f"{path}: cannot read the folder ({err.strerror}); check its permissions") from err
+        if has_config:
             return "peft"
-        if any((path / name).is_file() for name in peft.WEIGHT_NAMES):
+        if has_adapter_weights:
             raise DeltawError(
                 f"{path}: PEFT adapter weights without their {peft.CONFIG_NAME}; "
                 "copy the config saved with the adapter into this folder (it holds lora_alpha and r)"

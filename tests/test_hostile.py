@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import struct
 import tempfile
 import warnings
@@ -350,6 +351,18 @@ def test_unreadable_file(open_folder, llama):
     assert_one_line_error(result, "Permission denied")
 
 
+def test_unreadable_folder(open_folder, llama):
+    locked = open_folder / "model"
+    locked.mkdir()
+    (locked / "model.safetensors").write_bytes((llama[0] / "base" / "model.safetensors").read_bytes())
+    locked.chmod(0o700)  # root's: nobody may not enter
+    adapter = shutil.copytree(llama[0] / "adapter", open_folder / "adapter")  # readable by anyone
+    deltaw.load_deltas
+    with unprivileged():
+        for command in (("info", locked), ("analyze", adapter, "--base", locked)):
+            assert_one_line_error(invoke(*command), "cannot read the folder (Permission denied)")
+
+
 def test_output_in_a_missing_or_unwritable_folder(open_folder, llama):
     root, _ = llama
     locked = open_folder / "locked"
@@ -538,8 +551,6 @@ def test_a_pipe_where_a_checkpoint_is_expected(tmp_path):
 
 
 def test_a_subfolder_we_may_not_enter_is_no_suggestion(open_folder, llama):
-    import shutil
-
     adapter = shutil.copytree(llama[0] / "adapter", open_folder / "adapter")  # readable by anyone
     base = open_folder / "base"
     (base / "private").mkdir(parents=True)

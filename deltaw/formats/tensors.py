@@ -159,7 +159,11 @@ class TensorStore:
         if not path.is_dir():
             raise DeltawError(f"{path}: neither a regular file nor a folder (a pipe or device?); "
                               "give a checkpoint file or folder")
-        return cls(model_folder_files(path), path)
+        try:
+            files = model_folder_files(path)
+        except OSError as err:
+            raise DeltawError(f"{path}: cannot read the folder ({err.strerror}); check its permissions") from err
+        return cls(files, path)
 
     def keys(self) -> list[str]:
         return list(self._where)
