@@ -439,30 +439,60 @@ def available_memory(device: torch.device) -> int | None:
     return have
 
 
-def cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Bytes the cgroup (v2, or v1's memory controller) may still use, or None without a limit.
+# (limit file, usage file, the reclaimable cache's key in memory.stat) of each cgroup version
+_CGROUP_V2 = ("memory.max", "memory.current", "inactive_file")
+_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
 
-    Usage excludes the inactive file cache, which the kernel reclaims before it kills anything.
+
+def cgroup_headroom(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes this process's memory cgroups (v2, or v1's memory controller) may still use.
+
+    The least headroom over the process's own cgroup and each parent that sets a limit (a SLURM
+    job's limit sits a few levels above its task), or None when none does. Usage excludes the
+    inactive file cache, which the kernel reclaims before it kills anything.
     """
-    for limit_file, usage_file, inactive_key in (
-        ("memory.max", "memory.current", "inactive_file"),  # v2
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"),  # v1
-    ):
-        try:
-            limit = (root / limit_file).read_text().strip()
-            usage = int((root / usage_file).read_text())
-        except (OSError, ValueError):
-            continue
-        if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
-            return None
-        stat = (root / limit_file).with_name("memory.stat")
-        try:
-            fields = dict(line.split() for line in stat.read_text().splitlines() if line.count(" ") == 1)
-            usage -= int(fields.get(inactive_key, 0))
-        except (OSError, ValueError):
-            pass
-        return max(0, int(limit) - usage)
-    return None
+    least = None
+    for folder, files in _memory_cgroups(root, proc):
+        headroom = _headroom(folder, *files)
+        if headroom is not None:
+            least = headroom if least is None else min(least, headroom)
+    return least
+
+
+def _memory_cgroups(root: Path, proc: Path):
+    """(folder, files) from the process's own memory cgroup up to the hierarchy's root, v2 and v1."""
+    own = {"v2": "/", "v1": "/"}
+    try:
+        for line in proc.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0":
+                own["v2"] = path
+            elif "memory" in controllers.split(","):
+                own["v1"] = path
+    except (OSError, ValueError):
+        pass
+    for top, path, files in ((root, own["v2"], _CGROUP_V2), (root / "memory", own["v1"], _CGROUP_V1)):
+        folder = top / path.strip("/")
+        yield folder, files
+        while folder != top and top in folder.parents:
+            folder = folder.parent
+            yield folder, files
+
+
+def _headroom(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None  # not a cgroup folder (in a container, the host's path is not mounted)
+    if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
+        return None
+    try:
+        stat = (folder / "memory.stat").read_text().splitlines()
+        usage -= int(dict(line.split() for line in stat if line.count(" ") == 1).get(inactive_key, 0))
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit) - usage)
 
 
 def _meminfo_available() -> int | None:

@@ -485,7 +485,28 @@ def _cgroup(root: Path, files: dict[str, str]) -> Path:
 def test_cgroup_headroom(tmp_path, files, headroom):
     from deltaw.linalg import cgroup_headroom
 
-    assert cgroup_headroom(_cgroup(tmp_path, files)) == headroom
+    (tmp_path / "proc").write_text("0::/\n")
+    assert cgroup_headroom(_cgroup(tmp_path / "fs", files), tmp_path / "proc") == headroom
+
+
+def test_cgroup_headroom_of_a_job_a_few_levels_down(tmp_path):
+    """A SLURM-style tree: the limit is on the job, two levels above the process's own cgroup."""
+    from deltaw.linalg import cgroup_headroom
+
+    root = _cgroup(tmp_path / "fs", {
+        "memory.max": "max\n", "memory.current": "10\n",
+        "job_7/memory.max": "4000\n", "job_7/memory.current": "1000\n",
+        "job_7/step_0/memory.max": "max\n", "job_7/step_0/memory.current": "900\n",
+        "job_7/step_0/task_0/memory.max": "max\n", "job_7/step_0/task_0/memory.current": "800\n",
+    })
+    (tmp_path / "proc").write_text("0::/job_7/step_0/task_0\n")
+    assert cgroup_headroom(root, tmp_path / "proc") == 3000
+    (tmp_path / "proc").write_text("4:memory:/job_7/step_0\n")  # v1
+    v1 = _cgroup(tmp_path / "v1", {"memory/job_7/memory.limit_in_bytes": "2048\n",
+                                   "memory/job_7/memory.usage_in_bytes": "1024\n"})
+    assert cgroup_headroom(v1, tmp_path / "proc") == 1024
+    (tmp_path / "proc").write_text("0::/elsewhere/not/mounted\n")  # a container: the host's path
+    assert cgroup_headroom(root, tmp_path / "proc") is None
 
 
 def test_batches_shrink_to_fit_instead_of_refusing(monkeypatch):
