@@ -35,12 +35,9 @@ def outputs_option(command):
 
 def check_outputs(*paths: str | None) -> None:
     """Fail before any work when an output cannot be written (the file is written atomically later)."""
-    from deltaw.atomic import check_distinct, check_writable
+    from deltaw import atomic
 
-    files = [path for path in paths if path is not None and path != "-"]
-    for path in files:
-        check_writable(path)
-    check_distinct(files)
+    atomic.check_outputs([path for path in paths if path is not None and path != "-"])
 
 
 def progress_bar(label: str):

@@ -191,10 +191,12 @@ def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> N
     check_memory_for(selected, top_k, opts.dtype, opts.device)
     for d in selected:
         if d.read_base is not None:
+            # Only a LoRA can be analysed without its base; a dense ΔW is W_ft − W.
+            without_base = "analyze without --base (spectra and ranks need no base), or " \
+                if isinstance(d, LowRankDelta) else ""
             check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
                          what="the base analyses (a full SVD of W, and W + ΔW formed)",
-                         alternative="analyze without --base (spectra and ranks need no base), "
-                                     "or leave this module out with --modules")
+                         alternative=f"{without_base}leave this module out with --modules")
 
 
 def _select(deltas: Deltas, modules: str | None) -> list[Delta]:

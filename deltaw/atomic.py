@@ -35,14 +35,16 @@ def _can_write(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def check_distinct(paths) -> None:
-    """Refuse two outputs written to one file (the second would silently replace the first)."""
+def check_outputs(paths) -> list[Path]:
+    """:func:`check_writable` for each output, and refuse two outputs written to one file (the
+    second would silently replace the first)."""
+    targets = [check_writable(p) for p in paths]
     seen: set[Path] = set()
-    for path in paths:
-        resolved = Path(path).resolve()
-        if resolved in seen:
-            raise DeltawError(f"{path}: given for two outputs; give each output its own file")
-        seen.add(resolved)
+    for target in targets:
+        if target.resolve() in seen:
+            raise DeltawError(f"{target}: given for two outputs; give each output its own file")
+        seen.add(target.resolve())
+    return targets
 
 
 def _temporary_beside(path: Path) -> Path:
@@ -78,8 +80,7 @@ def staged_outputs(*paths: str | os.PathLike):
     DeltawError
         Before anything is written, if two outputs share a path or one cannot be written.
     """
-    targets = [check_writable(p) for p in paths]
-    check_distinct(targets)
+    targets = check_outputs(paths)
     temporaries: list[Path] = []
     try:
         temporaries += [_temporary_beside(t) for t in targets]

@@ -111,11 +111,12 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
     comparison = Comparison(checkpoints=[d.checkpoint for d in loaded], basis=basis, side=side,
                             top_k=top_k if basis == "delta" else None, seed=seed)
     pairs = {(a, b): PairResult(a, b) for a, b in itertools.combinations(range(len(loaded)), 2)}
+    modules = [[deltas[n] for n in names if n in deltas] for deltas in loaded]
     if basis == "delta":  # dense ΔWs are decomposed: refuse up front what cannot fit
-        for deltas in loaded:
-            check_memory_for([deltas[n] for n in names if n in deltas], top_k, dtype, device)
-    streams = [subspace_bases([deltas[n] for n in names if n in deltas], basis, side=side, top_k=top_k,
-                              device=device, dtype=dtype) for deltas in loaded]
+        for selected in modules:
+            check_memory_for(selected, top_k, dtype, device)
+    streams = [subspace_bases(selected, basis, side=side, top_k=top_k, device=device, dtype=dtype)
+               for selected in modules]
     for name in names:
         bases = {}
         for c, deltas in enumerate(loaded):

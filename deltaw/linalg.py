@@ -388,7 +388,7 @@ def dense_svd_bytes(shape: tuple[int, int], k: int | None, dtype: torch.dtype) -
 
 
 def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.dtype,
-                 device: torch.device, *, what: str | None = None, alternative: str | None = None) -> None:
+                 device: torch.device, *, what: str | None = None, alternative: str | None = None) -> int | None:
     """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative.
 
     Parameters
@@ -401,6 +401,11 @@ def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.
         Top-k (randomized) rather than the full SVD.
     what, alternative : str, optional
         What the decomposition is for, and what the user can do instead (default: ``--top-k``).
+
+    Returns
+    -------
+    int or None
+        How many such decompositions fit in memory at once (≥ 1); None when memory is unknown.
     """
     need = dense_svd_bytes(shape, k, dtype)
     have = available_memory(device)
@@ -412,6 +417,7 @@ def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.
             f"{name}: {what} of a {m}×{n} matrix needs about {need / 2**30:.1f} GiB but "
             f"{have / 2**30:.1f} GiB is available on {device}; use {alternative}"
         )
+    return None if have is None else have // need
 
 
 def check_memory_for(deltas: Iterable[Delta], k: int | None, dtype: torch.dtype, device: torch.device) -> None:
@@ -576,10 +582,8 @@ def _run_group(group, k, device, dtype, n_iter, generator):
         method = "factored"
     else:
         m, n = first.matrix_shape
-        check_memory(first.name, (m, n), k, dtype, device)
-        have = available_memory(device)
-        fit = len(group) if have is None else max(1, have // dense_svd_bytes((m, n), k, dtype))
-        if fit < len(group):  # a smaller batch, not a refusal: each matrix fits on its own
+        fit = check_memory(first.name, (m, n), k, dtype, device)
+        if fit is not None and fit < len(group):  # a smaller batch, not a refusal: each one fits
             for start in range(0, len(group), fit):
                 yield from _run_group(group[start:start + fit], k, device, dtype, n_iter, generator)
             return
