@@ -27,14 +27,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "deltaw.delta": ["Delta", "DenseDelta", "DoraDelta", "LowRankDelta"],
     "deltaw.deltas": ["Deltas", "Skipped"],
-    "deltaw.linalg": ["SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "resolve_device"],
+    "deltaw.linalg": ["SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "resolve_device", "base_svd"],
     "deltaw.load": ["load_deltas", "detect_format"],
     "deltaw.spectrum": ["energy_rank", "energy_ranks", "effective_rank", "stable_rank", "numerical_rank",
                         "gavish_donoho_threshold", "gavish_donoho_rank", "marchenko_pastur_edge"],
     # the analyses (subspace similarity, amplification, intruders, magnitude/direction) and the runners
     "deltaw.subspace": ["subspace_similarity", "subspace_basis", "subspace_bases", "phi_grid",
                         "principal_angles", "projection_distance", "random_subspace_similarity"],
-    "deltaw.amplification": ["amplification", "amplification_rank", "base_overlap", "base_svd"],
+    "deltaw.amplification": ["amplification", "amplification_rank", "base_overlap"],
     "deltaw.intruders": ["intruder_dimensions"],
     "deltaw.direction": ["magnitude_direction"],
     "deltaw.analysis": ["analyze", "spectral_summary"],
@@ -48,14 +48,14 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = ["DeltawError", *_MODULE_OF]
 
 if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
-    from deltaw.amplification import amplification, amplification_rank, base_overlap, base_svd
+    from deltaw.amplification import amplification, amplification_rank, base_overlap
     from deltaw.analysis import analyze, spectral_summary
     from deltaw.compare import compare
     from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
     from deltaw.deltas import Deltas, Skipped
     from deltaw.direction import magnitude_direction
     from deltaw.intruders import intruder_dimensions
-    from deltaw.linalg import SVD, factored_svd, randomized_svd, resolve_device, svd, svd_many
+    from deltaw.linalg import SVD, base_svd, factored_svd, randomized_svd, resolve_device, svd, svd_many
     from deltaw.load import detect_format, load_deltas
     from deltaw.records import (Amplification, Analysis, Comparison, Intruders, MagnitudeDirection,
                                 ModuleRecord, PairResult, PhiRecord, SkippedRecord, SpectralSummary,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from deltaw.delta import Delta, DoraDelta, LowRankDelta
 from deltaw.errors import DeltawError
-from deltaw.linalg import highest_precision
 
 MATH_DTYPES = (torch.float32, torch.float64)
 
@@ -17,13 +14,6 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype not in MATH_DTYPES:
         raise DeltawError(f"dtype {dtype} is not supported for the math; use torch.float32 or torch.float64")
     return dtype
-
-
-@contextlib.contextmanager
-def exact_math():
-    """No autograd, and full-precision float32 matmuls (TF32 would corrupt small σ)."""
-    with highest_precision(), torch.no_grad():
-        yield
 
 
 def base_matrix(d: Delta, W, *, dtype: torch.dtype, device: torch.device, needed_for: str) -> torch.Tensor:

@@ -24,9 +24,9 @@ import math
 import numpy as np
 import torch
 
-from deltaw._inputs import base_matrix, check_dtype, exact_math
+from deltaw._inputs import base_matrix, check_dtype
 from deltaw.delta import Delta, LowRankDelta
-from deltaw.linalg import SVD, resolve_device, robust_svd, svd
+from deltaw.linalg import SVD, base_svd, exact_math, resolve_device, svd
 from deltaw.records import Amplification
 from deltaw.spectrum import energy_rank, numerical_rank
 from deltaw.subspace import phi_grid
@@ -38,17 +38,6 @@ DENSE_R_ENERGY = 0.9
 #: Fig. 8: at most this many of ΔW's top directions, against W's top 10%.
 OVERLAP_DELTA_DIRECTIONS = 8
 OVERLAP_BASE_FRACTION = 0.1
-
-
-def base_svd(W: torch.Tensor) -> SVD:
-    """Thin SVD of the base weight W (rows, cols), computed once and reused by the analyses.
-
-    Used for amplification's baseline (σ(W)), the Fig. 8 overlap (W's right singular vectors)
-    and intruder dimensions (W's left singular vectors). Tensors stay on W's device.
-    """
-    with exact_math():
-        U, S, Vh = robust_svd(W)
-    return SVD(U, S, Vh, energy=float(W.double().pow(2).sum()), method="full")
 
 
 def amplification_rank(d: Delta, delta_svd: SVD, r: int | None = None,
@@ -105,7 +94,7 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
         ΔW's SVD when already computed (it must hold at least r vectors); else computed here
         (factored for LoRA, exact; for dense, top-r randomized when r is given, else full).
     W_svd : SVD, optional
-        W's SVD from :func:`base_svd`, reused for σ(W); else W's singular values are computed.
+        W's SVD from :func:`deltaw.linalg.base_svd`, reused for σ(W); else W's singular values are computed.
     device, dtype
         Where and in what precision W is projected.
 
@@ -161,7 +150,7 @@ def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None
     j : int, optional
         W's directions: default 10% of min(rows, cols) (at least 1), the paper's "top 10%".
     delta_svd, W_svd : SVD, optional
-        Precomputed SVDs of ΔW and of W (:func:`base_svd`).
+        Precomputed SVDs of ΔW and of W (:func:`deltaw.linalg.base_svd`).
 
     Returns
     -------
@@ -172,7 +161,8 @@ def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None
     check_dtype(dtype)
     device = resolve_device(device)
     if W_svd is None:
-        W_svd = base_svd(base_matrix(d, W, dtype=dtype, device=device, needed_for="the Fig. 8 overlap"))
+        W = base_matrix(d, W, dtype=dtype, device=device, needed_for="the Fig. 8 overlap")
+        W_svd = base_svd(W, dtype=dtype, device=device)
     if delta_svd is None:
         delta_svd = svd(d, device=device, dtype=dtype)
     available = numerical_rank(delta_svd.S, d.matrix_shape, eps=torch.finfo(dtype).eps)

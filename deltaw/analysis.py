@@ -26,13 +26,13 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from deltaw._inputs import check_dtype, is_transposed
-from deltaw.amplification import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap, base_svd
+from deltaw.amplification import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap
 from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction
 from deltaw.errors import DeltawError
 from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
-from deltaw.linalg import SVD, check_memory, check_memory_for, resolve_device, svd_many
+from deltaw.linalg import SVD, base_svd, check_memory, check_memory_for, resolve_device, svd_many
 from deltaw.load import load_deltas
 from deltaw.records import Analysis, ModuleRecord, SkippedRecord, SpectralSummary, parse_module_name
 from deltaw.spectrum import (effective_rank, energy_ranks, gavish_donoho_rank, numerical_rank,
@@ -167,7 +167,7 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
     if bad:
         return ModuleRecord(**identity, nonfinite=bad)
     W = W.to(opts.device)
-    W_svd = base_svd(W)
+    W_svd = base_svd(W, dtype=opts.dtype, device=opts.device)
     record.base_fro_norm = math.sqrt(W_svd.energy)
     common = dict(device=opts.device, dtype=opts.dtype)
     record.amplification = amplification(view, W, opts.rank, opts.seed, delta_svd=result, W_svd=W_svd, **common)

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from deltaw._inputs import base_matrix, exact_math, is_transposed
+from deltaw._inputs import base_matrix, is_transposed
 from deltaw.delta import Delta, LowRankDelta
-from deltaw.linalg import resolve_device
+from deltaw.linalg import exact_math, resolve_device
 from deltaw.records import MagnitudeDirection
 
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from deltaw._inputs import base_matrix, check_dtype, exact_math
-from deltaw.amplification import base_svd
+from deltaw._inputs import base_matrix, check_dtype
 from deltaw.delta import Delta
 from deltaw.errors import DeltawError
-from deltaw.linalg import SVD, resolve_device, top_left_singular_vectors
+from deltaw.linalg import SVD, base_svd, exact_math, resolve_device, top_left_singular_vectors
 from deltaw.records import Intruders
 
 DEFAULT_K = 10
@@ -45,7 +44,7 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
     delta : Tensor (rows, cols), optional
         ΔW already formed (saves reading it again); default ``d.matrix()``.
     W_svd : SVD, optional
-        W's SVD from :func:`deltaw.amplification.base_svd`; computed here otherwise.
+        W's SVD from :func:`deltaw.linalg.base_svd`; computed here otherwise.
 
     Returns
     -------
@@ -61,7 +60,7 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
     device = resolve_device(device)
     W = base_matrix(d, W, dtype=dtype, device=device, needed_for="intruder dimensions")
     if W_svd is None:
-        W_svd = base_svd(W)
+        W_svd = base_svd(W, dtype=dtype, device=device)
     with exact_math():
         delta = d.matrix(dtype) if delta is None else torch.as_tensor(delta)
         tuned = W + delta.to(W).reshape(W.shape)  # (rows, cols)

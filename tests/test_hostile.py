@@ -456,13 +456,13 @@ def test_too_big_for_memory_is_refused_up_front(tmp_path, llama, monkeypatch):
     reads = []
     real_get = TensorStore.get
     monkeypatch.setattr(TensorStore, "get", lambda self, key: reads.append(key) or real_get(self, key))
-    monkeypatch.setattr(linalg, "available_memory", lambda device: 2**16)  # 64 KiB "free"
+    monkeypatch.setattr(linalg.resources, "available_memory", lambda device: 2**16)  # 64 KiB "free"
     result = invoke("analyze", tmp_path / "ft.safetensors", "--base", root / "base")
     assert_one_line_error(result, "full SVD of a 128×64 matrix needs about", "use --top-k K")
     assert reads == []  # refused before reading any weight
     result = invoke("analyze", root / "adapter", "--base", root / "base")
     assert_one_line_error(result, "base analyses", "analyze without --base")
-    monkeypatch.setattr(linalg, "available_memory", lambda device: 2**20)
+    monkeypatch.setattr(linalg.resources, "available_memory", lambda device: 2**20)
     assert invoke("analyze", root / "adapter").exit_code == 0  # a LoRA spectrum needs no dense matrix
 
 
@@ -519,8 +519,9 @@ def test_batches_shrink_to_fit_instead_of_refusing(monkeypatch):
                                 read_tuned=lambda M=M: M) for i, M in enumerate(mats)]
     batches = []
     real = linalg.robust_svd
-    monkeypatch.setattr(linalg, "robust_svd", lambda M: batches.append(M.shape[0]) or real(M))
-    monkeypatch.setattr(linalg, "available_memory", lambda device: linalg.dense_svd_bytes((64, 64), None, torch.float32))
+    monkeypatch.setattr(linalg.routes, "robust_svd", lambda M: batches.append(M.shape[0]) or real(M))
+    monkeypatch.setattr(linalg.resources, "available_memory",
+                        lambda device: linalg.dense_svd_bytes((64, 64), None, torch.float32))
     results = list(deltaw.svd_many(deltas, device="cpu"))
     assert batches == [1, 1, 1, 1]
     for (d, result), M in zip(results, mats):
@@ -534,7 +535,7 @@ def test_compare_refuses_up_front_too(tmp_path, llama, monkeypatch):
     root, state = llama
     for seed in (1, 2):
         save_file({k: v + 0.01 * seed for k, v in state.items()}, str(tmp_path / f"ft{seed}.safetensors"))
-    monkeypatch.setattr(linalg, "available_memory", lambda device: 2**16)
+    monkeypatch.setattr(linalg.resources, "available_memory", lambda device: 2**16)
     result = invoke("compare", tmp_path / "ft1.safetensors", tmp_path / "ft2.safetensors", "--base", root / "base",
                     "--basis", "delta")
     assert_one_line_error(result, "top-k SVD of a", "use --top-k with a smaller K")

@@ -40,10 +40,11 @@ def load_full(tuned: TensorStore, base: TensorStore) -> Deltas:
         name = base_key.removesuffix(".weight")
         out.deltas[name] = DenseDelta(name=name, shape=shape, read_base=base.reader(base_key),
                                       read_tuned=tuned.reader(key))
+    # A set, not a scan of the skipped list per base tensor: linear in the number of tensors.
+    listed = {s.name for s in out.skipped}
     for key in base.keys():
-        if key not in used and len(base.shape(key)) >= 2 and matcher.match(key) == key:
-            if not any(s.name == key for s in out.skipped):
-                out.skipped.append(Skipped(key, "in the base only: no matching tensor in the fine-tune"))
+        if key not in used and key not in listed and len(base.shape(key)) >= 2 and matcher.match(key) == key:
+            out.skipped.append(Skipped(key, "in the base only: no matching tensor in the fine-tune"))
     if not out.deltas:
         raise DeltawError(
             f"{tuned.source}: no weight matrix is shared with the base {base.source}; "

@@ -55,6 +55,11 @@ def load_kohya(path: Path, store: TensorStore, base: TensorStore | None) -> Delt
             continue
         down_shape = store.shape(keys["lora_down.weight"])
         up_shape = store.shape(keys["lora_up.weight"])
+        if len(down_shape) < 2 or len(up_shape) < 2 or up_shape[1] != down_shape[0]:
+            raise DeltawError(
+                f"{path}: {module}: lora_down {list(down_shape)} and lora_up {list(up_shape)} disagree on the "
+                "rank r (lora_down must be (r, in, …), lora_up (out, r, …)); the file is malformed, save it again"
+            )
         rank = down_shape[0]
         alpha = float(store.get(keys["alpha"]).float().item()) if "alpha" in keys else float(rank)
         shape = (up_shape[0], *down_shape[1:])

@@ -34,7 +34,13 @@ def load_loralib(path: Path, store: TensorStore, base: TensorStore | None, scale
         if b_key not in keys:
             out.skipped.append(Skipped(module, "has lora_A but no lora_B"))
             continue
-        shape = (store.shape(b_key)[0], store.shape(a_key)[1])
+        a_shape, b_shape = store.shape(a_key), store.shape(b_key)
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
+            raise DeltawError(
+                f"{path}: {module}: lora_A {list(a_shape)} and lora_B {list(b_shape)} disagree on the rank r "
+                "(lora_A must be (r, in), lora_B (out, r)); the state dict is malformed, save it again"
+            )
+        shape = (b_shape[0], a_shape[1])
         name, read_base = module, None
         if matcher is not None:
             base_key = matcher.match(module + ".weight")

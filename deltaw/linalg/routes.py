@@ -1,4 +1,4 @@
-"""The SVD core: exact for LoRA without forming ΔW, randomized top-k or full for dense ΔW.
+"""The SVD routes: exact for LoRA without forming ΔW, randomized top-k or full for dense ΔW.
 
 - Low rank, ΔW = s·L@R with L: (m, r), R: (r, n): thin QR L = Q_L R_L and Rᵀ = Q_R R_R, the
   r×r core C = s·R_L R_Rᵀ = U_c Σ V_cᵀ, then U = Q_L U_c and V = Q_R V_c. Exact, O((m+n)r² + r³).
@@ -7,36 +7,30 @@
 - Dense, top-k: the randomized range finder with power iterations (Halko, Martinsson & Tropp
   2011, Alg. 4.4 + 5.1). ‖ΔW‖²_F is summed exactly, so captured energy and tail are exact.
 - Dense, full: LAPACK / cuSOLVER ``gesdd`` with fallbacks (float64, ``gesvd``, CPU) on failure.
+- Top-k left singular vectors of one matrix (intruder dimensions): Lanczos bidiagonalisation
+  (ARPACK) where it pays, else the full SVD.
 
-Work is grouped by shape and run as batched tensor operations on the chosen device, in chunks
-that bound memory. Float32 matmuls run at "highest" precision: TF32 would corrupt small σ.
+:func:`dense_method` is the one place where a dense ΔW's route is chosen; the batching driver
+and the memory estimate (:func:`dense_svd_bytes`) both ask it.
 
 References
 ----------
 Hu et al. 2021, "LoRA", Section 7. Halko, Martinsson & Tropp 2011, "Finding structure with
-randomness", SIAM Review 53(2).
+randomness", SIAM Review 53(2). Fukaya et al. 2014, "CholeskyQR2".
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from deltaw.delta import Delta, LowRankDelta
 from deltaw.errors import DeltawError
+from deltaw.linalg.resources import one_thread
 
 log = logging.getLogger("deltaw")
-
-# Elements per batched chunk: bounds the memory of one batch (64 Mi float32 = 256 MiB).
-CHUNK_ELEMENTS = 64 * 2**20
-
 
 @dataclass
 class SVD:
@@ -72,56 +66,6 @@ class SVD:
         if self.energy <= 0:
             return 1.0
         return min(1.0, float((self.S.double() ** 2).sum()) / self.energy)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: the first CUDA device when present, else the CPU; ``"cuda[:N]"`` must exist."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise DeltawError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeltawError(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise DeltawError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
-    elif resolved.type != "cpu":
-        raise DeltawError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-@contextlib.contextmanager
-def highest_precision():
-    """Full float32 matmuls for the duration (no TF32 / bf16 shortcuts)."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-@contextlib.contextmanager
-def _one_thread(tensor: torch.Tensor):
-    """Run small CPU LAPACK calls (an r × r core's SVD) on one thread.
-
-    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD takes ~0.5 ms on one thread,
-    and 10–100× that with two when another process keeps the cores busy (measured, see
-    benchmarks/README.md). Threads are restored afterwards; CUDA tensors are left alone.
-    """
-    previous = torch.get_num_threads()
-    if tensor.is_cuda or previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -195,7 +139,7 @@ def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1
     Q_left, R_left = torch.linalg.qr(L)  # (.., m, a), (.., a, r)
     Q_right, R_right = torch.linalg.qr(R.mT)  # (.., n, b), (.., b, r)
     core = scale * (R_left @ R_right.mT)  # (.., a, b)
-    with _one_thread(core):
+    with one_thread(core):
         U_core, S, Vh_core = robust_svd(core)
     return Q_left @ U_core, S, Vh_core @ Q_right.mT
 
@@ -223,7 +167,7 @@ def _cholesky_qr(X: torch.Tensor):
     the tall X run on all threads, the r × r steps on one.
     """
     G = X.mT @ X  # (.., r, r)
-    with _one_thread(G):
+    with one_thread(G):
         eye = torch.eye(X.shape[-1], dtype=X.dtype, device=X.device)
         C, info = torch.linalg.cholesky_ex(G)  # XᵀX = C Cᵀ, T = Cᵀ
         spread = _diag_spread(C)
@@ -234,7 +178,7 @@ def _cholesky_qr(X: torch.Tensor):
         T_inv = torch.linalg.solve_triangular(T, eye, upper=True)
     Q1 = X @ T_inv  # (.., m, r)
     G2 = Q1.mT @ Q1
-    with _one_thread(G2):
+    with one_thread(G2):
         C2, info2 = torch.linalg.cholesky_ex(G2)
         ok = ok & (info2 == 0)
         T2 = torch.where(ok[..., None, None], C2, eye).mT
@@ -252,7 +196,7 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
     left, right = L.to(torch.float64), R.mT.to(torch.float64)  # (.., m, r), (.., n, r)
     base_l, tri_l, T_l, ok_l = _cholesky_qr(left)
     base_r, tri_r, T_r, ok_r = _cholesky_qr(right)
-    with _one_thread(T_l):
+    with one_thread(T_l):
         U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))  # (.., r, r)
         X_l = torch.linalg.solve_triangular(tri_l, U_core, upper=True)  # T_basis⁻¹ U_c
         X_r = torch.linalg.solve_triangular(tri_r, Vh_core.mT, upper=True)
@@ -270,7 +214,11 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
     return U, S, Vh
 
 
-def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int = 4,
+#: Sketch columns beyond k of the randomized SVD (Halko et al.'s p).
+OVERSAMPLE = 10
+
+
+def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE, n_iter: int = 4,
                    generator: torch.Generator | None = None):
     """Top-``k`` SVD of ``M`` (..., m, n) by the randomized range finder with power iterations.
 
@@ -298,7 +246,7 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = 10, n_iter: int
         Q = orthonormal_basis(M.mT @ Q)  # (.., n, l)
         Q = orthonormal_basis(M @ Q)  # (.., m, l)
     small = Q.mT @ M  # (.., l, n)
-    with _one_thread(small):
+    with one_thread(small):
         U_small, S, Vh = robust_svd(small)
     return (Q @ U_small)[..., :k], S[..., :k], Vh[..., :k, :]
 
@@ -355,7 +303,7 @@ def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
     if Y.dtype != torch.float32 or not 0 < l <= m:
         return torch.linalg.qr(Y).Q
     basis, tri, _, ok = _cholesky_qr(Y.to(torch.float64))
-    with _one_thread(tri):
+    with one_thread(tri):
         tri_inv = torch.linalg.solve_triangular(tri, torch.eye(l, dtype=tri.dtype, device=tri.device), upper=True)
     Q = (basis @ tri_inv).to(Y.dtype)
     if not bool(ok.all()):
@@ -365,12 +313,33 @@ def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
     return Q
 
 
+def dense_method(shape: tuple[int, int], k: int | None) -> str:
+    """The route of a dense ΔW of ``shape`` asked for its top ``k`` (None: all) triplets.
+
+    ``"randomized"`` when k + :data:`OVERSAMPLE` < min(m, n); otherwise ``"full"``: a sketch as
+    wide as the matrix saves nothing, and the full SVD is exact.
+    """
+    m, n = shape
+    return "randomized" if k is not None and k + OVERSAMPLE < min(m, n) else "full"
+
+
+def dense_svd_bytes(shape: tuple[int, int], k: int | None, dtype: torch.dtype) -> int:
+    """Bytes one dense SVD of ``shape`` needs, for the route :func:`dense_method` takes.
+
+    Full: the matrix, its two inputs as read, the SVD's workspace and vectors (6 m·n values).
+    Randomized: the matrix, its inputs and the sketches (4 m·n values).
+    """
+    m, n = shape
+    per_value = torch.finfo(dtype).bits // 8
+    return (4 if dense_method(shape, k) == "randomized" else 6) * m * n * per_value
+
+
 # Rows per block when summing squares in float64, so no float64 copy of a whole batch is made.
 _ENERGY_BLOCK = 2**20
 
 
-def _energy(M: torch.Tensor) -> torch.Tensor:
-    """‖M‖²_F per matrix of a batch, accumulated in float64 one block of rows at a time."""
+def energy(M: torch.Tensor) -> torch.Tensor:
+    """‖M‖²_F per matrix of a batch (..., m, n), accumulated in float64 one block of rows at a time."""
     m, n = M.shape[-2:]
     rows = max(1, _ENERGY_BLOCK // max(n, 1))
     total = torch.zeros(M.shape[:-2], dtype=torch.float64, device=M.device)
@@ -378,227 +347,3 @@ def _energy(M: torch.Tensor) -> torch.Tensor:
         block = M[..., start:start + rows, :].double()
         total += block.pow(2).sum(dim=(-2, -1))
     return total
-
-
-def dense_svd_bytes(shape: tuple[int, int], k: int | None, dtype: torch.dtype) -> int:
-    """Bytes one dense SVD of ``shape`` needs: the matrix, its two inputs as read, the SVD's
-    workspace and vectors (full), or the sketches and the small SVD (top-k)."""
-    m, n = shape
-    return (4 if k else 6) * m * n * (torch.finfo(dtype).bits // 8)
-
-
-def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.dtype,
-                 device: torch.device, *, what: str | None = None, alternative: str | None = None) -> int | None:
-    """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative.
-
-    Parameters
-    ----------
-    name : str
-        The module, for the message.
-    shape : (m, n)
-        The dense matrix to decompose.
-    k : int, optional
-        Top-k (randomized) rather than the full SVD.
-    what, alternative : str, optional
-        What the decomposition is for, and what the user can do instead (default: ``--top-k``).
-
-    Returns
-    -------
-    int or None
-        How many such decompositions fit in memory at once (≥ 1); None when memory is unknown.
-    """
-    need = dense_svd_bytes(shape, k, dtype)
-    have = available_memory(device)
-    if have is not None and need > have:
-        m, n = shape
-        what = what or f"a dense {'top-k' if k else 'full'} SVD"
-        alternative = alternative or ("--top-k with a smaller K" if k else "--top-k K (a randomized top-k SVD)")
-        raise DeltawError(
-            f"{name}: {what} of a {m}×{n} matrix needs about {need / 2**30:.1f} GiB but "
-            f"{have / 2**30:.1f} GiB is available on {device}; use {alternative}"
-        )
-    return None if have is None else have // need
-
-
-def check_memory_for(deltas: Iterable[Delta], k: int | None, dtype: torch.dtype, device: torch.device) -> None:
-    """:func:`check_memory` for every dense ΔW among ``deltas``, before any of them is read."""
-    for d in deltas:
-        if not isinstance(d, LowRankDelta):
-            check_memory(d.name, d.matrix_shape, k, dtype, device)
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free on ``device`` (host RAM for the CPU), or None when unknown.
-
-    CUDA: free device memory plus what PyTorch holds cached but unused. CPU: Linux's
-    MemAvailable (free memory plus the page cache it can drop: a memory-mapped checkpoint fills
-    the cache but does not use up memory), capped by a container's cgroup limit where one is set
-    (:func:`cgroup_headroom`).
-    """
-    if device.type == "cuda":
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return torch.cuda.mem_get_info(device)[0] + cached
-    have = _meminfo_available()
-    headroom = cgroup_headroom()
-    if headroom is not None:
-        have = headroom if have is None else min(have, headroom)
-    return have
-
-
-# (limit file, usage file, the reclaimable cache's key in memory.stat) of each cgroup version
-_CGROUP_V2 = ("memory.max", "memory.current", "inactive_file")
-_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-
-
-def cgroup_headroom(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
-    """Bytes this process's memory cgroups (v2, or v1's memory controller) may still use.
-
-    The least headroom over the process's own cgroup and each parent that sets a limit (a SLURM
-    job's limit sits a few levels above its task), or None when none does. Usage excludes the
-    inactive file cache, which the kernel reclaims before it kills anything.
-    """
-    least = None
-    for folder, files in _memory_cgroups(root, proc):
-        headroom = _headroom(folder, *files)
-        if headroom is not None:
-            least = headroom if least is None else min(least, headroom)
-    return least
-
-
-def _memory_cgroups(root: Path, proc: Path):
-    """(folder, files) from the process's own memory cgroup up to the hierarchy's root, v2 and v1."""
-    own = {"v2": "/", "v1": "/"}
-    try:
-        for line in proc.read_text().splitlines():
-            hierarchy, controllers, path = line.split(":", 2)
-            if hierarchy == "0":
-                own["v2"] = path
-            elif "memory" in controllers.split(","):
-                own["v1"] = path
-    except (OSError, ValueError):
-        pass
-    for top, path, files in ((root, own["v2"], _CGROUP_V2), (root / "memory", own["v1"], _CGROUP_V1)):
-        folder = top / path.strip("/")
-        yield folder, files
-        while folder != top and top in folder.parents:
-            folder = folder.parent
-            yield folder, files
-
-
-def _headroom(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
-    try:
-        limit = (folder / limit_file).read_text().strip()
-        usage = int((folder / usage_file).read_text())
-    except (OSError, ValueError):
-        return None  # not a cgroup folder (in a container, the host's path is not mounted)
-    if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
-        return None
-    try:
-        stat = (folder / "memory.stat").read_text().splitlines()
-        usage -= int(dict(line.split() for line in stat if line.count(" ") == 1).get(inactive_key, 0))
-    except (OSError, ValueError):
-        pass
-    return max(0, int(limit) - usage)
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def svd(delta: Delta, k: int | None = None, *, device: str | torch.device = "auto",
-        dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> SVD:
-    """SVD of one ΔW (conv kernels reshaped to 2-D); see :func:`svd_many`."""
-    return next(svd_many([delta], k, device=device, dtype=dtype, n_iter=n_iter, seed=seed))[1]
-
-
-def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | torch.device = "auto",
-             dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> Iterator[tuple[Delta, SVD]]:
-    """SVDs of many ΔW, batched by shape, streamed in input order.
-
-    Parameters
-    ----------
-    deltas : iterable of Delta
-        Read lazily: at most one chunk of same-shape matrices is in memory at once.
-    k : int, optional
-        Keep the top ``k`` triplets. For LoRA the factored SVD is exact either way; for dense ΔW
-        ``k`` switches to the randomized range finder (unless k + 10 ≥ min(m, n), where the full
-        SVD is cheaper), otherwise the full spectrum is computed.
-    device : "auto", "cpu", "cuda[:N]" or torch.device
-    dtype : torch.float32 or torch.float64
-        Precision of the math; bf16/fp16 checkpoints are upcast.
-    n_iter : int
-        Power iterations of the randomized SVD.
-    seed : int
-        Seeds the randomized SVD's test matrices.
-
-    Yields
-    ------
-    (Delta, SVD)
-        In the order of ``deltas``; SVD tensors live on the CPU.
-    """
-    device = resolve_device(device)
-    generator = torch.Generator().manual_seed(seed)
-    with highest_precision(), torch.no_grad():
-        group: list[Delta] = []
-        for delta in deltas:
-            if group and (_group_key(delta) != _group_key(group[0]) or _chunk_full(group)):
-                yield from _run_group(group, k, device, dtype, n_iter, generator)
-                group = []
-            group.append(delta)
-        if group:
-            yield from _run_group(group, k, device, dtype, n_iter, generator)
-
-
-def _group_key(delta: Delta):
-    rank = delta.rank if isinstance(delta, LowRankDelta) else None
-    return type(delta), delta.matrix_shape, rank
-
-
-def _chunk_full(group: list[Delta]) -> bool:
-    m, n = group[0].matrix_shape
-    per = (m + n) * group[0].rank if isinstance(group[0], LowRankDelta) else m * n
-    return (len(group) + 1) * per > CHUNK_ELEMENTS
-
-
-def _run_group(group, k, device, dtype, n_iter, generator):
-    first = group[0]
-    if isinstance(first, LowRankDelta):
-        L, R = zip(*(d.factors(dtype) for d in group))
-        scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
-        U, S, Vh = factored_svd(torch.stack(L).to(device), torch.stack(R).to(device))
-        S = S * scales.reshape(-1, 1).abs()
-        # A negative scale flips the sign of one side; keep σ ≥ 0.
-        U = U * torch.sign(scales)
-        energy = (S.double() ** 2).sum(-1)
-        method = "factored"
-    else:
-        m, n = first.matrix_shape
-        fit = check_memory(first.name, (m, n), k, dtype, device)
-        if fit is not None and fit < len(group):  # a smaller batch, not a refusal: each one fits
-            for start in range(0, len(group), fit):
-                yield from _run_group(group[start:start + fit], k, device, dtype, n_iter, generator)
-            return
-        M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
-        for i, d in enumerate(group):
-            M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
-        energy = _energy(M)
-        if k is not None and k + 10 < min(m, n):
-            U, S, Vh = randomized_svd(M, k, n_iter=n_iter, generator=generator)
-            method = "randomized"
-        else:
-            U, S, Vh = robust_svd(M)
-            method = "full"
-        del M
-    if k is not None:
-        U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
-    for i, d in enumerate(group):
-        yield d, SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method)

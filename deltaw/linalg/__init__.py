@@ -1,0 +1,26 @@
+"""The SVD core, one job per module.
+
+- :mod:`~deltaw.linalg.routes`: the :class:`SVD` record and the decompositions themselves
+  (factored for LoRA, randomized top-k and full for dense ΔW, Lanczos top-k vectors).
+- :mod:`~deltaw.linalg.batching`: :func:`svd` / :func:`svd_many`, grouping by shape, batches
+  sized to memory (:func:`check_memory`).
+- :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.
+- :mod:`~deltaw.linalg.base`: decompositions of the base weight W (:func:`base_svd`).
+
+The names below are the public ones; ``from deltaw.linalg import svd_many`` and the like work
+whichever module defines them.
+"""
+
+from deltaw.linalg.base import base_svd
+from deltaw.linalg.batching import CHUNK_ELEMENTS, check_memory, check_memory_for, svd, svd_many
+from deltaw.linalg.resources import (available_memory, cgroup_headroom, exact_math, highest_precision,
+                                     one_thread, resolve_device)
+from deltaw.linalg.routes import (LANCZOS_MIN_DIM, OVERSAMPLE, SVD, dense_method, dense_svd_bytes, factored_svd,
+                                  orthonormal_basis, randomized_svd, robust_svd, top_left_singular_vectors)
+
+__all__ = [
+    "SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "robust_svd", "orthonormal_basis",
+    "top_left_singular_vectors", "dense_method", "dense_svd_bytes", "base_svd", "check_memory",
+    "check_memory_for", "resolve_device", "exact_math", "highest_precision", "one_thread",
+    "available_memory", "cgroup_headroom", "CHUNK_ELEMENTS", "LANCZOS_MIN_DIM", "OVERSAMPLE",
+]

@@ -1,0 +1,164 @@
+"""The batching driver: :func:`svd` / :func:`svd_many` group ΔWs by shape and run each group as
+one batched decomposition (:mod:`deltaw.linalg.routes`) on the chosen device.
+
+Groups are cut into chunks of at most :data:`CHUNK_ELEMENTS` values, and a dense chunk shrinks
+further to what :func:`check_memory` says fits, so memory stays bounded however many modules a
+checkpoint has. The precision context (:func:`~deltaw.linalg.resources.exact_math`) is entered
+for each chunk's computation and left before its results are yielded: the caller of the
+generator never runs inside it, even when it stops iterating early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from deltaw.delta import Delta, LowRankDelta
+from deltaw.errors import DeltawError
+from deltaw.linalg import resources, routes
+from deltaw.linalg.resources import exact_math, resolve_device
+from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
+
+# Elements per batched chunk: bounds the memory of one batch (64 Mi float32 = 256 MiB).
+CHUNK_ELEMENTS = 64 * 2**20
+
+
+def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.dtype,
+                 device: torch.device, *, what: str | None = None, alternative: str | None = None) -> int | None:
+    """Refuse up front a dense decomposition that cannot fit in memory, naming the alternative.
+
+    Parameters
+    ----------
+    name : str
+        The module, for the message.
+    shape : (m, n)
+        The dense matrix to decompose.
+    k : int, optional
+        Top-k asked for. The estimate is for the route that will run
+        (:func:`~deltaw.linalg.routes.dense_method`): the full SVD when k is None or too close
+        to min(m, n) for the randomized one.
+    what, alternative : str, optional
+        What the decomposition is for, and what the user can do instead (default: ``--top-k``).
+
+    Returns
+    -------
+    int or None
+        How many such decompositions fit in memory at once (≥ 1); None when memory is unknown.
+    """
+    need = dense_svd_bytes(shape, k, dtype)
+    have = resources.available_memory(device)
+    if have is not None and need > have:
+        m, n = shape
+        what = what or f"a dense {'top-k' if dense_method(shape, k) == 'randomized' else 'full'} SVD"
+        alternative = alternative or ("--top-k with a smaller K" if k else "--top-k K (a randomized top-k SVD)")
+        raise DeltawError(
+            f"{name}: {what} of a {m}×{n} matrix needs about {need / 2**30:.1f} GiB but "
+            f"{have / 2**30:.1f} GiB is available on {device}; use {alternative}"
+        )
+    return None if have is None else have // need
+
+
+def check_memory_for(deltas: Iterable[Delta], k: int | None, dtype: torch.dtype, device: torch.device) -> None:
+    """:func:`check_memory` for every dense ΔW among ``deltas``, before any of them is read."""
+    for d in deltas:
+        if not isinstance(d, LowRankDelta):
+            check_memory(d.name, d.matrix_shape, k, dtype, device)
+
+
+def svd(delta: Delta, k: int | None = None, *, device: str | torch.device = "auto",
+        dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> SVD:
+    """SVD of one ΔW (conv kernels reshaped to 2-D); see :func:`svd_many`."""
+    return next(svd_many([delta], k, device=device, dtype=dtype, n_iter=n_iter, seed=seed))[1]
+
+
+def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | torch.device = "auto",
+             dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> Iterator[tuple[Delta, SVD]]:
+    """SVDs of many ΔW, batched by shape, streamed in input order.
+
+    Parameters
+    ----------
+    deltas : iterable of Delta
+        Read lazily: at most one chunk of same-shape matrices is in memory at once.
+    k : int, optional
+        Keep the top ``k`` triplets. For LoRA the factored SVD is exact either way; for dense ΔW
+        ``k`` switches to the randomized range finder (unless k + 10 ≥ min(m, n), where the full
+        SVD is cheaper), otherwise the full spectrum is computed.
+    device : "auto", "cpu", "cuda[:N]" or torch.device
+    dtype : torch.float32 or torch.float64
+        Precision of the math; bf16/fp16 checkpoints are upcast.
+    n_iter : int
+        Power iterations of the randomized SVD.
+    seed : int
+        Seeds the randomized SVD's test matrices.
+
+    Yields
+    ------
+    (Delta, SVD)
+        In the order of ``deltas``; SVD tensors live on the CPU. Autograd and the matmul
+        precision are as the caller set them whenever control is back with the caller.
+    """
+    device = resolve_device(device)
+    generator = torch.Generator().manual_seed(seed)
+    group: list[Delta] = []
+    for delta in deltas:
+        if group and (_group_key(delta) != _group_key(group[0]) or _chunk_full(group)):
+            yield from _run_group(group, k, device, dtype, n_iter, generator)
+            group = []
+        group.append(delta)
+    if group:
+        yield from _run_group(group, k, device, dtype, n_iter, generator)
+
+
+def _group_key(delta: Delta):
+    rank = delta.rank if isinstance(delta, LowRankDelta) else None
+    return type(delta), delta.matrix_shape, rank
+
+
+def _chunk_full(group: list[Delta]) -> bool:
+    m, n = group[0].matrix_shape
+    per = (m + n) * group[0].rank if isinstance(group[0], LowRankDelta) else m * n
+    return (len(group) + 1) * per > CHUNK_ELEMENTS
+
+
+def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Delta, SVD]]:
+    """One group of same-shape ΔWs, in batches that fit in memory; results yielded in order."""
+    batch = len(group)
+    if not isinstance(group[0], LowRankDelta):
+        fit = check_memory(group[0].name, group[0].matrix_shape, k, dtype, device)
+        if fit is not None:  # a smaller batch, not a refusal: each one fits
+            batch = max(1, min(batch, fit))
+    for start in range(0, len(group), batch):
+        chunk = group[start:start + batch]
+        with exact_math():
+            results = _decompose(chunk, k, device, dtype, n_iter, generator)
+        yield from zip(chunk, results)
+
+
+def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
+    """The SVDs of one batch of same-shape ΔWs, as one batched computation."""
+    first = group[0]
+    if isinstance(first, LowRankDelta):
+        L, R = zip(*(d.factors(dtype) for d in group))
+        scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
+        U, S, Vh = routes.factored_svd(torch.stack(L).to(device), torch.stack(R).to(device))
+        S = S * scales.reshape(-1, 1).abs()
+        # A negative scale flips the sign of one side; keep σ ≥ 0.
+        U = U * torch.sign(scales)
+        energy = (S.double() ** 2).sum(-1)
+        method = "factored"
+    else:
+        m, n = first.matrix_shape
+        M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
+        for i, d in enumerate(group):
+            M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
+        energy = routes.energy(M)
+        method = dense_method((m, n), k)
+        if method == "randomized":
+            U, S, Vh = routes.randomized_svd(M, k, n_iter=n_iter, generator=generator)
+        else:
+            U, S, Vh = routes.robust_svd(M)
+        del M
+    if k is not None:
+        U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
+    return [SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method) for i in range(len(group))]

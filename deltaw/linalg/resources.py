@@ -1,0 +1,167 @@
+"""What the SVD core runs on: the device, the precision and thread contexts, and free memory.
+
+- :func:`resolve_device` turns ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` into a checked device.
+- :func:`exact_math` (no autograd, full float32 matmuls) is entered around each computation and
+  left before any result is handed back, so callers never run inside it.
+- :func:`one_thread` runs small CPU LAPACK calls on one thread.
+- :func:`available_memory` reads free device memory, or host memory capped by the container's
+  cgroup limits (v1 and v2), for the up-front memory checks of :mod:`deltaw.linalg.batching`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from deltaw.errors import DeltawError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: the first CUDA device when present, else the CPU; ``"cuda[:N]"`` must exist."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeltawError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeltawError(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise DeltawError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
+    elif resolved.type != "cpu":
+        raise DeltawError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+@contextlib.contextmanager
+def highest_precision():
+    """Full float32 matmuls for the duration (no TF32 / bf16 shortcuts)."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@contextlib.contextmanager
+def exact_math():
+    """No autograd, and full-precision float32 matmuls (TF32 would corrupt small σ).
+
+    Enter it around a computation, never across a ``yield``: a generator that is abandoned while
+    suspended inside it would leave autograd off and the precision changed in its caller.
+    """
+    with highest_precision(), torch.no_grad():
+        yield
+
+
+@contextlib.contextmanager
+def one_thread(tensor: torch.Tensor):
+    """Run small CPU LAPACK calls (an r × r core's SVD) on one thread.
+
+    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD takes ~0.5 ms on one thread,
+    and 10–100× that with two when another process keeps the cores busy (measured, see
+    benchmarks/README.md). Threads are restored afterwards; CUDA tensors are left alone.
+    """
+    previous = torch.get_num_threads()
+    if tensor.is_cuda or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (host RAM for the CPU), or None when unknown.
+
+    CUDA: free device memory plus what PyTorch holds cached but unused. CPU: Linux's
+    MemAvailable (free memory plus the page cache it can drop: a memory-mapped checkpoint fills
+    the cache but does not use up memory), capped by a container's cgroup limit where one is set
+    (:func:`cgroup_headroom`).
+    """
+    if device.type == "cuda":
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
+    have = _meminfo_available()
+    headroom = cgroup_headroom()
+    if headroom is not None:
+        have = headroom if have is None else min(have, headroom)
+    return have
+
+
+# (limit file, usage file, the reclaimable cache's key in memory.stat) of each cgroup version
+_CGROUP_V2 = ("memory.max", "memory.current", "inactive_file")
+_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+
+
+def cgroup_headroom(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes this process's memory cgroups (v2, or v1's memory controller) may still use.
+
+    The least headroom over the process's own cgroup and each parent that sets a limit (a SLURM
+    job's limit sits a few levels above its task), or None when none does. Usage excludes the
+    inactive file cache, which the kernel reclaims before it kills anything.
+    """
+    least = None
+    for folder, files in _memory_cgroups(root, proc):
+        headroom = _headroom(folder, *files)
+        if headroom is not None:
+            least = headroom if least is None else min(least, headroom)
+    return least
+
+
+def _memory_cgroups(root: Path, proc: Path):
+    """(folder, files) from the process's own memory cgroup up to the hierarchy's root, v2 and v1."""
+    own = {"v2": "/", "v1": "/"}
+    try:
+        for line in proc.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0":
+                own["v2"] = path
+            elif "memory" in controllers.split(","):
+                own["v1"] = path
+    except (OSError, ValueError):
+        pass
+    for top, path, files in ((root, own["v2"], _CGROUP_V2), (root / "memory", own["v1"], _CGROUP_V1)):
+        folder = top / path.strip("/")
+        yield folder, files
+        while folder != top and top in folder.parents:
+            folder = folder.parent
+            yield folder, files
+
+
+def _headroom(folder: Path, limit_file: str, usage_file: str, inactive_key: str) -> int | None:
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+    except (OSError, ValueError):
+        return None  # not a cgroup folder (in a container, the host's path is not mounted)
+    if limit == "max" or int(limit) >= 2**60:  # v1 writes "no limit" as a huge number
+        return None
+    try:
+        stat = (folder / "memory.stat").read_text().splitlines()
+        usage -= int(dict(line.split() for line in stat if line.count(" ") == 1).get(inactive_key, 0))
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit) - usage)
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
