@@ -3,6 +3,11 @@
 - :class:`LowRankDelta`: ΔW = s · B @ A (LoRA: PEFT, loralib, kohya), kept factored.
 - :class:`DoraDelta`: ΔW = m / ‖W + sBA‖_row · (W + sBA) − W (DoRA, Liu et al. 2024); dense.
 - :class:`DenseDelta`: ΔW = W_ft − W_base (full fine-tuning); dense.
+- :class:`HadamardDelta`: ΔW = s · (L₁R₁) ⊙ (L₂R₂) (LoHa), kept factored through its exact rank-r₁r₂
+  face-splitting factorisation, so it is a :class:`LowRankDelta` to the SVD core.
+- :class:`KroneckerDelta`: ΔW = s · (W₁ ⊗ W₂) (LoKr), decomposed from the factors' SVDs.
+- :class:`ComputedDelta`: ΔW formed from adapter tensors by the owning library's rule (OFT's
+  rotation, a LoHa whose rank bound is not small); dense.
 
 A Delta holds *readers*, not tensors: its factors or matrices are read from the (memory-mapped)
 checkpoint when asked for, so a mapping of thousands of Deltas costs no memory. ``shape`` is the
@@ -10,15 +15,20 @@ shape of ΔW in the layout of the base tensor; ``matrix_shape`` the 2-D shape an
 kernel (out, in, kh, kw) is analysed as (out, in·kh·kw)). All math is done in ``dtype``
 (float32 by default); bf16/fp16 storage is upcast on read.
 
+``structured`` says whether the SVD core decomposes a Delta from its stored structure (exact,
+complete, ΔW never formed, no base needed) rather than from the dense matrix.
+
 References: Hu et al. 2021, "LoRA", eq. 3 (h = W₀x + BAx, scaled by α/r);
-Liu et al. 2024, "DoRA", eq. 5.
+Liu et al. 2024, "DoRA", eq. 5; Hyeon-Woo et al. 2022, "FedPara" (LoHa), eq. 3;
+Yeh et al. 2024, "Navigating text-to-image customization: from LyCORIS fine-tuning to model
+evaluation" (LoHa, LoKr), Section 3.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 
@@ -48,6 +58,7 @@ class Delta:
     read_base: Reader | None = field(default=None, repr=False)
 
     kind: str = field(default="", init=False)
+    structured: ClassVar[bool] = False
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -96,6 +107,8 @@ class LowRankDelta(Delta):
     scale: float = 1.0
     transposed: bool = False
     read_bias: Reader | None = field(default=None, repr=False)
+
+    structured: ClassVar[bool] = True
 
     def __post_init__(self):
         self.kind = "lora"
@@ -182,4 +195,100 @@ class DoraDelta(Delta):
         return (rows.T if self.lowrank.transposed else rows) - W
 
 
-DeltaKind = Literal["lora", "dora", "dense"]
+@dataclass(eq=False)
+class HadamardDelta(LowRankDelta):
+    """LoHa: ΔW = s · (L₁ @ R₁) ⊙ (L₂ @ R₂), as the factored ΔW = s · L @ R of rank ≤ r₁r₂.
+
+    L = L₁ • L₂ (m, r₁r₂) and R = (R₁ᵀ • R₂ᵀ)ᵀ (r₁r₂, n), with • the face-splitting product
+    (:func:`deltaw.linalg.structured.hadamard_factors`), so the SVD core's exact factored SVD
+    applies. ``read_B`` / ``read_A`` give L and R; ``rank`` is r₁r₂.
+
+    Attributes
+    ----------
+    read_halves : callable
+        Reads (L₁ (m, r₁), R₁ (r₁, n), L₂ (m, r₂), R₂ (r₂, n)) as the owning library composes
+        them (Tucker cores already contracted into R), 2-D in ``matrix_shape``'s layout.
+    """
+
+    read_halves: Callable[[], tuple[torch.Tensor, ...]] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.kind = "loha"
+        self.read_B = lambda: self.factors()[0]
+        self.read_A = lambda: self.factors()[1]
+
+    def factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        from deltaw.linalg.structured import hadamard_factors  # linalg imports this module
+
+        return hadamard_factors(*(t.to(dtype) for t in self.read_halves()))
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        L1, R1, L2, R2 = (t.to(dtype) for t in self.read_halves())
+        return (self.scale * ((L1 @ R1) * (L2 @ R2))).reshape(self.shape)
+
+
+@dataclass(eq=False)
+class KroneckerDelta(Delta):
+    """LoKr: ΔW = s · (W₁ ⊗ W₂) in ``matrix_shape`` (a conv's W₂ kernel flattened into its columns).
+
+    Decomposed exactly from the SVDs of W₁ and W₂ (:func:`deltaw.linalg.structured.kronecker_svd`).
+
+    Attributes
+    ----------
+    read_W1 : callable
+        Reads W₁ (a, b), composed from its factors where it is stored as w1_a @ w1_b.
+    read_W2 : callable
+        Reads W₂ (c, d·kh·kw), composed likewise (Tucker core contracted).
+    scale : float
+        s, by the owning library's rule (PEFT: α/r; LyCORIS: α/dim, 1 when both halves are full).
+    ranks : (int, int)
+        Upper bounds of rank(W₁) and rank(W₂) from their storage (r for a factored half).
+    """
+
+    read_W1: Reader | None = field(default=None, repr=False)
+    read_W2: Reader | None = field(default=None, repr=False)
+    scale: float = 1.0
+    ranks: tuple[int, int] = (0, 0)
+
+    structured: ClassVar[bool] = True
+
+    def __post_init__(self):
+        self.kind = "lokr"
+
+    @property
+    def rank(self) -> int:
+        """The rank bound rank(W₁)·rank(W₂) of ΔW."""
+        return self.ranks[0] * self.ranks[1]
+
+    def halves(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W₁, W₂) as 2-D matrices in ``dtype``."""
+        return self.read_W1().to(dtype), self.read_W2().to(dtype).flatten(1)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        W1, W2 = self.halves(dtype)
+        return (self.scale * torch.kron(W1, W2)).reshape(self.shape)
+
+
+@dataclass(eq=False)
+class ComputedDelta(Delta):
+    """A ΔW the owning library forms densely from adapter tensors (and possibly the base).
+
+    Attributes
+    ----------
+    method : str
+        The kind, e.g. ``"oft"``, ``"loha"``.
+    compute : callable
+        ``compute(dtype)`` returns ΔW in ``shape``.
+    """
+
+    method: str = ""
+    compute: Callable[[torch.dtype], torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.kind = self.method
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.compute(dtype).reshape(self.shape)
+
+
+DeltaKind = Literal["lora", "dora", "dense", "loha", "lokr", "oft"]

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from deltaw.delta import Delta, LowRankDelta
+from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
-from deltaw.linalg import resources, routes
+from deltaw.linalg import resources, routes, structured
 from deltaw.linalg.resources import exact_math, resolve_device
 from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
 
@@ -62,7 +62,7 @@ def check_memory(name: str, shape: tuple[int, int], k: int | None, dtype: torch.
 def check_memory_for(deltas: Iterable[Delta], k: int | None, dtype: torch.dtype, device: torch.device) -> None:
     """:func:`check_memory` for every dense ΔW among ``deltas``, before any of them is read."""
     for d in deltas:
-        if not isinstance(d, LowRankDelta):
+        if not d.structured:
             check_memory(d.name, d.matrix_shape, k, dtype, device)
 
 
@@ -124,7 +124,7 @@ def _chunk_full(group: list[Delta]) -> bool:
 def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Delta, SVD]]:
     """One group of same-shape ΔWs, in batches that fit in memory; results yielded in order."""
     batch = len(group)
-    if not isinstance(group[0], LowRankDelta):
+    if not group[0].structured:
         fit = check_memory(group[0].name, group[0].matrix_shape, k, dtype, device)
         if fit is not None:  # a smaller batch, not a refusal: each one fits
             batch = max(1, min(batch, fit))
@@ -138,6 +138,8 @@ def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Del
 def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
     """The SVDs of one batch of same-shape ΔWs, as one batched computation."""
     first = group[0]
+    if isinstance(first, KroneckerDelta):  # exact from the factors' SVDs, one module at a time
+        return [structured.kronecker_delta_svd(d, k, dtype, device) for d in group]
     if isinstance(first, LowRankDelta):
         L, R = zip(*(d.factors(dtype) for d in group))
         scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
