@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import types
-from typing import TYPE_CHECKING
 
 from deltaw.errors import DeltawError
 
 __version__ = "0.1.0"
 
-# public name → the module that defines it
+# The one export list: public name → the module that defines it. No public name is also the name of
+# a submodule (tests/test_exports.py), so ``import deltaw.<module>`` never shadows an export.
 _EXPORTS = {
     "deltaw.delta": ["Delta", "DenseDelta", "DoraDelta", "LowRankDelta"],
     "deltaw.deltas": ["Deltas", "Skipped"],
@@ -34,48 +32,18 @@ _EXPORTS = {
     # the analyses (subspace similarity, amplification, intruders, magnitude/direction) and the runners
     "deltaw.subspace": ["subspace_similarity", "subspace_basis", "subspace_bases", "phi_grid",
                         "principal_angles", "projection_distance", "random_subspace_similarity"],
-    "deltaw.amplification": ["amplification", "amplification_rank", "base_overlap"],
+    "deltaw.amplify": ["amplification", "amplification_rank", "base_overlap"],
     "deltaw.intruders": ["intruder_dimensions"],
     "deltaw.direction": ["magnitude_direction"],
     "deltaw.analysis": ["analyze", "spectral_summary"],
-    "deltaw.compare": ["compare"],
-    "deltaw.records": ["Analysis", "ModuleRecord", "SpectralSummary", "SkippedRecord", "Amplification",
+    "deltaw.comparison": ["compare"],
+    "deltaw.records": ["Analysis", "ModuleRecord", "SpectralSummary", "Amplification",
                        "Intruders", "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord",
                        "parse_module_name"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = ["DeltawError", *_MODULE_OF]
-
-if TYPE_CHECKING:  # the same names, spelled out for type checkers and IDEs
-    from deltaw.amplification import amplification, amplification_rank, base_overlap
-    from deltaw.analysis import analyze, spectral_summary
-    from deltaw.compare import compare
-    from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
-    from deltaw.deltas import Deltas, Skipped
-    from deltaw.direction import magnitude_direction
-    from deltaw.intruders import intruder_dimensions
-    from deltaw.linalg import SVD, base_svd, factored_svd, randomized_svd, resolve_device, svd, svd_many
-    from deltaw.load import detect_format, load_deltas
-    from deltaw.records import (Amplification, Analysis, Comparison, Intruders, MagnitudeDirection,
-                                ModuleRecord, PairResult, PhiRecord, SkippedRecord, SpectralSummary,
-                                parse_module_name)
-    from deltaw.spectrum import (effective_rank, energy_rank, energy_ranks, gavish_donoho_rank,
-                                 gavish_donoho_threshold, marchenko_pastur_edge, numerical_rank, stable_rank)
-    from deltaw.subspace import (phi_grid, principal_angles, projection_distance, random_subspace_similarity,
-                                 subspace_basis, subspace_bases, subspace_similarity)
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        # Importing a submodule binds it on the package; where a function shares the module's
-        # name (deltaw.amplification, deltaw.compare) the function stays the public one.
-        if name in _MODULE_OF and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from deltaw._inputs import check_dtype, is_transposed
-from deltaw.amplification import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap
+from deltaw.amplify import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap
 from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction

@@ -27,7 +27,7 @@ from typing import Callable
 
 from deltaw.analysis import analyze
 from deltaw.atomic import write_text_atomic
-from deltaw.compare import compare
+from deltaw.comparison import compare
 from deltaw.records import utc_now
 
 SCHEMA = "deltaw.reproduction/1"

@@ -149,18 +149,3 @@ def test_all_commands_on_kohya_and_sharded_full_finetune(tmp_path):
     assert result.exit_code == 0, result.output
     phi = json.loads((tmp_path / "c.json").read_text())["pairs"][0]["modules"][0]["phi"]
     assert phi[0][0] == pytest.approx(1.0)  # a fine-tune shares every direction with itself
-
-
-def test_lazy_exports_match_the_type_checking_imports_and_keep_torch_out_of_the_cli_start():
-    """``deltaw/__init__`` lists its exports twice (lazily and for type checkers): they must agree."""
-    import ast
-    from pathlib import Path
-
-    tree = ast.parse(Path(deltaw.__file__).read_text())
-    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
-    seen = {alias.name: node.module for node in block.body for alias in node.names}
-    assert seen == {name: module for name, module in deltaw._MODULE_OF.items()}
-    assert all(getattr(deltaw, name) is getattr(__import__(module, fromlist=[name]), name) for name, module in seen.items())
-    startup = subprocess.run([sys.executable, "-c", "import sys, deltaw.cli.main; print('torch' in sys.modules)"],
-                             capture_output=True, text=True)
-    assert startup.stdout.strip() == "False", startup.stderr

@@ -1,0 +1,48 @@
+"""The package's one export list (``deltaw._EXPORTS``): every name resolves to what its module
+defines, no export shares its name with a submodule, and the CLI's start does not import torch."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+import deltaw
+
+
+def test_every_export_is_what_its_module_defines():
+    assert set(deltaw.__all__) == {"DeltawError", *deltaw._MODULE_OF}
+    for name, module in deltaw._MODULE_OF.items():
+        assert getattr(deltaw, name) is getattr(importlib.import_module(module), name), name
+
+
+def test_no_export_is_named_like_a_submodule():
+    """Importing ``deltaw.<module>`` binds the module on the package: a function of that name would
+    be shadowed (as ``deltaw.amplification`` and ``deltaw.compare`` once were)."""
+    submodules = {info.name for info in pkgutil.iter_modules(deltaw.__path__)}
+    assert {"amplify", "comparison", "linalg"} <= submodules
+    assert not submodules & set(deltaw._MODULE_OF)
+
+
+@pytest.mark.parametrize("name, module", [("amplification", "deltaw.amplify"), ("compare", "deltaw.comparison")])
+def test_importing_a_module_leaves_the_function_public(name, module):
+    imported = importlib.import_module(module)
+    assert isinstance(imported, types.ModuleType)
+    assert getattr(deltaw, name) is getattr(imported, name) and callable(getattr(deltaw, name))
+    assert not isinstance(getattr(deltaw, name), types.ModuleType)
+
+
+def test_unknown_names_raise_attribute_error_and_submodules_load_lazily():
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        deltaw.no_such_thing  # noqa: B018
+    assert isinstance(deltaw.linalg, types.ModuleType)
+
+
+def test_the_cli_start_does_not_import_torch():
+    startup = subprocess.run([sys.executable, "-c", "import sys, deltaw.cli.main; print('torch' in sys.modules)"],
+                             capture_output=True, text=True)
+    assert startup.stdout.strip() == "False", startup.stderr
