@@ -188,3 +188,44 @@ def test_top_left_singular_vectors_fall_back_when_lanczos_fails(monkeypatch, cap
     assert "did not converge" in caplog.text
     np.testing.assert_allclose(np.abs(np.sum(got.numpy() * np.linalg.svd(M.numpy())[0][:, :10], axis=0)), 1.0,
                                atol=1e-9)
+
+
+def test_an_abandoned_svd_stream_leaves_the_callers_autograd_and_precision_alone():
+    """compare stops reading its streams of bases early: the caller must not be left inside no_grad
+    or at another matmul precision while a generator sits suspended."""
+    deltas = [lowrank(20, 30, 3, seed=i, name=f"a{i}") for i in range(2)] + [dense(low_rank_plus_noise(24, 24, 3))]
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        stream = deltaw.svd_many(deltas, device="cpu")
+        for _ in range(2):  # into the first batch, then across the switch to the dense one
+            next(stream)
+            assert torch.is_grad_enabled()
+            assert torch.get_float32_matmul_precision() == "medium"
+        del stream  # abandoned, never exhausted
+        assert torch.is_grad_enabled() and torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("shape, k, method", [((30, 20), 15, "full"), ((30, 20), 9, "randomized"),
+                                              ((30, 20), None, "full"), ((300, 200), 189, "randomized")])
+def test_the_memory_estimate_is_for_the_route_that_runs(shape, k, method):
+    """k + 10 ≥ min(m, n) runs the full SVD, so its memory is the full SVD's."""
+    from deltaw.linalg import dense_method, dense_svd_bytes
+
+    assert dense_method(shape, k) == method
+    full = dense_svd_bytes(shape, None, torch.float32)
+    assert dense_svd_bytes(shape, k, torch.float32) == (full if method == "full" else 4 * full // 6)
+    matrix = low_rank_plus_noise(*shape, 3)
+    assert deltaw.svd(dense(matrix), k=k, dtype=torch.float64).method == method
+
+
+def test_check_memory_refuses_a_top_k_that_falls_back_to_the_full_svd(monkeypatch):
+    from deltaw.linalg import check_memory, dense_svd_bytes, resources
+
+    full = dense_svd_bytes((30, 20), None, torch.float32)
+    monkeypatch.setattr(resources, "available_memory", lambda device: full - 1)  # room for a top-k, not a full
+    with pytest.raises(deltaw.DeltawError, match="full SVD of a 30×20 matrix"):
+        check_memory("m", (30, 20), 15, torch.float32, torch.device("cpu"))
+    assert check_memory("m", (30, 20), 9, torch.float32, torch.device("cpu")) == 1
