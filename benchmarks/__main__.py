@@ -12,9 +12,9 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_job"]:  # a measurement in a child interpreter (benchmarks.measure.run_job)
+    if argv[:1] == ["_job"]:  # a measurement in a child interpreter (benchmarks.child.run_job)
+        from benchmarks.child import emit
         from benchmarks.jobs import JOBS
-        from benchmarks.measure import emit
 
         emit(JOBS[argv[1]](json.loads(argv[2])))
         return 0

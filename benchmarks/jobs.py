@@ -1,4 +1,4 @@
-"""The measurements, each run in its own child interpreter by :func:`benchmarks.measure.run_job`.
+"""The measurements, each run in its own child interpreter by :func:`benchmarks.child.run_job`.
 
 A job takes a dict of JSON arguments and returns a dict of JSON results. Jobs import deltaw
 lazily so the WeightWatcher jobs can run under an interpreter that has WeightWatcher installed.

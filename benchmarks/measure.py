@@ -1,7 +1,7 @@
-"""Timing, peak-memory sampling, machine facts, and running a measurement in a child process.
+"""Timing, peak-memory sampling and machine facts: what the jobs measure with.
 
-Every measurement runs in a fresh child interpreter (``python -m benchmarks _job …``) so that
-one case's allocations, caches and peak memory never leak into another's, and imports are not
+Every measurement runs in a fresh child interpreter (:mod:`benchmarks.child`) so that one
+case's allocations, caches and peak memory never leak into another's, and imports are not
 timed. Inside a child, compared operations are *interleaved* (baseline, deltaw, baseline,
 deltaw, …) and the ratio is taken per pair, so a burst of load from another process on the
 machine hits both sides of a ratio rather than one.
@@ -9,15 +9,11 @@ machine hits both sides of a ratio rather than one.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 
 def median(values):
@@ -195,49 +191,3 @@ def _torch_blas() -> str:
         if token in config:
             return config.split(token, 1)[1].split(",", 1)[0]
     return "unknown"
-
-
-# --- child processes ------------------------------------------------------------------------------
-
-class JobFailed(RuntimeError):
-    pass
-
-
-# Run jobs in this interpreter instead of a child (the smoke run: seconds, not isolation).
-INPROCESS = False
-
-
-def run_job(name: str, args: dict, *, timeout: float = 900, python: str | None = None,
-            env: dict | None = None) -> dict:
-    """Run the job ``name`` of :mod:`benchmarks.jobs` in a fresh interpreter; return its JSON.
-
-    The child prints one JSON line prefixed with ``@@result ``; everything else it prints goes
-    to this process's stderr. ``python`` runs the job under another interpreter (one with
-    WeightWatcher installed, say).
-    """
-    if INPROCESS and python is None:
-        from benchmarks.jobs import JOBS
-
-        return json.loads(json.dumps(JOBS[name](json.loads(json.dumps(args)))))
-    cmd = [python or sys.executable, "-m", "benchmarks", "_job", name, json.dumps(args)]
-    root = Path(__file__).resolve().parent.parent
-    child_env = dict(os.environ)
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), child_env.get("PYTHONPATH")]))
-    child_env.update(env or {})
-    try:
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout, env=child_env)
-    except subprocess.TimeoutExpired as err:
-        raise JobFailed(f"{name}: timed out after {timeout:.0f} s") from err
-    if proc.stderr:
-        sys.stderr.write(proc.stderr[-4000:] if proc.returncode else "")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("@@result "):
-            return json.loads(line[len("@@result "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    raise JobFailed(f"{name}: exited {proc.returncode} without a result: " + " | ".join(tail))
-
-
-def emit(result: dict) -> None:
-    """Print a job's result for :func:`run_job` (the last line of the child's stdout)."""
-    sys.stdout.write("@@result " + json.dumps(result) + "\n")
-    sys.stdout.flush()

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import data as D
-from benchmarks import measure
-from benchmarks.measure import JobFailed, machine_info, run_job
+from benchmarks import child
+from benchmarks.child import JobFailed, run_job
+from benchmarks.measure import machine_info
 
 HERE = Path(__file__).resolve().parent
 GiB = 2**30
@@ -89,7 +90,7 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
     """Run the benchmarks of ``mode`` and write ``out``; returns the results."""
     plan = plan_for(mode)
     started = time.perf_counter()
-    measure.INPROCESS = plan.mode == "smoke"
+    child.INPROCESS = plan.mode == "smoke"
     if device.startswith("cuda"):
         import torch
 

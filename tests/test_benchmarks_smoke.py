@@ -91,3 +91,24 @@ def test_table_and_plot_from_results(smoke, tmp_path):
     assert text.startswith("before\n<!-- results:start -->\n") and text.endswith("<!-- results:end -->\nafter\n")
     assert "| case | deltaw | baseline | ratio | goal |" in text and "STALE-TABLE" not in text
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_modules_import_no_cycle():
+    """jobs measure with measure; child runs jobs; nothing imports back up the chain."""
+    import ast
+
+    graph = {}
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "benchmarks":
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks."):
+                imported.add(node.module.split(".")[1])
+        graph[path.stem] = imported
+    assert graph["measure"] == set() and graph["jobs"] == {"measure"} and graph["child"] == {"jobs"}
+
+    def reaches(start, target, seen=()):
+        return any(n == target or (n not in seen and reaches(n, target, (*seen, n))) for n in graph.get(start, ()))
+
+    assert not [name for name in graph if reaches(name, name)]
