@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.formats import full, kohya, loralib, peft
+from deltaw.formats.names import PEFT_PREFIX, NameMatcher
 from deltaw.formats.tensors import TensorStore
 
 
@@ -84,6 +86,20 @@ def load_deltas(
     path = Path(checkpoint)
     fmt = detect_format(path)
     base_store = TensorStore.open(base) if base is not None else None
+    deltas = _load(path, fmt, base_store, scale, require_base)
+    if base_store is None:
+        return _renamed(deltas, {name: name for name in deltas})
+    # Name the modules as the checkpoint spells them, not as the base does, so that a run with
+    # --base and one without give the same names (for --modules and for joining results).
+    if fmt == "full":
+        own = [k.removesuffix(".weight") for k in TensorStore.open(path).keys()]
+    else:
+        own = list(_load(path, fmt, None, scale, require_base=False))
+    matcher = NameMatcher(own)
+    return _renamed(deltas, {name: matcher.match(name) or name for name in deltas})
+
+
+def _load(path: Path, fmt: str, base_store: TensorStore | None, scale, require_base: bool) -> Deltas:
     if fmt == "peft":
         return peft.load_peft(path.parent if path.is_file() else path, base_store, require_base)
     store = TensorStore.open(path)
@@ -100,3 +116,45 @@ def load_deltas(
             f"{path}: a full model checkpoint; its ΔW = W_ft − W_base needs the base model (--base)"
         )
     return full.load_full(store, base_store)
+
+
+#: The components an encoder model's body starts with (``BertModel``: embeddings, encoder,
+#: pooler). A task model (``BertForSequenceClassification``) stores them under a wrapper
+#: (``bert.``, ``roberta.`` …) that the headless base checkpoint does not have.
+ENCODER_BODY = ("embeddings", "encoder", "pooler")
+
+
+def module_name(path: str) -> str:
+    """The name deltaw gives a module, from its path in the checkpoint.
+
+    PEFT's ``base_model.model.`` is removed, and so is a task wrapper in front of an encoder body
+    (``bert.encoder.layer.0.attention.self.query`` → ``encoder.layer.0.attention.self.query``,
+    as the headless base spells it). Everything else is kept: ``model.layers.0.self_attn.q_proj``
+    (Llama), ``transformer.h.0.attn.c_attn`` (GPT-2), kohya keys.
+
+    >>> module_name("base_model.model.bert.encoder.layer.0.attention.self.query")
+    'encoder.layer.0.attention.self.query'
+    >>> module_name("model.layers.0.self_attn.q_proj")
+    'model.layers.0.self_attn.q_proj'
+    """
+    path = path.removeprefix(PEFT_PREFIX)
+    parts = path.split(".")
+    if len(parts) >= 3 and parts[1] in ENCODER_BODY and parts[0] not in ENCODER_BODY:
+        return ".".join(parts[1:])
+    return path
+
+
+def _renamed(deltas: Deltas, own: dict[str, str]) -> Deltas:
+    """``deltas`` with every module named :func:`module_name` of its own path ``own[name]``
+    (names that would collide keep the loader's name)."""
+    new = {name: module_name(own[name]) for name in deltas.deltas}
+    if len(set(new.values())) < len(new) or all(k == v for k, v in new.items()):
+        return deltas
+    renamed = {}
+    for name, d in deltas.deltas.items():
+        d = replace(d, name=new[name])
+        if getattr(d, "lowrank", None) is not None:
+            d.lowrank = replace(d.lowrank, name=new[name])
+        renamed[new[name]] = d
+    deltas.deltas = renamed
+    return deltas

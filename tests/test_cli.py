@@ -149,3 +149,52 @@ def test_all_commands_on_kohya_and_sharded_full_finetune(tmp_path):
     assert result.exit_code == 0, result.output
     phi = json.loads((tmp_path / "c.json").read_text())["pairs"][0]["modules"][0]["phi"]
     assert phi[0][0] == pytest.approx(1.0)  # a fine-tune shares every direction with itself
+
+
+@pytest.fixture(scope="module")
+def bert_task_adapter(tmp_path_factory):
+    """A SEQ_CLS LoRA of a BertForSequenceClassification (names ``bert.encoder…``) and its
+    headless BertModel base (names ``encoder…``), as the MiniLM runs are saved."""
+    import torch
+    from transformers import BertForSequenceClassification, BertModel
+
+    from builders import tiny_bert_config
+
+    root = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    tuned = BertForSequenceClassification(tiny_bert_config())
+    headless = BertModel(tiny_bert_config())
+    headless.load_state_dict(tuned.bert.state_dict())
+    save_model(headless, root / "base")
+    make_adapter(tuned, root / "adapter", task_type="SEQ_CLS", target_modules=["query", "value"],
+                 r=4, lora_alpha=8)
+    return root
+
+
+def test_module_names_do_not_depend_on_base(bert_task_adapter, tmp_path):
+    root = bert_task_adapter
+    without = list(deltaw.load_deltas(root / "adapter"))
+    with_base = list(deltaw.load_deltas(root / "adapter", base=root / "base"))
+    assert without == with_base
+    assert "encoder.layer.0.attention.self.query" in without  # the wrapper bert. is dropped
+    # --modules selects the same modules either way, and joins of the two JSONs line up
+    docs = []
+    for extra in ([], ["--base", root / "base"]):
+        out = tmp_path / f"a{len(extra)}.json"
+        result = run("analyze", root / "adapter", "--modules", r"^encoder\.layer\.1\.", "--json", out, *extra)
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(out.read_text()))
+    names = [[m["name"] for m in d["modules"]] for d in docs]
+    assert names[0] == names[1] == ["encoder.layer.1.attention.self.query",
+                                    "encoder.layer.1.attention.self.value"]
+
+
+def test_module_name_rule():
+    from deltaw.load import module_name
+
+    assert module_name("base_model.model.roberta.encoder.layer.3.attention.self.value") == \
+        "encoder.layer.3.attention.self.value"
+    assert module_name("bert.embeddings.word_embeddings") == "embeddings.word_embeddings"
+    assert module_name("model.layers.0.self_attn.q_proj") == "model.layers.0.self_attn.q_proj"
+    assert module_name("transformer.h.0.attn.c_attn") == "transformer.h.0.attn.c_attn"
+    assert module_name("encoder.layer.0.output.dense") == "encoder.layer.0.output.dense"
