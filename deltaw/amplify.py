@@ -40,20 +40,40 @@ OVERLAP_DELTA_DIRECTIONS = 8
 OVERLAP_BASE_FRACTION = 0.1
 
 
+def own_directions(d: Delta, delta_svd: SVD, dtype: torch.dtype = torch.float32) -> int:
+    """How many of ΔW's singular directions are ΔW's own rather than arbitrary vectors of a σ = 0.
+
+    LoRA, ΔW = s·B A: the rank the factors define, min(rank B, rank A), each factor's rank at
+    numpy's ``matrix_rank`` tolerance for that factor (σ₁ · max(shape) · eps of ``dtype``). Small
+    singular values of the product are real (the factored SVD resolves them far below ΔW's own
+    numerical-rank threshold: a float32 r = 64 adapter can have σ₆₄/σ₁ ~ 1e-4 that float64
+    confirms), so only a rank-deficient factor or σ = 0 (a zero scale) removes directions.
+    Dense or DoRA ΔW: ΔW's numerical rank, σ₁ · max(rows, cols) · eps.
+    """
+    S = delta_svd.S
+    if isinstance(d, LowRankDelta):
+        with exact_math():
+            L, R = d.factors(dtype)  # B and A in the matrix layout
+            defined = min(int(torch.linalg.matrix_rank(L)), int(torch.linalg.matrix_rank(R)))
+        return min(defined, int((S > 0).sum()))
+    return numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps)
+
+
 def amplification_rank(d: Delta, delta_svd: SVD, r: int | None = None,
                        dtype: torch.dtype = torch.float32) -> int:
     """The r of the amplification analysis.
 
     ``r`` when given; else the LoRA rank for a LoRA ΔW, and for a dense (or DoRA) ΔW the rank
-    holding 90% of ‖ΔW‖²_F, capped at 64. Always capped at ΔW's numerical rank (directions with
-    σ = 0 are not ΔW's) and at the number of singular vectors computed; 0 for ΔW = 0.
+    holding 90% of ‖ΔW‖²_F, capped at 64. Always capped at the directions that are ΔW's own
+    (:func:`own_directions`: for LoRA the rank the factors define, not ΔW's numerical rank) and at
+    the number of singular vectors computed; 0 for ΔW = 0.
     """
     S = delta_svd.S
     if r is None and isinstance(d, LowRankDelta):
         r = d.rank
     elif r is None:
         r = min(energy_rank(S, DENSE_R_ENERGY, delta_svd.energy) or len(S), MAX_DENSE_R)
-    return int(min(r, numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps), len(S)))
+    return int(min(r, own_directions(d, delta_svd, dtype), len(S)))
 
 
 def _random_frames(m: int, n: int, r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +166,7 @@ def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None
     W : Tensor (rows, cols), optional
         Default ``d.base()``.
     i : int, optional
-        ΔW's directions: default min(8, ΔW's numerical rank) (the paper shows the top 4).
+        ΔW's directions: default 8 (the paper shows the top 4), capped at :func:`own_directions`.
     j : int, optional
         W's directions: default 10% of min(rows, cols) (at least 1), the paper's "top 10%".
     delta_svd, W_svd : SVD, optional
@@ -165,8 +185,7 @@ def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None
         W_svd = base_svd(W, dtype=dtype, device=device)
     if delta_svd is None:
         delta_svd = svd(d, device=device, dtype=dtype)
-    available = numerical_rank(delta_svd.S, d.matrix_shape, eps=torch.finfo(dtype).eps)
-    i = min(OVERLAP_DELTA_DIRECTIONS if i is None else i, available)
+    i = min(OVERLAP_DELTA_DIRECTIONS if i is None else i, own_directions(d, delta_svd, dtype))
     if i == 0:
         return None
     if j is None:

@@ -52,11 +52,13 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
         even for a top-k.
     shape : (rows, cols)
     lowrank : bool
-        True for a factored LoRA ΔW: values below the numerical-rank threshold (exact zeros of a
-        rank-deficient B or A) are not listed, and no Gavish–Donoho rank is given (the spectrum is
-        exactly low rank, there is no noise bulk to threshold).
+        True for a factored LoRA ΔW: all min(r, rows, cols) values the factors define are listed
+        (small ones are real: the factored SVD resolves them far below the numerical-rank
+        threshold), and no Gavish–Donoho rank is given (the spectrum is exactly low rank, there is
+        no noise bulk to threshold).
     dtype : torch.dtype
         The math's dtype, whose eps sets the numerical-rank threshold σ₁ · max(rows, cols) · eps.
+        That rank is reported (``numerical_rank``), never used to cut the listed values.
 
     Returns
     -------
@@ -68,19 +70,17 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
     """
     S = result.S.double().cpu().numpy()
     eps = torch.finfo(dtype).eps
-    rank = numerical_rank(S, shape, eps=eps)
-    listed = S[:rank] if lowrank else S
     energy = float(result.energy)
-    captured = 1.0 if energy <= 0 else min(1.0, float((listed**2).sum()) / energy)
+    captured = 1.0 if energy <= 0 else min(1.0, float((S**2).sum()) / energy)
     return SpectralSummary(
         fro_norm=math.sqrt(energy),
-        singular_values=listed,
+        singular_values=S,
         svd_method=result.method,
         energy_captured=captured,
-        energy_rank=energy_ranks(listed, energy),
-        effective_rank=effective_rank(listed),
-        stable_rank=stable_rank(listed, energy),
-        numerical_rank=rank,
+        energy_rank=energy_ranks(S, energy),
+        effective_rank=effective_rank(S),
+        stable_rank=stable_rank(S, energy),
+        numerical_rank=numerical_rank(S, shape, eps=eps),
         gavish_donoho_rank=None if lowrank else gavish_donoho_rank(S, shape),
     )
 
@@ -259,8 +259,8 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     Notes
     -----
     Per module (ΔW: (rows, cols) in the base tensor's layout, conv kernels flattened):
-    ``fro_norm`` = ‖ΔW‖_F; ``singular_values`` descending (LoRA: the non-zero ones; dense: all,
-    or the top k); ``energy_rank[τ]`` = smallest k with Σ_{i≤k} σᵢ² ≥ τ‖ΔW‖²_F; ``effective_rank``
+    ``fro_norm`` = ‖ΔW‖_F; ``singular_values`` descending (LoRA: all min(r, rows, cols); dense:
+    all, or the top k); ``energy_rank[τ]`` = smallest k with Σ_{i≤k} σᵢ² ≥ τ‖ΔW‖²_F; ``effective_rank``
     = exp(−Σ pᵢ log pᵢ), pᵢ = σᵢ/Σσⱼ over the listed values; ``stable_rank`` = ‖ΔW‖²_F/σ₁²;
     ``numerical_rank`` = #{σᵢ > σ₁ max(rows, cols) eps}; ``gavish_donoho_rank`` (dense, full
     spectrum only). An all-zero ΔW has every rank 0 and no amplification or overlap.

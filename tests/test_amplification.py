@@ -195,3 +195,37 @@ def test_amplification_on_cuda_matches_cpu():
         on_gpu, on_cpu = deltaw.amplification(d, device="cuda"), deltaw.amplification(d, device="cpu")
         for key in on_cpu:
             assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4), key
+
+
+def _lora_with_real_small_sigma(m=384, n=384, r=64, seed=0):
+    """B = Q_B diag(b), A = diag(a) Q_Aᵀ with b, a decaying to 10^-2.5: each factor is well conditioned
+    (rank r at any tolerance) while ΔW's σ decay to ~1e-5 · σ₁, below ΔW's float32 numerical-rank
+    threshold σ₁ · 384 · eps ≈ 4.6e-5 · σ₁ — as in a trained r = 64 MiniLM adapter."""
+    g = np.random.default_rng(seed)
+    Q_B = np.linalg.qr(g.standard_normal((m, r)))[0]
+    Q_A = np.linalg.qr(g.standard_normal((n, r)))[0]
+    decay = np.logspace(0, -2.5, r)
+    B = torch.from_numpy(Q_B * decay).float()
+    A = torch.from_numpy(decay[:, None] * Q_A.T).float()
+    return B, A
+
+
+def test_lora_lists_every_sigma_its_factors_define_and_the_amplification_uses_them():
+    """Issue 17: a numerical-rank cut is reported, never applied to the spectrum or the amplification."""
+    from deltaw.analysis import spectral_summary
+
+    B, A = _lora_with_real_small_sigma()
+    g = np.random.default_rng(1)
+    W = torch.from_numpy(g.standard_normal((384, 384))).float()
+    d = lowrank(B, A, scale=2.0, base=W)
+    want = svd64(2.0 * B.double().numpy() @ A.double().numpy())[1][:64]  # float64 oracle on the same factors
+    assert want[-1] / want[0] < 4.6e-5 and want[-1] > 1e-12  # real, yet under float32's numerical-rank cut
+    result = deltaw.svd(d, dtype=torch.float32)
+    summary = spectral_summary(result, d.matrix_shape, lowrank=True, dtype=torch.float32)
+    assert len(summary.singular_values) == 64
+    np.testing.assert_allclose(summary.singular_values, want, rtol=1e-5)
+    assert summary.numerical_rank < 64  # reported, not applied
+    amp = deltaw.amplification(d, W, delta_svd=result)
+    assert amp.r == 64
+    U, _, Vt = svd64(2.0 * B.double().numpy() @ A.double().numpy())
+    assert amp.proj_delta == pytest.approx(np.linalg.norm(U[:, :64].T @ W.double().numpy() @ Vt[:64].T), rel=1e-4)

@@ -248,7 +248,7 @@ def test_nonfinite_and_zero_modules_in_a_mixed_stream():
         assert m["amplification"] is None and m["base_overlap"] is None
         assert m["intruders"]["count"] == 0
         assert m["magnitude_direction"] == {"delta_m": 0.0, "delta_d": 0.0}
-    assert by_name["layers.1.q"]["singular_values"] == []
+    assert by_name["layers.1.q"]["singular_values"] == [0.0, 0.0, 0.0]  # a zero rank-3 LoRA: its 3 σ, all 0
     assert by_name["layers.0.q"]["amplification"]["r"] == 3
     assert doc["skipped"] == [{"name": "x.bias", "reason": "1-D"}]
     assert deltaw.Analysis.from_json(doc).to_json() == doc
