@@ -46,14 +46,13 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
                                   top_k=top_k, rank=rank, modules=modules, scale=scale, progress=update)
     finally:
         close()
-    doc = analysis.to_json()
     to_stderr = json_path == "-"
-    click.echo(f"{checkpoint}: {doc['format']}, {len(doc['modules'])} modules"
+    click.echo(f"{checkpoint}: {analysis.format}, {len(analysis.modules)} modules"
                + (f", base {base}" if base else ""), err=to_stderr)
-    click.echo(summary_table(doc), err=to_stderr, nl=False)
-    for note in doc.get("notes", []):
+    click.echo(summary_table(analysis), err=to_stderr, nl=False)
+    for note in analysis.notes:
         click.echo(f"note: {note}", err=True)
-    write_outputs([doc], json_path, pdf_path, csv_path)
+    write_outputs([analysis], json_path, pdf_path, csv_path)
     for label, path in (("JSON", json_path), ("CSV", csv_path), ("PDF report", pdf_path)):
         if path and path != "-":
             click.echo(f"{label}: {path}", err=True)

@@ -48,17 +48,16 @@ def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path,
     check_outputs(json_path, pdf_path)
     comparison = deltaw.compare(list(checkpoints), base=base, basis=basis, side=side, top_k=top_k,
                                 modules=modules, device=device)
-    doc = comparison.to_json()
     out = json_path == "-"
-    for pair in doc["pairs"]:
-        a, b = doc["checkpoints"][pair["a"]], doc["checkpoints"][pair["b"]]
-        click.echo(f"{a}  vs  {b}: {len(pair['modules'])} shared modules (basis {basis})", err=out)
-        for module in pair["modules"][:8]:
-            click.echo(f"  {module['name']}: {_phi_summary(module['phi'])}"
-                       f"  (random: {_phi_summary(module['random_phi'])})", err=out)
-        if len(pair["modules"]) > 8:
-            click.echo(f"  … {len(pair['modules']) - 8} more modules in the JSON / PDF", err=out)
-    write_outputs([doc], json_path, pdf_path)
+    for pair in comparison.pairs:
+        a, b = comparison.checkpoints[pair.a], comparison.checkpoints[pair.b]
+        click.echo(f"{a}  vs  {b}: {len(pair.modules)} shared modules (basis {basis})", err=out)
+        for module in pair.modules[:8]:
+            click.echo(f"  {module.name}: {_phi_summary(module.phi)}"
+                       f"  (random: {_phi_summary(module.random_phi)})", err=out)
+        if len(pair.modules) > 8:
+            click.echo(f"  … {len(pair.modules) - 8} more modules in the JSON / PDF", err=out)
+    write_outputs([comparison], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
         if path and path != "-":
             click.echo(f"{label}: {path}", err=True)

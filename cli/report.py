@@ -9,11 +9,8 @@ import click
 from deltaw.cli.options import check_outputs
 from deltaw.errors import DeltawError
 
-SCHEMAS = ("deltaw.analysis/1", "deltaw.comparison/1", "deltaw.reproduction/1")
-
-
-def read_result(path: str) -> list[dict]:
-    """The documents in a result file (one object, or a list of them), with their schema checked."""
+def read_result(path: str) -> list:
+    """The records in a result file (one document, or a list of them), each checked."""
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
@@ -23,12 +20,19 @@ def read_result(path: str) -> list[dict]:
         raise DeltawError(f"{path}: is a folder; give the JSON file written by analyze, compare or reproduce") from err
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise DeltawError(f"{path}: not a JSON result file ({err})") from err
-    docs = data if isinstance(data, list) else [data]
-    for doc in docs:
-        if not isinstance(doc, dict) or doc.get("schema") not in SCHEMAS:
-            found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
-            raise DeltawError(f"{path}: schema {found!r} is not one deltaw writes ({', '.join(SCHEMAS)})")
-    return docs
+    from deltaw.records import read_document
+    from deltaw.reports import REPRODUCTION_SCHEMA
+
+    records = []
+    for doc in data if isinstance(data, list) else [data]:
+        if isinstance(doc, dict) and doc.get("schema") == REPRODUCTION_SCHEMA:
+            records.append(doc)  # rendered from its JSON form by the reproduction pages
+            continue
+        try:
+            records.append(read_document(doc))
+        except DeltawError as err:
+            raise DeltawError(f"{path}: {err}") from None
+    return records
 
 
 @click.command("report")
@@ -44,8 +48,8 @@ def command(results, pdf_path):
       deltaw report a.json c.json --pdf report.pdf
     """
     check_outputs(pdf_path)
-    docs = [doc for path in results for doc in read_result(path)]
+    records = [record for path in results for record in read_result(path)]
     from deltaw.reports import render
 
-    render(docs, pdf_path)
+    render(records, pdf_path)
     click.echo(f"PDF report: {pdf_path}", err=True)

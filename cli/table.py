@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+from deltaw.records import Analysis, ModuleRecord
+
 # Above this many modules, rows are aggregated per module type (medians over layers).
 MAX_ROWS = 24
 
@@ -21,34 +23,21 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-def _energy(record) -> str:
-    ranks = record.get("energy_rank") or {}
-    return "/".join(_fmt(ranks.get(t)) for t in ("0.5", "0.9", "0.99"))
-
-
-def _relative(record):
-    base = record.get("base_fro_norm")
-    return record["fro_norm"] / base if base else None
-
-
-def _row(label, records) -> list[str]:
+def _row(label, records: list[ModuleRecord]) -> list[str]:
     first = records[0]
-    amp = [r["amplification"]["factor"] for r in records if r.get("amplification")]
-    intr = [r["intruders"]["count"] for r in records if r.get("intruders")]
-    if len(records) == 1:
-        energy = _energy(first)
-    else:
-        energy = "/".join(_fmt(_median([(r.get("energy_rank") or {}).get(t) for r in records]))
-                          for t in ("0.5", "0.9", "0.99"))
+    amp = [r.amplification.factor for r in records if r.amplification]
+    intr = [r.intruders.count for r in records if r.intruders]
+    energy = "/".join(_fmt(_median([(r.energy_rank or {}).get(t) for r in records]))
+                      for t in ("0.5", "0.9", "0.99"))
     return [
         label,
-        first["kind"],
-        "×".join(map(str, first["shape"])),
-        _fmt(first.get("lora_rank")),
+        first.kind,
+        "×".join(map(str, first.shape)),
+        _fmt(first.lora_rank),
         energy,
-        _fmt(_median([r.get("effective_rank") for r in records])),
-        _fmt(_median([r.get("fro_norm") for r in records])),
-        _fmt(_median([_relative(r) for r in records])),
+        _fmt(_median([r.effective_rank for r in records])),
+        _fmt(_median([r.fro_norm for r in records])),
+        _fmt(_median([r.rel_norm for r in records])),
         _fmt(_median(amp)),
         _fmt(sum(intr)) if intr else "–",
     ]
@@ -58,17 +47,17 @@ HEADER = ["module", "kind", "shape", "r", "energy rank .5/.9/.99", "eff. rank", 
           "amplif.", "intruders"]
 
 
-def summary_table(doc: dict) -> str:
-    """Format an analysis JSON document as an aligned text table."""
-    records = [r for r in doc["modules"] if not r.get("nonfinite")]
-    bad = [r["name"] for r in doc["modules"] if r.get("nonfinite")]
+def summary_table(analysis: Analysis) -> str:
+    """Format an analysis as an aligned text table."""
+    records = analysis.finite
+    bad = [r.name for r in analysis.not_finite]
     if len(records) <= MAX_ROWS:
-        rows = [_row(r["name"], [r]) for r in records]
+        rows = [_row(r.name, [r]) for r in records]
         note = ""
     else:
-        groups: dict[str, list[dict]] = {}
+        groups: dict[str, list[ModuleRecord]] = {}
         for r in records:
-            groups.setdefault(f"{r.get('module_type') or r['name']}", []).append(r)
+            groups.setdefault(r.module_type or r.name, []).append(r)
         rows = [_row(f"{label} ×{len(rs)}", rs) for label, rs in groups.items()]
         note = f"{len(records)} modules grouped by type; numbers are medians over layers, intruders a sum.\n"
     widths = [max(len(str(c)) for c in col) for col in zip(HEADER, *rows)] if rows else [len(h) for h in HEADER]
@@ -78,6 +67,6 @@ def summary_table(doc: dict) -> str:
     text = "\n".join(lines) + "\n" + note
     if bad:
         text += f"NaN/Inf in weights, not analysed: {', '.join(bad)}\n"
-    if doc.get("skipped"):
-        text += f"{len(doc['skipped'])} tensors skipped (see the JSON's 'skipped' for reasons).\n"
+    if analysis.skipped:
+        text += f"{len(analysis.skipped)} tensors skipped (see the JSON's 'skipped' for reasons).\n"
     return text

@@ -9,6 +9,7 @@ import json
 import click
 
 from deltaw.atomic import staged_outputs
+from deltaw.records import Analysis, Record
 
 CSV_FIELDS = ["name", "kind", "layer", "module_type", "rows", "cols", "lora_rank", "scale", "fro_norm",
               "base_fro_norm", "energy_rank_0.5", "energy_rank_0.9", "energy_rank_0.99", "effective_rank",
@@ -17,45 +18,46 @@ CSV_FIELDS = ["name", "kind", "layer", "module_type", "rows", "cols", "lora_rank
               "delta_d", "nonfinite"]
 
 
-def csv_rows(doc: dict):
-    for r in doc["modules"]:
-        amp = r.get("amplification") or {}
-        md = r.get("magnitude_direction") or {}
-        energy = r.get("energy_rank") or {}
+def csv_rows(analysis: Analysis):
+    for r in analysis.modules:
+        amp = r.amplification or {}
+        md = r.magnitude_direction or {}
+        energy = r.energy_rank or {}
         yield {
-            "name": r["name"], "kind": r["kind"], "layer": r.get("layer"), "module_type": r.get("module_type"),
-            "rows": r["shape"][0], "cols": r["shape"][1], "lora_rank": r.get("lora_rank"), "scale": r.get("scale"),
-            "fro_norm": r.get("fro_norm"), "base_fro_norm": r.get("base_fro_norm"),
+            "name": r.name, "kind": r.kind, "layer": r.layer, "module_type": r.module_type,
+            "rows": r.shape[0], "cols": r.shape[1], "lora_rank": r.lora_rank, "scale": r.scale,
+            "fro_norm": r.fro_norm, "base_fro_norm": r.base_fro_norm,
             "energy_rank_0.5": energy.get("0.5"), "energy_rank_0.9": energy.get("0.9"),
-            "energy_rank_0.99": energy.get("0.99"), "effective_rank": r.get("effective_rank"),
-            "stable_rank": r.get("stable_rank"), "numerical_rank": r.get("numerical_rank"),
-            "energy_captured": r.get("energy_captured"), "svd_method": r.get("svd_method"),
+            "energy_rank_0.99": energy.get("0.99"), "effective_rank": r.effective_rank,
+            "stable_rank": r.stable_rank, "numerical_rank": r.numerical_rank,
+            "energy_captured": r.energy_captured, "svd_method": r.svd_method,
             "amplification_r": amp.get("r"), "proj_delta": amp.get("proj_delta"),
             "proj_base_top": amp.get("proj_base_top"), "proj_random": amp.get("proj_random"),
             "amplification_factor": amp.get("factor"),
-            "intruders": (r.get("intruders") or {}).get("count"), "delta_m": md.get("delta_m"),
-            "delta_d": md.get("delta_d"), "nonfinite": r.get("nonfinite", 0),
+            "intruders": r.intruders.count if r.intruders else None, "delta_m": md.get("delta_m"),
+            "delta_d": md.get("delta_d"), "nonfinite": r.nonfinite,
         }
 
 
-def write_outputs(docs: list[dict], json_path=None, pdf_path=None, csv_path=None) -> None:
+def write_outputs(records: list[Record], json_path=None, pdf_path=None, csv_path=None) -> None:
     """Write the requested outputs, all or none.
 
     Each file is staged beside its path; all are renamed into place together once the last one
     (usually the PDF, the slowest) is complete, so an error or Ctrl-C on the way leaves no output,
     not a JSON without its PDF. The JSON of one document is that document, of several a list.
     """
+    docs = [r.to_json() for r in records]
     text = None if json_path is None else json.dumps(docs[0] if len(docs) == 1 else docs, indent=1,
                                                      allow_nan=False)
     writers = []  # (path, write(tmp))
     if json_path is not None and json_path != "-":
         writers.append((json_path, lambda tmp: tmp.write_text(text + "\n")))
     if csv_path is not None:
-        writers.append((csv_path, lambda tmp: tmp.write_text(csv_text(docs))))
+        writers.append((csv_path, lambda tmp: tmp.write_text(csv_text(records))))
     if pdf_path is not None:
         from deltaw.reports import render
 
-        writers.append((pdf_path, lambda tmp: render(docs, tmp)))
+        writers.append((pdf_path, lambda tmp: render(records, tmp)))
     with staged_outputs(*(path for path, _ in writers)) as temporaries:
         for (_, write), tmp in zip(writers, temporaries):
             write(tmp)
@@ -63,10 +65,10 @@ def write_outputs(docs: list[dict], json_path=None, pdf_path=None, csv_path=None
         click.echo(text)
 
 
-def csv_text(docs: list[dict]) -> str:
+def csv_text(analyses: list[Analysis]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()
-    for doc in docs:
-        writer.writerows(csv_rows(doc))
+    for analysis in analyses:
+        writer.writerows(csv_rows(analysis))
     return buffer.getvalue()

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -34,7 +34,8 @@ from deltaw.errors import DeltawError
 from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
 from deltaw.linalg import SVD, base_svd, check_memory, check_memory_for, resolve_device, svd_many
 from deltaw.load import load_deltas
-from deltaw.records import Analysis, ModuleRecord, SkippedRecord, SpectralSummary, parse_module_name
+from deltaw.naming import parse_module_name
+from deltaw.records import Analysis, ModuleRecord, SpectralSummary
 from deltaw.spectrum import (effective_rank, energy_ranks, gavish_donoho_rank, numerical_rank,
                              stable_rank)
 
@@ -72,12 +73,13 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
     eps = torch.finfo(dtype).eps
     energy = float(result.energy)
     captured = 1.0 if energy <= 0 else min(1.0, float((S**2).sum()) / energy)
+    ranks = energy_ranks(S, energy)
     return SpectralSummary(
         fro_norm=math.sqrt(energy),
         singular_values=S,
         svd_method=result.method,
         energy_captured=captured,
-        energy_rank=energy_ranks(S, energy),
+        energy_rank=ranks,
         effective_rank=effective_rank(S),
         stable_rank=stable_rank(S, energy),
         numerical_rank=numerical_rank(S, shape, eps=eps),
@@ -159,7 +161,7 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
         return ModuleRecord(**identity, nonfinite=max(1, _nonfinite(result.S)))
     lowrank = isinstance(view, LowRankDelta)
     summary = spectral_summary(result, view.matrix_shape, lowrank=lowrank, dtype=opts.dtype)
-    record = ModuleRecord(**identity, **vars(summary))
+    record = ModuleRecord(**identity, **{f.name: getattr(summary, f.name) for f in fields(summary)})
     W = view.base(opts.dtype)
     if W is None:
         return record
@@ -286,7 +288,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype)
     _check_memory(selected, top_k, opts)
     analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
-                        skipped=[SkippedRecord(s.name, s.reason) for s in deltas.skipped],
+                        skipped=list(deltas.skipped),
                         notes=list(deltas.notes))
     if top_k is not None and any(not isinstance(d, LowRankDelta) for d in selected):
         analysis.notes.append(f"dense ΔW: top-{top_k} singular values by randomized SVD (svd_method); "

@@ -6,14 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from deltaw.delta import Delta
-
-
-@dataclass
-class Skipped:
-    """A tensor that is in a checkpoint but not analysed, with the reason why."""
-
-    name: str
-    reason: str
+from deltaw.records import Skipped  # the record the analysis JSON lists as 'skipped'
 
 
 @dataclass(eq=False)

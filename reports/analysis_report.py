@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 
+from deltaw.naming import type_sort_key
+from deltaw.records import Analysis
+
 from . import style, text
-from ._data import Analysis, type_sort_key
 from .figures_amplification import (amplification_grid_block, amplification_layer_block,
                                     amplification_table_blocks)
 from .figures_direction import direction_block
 from .figures_layers import intruder_block, layer_grid_blocks
 from .figures_spectra import spectra_blocks
-from .layout import ellipsize, plain
+from .layout import plain, wrap
 from .pdf import Document
 from .tables import Table, table_blocks
 from .title import contents_block, facts_block, findings_block, title_block, today
@@ -26,7 +28,7 @@ NAME_W = 2.3  # inches for a module name in the appendix tables
 
 
 def _facts(a: Analysis) -> list[tuple[str, str]]:
-    mods = a.modules
+    mods = a.finite
     modules = f"{len(mods)} analysed" + (f" ({text.kind_summary(mods)})" if mods else "")
     if a.not_finite:
         modules += f"; {len(a.not_finite)} not analysed (NaN/Inf)"
@@ -67,13 +69,13 @@ def _common_prefix(names: list[str]) -> str:
 
 
 def _appendix_blocks(a: Analysis) -> list:
-    names = [m.name for m in a.modules] + [m.name for m in a.not_finite]
+    names = [m.name for m in a.finite] + [m.name for m in a.not_finite]
     prefix = _common_prefix(names)
-    any_base = any(m.rel_norm is not None for m in a.modules)
-    any_amp = any(m.amplification for m in a.modules)
-    any_intr = any(m.intruders for m in a.modules)
-    any_gd = any(m.gavish_donoho_rank is not None for m in a.modules)
-    any_topk = any(m.is_top_k for m in a.modules)
+    any_base = any(m.rel_norm is not None for m in a.finite)
+    any_amp = any(m.amplification for m in a.finite)
+    any_intr = any(m.intruders for m in a.finite)
+    any_gd = any(m.gavish_donoho_rank is not None for m in a.finite)
+    any_topk = any(m.is_top_k for m in a.finite)
     header = ["module", "kind", "shape", "r", "‖ΔW‖", "k50", "k90", "k99", "erank", "srank"]
     header += ["GD"] if any_gd else []
     header += ["listed"] if any_topk else []
@@ -83,31 +85,33 @@ def _appendix_blocks(a: Analysis) -> list:
     size = style.TINY + 0.5
 
     def short(name: str) -> str:
-        return ellipsize(plain(name[len(prefix):]), NAME_W, size)
+        return "\n".join(wrap(plain(name[len(prefix):]), NAME_W, size))
 
     rows = []
-    ordered = sorted(a.modules, key=lambda m: (m.layer is None, m.layer or 0,
+    ordered = sorted(a.finite, key=lambda m: (m.layer is None, m.layer or 0,
                                                type_sort_key(m.module_type), m.name))
+    na = "n/a"  # a metric that does not apply to the module (named in the caption)
     for m in ordered:
         row = [short(m.name), m.kind, f"{m.shape[0]}×{m.shape[1]}",
-               str(m.lora_rank) if m.lora_rank is not None else "–", text.num(m.fro_norm),
-               str(m.energy_rank.get("0.5", "–")), str(m.energy_rank.get("0.9", "–")),
-               str(m.energy_rank.get("0.99", "–")), text.num(m.effective_rank),
+               str(m.lora_rank) if m.lora_rank is not None else na, text.num(m.fro_norm),
+               *(text.rank_text(text.energy_rank_at(m, t)) for t in ("0.5", "0.9", "0.99")),
+               text.num(m.effective_rank) if m.effective_rank is not None else na,
                text.num(m.stable_rank)]
         if any_gd:
-            row.append(str(m.gavish_donoho_rank) if m.gavish_donoho_rank is not None else "–")
+            row.append(str(m.gavish_donoho_rank) if m.gavish_donoho_rank is not None else na)
         if any_topk:
             row.append(text.pct(m.energy_captured))
         if any_base:
-            row.append(text.pct(m.rel_norm) if m.rel_norm is not None else "–")
+            row.append(text.pct(m.rel_norm) if m.rel_norm is not None else na)
         if any_amp:
-            row.append(text.num(m.amplification["factor"]) if m.amplification else "–")
+            factor = m.amplification["factor"] if m.amplification else None
+            row.append(text.num(factor) if factor is not None else na)
         if any_intr:
-            row.append(text.count(m.intruders["count"]) if m.intruders else "–")
+            row.append(text.count(m.intruders["count"]) if m.intruders else na)
         rows.append(row)
     for m in a.not_finite:
-        row = [short(m.name), m.kind, "×".join(map(str, m.shape)), "–", "NaN/Inf"]
-        rows.append(row + ["–"] * (len(header) - len(row)))
+        row = [short(m.name), m.kind, "×".join(map(str, m.shape)), "NaN/Inf"]
+        rows.append(row + ["NaN/Inf"] * (len(header) - len(row)))
     table = Table(header=header, rows=rows, align="lllr" + "r" * (len(header) - 4), size=size,
                   stretch=0, row_pad=0.03)
     caption = (
@@ -120,6 +124,11 @@ def _appendix_blocks(a: Analysis) -> list:
         + ("; ‖ΔW‖/‖W‖: relative size" if any_base else "")
         + ("; ampl.: amplification factor (Table 7 layout above)" if any_amp else "")
         + ("; intr.: intruder dimensions" if any_intr else "")
+        + (". “> k”: a top-k spectrum whose k listed values hold less than that share, so the "
+           "rank exceeds k; erank and GD need the whole spectrum and are n/a for it"
+           if any_topk else "")
+        + ". n/a: does not apply (no LoRA rank for a dense ΔW; no base given; no amplification "
+          "factor when ΔW is orthogonal to W)"
         + (". Modules whose weights hold NaN/Inf are listed last, without numbers."
            if a.not_finite else ".")
     )
@@ -129,8 +138,8 @@ def _appendix_blocks(a: Analysis) -> list:
 def _excluded_blocks(a: Analysis) -> list:
     blocks = []
     if a.not_finite:
-        rows = [[ellipsize(plain(m.name), 3.6, style.SMALL), m.kind, "×".join(map(str, m.shape)),
-                 f"{m.count:,}" if m.count is not None else "–", m.reason] for m in a.not_finite]
+        rows = [["\n".join(wrap(plain(m.name), 3.6, style.SMALL)), m.kind, "×".join(map(str, m.shape)),
+                 f"{m.nonfinite:,}" if m.nonfinite else "not counted", m.problem] for m in a.not_finite]
         table = Table(header=["module", "kind", "shape", "NaN/Inf entries", "status"], rows=rows,
                       align="lllrl", stretch=4, wrap=True)
         blocks += table_blocks(table, (
@@ -138,7 +147,8 @@ def _excluded_blocks(a: Analysis) -> list:
             "Their metrics are not numbers and they appear in no figure; check the checkpoint, "
             "e.g. for an overflow in half precision during training."))
     if a.skipped:
-        rows = [[ellipsize(plain(n), 3.6, style.SMALL), plain(r) or "–"] for n, r in a.skipped]
+        rows = [["\n".join(wrap(plain(s.name), 3.6, style.SMALL)), plain(s.reason) or "no reason recorded"]
+                for s in a.skipped]
         table = Table(header=["tensor", "why it was skipped"], rows=rows, align="ll", stretch=1,
                       wrap=True)
         blocks += table_blocks(table, (
@@ -168,7 +178,7 @@ def add_analysis(doc: Document, a: Analysis) -> None:
             sections_of_part.append(doc.section(title, part=part, new_page=new_page))
             doc.add(*blocks)
 
-    if a.modules:
+    if a.finite:
         section("Intrinsic rank by layer and module type", layer_grid_blocks(a))
         section("Singular value spectra", spectra_blocks(a))
         section("How ΔW relates to W (LoRA paper §7.3)",
@@ -176,6 +186,6 @@ def add_analysis(doc: Document, a: Analysis) -> None:
                                                   amplification_grid_block(a)])
         section("Intruder dimensions", [intruder_block(a)], new_page=False)
         section("Magnitude and direction (DoRA)", [direction_block(a)], new_page=False)
-    section("Appendix: per-module metrics", _appendix_blocks(a) if (a.modules or a.not_finite)
+    section("Appendix: per-module metrics", _appendix_blocks(a) if (a.finite or a.not_finite)
             else [])
     section("Modules not analysed", _excluded_blocks(a), new_page=False)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+from deltaw.records import Analysis, Comparison
+
 from . import text
-from ._data import Analysis, Comparison, representative_layers
 from .figures_subspace import layer_block, summary_block, type_order
-from .layout import plain
+from .layout import plain, representative_layers
 from .pdf import Document
 from .title import contents_block, facts_block, findings_block, title_block, today
 
@@ -28,9 +29,9 @@ def _checkpoint_fact(c: Comparison, index: int, analyses: list[Analysis]) -> str
     if found:
         a = found[0]
         details.append(a.format or "")
-        if any(m.lora_rank is not None for m in a.modules):
-            details.append(text.rank_summary(a.modules))
-        details.append(f"{len(a.modules)} modules")
+        if any(m.lora_rank is not None for m in a.finite):
+            details.append(text.rank_summary(a.finite))
+        details.append(f"{len(a.finite)} modules")
     elif ranks:
         details.append(", ".join(f"r = {r}" for r in sorted(ranks)))
     details = [d for d in details if d]

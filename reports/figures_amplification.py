@@ -12,10 +12,12 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from deltaw.naming import type_sort_key
+from deltaw.records import Analysis, ModuleRecord
+
 from . import style, text
-from ._data import Analysis, Module, representative_layers, type_sort_key
-from .figures_layers import grid_block, grid_caption, layer_grid
-from .layout import plain
+from .figures_layers import grid_block, grid_caption, grid_scale, layer_grid
+from .layout import plain, representative_layers
 from .pdf import Block
 from .tables import Table, natural_widths, table_blocks
 
@@ -41,12 +43,12 @@ PAPER = [  # GPT-3 175B, layer 48, W_q (Hu et al. 2021, Table 7)
 ]
 
 
-def _label(m: Module) -> str:
+def _label(m: ModuleRecord) -> str:
     return f"{plain(m.module_type)}\nlayer {m.layer}" if m.layer is not None else plain(
         m.name.rsplit(".", 2)[-2] + "." + m.name.rsplit(".", 1)[-1] if "." in m.name else m.name)
 
 
-def _columns(mods: list[Module]) -> list[list[tuple[str, dict]]]:
+def _columns(mods: list[ModuleRecord]) -> list[list[tuple[str, dict]]]:
     """Groups of (header, record) columns to keep together: every module alone, or per module
     type a low, a middle and a top layer and the median."""
     if len(mods) <= 6:
@@ -82,7 +84,7 @@ def _cell(key: str, value: float, exact: bool = False) -> str:
 
 
 def amplification_table_blocks(analysis: Analysis) -> list[Block]:
-    mods = sorted((m for m in analysis.modules if m.amplification),
+    mods = sorted((m for m in analysis.finite if m.amplification),
                   key=lambda m: (type_sort_key(m.module_type), m.layer is None, m.layer or 0))
     if not mods:
         return []
@@ -130,7 +132,7 @@ def _width(cols) -> float:
     return sum(natural_widths(_table(cols)))
 
 
-def _per_layer(mods: list[Module], fn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _per_layer(mods: list[ModuleRecord], fn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Layers, and per layer the median, 25th and 75th percentile of ``fn(amplification)``."""
     by_layer: dict[int, list[float]] = {}
     for m in mods:
@@ -145,7 +147,7 @@ def _per_layer(mods: list[Module], fn) -> tuple[np.ndarray, np.ndarray, np.ndarr
 def amplification_layer_block(analysis: Analysis) -> Block | None:
     """The factor per layer and W along ΔW's directions per layer: a line per module type, or,
     with more than ``MAX_TYPE_LINES`` types, the median over all modules with its IQR band."""
-    mods = [m for m in analysis.modules if m.amplification and m.layer is not None]
+    mods = [m for m in analysis.finite if m.amplification and m.layer is not None]
     if len({m.layer for m in mods}) < 2:
         return None
     types = [t for t in analysis.types if any(m.module_type == t for m in mods)]
@@ -236,13 +238,17 @@ def _headroom(ax, rows: int) -> None:
 
 def amplification_grid_block(analysis: Analysis) -> Block | None:
     """The factor as a layer × module-type grid, when there are too many types for lines."""
-    mods = [m for m in analysis.modules if m.amplification]
+    mods = [m for m in analysis.finite if m.amplification]
     if len({m.module_type for m in mods}) <= MAX_TYPE_LINES:
         return None
     grid = layer_grid(analysis, lambda m: m.amplification["factor"] if m.amplification else None)
+    if grid is None:
+        return None
+    scale = grid_scale(grid, 0.0)
     caption = grid_caption(
         grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how "
-        "strongly ΔW amplifies directions of W that W does not emphasise (see the table and "
-        "the figure above).", text.num, len(analysis.not_finite))
+        "strongly ΔW amplifies (factor > 1) or attenuates (< 1) directions of W that W does not "
+        "emphasise (see the table and the figure above).", text.num, len(analysis.not_finite),
+        scale=scale, scale_why="0 to the largest cell")
     return grid_block(grid, title="Amplification factor", caption=caption,
-                      fmt=lambda v: text.num(v, 2))
+                      fmt=lambda v: text.num(v, 2), scale=scale)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from deltaw.records import Analysis
+
 from . import style, text
-from ._data import Analysis
 from .layout import plain
 from .pdf import Block
 
 
 def direction_block(analysis: Analysis) -> Block | None:
-    mods = [m for m in analysis.modules if m.magnitude_direction]
+    mods = [m for m in analysis.finite if m.magnitude_direction]
     if len(mods) < 3:
         return None
     types = [t for t in analysis.types if any(m.module_type == t for m in mods)]

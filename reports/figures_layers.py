@@ -13,15 +13,18 @@ from typing import Callable
 import numpy as np
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from deltaw.naming import type_sort_key
+from deltaw.records import Analysis, ModuleRecord
+
 from . import style, text
-from ._data import Analysis, Module, type_sort_key
+from .wording import Bounded, median_bounded
 from .heatmap import colorbar, heatmap
-from .layout import Region, ellipsize, plain, text_width
+from .layout import Region, line_height, text_width, type_labels
 from .pdf import Block
 
-NO_LAYER = "–"
+NO_LAYER = "none"
 MAX_CELL_W = 0.75  # inches
-MAX_LABEL_W = 1.6  # inches for a module type's name; longer ones are shortened with …
+MAX_LABEL_W = 1.6  # inches for a module type's name; longer ones are abbreviated (type_labels)
 
 
 @dataclass(frozen=True)
@@ -31,19 +34,32 @@ class Grid:
     values: np.ndarray  # (types, columns), NaN where no module
     not_finite: np.ndarray  # (types, columns) bool
     multiple: bool  # some cell holds more than one module
+    bound: np.ndarray | None = None  # (types, columns) bool: the cell's value is a lower bound
 
     @property
     def labels(self) -> list[str]:
         return [NO_LAYER if c is None else str(c) for c in self.columns]
 
+    @property
+    def is_bound(self) -> np.ndarray:
+        return np.zeros(self.values.shape, bool) if self.bound is None else self.bound
 
-def layer_grid(analysis: Analysis, value: Callable[[Module], float | None]) -> Grid | None:
-    """The median of ``value`` per (module type, layer) cell; None when no module has a value."""
-    cells: dict[tuple[str, object], list[float]] = {}
-    for m in analysis.modules:
+
+def layer_grid(analysis: Analysis,
+               value: Callable[[ModuleRecord], float | Bounded | None]) -> Grid | None:
+    """The median of ``value`` per (module type, layer) cell; None when no module has a value.
+
+    ``value`` may return a :class:`~reports.wording.Bounded` (a top-k energy rank "> k"); a
+    cell's median is then a bound when the bounds decide it (:func:`median_bounded`).
+    """
+    cells: dict[tuple[str, object], list[Bounded]] = {}
+    for m in analysis.finite:
         v = value(m)
-        if v is not None and np.isfinite(v):
-            cells.setdefault((m.module_type, m.layer), []).append(float(v))
+        if v is None:
+            continue
+        v = v if isinstance(v, Bounded) else Bounded(float(v))
+        if np.isfinite(v.value):
+            cells.setdefault((m.module_type, m.layer), []).append(v)
     if not cells:
         return None
     bad = {(m.module_type, m.layer) for m in analysis.not_finite}
@@ -53,35 +69,52 @@ def layer_grid(analysis: Analysis, value: Callable[[Module], float | None]) -> G
     columns = layers + ([None] if any(l is None for _, l in keys) else [])
     values = np.full((len(types), len(columns)), np.nan)
     flagged = np.zeros(values.shape, dtype=bool)
+    bound = np.zeros(values.shape, dtype=bool)
     for (t, l), vs in cells.items():
-        values[types.index(t), columns.index(l)] = float(np.median(vs))
+        median = median_bounded([v.value for v in vs], [v.bound for v in vs])
+        values[types.index(t), columns.index(l)] = median.value
+        bound[types.index(t), columns.index(l)] = median.bound
     for t, l in bad:
         if (t, l) not in cells:
             flagged[types.index(t), columns.index(l)] = True
-    return Grid(types, columns, values, flagged, any(len(v) > 1 for v in cells.values()))
+    return Grid(types, columns, values, flagged, any(len(v) > 1 for v in cells.values()), bound)
 
 
-def grid_caption(grid: Grid, metric: str, how_to_read: str, fmt, not_finite: int) -> str:
-    """The caption of a grid: what it shows, how to read it, the range, the empty cells."""
+def grid_caption(grid: Grid, metric: str, how_to_read: str, fmt, not_finite: int, *,
+                 scale: tuple[float, float], scale_why: str) -> str:
+    """The caption of a grid: what it shows, how to read it, the range, the colour scale, the
+    empty and bounded cells."""
     return text.caption_layer_grid(
-        metric, how_to_read, list(grid.values[np.isfinite(grid.values)]), fmt,
+        metric, how_to_read, list(grid.values[np.isfinite(grid.values) & ~grid.is_bound]), fmt,
         not_finite=not_finite, no_layer=None in grid.columns, multiple=grid.multiple,
-        missing=bool(np.any(~np.isfinite(grid.values) & ~grid.not_finite)))
+        missing=bool(np.any(~np.isfinite(grid.values) & ~grid.not_finite)),
+        bounds=int(grid.is_bound.sum()), scale=scale, scale_why=scale_why)
+
+
+def grid_scale(grid: Grid, vmin: float | None = 0.0, vmax: float | None = None) -> tuple[float, float]:
+    """The colour range: from ``vmin`` (0 unless given: equal numbers look equal, and a small
+    spread is not stretched over the whole colour map) to ``vmax`` or the largest cell."""
+    finite = grid.values[np.isfinite(grid.values)]
+    lo = float(min(finite.min(), 0.0)) if vmin is None else vmin
+    hi = float(finite.max()) if vmax is None else max(vmax, float(finite.max()))
+    return lo, hi if hi > lo else lo + 1.0
 
 
 def grid_block(grid: Grid, *, title: str, caption: str,
-               fmt: Callable[[float], str], cmap: str = style.SEQUENTIAL,
-               vmin: float | None = None, vmax: float | None = None,
-               integer: bool = False) -> Block:
-    """A heatmap block for ``grid``; height grows with the number of module types."""
-    finite = grid.values[np.isfinite(grid.values)]
-    lo = float(finite.min()) if vmin is None else vmin
-    hi = float(finite.max()) if vmax is None else vmax
+               fmt: Callable[[float], str], scale: tuple[float, float],
+               cmap: str = style.SEQUENTIAL, integer: bool = False) -> Block:
+    """A heatmap block for ``grid`` coloured over ``scale``; height grows with the module types."""
+    lo, hi = scale
     n_types = len(grid.types)
     cell_h = min(0.30, 4.2 / max(n_types, 1))
-    labels = [ellipsize(plain(t), MAX_LABEL_W, style.SMALL) for t in grid.types]
-    left = max(text_width(l, style.SMALL) for l in labels) + 0.22
+    labels = type_labels(grid.types, MAX_LABEL_W, style.SMALL)
+    left = max(text_width(line, style.SMALL) for l in labels for line in l.split("\n")) + 0.22
+    lines = max(l.count("\n") + 1 for l in labels)
+    cell_h = max(cell_h, lines * line_height(style.SMALL) * 0.95)
     height = 0.30 + n_types * cell_h + 0.45
+    texts = [[("" if not np.isfinite(v) else
+               text.rank_text(Bounded(v, True)) if b else fmt(v))
+              for v, b in zip(row, brow)] for row, brow in zip(grid.values, grid.is_bound)]
 
     def draw(region):
         # cells no wider than MAX_CELL_W, so a few layers do not stretch into long bars
@@ -91,8 +124,8 @@ def grid_block(grid: Grid, *, title: str, caption: str,
         ax = body.inset(left=left, top=0.30, bottom=0.45, right=0.1).axes()
         mesh = heatmap(
             ax, grid.values, x_labels=grid.labels, y_labels=labels,
-            vmin=lo, vmax=hi, cmap=cmap, annotate=fmt if len(grid.columns) <= 36 else None,
-            not_finite=grid.not_finite,
+            vmin=lo, vmax=hi, cmap=cmap, texts=texts if len(grid.columns) <= 36 else None,
+            not_finite=grid.not_finite, bound=grid.is_bound,
             cell_edges=len(grid.columns) <= 48, x_label="layer",
         )
         ax.set_title(title, loc="left")
@@ -106,35 +139,45 @@ def grid_block(grid: Grid, *, title: str, caption: str,
     return Block(height=height, draw=draw, caption=caption)
 
 
+def rank_limit(mods: list[ModuleRecord]) -> int:
+    """The largest rank any of ``mods`` can have: r for a LoRA/DoRA update, min(m, n) otherwise."""
+    return max((m.lora_rank if m.lora_rank is not None else min(m.shape)) for m in mods)
+
+
 def layer_grid_blocks(analysis: Analysis) -> list[Block]:
     """Energy rank (0.9), effective rank, and ‖ΔW‖_F/‖W‖_F (or ‖ΔW‖_F without a base)."""
     n_bad = len(analysis.not_finite)
     blocks = []
+    limit = rank_limit(analysis.finite)
+    limit_why = ("0 to the largest rank these modules allow (r for LoRA, min(rows, cols) for "
+                 "a dense ΔW)")
     specs = [
         ("90%-energy rank: directions holding 90% of $‖\\Delta W‖_F^2$",
-         lambda m: m.energy_rank_90, text.count, "90%-energy rank",
+         lambda m: text.energy_rank_at(m, "0.9"), text.count, "90%-energy rank",
          "Each cell is the smallest k whose top-k singular values hold 90% of the squared "
-         "Frobenius norm of ΔW; brighter cells need more directions.", None),
+         "Frobenius norm of ΔW; brighter cells need more directions.", (0.0, limit), limit_why),
         ("Effective rank (Roy & Vetterli 2007)",
          lambda m: m.effective_rank, lambda v: text.num(v, 2), "Effective rank",
          r"Effective rank is exp of the entropy of $\sigma_i/\Sigma_j\sigma_j$: the number of directions the update "
-         "spreads over, counting weak ones fractionally.", None),
+         "spreads over, counting weak ones fractionally.", (0.0, limit), limit_why),
     ]
-    if any(m.rel_norm is not None for m in analysis.modules):
+    if any(m.rel_norm is not None for m in analysis.finite):
         specs.append((f"Relative size of the update, {text.REL_NORM}",
                       lambda m: m.rel_norm, text.pct, f"Relative size {text.REL_NORM}",
-                      "Brighter cells were changed more, relative to the pretrained weights.", 0.0))
+                      "Brighter cells were changed more, relative to the pretrained weights.",
+                      None, "0 to the largest cell"))
     else:
         specs.append((f"Size of the update, {text.NORM_DW} (no base weights given)",
                       lambda m: m.fro_norm, lambda v: text.num(v, 2), f"Size {text.NORM_DW}",
                       "Brighter cells were changed more. Without the base weights the size cannot "
-                      "be set against ‖W‖.", 0.0))
-    for title, value, fmt, metric, how, vmin in specs:
+                      "be set against ‖W‖.", None, "0 to the largest cell"))
+    for title, value, fmt, metric, how, limits, why in specs:
         grid = layer_grid(analysis, value)
         if grid is None:
             continue
-        caption = grid_caption(grid, metric, how, fmt, n_bad)
-        blocks.append(grid_block(grid, title=title, caption=caption, fmt=fmt, vmin=vmin,
+        scale = grid_scale(grid, *(limits or (0.0, None)))
+        caption = grid_caption(grid, metric, how, fmt, n_bad, scale=scale, scale_why=why)
+        blocks.append(grid_block(grid, title=title, caption=caption, fmt=fmt, scale=scale,
                                  integer=fmt is text.count))
     return blocks
 
@@ -144,9 +187,10 @@ def intruder_block(analysis: Analysis) -> Block | None:
     grid = layer_grid(analysis, lambda m: m.intruders["count"] if m.intruders else None)
     if grid is None:
         return None
-    with_data = [m for m in analysis.modules if m.intruders]
+    with_data = [m for m in analysis.finite if m.intruders]
     k = int(with_data[0].intruders["k"])
     eps = with_data[0].intruders["eps"]
+    scale = grid_scale(grid, 0.0, float(max(k, 1)))
     caption = grid_caption(
         grid, "Intruder dimensions",
         f"A singular vector among the top {k} of W + ΔW is an intruder when its cosine "
@@ -154,7 +198,7 @@ def intruder_block(analysis: Analysis) -> Block | None:
         f"(Shuttleworth et al. 2024): a new direction rather than a re-weighted old one. "
         f"Counts run from 0 to {k}; LoRA adapters typically show some, full fine-tunes "
         f"almost none, and more intruders go with more forgetting.",
-        text.count, len(analysis.not_finite))
+        text.count, len(analysis.not_finite), scale=scale, scale_why=f"0 to k = {k}, the most possible")
     return grid_block(grid, title=f"Intruder dimensions among the top {k} (ε = {text.num(eps)})",
-                      caption=caption, fmt=text.count, integer=True,
-                      cmap=style.COUNTS, vmin=0.0, vmax=float(max(k, 1)))
+                      caption=caption, fmt=text.count, integer=True, cmap=style.COUNTS,
+                      scale=scale)

@@ -15,10 +15,11 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from deltaw.records import Analysis, ModuleRecord
+
 from . import style, text
-from ._data import Analysis, Module
 from .heatmap import colorbar
-from .layout import ellipsize, plain, text_width
+from .layout import abbreviate, plain, text_width
 from .pdf import Block
 
 HEIGHT = 2.75
@@ -26,20 +27,22 @@ LEGEND_H = 0.22  # a strip under the panels for the legend, so it never covers a
 MAX_POINTS = 400  # points per curve; long dense spectra are sampled on a log grid
 
 ESTIMATORS = [  # (legend label, value of a module, line style)
-    ("90% energy", lambda m: m.energy_rank_90, "-"),
     ("effective", lambda m: m.effective_rank, "--"),
     ("stable", lambda m: m.stable_rank, ":"),
     ("Gavish–Donoho", lambda m: m.gavish_donoho_rank, "-."),
 ]
 
 
-def _estimator_medians(mods: list[Module]) -> list[tuple[str, float, str]]:
-    """(label, median over modules, line style) of each rank estimator the modules have."""
-    out = []
+def _estimator_medians(mods: list[ModuleRecord]) -> list[tuple[str, float, str]]:
+    """(legend label with its value, median over modules, line style) of each rank estimator
+    the modules have. The 90%-energy median of top-k spectra may be a bound ("> k"); effective
+    and Gavish–Donoho ranks are absent for them (they need the whole spectrum)."""
+    r90 = text.median_rank(mods, "0.9")
+    out = [(f"90% energy {text.rank_text(r90)}", r90.value, "-")] if r90.value > 0 else []
     for label, value, ls in ESTIMATORS:
         vals = [value(m) for m in mods if value(m) is not None]
         if vals and float(np.median(vals)) > 0:
-            out.append((label, float(np.median(vals)), ls))
+            out.append((f"{label} {text.num(float(np.median(vals)), 3)}", float(np.median(vals)), ls))
     return out
 
 
@@ -65,12 +68,13 @@ def _median_curve(curves: list[np.ndarray]) -> np.ndarray:
     return median
 
 
-def _plottable(m: Module) -> bool:
+def _plottable(m: ModuleRecord) -> bool:
     """A spectrum with something to draw (ΔW = 0 has none)."""
     return m.fro_norm > 0 and m.singular_values.size > 0 and m.singular_values[0] > 0
 
 
-def spectra_block(module_type: str, mods: list[Module], layer_norm: Normalize | None) -> Block:
+def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normalize | None,
+                  others: list[str] = ()) -> Block:
     """The spectrum and cumulative-energy figure for the (plottable) modules of one type."""
     mods = sorted(mods, key=lambda m: (m.layer is None, m.layer or 0))
     cmap = style.layer_cmap()
@@ -82,12 +86,12 @@ def spectra_block(module_type: str, mods: list[Module], layer_norm: Normalize | 
     x_max = max([longest] + [min(at, full_rank) for _, at, _ in medians])
     top_k = any(m.is_top_k for m in mods)
     log_x = x_max > 64
-    labels = (["median"] if many else []) + [f"{l} {text.num(at, 3)}" for l, at, _ in medians]
+    labels = (["median"] if many else []) + [l for l, _, _ in medians]
     entry_w = [text_width(l, style.SMALL) + 0.45 + 0.17 for l in labels]
     ncol = len(labels) if sum(entry_w) <= style.CONTENT_W - 0.6 else (len(labels) + 1) // 2
     legend_h = LEGEND_H if ncol == len(labels) else 2 * LEGEND_H
 
-    def color(m: Module):
+    def color(m: ModuleRecord):
         if layer_norm is None or m.layer is None:
             return style.ACCENT if layer_norm is None else "#8a8a8a"
         return cmap(layer_norm(m.layer))
@@ -129,8 +133,7 @@ def spectra_block(module_type: str, mods: list[Module], layer_norm: Normalize | 
         for label, at, ls in medians:
             for ax in (ax_s, ax_c):
                 ax.axvline(at, color="#333333", lw=0.8, ls=ls, zorder=2)
-            handles.append(Line2D([], [], color="#333333", lw=0.8, ls=ls,
-                                  label=f"{label} {text.num(at, 3)}"))
+            handles.append(Line2D([], [], color="#333333", lw=0.8, ls=ls, label=label))
         if top_k and x_max > longest:
             for ax in (ax_s, ax_c):
                 ax.axvspan(longest + 0.5, x_max * 1.1 + 1, color=style.NO_DATA, zorder=0, lw=0)
@@ -154,10 +157,12 @@ def spectra_block(module_type: str, mods: list[Module], layer_norm: Normalize | 
                 ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=2))
             ax.set_xlabel("index i" if ax is ax_s else "k (leading directions)", labelpad=2)
         ax_s.set_ylabel(r"$\sigma_i\,/\,\sigma_1$", labelpad=2)
-        name = ellipsize(plain(module_type), left.w - 1.25, style.BODY, weight="bold")
-        ax_s.set_title(f"{name}: singular values", loc="left")
-        name = ellipsize(plain(module_type), right.w - 1.35, style.BODY, weight="bold")
-        ax_c.set_title(f"{name}: cumulative energy", loc="left")
+        for ax, what, room in ((ax_s, ": singular values", left.w), (ax_c, ": cumulative energy", right.w)):
+            # the module type abbreviated by the report's rule to fit beside its words, never cut
+            width = room - text_width(what, style.BODY, "bold")
+            name = abbreviate(plain(module_type), [plain(t) for t in others], width, style.BODY,
+                              weight="bold").replace("\n", "")
+            ax.set_title(name + what, loc="left")
         ax_c.set_ylabel(f"share of {text.NORM_DW2}", labelpad=2)
         region.fig.legend(handles=handles, loc="upper left", ncol=ncol,
                           bbox_to_anchor=strip.inset(left=0.55).frac(), handlelength=2.2,
@@ -186,5 +191,5 @@ def spectra_blocks(analysis: Analysis) -> list[Block]:
     for module_type in analysis.types:
         mods = [m for m in analysis.of_type(module_type) if _plottable(m)]
         if mods:
-            blocks.append(spectra_block(module_type, mods, norm))
+            blocks.append(spectra_block(module_type, mods, norm, analysis.types))
     return blocks

@@ -13,10 +13,12 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from deltaw.naming import role_of
+from deltaw.records import Comparison, PairResult, PhiRecord
+
 from . import style, text
-from ._data import Comparison, Pair, PhiModule, role_of
 from .heatmap import colorbar, heatmap
-from .layout import Region, ellipsize, plain
+from .layout import Region, abbreviate, plain, text_width
 from .pdf import Block
 
 ZOOM = 8  # the paper's zoomed corner, 1..8 × 1..8
@@ -34,43 +36,49 @@ def _shape_kind(ra: int, rb: int) -> str:
     return "wide" if rb >= 2.5 * ra else "square"
 
 
-def _panel(region: Region, values: np.ndarray, title: str, *, show_y: bool = True):
+def _panel(region: Region, values: np.ndarray, title: str, *, name: str = "",
+           others: tuple[str, ...] = (), show_y: bool = True):
+    """One φ map titled ``name`` + ``title``; the module-type ``name`` is abbreviated by the
+    report's rule (:func:`~reports.layout.abbreviate`) to fit, never cut."""
     inner = region.inset(top=TITLE_PAD, bottom=LABEL_PAD, left=0.26)
     ax = inner.axes()
     ra, rb = values.shape
     mesh = heatmap(ax, values, x_labels=[str(j) for j in range(1, rb + 1)],
                    y_labels=[str(i) for i in range(1, ra + 1)], vmin=0.0, vmax=1.0,
                    x_label="j", y_label="i" if show_y else None)
-    ax.set_title(ellipsize(title, inner.w + 0.2, style.SMALL + 0.5, weight="bold"), loc="left",
-                 fontsize=style.SMALL + 0.5)
+    size = style.SMALL + 0.5
+    if name:
+        room = inner.w + 0.2 - text_width(title, size, "bold")
+        title = abbreviate(name, list(others), room, size, weight="bold").replace("\n", "") + title
+    ax.set_title(title, loc="left", fontsize=size)
     return mesh
 
 
-def _type_column(region: Region, m: PhiModule) -> object:
+def _type_column(region: Region, m: PhiRecord, others: tuple[str, ...] = ()) -> object:
     """The maps of one module: full φ and its random baseline, then the zoomed corner."""
     ra, rb = m.ranks
     rnd = m.random_phi if m.random_phi is not None else np.full(m.phi.shape, np.nan)
     zoom = max(ra, rb) > ZOOM
-    name = plain(m.module_type)
+    named = dict(name=plain(m.module_type), others=tuple(plain(o) for o in others))
     baseline = "random baseline" if m.random_phi is not None else "random baseline: not given"
     if _shape_kind(ra, rb) == "wide":
         rows = region.rows([0.62 + TITLE_PAD + LABEL_PAD] * 2 +
                            ([_zoom_side(region) + TITLE_PAD + LABEL_PAD] if zoom else []))
-        mesh = _panel(rows[0], m.phi, f"{name}: φ(i, j), i ≤ {ra}, j ≤ {rb}")
+        mesh = _panel(rows[0], m.phi, f": φ(i, j), i ≤ {ra}, j ≤ {rb}", **named)
         _panel(rows[1], rnd, baseline)
         if zoom:
             left, right = rows[2].columns([1, 1], gap=0.1)
-            _panel(left, m.phi[:ZOOM, :ZOOM], f"{name}: zoom 1..{min(ZOOM, ra)}")
+            _panel(left, m.phi[:ZOOM, :ZOOM], f": zoom 1..{min(ZOOM, ra)}", **named)
             _panel(right, rnd[:ZOOM, :ZOOM], "random, zoom")
         return mesh
     side = _square_side(region)
     rows = region.rows([side + TITLE_PAD + LABEL_PAD] * (2 if zoom else 1))
     left, right = rows[0].columns([1, 1], gap=0.1)
-    mesh = _panel(left, m.phi, f"{name}: φ(i, j)")
+    mesh = _panel(left, m.phi, ": φ(i, j)", **named)
     _panel(right, rnd, baseline)
     if zoom:
         left, right = rows[1].columns([1, 1], gap=0.1)
-        _panel(left, m.phi[:ZOOM, :ZOOM], f"{name}: zoom 1..{ZOOM}")
+        _panel(left, m.phi[:ZOOM, :ZOOM], f": zoom 1..{ZOOM}", **named)
         _panel(right, rnd[:ZOOM, :ZOOM], "random, zoom")
     return mesh
 
@@ -100,7 +108,7 @@ def _column_height(ra: int, rb: int) -> float:
     return (_square_side() + TITLE_PAD + LABEL_PAD) * (2 if zoom else 1)
 
 
-def layer_block(c: Comparison, pair: Pair, layer, types: list[str], *,
+def layer_block(c: Comparison, pair: PairResult, layer, types: list[str], *,
                 first: bool = True) -> Block:
     """Figure-3 style maps for up to two module types of one layer; ``first`` gets the full
     caption, later ones refer back to it."""
@@ -125,7 +133,7 @@ def layer_block(c: Comparison, pair: Pair, layer, types: list[str], *,
         mesh, used = None, 0.0
         for column, m in zip(columns, mods):
             used = _column_height(*m.ranks)
-            mesh = _type_column(column.inset(bottom=column.h - used), m)
+            mesh = _type_column(column.inset(bottom=column.h - used), m, tuple(pair.types))
         colorbar(bar.inset(left=0.12, right=0.38, top=TITLE_PAD,
                            bottom=body.h - used + LABEL_PAD), mesh, "φ(i, j)",
                  ticks=[0, 0.25, 0.5, 0.75, 1])
@@ -158,7 +166,7 @@ def layer_block(c: Comparison, pair: Pair, layer, types: list[str], *,
     return Block(height=height, draw=draw, caption=caption)
 
 
-def summary_block(c: Comparison, pair: Pair) -> Block:
+def summary_block(c: Comparison, pair: PairResult) -> Block:
     """φ(1,1) per layer, and the median φ(k,k) over modules as k grows, per module type."""
     types = type_order(pair.types)
     layered = any(m.layer is not None for m in pair.modules)

@@ -61,15 +61,18 @@ def heatmap(
     vmax: float,
     cmap: str = style.SEQUENTIAL,
     annotate: Callable[[float], str] | None = None,
+    texts: Sequence[Sequence[str]] | None = None,
     not_finite: np.ndarray | None = None,
+    bound: np.ndarray | None = None,
     cell_edges: bool = False,
     x_label: str | None = None,
     y_label: str | None = None,
 ):
     """Draw ``values`` (rows × columns) on ``ax``; return the mappable for a colour bar.
 
-    ``annotate`` formats a value for display inside its cell (skipped when cells are too small
-    for ``style.TINY`` text). ``not_finite`` marks cells to hatch as NaN/Inf.
+    ``annotate`` formats a value for display inside its cell, or ``texts`` gives each cell's
+    text (skipped when cells are too small for ``style.TINY`` text). ``not_finite`` marks cells
+    to hatch as NaN/Inf; ``bound`` marks cells whose value is only a lower bound (dotted).
     """
     values = np.asarray(values, dtype=float)
     nrows, ncols = values.shape
@@ -110,8 +113,13 @@ def heatmap(
         ax.add_patch(Rectangle((c, r), 1, 1, facecolor=style.NOT_FINITE, hatch="////",
                                edgecolor="#7a7a7a", linewidth=0.0))
 
-    if annotate is not None:
+    if bound is not None:
+        for r, c in zip(*np.nonzero(np.asarray(bound))):
+            ax.add_patch(Rectangle((c, r), 1, 1, facecolor="none", hatch="..",
+                                   edgecolor="white", linewidth=0.0))
+    if texts is None and annotate is not None:
         texts = [[annotate(v) if np.isfinite(v) else "" for v in row] for row in values]
+    if texts is not None:
         longest = max((len(t) for row in texts for t in row), default=1)
         size = min(style.SMALL, 0.55 * cell_h * 72, cell_w * 72 / (0.62 * max(longest, 1)))
         if size >= style.TINY - 0.6:

@@ -124,25 +124,34 @@ def _break_word(word: str, width: float, size: float, weight: str) -> list[str]:
     return [p for p in pieces if p] or [word]
 
 
-def ellipsize(text: str, width: float, size: float, *, weight: str = "normal") -> str:
-    """``text`` shortened in the middle with ``…`` until it fits ``width`` inches.
+def abbreviate(name: str, others: list[str], width: float, size: float, *,
+               weight: str = "normal") -> str:
+    """A module name shortened by the report's one rule, never cut inside a word.
 
-    Mathtext is returned whole: cutting it would break the markup."""
-    width += 1e-6  # a column sized to its widest cell must keep that cell whole
-    if is_math(text) or text_width(text, size, weight) <= width:
-        return text
-    keep_tail = True
-    head, tail = text[: len(text) // 2], text[len(text) // 2:]
-    while head or tail:
-        if keep_tail and head:
-            head = head[:-1]
-        elif tail:
-            tail = tail[1:]
-        keep_tail = not keep_tail
-        candidate = f"{head}…{tail}"
-        if text_width(candidate, size, weight) <= width:
+    Leading dotted parts are dropped, one at a time, until the name fits ``width`` inches
+    (``attention.self.query`` → ``self.query`` → ``query``), but never so far that what is left
+    is also the end of another name in ``others`` (``attention.output.dense`` stays whole beside
+    ``output.dense``). A name that still does not fit is wrapped onto several lines at its dots.
+    Mathtext and names without dots that fit are returned as they are.
+    """
+    parts = name.split(".")
+    best = name
+    for i in range(len(parts)):
+        candidate = ".".join(parts[i:])
+        if i and any(o != name and (o == candidate or o.endswith("." + candidate)) for o in others):
+            break  # shorter would no longer tell this name from another
+        best = candidate
+        if text_width(candidate, size, weight) <= width + 1e-6:
             return candidate
-    return "…"
+    if is_math(best):
+        return best
+    return "\n".join(_break_word(best, width, size, weight))
+
+
+def type_labels(types: list[str], width: float, size: float, *, weight: str = "normal") -> list[str]:
+    """Each of ``types`` as :func:`abbreviate` shows it (``$`` escaped), beside the others."""
+    return [abbreviate(plain(t), [plain(o) for o in types], width, size, weight=weight)
+            for t in types]
 
 
 @dataclass(frozen=True)
@@ -212,3 +221,11 @@ def paragraph(region: Region, lines: list[str], *, size: float, y_top: float | N
         region.text(first_x if (n == 0 and first_x is not None) else x, y + 0.22 * step, line,
                     fontsize=size, color=color, weight=weight, va="baseline", ha="left")
     return y
+
+
+def representative_layers(layers: list, count: int = 3) -> list:
+    """A low, a middle and a top layer (all of them when there are ``count`` or fewer)."""
+    if len(layers) <= count:
+        return list(layers)
+    picks = [layers[round(i * (len(layers) - 1) / (count - 1))] for i in range(count)]
+    return list(dict.fromkeys(picks))

@@ -50,6 +50,7 @@ class Block:
     new_page: bool = False
     gap_after: float = BLOCK_GAP
     continued: bool = False  # continues the previous numbered block: same number, no increment
+    role: str | None = None  # "contents" for a contents list (see title.one_contents)
 
 
 @dataclass

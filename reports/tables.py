@@ -2,7 +2,7 @@
 
 A :class:`Table` is header + rows of strings. Columns take their natural (measured) width; the
 ``stretch`` column takes what is left, or gives it up when the table is too wide, its cells then
-wrapped (``wrap=True``) or shortened in the middle with "…". Cells may hold several lines
+wrapped at spaces (a long name at its dots, never inside a word). Cells may hold several lines
 ("\\n") and mathtext.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from . import style
-from .layout import Region, ellipsize, line_height, text_width, wrap
+from .layout import Region, line_height, text_width, wrap
 from .pdf import Block
 
 PAD = 0.07  # inches either side of a cell's text
@@ -25,7 +25,7 @@ class Table:
     align: str  # one of "l", "r", "c" per column
     size: float = style.SMALL
     stretch: int = 0  # the column that absorbs spare width or gives it up
-    wrap: bool = False  # wrap (True) or shorten (False) cells of the stretch column
+    wrap: bool = True  # every stretch cell wraps now; kept so existing callers still construct
     zebra: bool = True
     bold_first_column: bool = False
     max_width: float | None = None  # narrower than the text width, e.g. for a key/value table
@@ -68,12 +68,9 @@ def _layout(table: Table, width: float) -> tuple[list[float], list[list[list[str
             is_header = bool(table.header) and row_index == 0
             if c == table.stretch and not is_header:
                 weight = "bold" if (c == 0 and table.bold_first_column) else "normal"
-                if table.wrap:
-                    lines = [piece for line in lines
-                             for piece in wrap(line, fit_width, table.size, weight=weight)]
-                else:
-                    lines = [ellipsize(line, fit_width, table.size, weight=weight)
-                             for line in lines]
+                # wrapped at spaces, a long name at its dots: a cell is never cut mid-word
+                lines = [piece for line in lines
+                         for piece in wrap(line, fit_width, table.size, weight=weight)]
             row_cells.append(lines)
         cells.append(row_cells)
         heights.append(max(len(c) for c in row_cells) * line_height(table.size)

@@ -12,8 +12,12 @@ from collections import Counter
 
 import numpy as np
 
-from ._data import Analysis, Comparison, Module, Pair, role_of
+from deltaw.naming import role_of
+from deltaw.records import Analysis, Comparison, ModuleRecord, PairResult
+
 from .layout import plain
+from .wording import (NOISE_RULE, Bounded, difference, median_bounded, more_or_fewer,
+                      placement, scaling_verb)
 
 NORM_DW = r"$‖\Delta W‖_F$"
 NORM_DW2 = r"$‖\Delta W‖_F^2$"
@@ -91,31 +95,31 @@ def short_name(checkpoint: str) -> str:
     return plain("/".join(tail))
 
 
-def _ranks(modules: list[Module]) -> str:
+def _ranks(modules: list[ModuleRecord]) -> str:
     ranks = sorted({m.lora_rank for m in modules if m.lora_rank is not None})
     if not ranks:
         return ""
     return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {ranks[0]}–{ranks[-1]}"
 
 
-def rank_summary(modules: list[Module]) -> str:
+def rank_summary(modules: list[ModuleRecord]) -> str:
     ranks = Counter(m.lora_rank for m in modules if m.lora_rank is not None)
     if not ranks:
-        return "– (dense updates)"
+        return "none (dense updates have no LoRA rank)"
     return ", ".join(f"r = {r}" + (f" ({n} modules)" if len(ranks) > 1 else "")
                      for r, n in sorted(ranks.items()))
 
 
-def scale_summary(modules: list[Module]) -> str:
+def scale_summary(modules: list[ModuleRecord]) -> str:
     scales = Counter(round(m.scale, 6) for m in modules if m.scale is not None)
     if not scales:
-        return "–"
+        return "none (dense updates have no LoRA scale)"
     text = ", ".join(f"s = {num(s, 4)}" + (f" ({n} modules)" if len(scales) > 1 else "")
                      for s, n in sorted(scales.items()))
     return text + "  (ΔW = s·BA, s = α/r or α/√r)"
 
 
-def kind_summary(modules: list[Module]) -> str:
+def kind_summary(modules: list[ModuleRecord]) -> str:
     kinds = Counter(m.kind for m in modules)
     names = {"lora": "LoRA", "dora": "DoRA", "dense": "dense"}
     return join([f"{n} {names[k]}" for k, n in sorted(kinds.items())])
@@ -130,13 +134,155 @@ def type_phrase(module_type: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# energy ranks that may be bounds (top-k spectra)
+
+
+def energy_rank_at(m: ModuleRecord, tau: str = "0.9") -> Bounded:
+    """The τ-energy rank of a module: exact, or for a top-k spectrum whose k listed values hold
+    less than τ of ‖ΔW‖²_F, the bound k + 1 (the rank is > k)."""
+    value = (m.energy_rank or {}).get(tau)
+    if value is not None:
+        return Bounded(int(value))
+    return Bounded(len(m.singular_values) + 1, bound=True)
+
+
+def rank_text(b: Bounded) -> str:
+    """An energy rank or a median of them: ``12``, ``12.5``, or a bound ``> 16`` (≥ 17)."""
+    return b.text(count)
+
+
+def median_rank(mods: list[ModuleRecord], tau: str = "0.9") -> Bounded:
+    """The median τ-energy rank over ``mods``; a bound when the bounds of top-k spectra decide it."""
+    ranks = [energy_rank_at(m, tau) for m in mods]
+    return median_bounded([r.value for r in ranks], [r.bound for r in ranks])
+
+
+def ranks_phrase(mods: list[ModuleRecord], tau: str = "0.9") -> str:
+    """ "a median of 12 directions (range 3–40)", "8 directions in every module", or with
+    bounds "a median of ≥ 17 directions (range 3 to > 16)"."""
+    ranks = sorted((energy_rank_at(m, tau) for m in mods), key=lambda b: (b.value, b.bound))
+    if len(ranks) == 1:
+        return f"{rank_text(ranks[0])} directions"
+    lo, hi = rank_text(ranks[0]), rank_text(ranks[-1])
+    if lo == hi:
+        return f"{lo} directions in every module"
+    joint = " to " if ranks[-1].bound else "–"
+    return f"a median of {rank_text(median_rank(mods, tau))} directions (range {lo}{joint}{hi})"
+
+
+def top_k_sentence(top_k: list[ModuleRecord]) -> str:
+    """What is and is not exact for modules whose spectrum is a randomized top-k."""
+    ks = sorted({len(m.singular_values) for m in top_k})
+    short = sum(energy_rank_at(m, "0.9").bound for m in top_k)
+    return (
+        f"For {plural(len(top_k), 'module')} only the top {span(ks, str)} singular values were "
+        f"computed (randomized SVD); they hold a median "
+        f"{pct(float(np.median([m.energy_captured for m in top_k])))} of {NORM_DW2}, which is "
+        f"exact. An energy rank the listed values do not reach is reported as “> k”"
+        + (f" ({short} of them at 90%)" if short else "")
+        + ", a median over such bounds as “≥”; effective rank and Gavish–Donoho rank need the "
+          "whole spectrum and are not given for them."
+    )
+
+
+def _type_comparison(live: list[ModuleRecord], types: list[str]) -> list[str]:
+    """Query vs value (or the types needing the most and fewest directions), by the noise rule."""
+    ranks = {t: [energy_rank_at(m, "0.9") for m in live if m.module_type == t] for t in types}
+    medians = {t: median_rank([m for m in live if m.module_type == t]) for t in types}
+    roles = {role_of(t): t for t in types}
+    if any(r.bound for rs in ranks.values() for r in rs):
+        bounded = [plain(t) for t in types if any(r.bound for r in ranks[t])]
+        return [f"The 90%-energy ranks of {join(bounded)} are partly bounds (> k), so module "
+                f"types are not compared by them."]
+    values = {t: [r.value for r in rs] for t, rs in ranks.items()}
+    if "query" in roles and "value" in roles:
+        q, v = roles["query"], roles["value"]
+        sign = difference(values[v], values[q], resolution=1.0)
+        if sign == 0:
+            return [f"Value ({plain(v)}) and query projections ({plain(q)}) use about as many "
+                    f"directions: median 90%-energy rank {rank_text(medians[v])} vs "
+                    f"{rank_text(medians[q])} ({NOISE_RULE})."]
+        return [f"Value projections ({plain(v)}) use {more_or_fewer(sign)} directions than query "
+                f"projections ({plain(q)}): median 90%-energy rank {rank_text(medians[v])} vs "
+                f"{rank_text(medians[q])}."]
+    hi = max(types, key=lambda t: medians[t].value)
+    lo = min(types, key=lambda t: medians[t].value)
+    if difference(values[hi], values[lo], resolution=1.0) == 0:
+        return [f"The module types use about as many directions: median 90%-energy ranks "
+                f"{span([medians[t].value for t in types], count)} ({NOISE_RULE})."]
+    return [f"{plain(hi)} needs the most directions (median 90%-energy rank "
+            f"{rank_text(medians[hi])}), {plain(lo)} the fewest ({rank_text(medians[lo])})."]
+
+
+def _layer_extremes(live: list[ModuleRecord], layers: list[int]) -> list[str]:
+    """The layers with the highest and lowest median 90%-energy rank, when they clearly differ."""
+    ranks = {l: [energy_rank_at(m, "0.9") for m in live if m.layer == l] for l in layers}
+    ranks = {l: rs for l, rs in ranks.items() if rs}
+    if any(r.bound for rs in ranks.values() for r in rs):
+        return []  # said in the sentence on top-k spectra
+    values = {l: [r.value for r in rs] for l, rs in ranks.items()}
+    medians = {l: float(np.median(v)) for l, v in values.items()}
+    hi, lo = max(medians, key=medians.get), min(medians, key=medians.get)
+    if difference(values[hi], values[lo], resolution=1.0) == 0:
+        return [f"By depth, the 90%-energy rank is about the same in every layer (medians "
+                f"{span(list(medians.values()), count)}; {NOISE_RULE})."]
+    return [f"By depth, the 90%-energy rank is highest in layer {hi} (median "
+            f"{count(medians[hi])}) and lowest in layer {lo} ({count(medians[lo])})."]
+
+
+def _rank_estimators(live: list[ModuleRecord]) -> str:
+    """Medians of the effective and stable rank; the modules without an effective rank named."""
+    eff = [m.effective_rank for m in live if m.effective_rank is not None]
+    stable = [m.stable_rank for m in live if m.stable_rank is not None]
+    parts = []
+    if eff:
+        parts.append(f"effective rank (Roy & Vetterli) median {num(float(np.median(eff)))}"
+                     + (f" over the {len(eff)} modules with a full spectrum"
+                        if len(eff) < len(live) else ""))
+    else:
+        parts.append("effective rank not available (it needs the whole spectrum; only the top-k "
+                      "singular values were computed)")
+    if stable:
+        parts.append(f"stable rank median {num(float(np.median(stable)))}")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def amplification_sentence(amps: list) -> str:
+    """How ΔW scales W along its own directions (Hu et al. 2021, §7.3, Table 7), in words
+    decided by :func:`~reports.wording.scaling_verb` and :func:`~reports.wording.placement`."""
+    rs = sorted({int(x["r"]) for x in amps})
+    r_text = f"r = {rs[0]}" if len(rs) == 1 else f"r = {rs[0]}–{rs[-1]}"
+    factors = [x["factor"] for x in amps if x["factor"] is not None]
+    if not factors:
+        return (f"ΔW is orthogonal to W along its top {r_text} directions ({PROJ} = 0), so no "
+                f"amplification factor is defined.")
+    med = float(np.median(factors))
+    above = sum(f > 1 for f in factors)
+    sentence = (f"Along its top {r_text} directions the update {scaling_verb(med)} W: "
+                f"{NORM_DW}/{PROJ} is "
+                + (f"a median {median_and_range(factors)}" if len(factors) > 1 else
+                   num(factors[0]))
+                + (f" (factor > 1, amplifying, in {above} of {len(factors)} modules)"
+                   if 0 < above < len(factors) else "")
+                + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, W_q). ")
+    proj = float(np.median([x["proj_delta"] for x in amps]))
+    rnd = float(np.median([x["proj_random"] for x in amps]))
+    top = float(np.median([x["proj_base_top"] for x in amps]))
+    where = placement(proj, (f"random directions ({num(rnd)})", rnd),
+                      (f"W's top directions ({num(top)})", top))
+    return sentence + (f"W's own weight along ΔW's directions, median {PROJ} = {num(proj)}, "
+                       f"lies {where} (medians over modules).")
+
+
+# ---------------------------------------------------------------------------------------------
 # headline findings
 
 
 def analysis_findings(a: Analysis) -> list[str]:
     """The findings a reader should take away, in sentences computed from ``a``."""
     out: list[str] = []
-    mods = a.modules
+    mods = a.finite
     if not mods:
         out.append("No module could be analysed" + (
             ": every module's weights hold NaN/Inf." if a.not_finite else "."))
@@ -151,9 +297,6 @@ def analysis_findings(a: Analysis) -> list[str]:
         group = [m for m in live if m.kind == kind]
         if not group:
             continue
-        # A top-k spectrum short of a threshold has no rank there: leave it out of the medians.
-        r90 = [m.energy_rank["0.9"] for m in group if m.energy_rank.get("0.9") is not None]
-        r50 = [m.energy_rank["0.5"] for m in group if m.energy_rank.get("0.5") is not None]
         label = {"lora": "LoRA", "dora": "DoRA", "dense": "dense"}[kind]
         what = f"Across {plural(len(group), label + ' module')}"
         if kind != "dense" and _ranks(group):
@@ -161,58 +304,20 @@ def analysis_findings(a: Analysis) -> list[str]:
         if kind == "dense":
             dims = [min(m.shape) for m in group]
             what += f" (up to {num(max(dims), 6)} directions each)"
-        if not r90 or not r50:
-            out.append(f"{what}, the singular values computed hold less than 90% of the update's energy "
-                       "in some modules: their 90%-energy rank is above the top-k computed.")
-            continue
-        out.append(
-            f"{what}, 90% of the update's energy lies in "
-            + (f"a median of {count(float(np.median(r90)))} directions (range {span(r90, str)})"
-               if min(r90) != max(r90) else
-               f"{r90[0]} directions" + (" in every module" if len(r90) > 1 else ""))
-            + f"; half of it in {count(float(np.median(r50)))}."
-        )
+        r50 = median_rank(group, "0.5")
+        sentence = f"{what}, 90% of the update's energy lies in " + ranks_phrase(group, "0.9")
+        out.append(sentence + f"; half of it in {rank_text(r50)}.")
         top_k = [m for m in group if m.is_top_k]
         if top_k:
-            out.append(
-                f"For {plural(len(top_k), 'module')} only the top singular values were computed; "
-                f"they hold a median {pct(float(np.median([m.energy_captured for m in top_k])))} "
-                f"of {NORM_DW2} (the rank estimates use the exact total)."
-            )
+            out.append(top_k_sentence(top_k))
 
-    types = a.types
+    types = [t for t in a.types if any(m.module_type == t for m in live)]
     if len(types) >= 2:
-        med = {t: float(np.median([m.energy_rank_90 for m in live if m.module_type == t] or [0]))
-               for t in types}
-        roles = {role_of(t): t for t in types}
-        if "query" in roles and "value" in roles:
-            q, v = roles["query"], roles["value"]
-            verb = "more" if med[v] > med[q] else ("fewer" if med[v] < med[q] else "as many")
-            out.append(
-                f"Value projections ({plain(v)}) use {verb} directions than query projections "
-                f"({plain(q)}): median 90%-energy rank {count(med[v])} vs {count(med[q])}."
-            )
-        else:
-            hi, lo = max(types, key=med.get), min(types, key=med.get)
-            if med[hi] != med[lo]:
-                out.append(
-                    f"{plain(hi)} needs the most directions (median 90%-energy rank "
-                    f"{count(med[hi])}), {plain(lo)} the fewest ({count(med[lo])})."
-                )
+        out += _type_comparison(live, types)
     layers = a.layers
     if len(layers) >= 3:
-        per_layer = {l: float(np.median([m.energy_rank_90 for m in live if m.layer == l] or [0]))
-                     for l in layers}
-        hi, lo = max(layers, key=per_layer.get), min(layers, key=per_layer.get)
-        if per_layer[hi] != per_layer[lo]:
-            out.append(
-                f"By depth, the 90%-energy rank is highest in layer {hi} (median "
-                f"{count(per_layer[hi])}) and lowest in layer {lo} ({count(per_layer[lo])})."
-            )
-    out.append(
-        f"Effective rank (Roy & Vetterli) median {num(float(np.median([m.effective_rank for m in live])))}, "
-        f"stable rank median {num(float(np.median([m.stable_rank for m in live])))}."
-    )
+        out += _layer_extremes(live, layers)
+    out.append(_rank_estimators(live))
 
     rel = [m.rel_norm for m in live if m.rel_norm is not None]
     if rel:
@@ -220,19 +325,7 @@ def analysis_findings(a: Analysis) -> list[str]:
                    + (f"median {median_and_range(rel, pct)}." if len(rel) > 1 else f"{pct(rel[0])}."))
     amps = [m.amplification for m in live if m.amplification]
     if amps:
-        factors = [x["factor"] for x in amps]
-        rs = sorted({int(x["r"]) for x in amps})
-        r_text = f"r = {rs[0]}" if len(rs) == 1 else f"r = {rs[0]}–{rs[-1]}"
-        out.append(
-            f"Along its top {r_text} directions the update amplifies W by a "
-            + (f"median factor {median_and_range(factors)}" if len(factors) > 1 else
-               f"factor {num(factors[0])}")
-            + "; the paper finds ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, W_q). "
-            f"W's own weight along ΔW's directions, "
-            f"{PROJ} = {num(float(np.median([x['proj_delta'] for x in amps])))}, lies between "
-            f"random directions ({num(float(np.median([x['proj_random'] for x in amps])))}) and "
-            f"W's top directions ({num(float(np.median([x['proj_base_top'] for x in amps])))})."
-        )
+        out.append(amplification_sentence(amps))
     intr = [m for m in live if m.intruders]
     if intr:
         with_any = [m for m in intr if m.intruders["count"] > 0]
@@ -281,7 +374,7 @@ def correlation(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def pair_stats(pair: Pair) -> dict[str, dict[str, float]]:
+def pair_stats(pair: PairResult) -> dict[str, dict[str, float]]:
     """Per module type: median φ(1,1), its random baseline and the median number of leading
     directions k with φ(k,k) ≥ 0.5."""
     stats = {}
@@ -299,10 +392,25 @@ def pair_stats(pair: Pair) -> dict[str, dict[str, float]]:
     return stats
 
 
-def pair_label(comparison: Comparison, pair: Pair) -> str:
+def pair_label(comparison: Comparison, pair: PairResult) -> str:
     ra, rb = pair.modules[0].ranks if pair.modules else (0, 0)
     return (f"{short_name(comparison.checkpoints[pair.a])} (r = {ra}) vs "
             f"{short_name(comparison.checkpoints[pair.b])} (r = {rb})")
+
+
+#: φ at or above this is "shared", as the LoRA paper reads its Figure 3 (φ > 0.5).
+SHARED_PHI = 0.5
+
+
+def shared_word(phi11: float) -> str:
+    """``"shared"`` when φ(1,1) ≥ 0.5 (the top directions overlap more than half), else
+    ``"not shared"``."""
+    return "shared" if phi11 >= SHARED_PHI else "not shared"
+
+
+def _diagonal_mean(m) -> float:
+    """Mean of φ(k,k) over k = 1..min(r_a, r_b): how much the nested top-k subspaces overlap."""
+    return float(np.mean(np.diagonal(m.phi)))
 
 
 def comparison_findings(c: Comparison) -> list[str]:
@@ -314,26 +422,44 @@ def comparison_findings(c: Comparison) -> list[str]:
             out.append(f"{pair_label(c, pair)}: no common modules.")
             continue
         stats = pair_stats(pair)
-        tops = join([f"{num(s['phi11'], 2)} for {plain(t)}" for t, s in stats.items()])
-        rnd = [s["random11"] for s in stats.values() if math.isfinite(s["random11"])]
+        verdicts = {}
+        for t, s in stats.items():
+            verdicts.setdefault(shared_word(s["phi11"]), []).append(
+                f"{plain(t)} (median φ(1,1) = {num(s['phi11'], 2)})")
         sentence = (f"{pair_label(c, pair)}, {plural(len(pair.modules), 'module')}: the top "
-                    f"direction is {'shared' if max(s['phi11'] for s in stats.values()) >= 0.5 else 'not clearly shared'} "
-                    f"— median φ(1,1) = {tops}")
+                    f"direction is " + "; ".join(f"{word} for {join(items)}"
+                                                 for word, items in verdicts.items())
+                    + f" (shared: φ(1,1) ≥ {SHARED_PHI})")
+        rnd = [s["random11"] for s in stats.values() if math.isfinite(s["random11"])]
         if rnd:
-            sentence += f" (random baseline ≤ {num(max(rnd), 2)})"
+            sentence += f"; random subspaces give at most {num(max(rnd), 2)}"
         shared = join([f"{count(s['shared'])} for {plain(t)}" for t, s in stats.items()])
-        sentence += f"; leading directions with φ(k,k) ≥ 0.5: median {shared}."
+        sentence += f"; leading directions with φ(k,k) ≥ {SHARED_PHI}: median {shared}."
         out.append(sentence)
         roles = {role_of(t): t for t in stats}
         if "query" in roles and "value" in roles:
-            q, v = roles["query"], roles["value"]
-            mean = {t: float(np.mean([np.mean(np.diagonal(m.phi)) for m in pair.modules
-                                      if m.module_type == t])) for t in (q, v)}
-            more = q if mean[q] > mean[v] else v
-            out.append(f"  {type_phrase(more).capitalize()} share more directions across the "
-                       f"two runs (mean φ(k,k) {num(mean[q], 2)} for {plain(q)} vs "
-                       f"{num(mean[v], 2)} for {plain(v)}; paper, Fig. 4: W_q more than W_v).")
+            out.append(_query_value_overlap(pair, roles["query"], roles["value"]))
     return out
+
+
+def _query_value_overlap(pair: PairResult, q: str, v: str) -> str:
+    """Which projection's top-k subspaces overlap more between the two checkpoints, by the noise
+    rule; the paper's Figure 4 (two seeds at one rank) is cited only for a same-rank pair."""
+    values = {t: [_diagonal_mean(m) for m in pair.modules if m.module_type == t] for t in (q, v)}
+    med = {t: float(np.median(vs)) for t, vs in values.items()}
+    sign = difference(values[q], values[v])
+    defined = ("median over modules of the mean φ(k,k), k = 1..min(r_a, r_b): "
+               f"{num(med[q], 2)} for {plain(q)} vs {num(med[v], 2)} for {plain(v)}")
+    same_rank = len({tuple(m.ranks) for m in pair.modules if m.module_type in (q, v)}) == 1 and \
+        pair.modules[0].ranks[0] == pair.modules[0].ranks[1]
+    paper = ("; for two seeds at r = 64 Hu et al. (Figure 4) found W_q sharing more than W_v"
+             if same_rank else "")
+    if sign == 0:
+        return (f"  Query and value projections overlap about equally across the two "
+                f"checkpoints ({defined}; {NOISE_RULE}){paper}.")
+    more = q if sign > 0 else v
+    return (f"  {type_phrase(more).capitalize()} share more directions across the two "
+            f"checkpoints ({defined}){paper}.")
 
 
 BASIS_TEXT = {
@@ -348,14 +474,23 @@ BASIS_TEXT = {
 
 
 def caption_layer_grid(metric: str, how_to_read: str, values: list[float], fmt, *,
-                       not_finite: int, no_layer: bool, multiple: bool, missing: bool) -> str:
+                       not_finite: int, no_layer: bool, multiple: bool, missing: bool,
+                       bounds: int = 0, scale: tuple[float, float] | None = None,
+                       scale_why: str = "") -> str:
     text = f"{metric} per layer (columns) and module type (rows). {how_to_read}"
     if values:
-        text += f" Values span {span(values, fmt)}."
+        text += f" Exact values span {span(values, fmt)}." if bounds else \
+            f" Values span {span(values, fmt)}."
+    if scale is not None:
+        text += f" Colours run from {fmt(scale[0])} to {fmt(scale[1])} ({scale_why})."
     if multiple:
         text += " Where several modules share a cell, the cell shows their median."
+    if bounds:
+        text += (f" {plural(bounds, 'cell')} marked “> k” (dotted) hold a lower bound: the top-k "
+                 f"singular values computed hold less than 90% of the energy, so the rank "
+                 f"exceeds k; coloured at k + 1 (a median over such bounds is a bound too).")
     if no_layer:
-        text += " Column “–” holds modules without a layer index."
+        text += f" Column “none” holds modules without a layer index."
     if missing:
         text += " Light grey: no such module."
     if not_finite:
@@ -363,10 +498,9 @@ def caption_layer_grid(metric: str, how_to_read: str, values: list[float], fmt, 
     return text
 
 
-def caption_spectra(module_type: str, mods: list[Module], *, many_layers: bool) -> str:
+def caption_spectra(module_type: str, mods: list[ModuleRecord], *, many_layers: bool) -> str:
     layers = sorted({m.layer for m in mods if m.layer is not None})
     kinds = kind_summary(mods)
-    r90 = [m.energy_rank_90 for m in mods]
     parts = [
         f"Spectra of ΔW for {plain(module_type)} ({kinds}"
         + (f", {_ranks(mods)}" if _ranks(mods) else "")
@@ -377,10 +511,7 @@ def caption_spectra(module_type: str, mods: list[Module], *, many_layers: bool) 
         "One line per module, coloured by layer"
         + (", black: median over modules." if many_layers else "."),
         "Vertical lines mark the medians of the rank estimators named in the legend.",
-        (f"90% of the energy needs a median of {count(float(np.median(r90)))} directions "
-         f"(range {span(r90, str)})." if min(r90) != max(r90) else
-         f"90% of the energy needs {plural(r90[0], 'direction')}"
-         + (" in every module." if len(r90) > 1 else ".")),
+        f"90% of the energy needs {ranks_phrase(mods, '0.9')}.",
     ]
     top_k = [m for m in mods if m.is_top_k]
     if top_k:

@@ -6,7 +6,7 @@ from datetime import date
 
 from . import style
 from .layout import Region, line_height, paragraph, wrap
-from .pdf import Block, Section
+from .pdf import Block, Document, Section
 from .tables import Table, draw_table, table_height
 
 BULLET_INDENT = 0.2
@@ -58,23 +58,60 @@ def findings_block(findings: list[str], heading: str = "Headline findings") -> B
     return Block(height=height, draw=draw, kind=None, gap_after=0.3)
 
 
-def contents_block(sections: list[Section]) -> Block:
-    """Section titles with page numbers; ``sections`` may be filled in after this is made."""
+def contents_block(sections: list[Section], *, by_part: bool = False) -> Block:
+    """Section titles with page numbers; ``sections`` may be filled in after this is made.
+
+    ``by_part``: sections grouped under their part's name (bold), for a report of several
+    documents."""
     size = style.BODY
 
+    def entries() -> list[tuple[str, Section | None]]:
+        out, part = [], None
+        for section in sections:
+            if by_part and section.part != part:
+                part = section.part
+                out.append((part, None))
+            out.append((section.title, section))
+        return out
+
     def height() -> float:
-        return SUBHEAD_H + len(sections) * line_height(size) * 1.1
+        return SUBHEAD_H + len(entries()) * line_height(size) * 1.1
 
     def draw(region: Region):
         y = _subhead(region, region.h, "Contents")
         step = line_height(size) * 1.1
-        for section in sections:
+        for title, section in entries():
             y -= step
-            region.text(0.0, y, section.title, fontsize=size, va="baseline")
+            if section is None:  # a part's name
+                region.text(0.0, y, title, fontsize=size, weight="bold", va="baseline")
+                continue
+            region.text(BULLET_INDENT if by_part else 0.0, y, title, fontsize=size, va="baseline")
             region.text(region.w, y, str(section.first_page or ""), fontsize=size,
                         va="baseline", ha="right")
 
-    return Block(height=height, draw=draw, kind=None)
+    return Block(height=height, draw=draw, kind=None, role="contents")
+
+
+def one_contents(doc: Document, title: str = "deltaw report") -> None:
+    """Give a report of several documents one contents list instead of one per part.
+
+    Each part keeps its overview (title, facts, findings); their own contents lists are removed
+    and a first page lists every part and section with its page."""
+    parts = [s for s in doc.sections if any(b.role == "contents" for b in s.blocks)]
+    if len(parts) < 2:
+        return
+    for section in doc.sections:
+        section.blocks = [b for b in section.blocks if b.role != "contents"]
+    sections = list(doc.sections)
+    names = list(dict.fromkeys(s.part for s in sections))
+    cover = Section("Contents", part=title, heading=False, running_header=False)
+    cover.blocks = [
+        title_block(title, f"{len(names)} parts: " + "; ".join(names),
+                    "Each part opens with its own overview: what was analysed and the headline "
+                    "findings computed from its numbers."),
+        contents_block(sections, by_part=True),
+    ]
+    doc.sections.insert(0, cover)
 
 
 def today() -> str:

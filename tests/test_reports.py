@@ -19,7 +19,9 @@ import pytest
 
 from deltaw.errors import DeltawError
 from deltaw.reports import render, write_analysis_pdf, write_comparison_pdf
-from deltaw.reports._data import parse_analysis, parse_name, representative_layers
+from deltaw.naming import parse_module_name
+from deltaw.records import Analysis
+from deltaw.reports.layout import representative_layers
 
 # ---------------------------------------------------------------------------------------------
 # synthetic documents
@@ -264,9 +266,9 @@ def test_render_dispatches_and_puts_everything_in_one_pdf(tmp_path):
 def test_nonfinite_module_skipped_tensors_and_no_base(tmp_path):
     doc = broken_doc()
     assert all(m["amplification"] is None for m in doc["modules"])
-    analysis = parse_analysis(doc)
+    analysis = Analysis.from_json(doc)
     assert [m.name for m in analysis.not_finite] == [doc["modules"][3]["name"]]
-    assert len(analysis.modules) == 7
+    assert len(analysis.finite) == 7
     path = tmp_path / "broken.pdf"
     write_analysis_pdf([doc], path)
     assert_pdf(path)
@@ -352,19 +354,19 @@ def test_non_finite_metrics_are_never_numbers():
     doc = analysis_doc(n_layers=1)
     doc["modules"][0]["effective_rank"] = float("nan")
     doc["modules"][1]["singular_values"][0] = None  # NaN written as null by a strict JSON writer
-    analysis = parse_analysis(copy.deepcopy(doc))
-    assert [m.reason for m in analysis.not_finite] == ["metrics not finite (NaN/Inf)"] * 2
-    assert analysis.modules == []
+    analysis = Analysis.from_json(copy.deepcopy(doc))
+    assert [m.problem for m in analysis.not_finite] == ["metrics not finite (NaN/Inf)"] * 2
+    assert analysis.finite == []
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("base_model.model.model.layers.11.self_attn.q_proj", (11, "q_proj")),
-    ("encoder.layer.3.attention.self.value", (3, "value")),
+    ("base_model.model.model.layers.11.self_attn.q_proj", (11, "self_attn.q_proj")),
+    ("encoder.layer.3.attention.self.value", (3, "attention.self.value")),
     ("transformer.h.7.mlp.c_fc", (7, "mlp.c_fc")),
     ("lm_head", (None, "lm_head")),
 ])
 def test_layer_and_type_from_name(name, expected):
-    assert parse_name(name) == expected
+    assert parse_module_name(name) == expected
 
 
 def test_representative_layers():

@@ -1,0 +1,93 @@
+"""The rules that turn numbers into evaluative words, one small function per kind of claim.
+
+A report's sentences are what readers quote, so no comparative or evaluative word is written
+freehand: "amplifies", "between", "more", "highest" … come from a function here that decides
+it from the numbers, with its threshold stated and tested on both sides.
+
+- :func:`scaling_verb`: "amplifies" only when the factor is > 1, "attenuates" when < 1.
+- :func:`placement`: "between a and b" only when a < x < b; else "below"/"above" both.
+- :func:`difference`: two samples differ only when their medians are further apart than the
+  noise (two standard errors of the difference of the means) and than the resolution of the
+  quantity (one direction for a rank); otherwise they are "about equal".
+- :func:`median_bounded` (from :mod:`deltaw.bounds`): the median of values some of which are
+  only lower bounds (``> k`` for a truncated spectrum) is exact only when every way of raising
+  the bounds leaves it unchanged; otherwise it is itself a bound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from deltaw.bounds import Bounded, median_bounded  # noqa: F401  (re-exported for the report)
+
+#: The noise rule of :func:`difference`, quoted in the report where it is applied.
+NOISE_RULE = ("differences smaller than two standard errors (or than one direction, for ranks) "
+              "are called about equal")
+
+
+def scaling_verb(factor: float) -> str:
+    """``"amplifies"`` when ``factor`` > 1, ``"attenuates"`` when < 1, else ``"leaves unchanged"``.
+
+    The amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F of Hu et al. (2021, §7.3) is > 1 when ΔW is
+    larger along its directions than W is: only then does the update amplify them.
+    """
+    if not math.isfinite(factor):
+        raise ValueError(f"no verb for a factor of {factor}")
+    if factor > 1:
+        return "amplifies"
+    if factor < 1:
+        return "attenuates"
+    return "leaves unchanged"
+
+
+def placement(value: float, low: tuple[str, float], high: tuple[str, float]) -> str:
+    """Where ``value`` lies relative to two named reference values.
+
+    Parameters
+    ----------
+    value : float
+    low, high : (name, value)
+        The two references; their order is taken from their values, not from the arguments.
+
+    Returns
+    -------
+    str
+        ``"between <low> (a) and <high> (b)"`` only when a < value < b; ``"below both …"``,
+        ``"above both …"``, or ``"equal to <name> (a)"`` otherwise (values as given, formatted by
+        the caller).
+    """
+    (lo_name, lo), (hi_name, hi) = sorted([low, high], key=lambda p: p[1])
+    if lo < value < hi:
+        return f"between {lo_name} and {hi_name}"
+    if value == lo or value == hi:
+        return f"equal to {lo_name if value == lo else hi_name}"
+    if value < lo:
+        return f"below both {lo_name} and {hi_name}"
+    return f"above both {lo_name} and {hi_name}"
+
+
+def difference(a: Sequence[float], b: Sequence[float], *, resolution: float = 0.0) -> int:
+    """+1 when sample ``a`` is clearly larger than ``b``, −1 when clearly smaller, 0 when about equal.
+
+    "Clearly" means the medians differ by more than both ``resolution`` and the noise, taken as
+    two standard errors of the difference of the means, 2·sqrt(s²_a/n_a + s²_b/n_b) (sample
+    variances; a sample of one has no spread and contributes 0).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("difference of an empty sample")
+    gap = float(np.median(a) - np.median(b))
+    var = sum(float(np.var(x, ddof=1)) / x.size for x in (a, b) if x.size > 1)
+    noise = 2.0 * math.sqrt(var)
+    if abs(gap) <= max(resolution, noise):
+        return 0
+    return 1 if gap > 0 else -1
+
+
+def more_or_fewer(sign: int, *, more: str = "more", fewer: str = "fewer",
+                  equal: str = "about as many") -> str:
+    """The word for a :func:`difference` result."""
+    return {1: more, -1: fewer, 0: equal}[sign]
