@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -87,6 +88,8 @@ def load_deltas(
     fmt = detect_format(path)
     base_store = TensorStore.open(base) if base is not None else None
     deltas = _load(path, fmt, base_store, scale, require_base)
+    if base is not None and (note := base_mismatch_note(deltas.details.get("base_model_name_or_path"), base)):
+        deltas.notes.append(note)
     if base_store is None:
         return _renamed(deltas, {name: name for name in deltas})
     # Name the modules as the checkpoint spells them, not as the base does, so that a run with
@@ -158,3 +161,34 @@ def _renamed(deltas: Deltas, own: dict[str, str]) -> Deltas:
         renamed[new[name]] = d
     deltas.deltas = renamed
     return deltas
+
+
+def base_mismatch_note(declared: str | None, base: str | os.PathLike) -> str | None:
+    """A note when ``base`` does not look like the model the adapter declares it was trained on.
+
+    ``declared`` is the adapter's ``base_model_name_or_path`` (a local path or a hub id). It
+    matches when it is the same folder as ``base``, when the base's ``config.json`` names it
+    (``_name_or_path``), or when its last component is the base folder's name
+    (``sentence-transformers/all-MiniLM-L6-v2`` and ``models/all-MiniLM-L6-v2``). deltaw cannot
+    tell more without the hub, so the note asks rather than refuses.
+    """
+    if not declared:
+        return None
+    folder = Path(base)
+    folder = folder.parent if folder.is_file() else folder
+    try:
+        if Path(declared).expanduser().resolve() == folder.resolve():
+            return None
+    except OSError:
+        pass
+    config = folder / "config.json"
+    try:
+        if json.loads(config.read_text(encoding="utf-8")).get("_name_or_path") == declared:
+            return None
+    except (OSError, ValueError, AttributeError):
+        pass
+    if declared.rstrip("/").rsplit("/", 1)[-1].lower() == folder.resolve().name.lower():
+        return None
+    return (f"the adapter declares base_model_name_or_path = {declared!r}, but --base is "
+            f"{str(base)!r} (another path and name): if it is not the same model, the base "
+            "analyses measure ΔW against the wrong W")

@@ -198,3 +198,39 @@ def test_module_name_rule():
     assert module_name("model.layers.0.self_attn.q_proj") == "model.layers.0.self_attn.q_proj"
     assert module_name("transformer.h.0.attn.c_attn") == "transformer.h.0.attn.c_attn"
     assert module_name("encoder.layer.0.output.dense") == "encoder.layer.0.output.dense"
+
+
+def test_info_shows_scale_patterns_and_each_module(tmp_path):
+    make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8,
+                 rank_pattern={"v_proj": 2}, alpha_pattern={"v_proj": 8})
+    result = run("info", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    assert "rank_pattern: {'v_proj': 2}" in result.output and "alpha_pattern: {'v_proj': 8}" in result.output
+    # q_proj: s = 8/4 = 2; v_proj: s = 8/2 = 4
+    assert "scale s (ΔW = s·BA): 2 (2 modules), 4 (2 modules)" in result.output
+    assert "model.layers.0.self_attn.v_proj" in result.output
+    line = next(l for l in result.output.splitlines() if "layers.1.self_attn.v_proj" in l)
+    assert "r = 2" in line and "s = 4" in line
+    facts = json.loads(run("info", tmp_path / "a", "--json").output)
+    modules = {m["name"]: m for m in facts["module_list"]}
+    assert modules["model.layers.0.self_attn.q_proj"]["rank"] == 4
+    assert modules["model.layers.0.self_attn.q_proj"]["scale"] == pytest.approx(2.0)
+
+
+def test_a_base_other_than_the_declared_one_is_noted(adapter_pair, tmp_path):
+    import shutil
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(adapter_pair / "r8-s0", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    for declared, noted in ((str(adapter_pair / "base"), False), ("meta-llama/Llama-2-7b-hf", True),
+                            ("someone/base", False)):
+        config["base_model_name_or_path"] = declared
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+        result = run("info", adapter, "--base", adapter_pair / "base")
+        assert result.exit_code == 0, result.output
+        assert ("declares base_model_name_or_path" in result.output) is noted, declared
+    config["base_model_name_or_path"] = "meta-llama/Llama-2-7b-hf"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    result = run("analyze", adapter, "--base", adapter_pair / "base")
+    assert "note: the adapter declares base_model_name_or_path = 'meta-llama/Llama-2-7b-hf'" in result.output
