@@ -16,10 +16,13 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from deltaw.delta import DoraDelta, LowRankDelta
 from deltaw.deltas import Deltas, Skipped
 from deltaw.errors import DeltawError
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
+from deltaw.formats.structured import fit_base_shape
 from deltaw.formats.tensors import TensorStore
 
 CONFIG_NAME = "adapter_config.json"
@@ -29,13 +32,32 @@ BASE_MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
 
 # <module>.lora_A[.<adapter>].weight, <module>.lora_embedding_B[.<adapter>], …
 _LORA_KEY = re.compile(
-    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_E|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
     r"(?:\.(?!weight$|bias$)[^.]+)?(?:\.(?P<param>weight|bias))?$"
 )
 
 
-def read_config(folder: Path) -> dict:
-    """Read and validate ``adapter_config.json`` for the fields ΔW depends on."""
+#: PEFT methods with a weight update deltaw reads, and the config fields their ΔW depends on.
+#: LoRA-family types share this reader; the others have their own modules.
+NUMERIC_FIELDS = {
+    "LORA": ("r", "lora_alpha"),
+    "ADALORA": ("init_r", "lora_alpha"),
+    "LOHA": ("r", "alpha"),
+    "LOKR": ("r", "alpha"),
+    "VERA": ("r",),
+    "OFT": ("r", "oft_block_size"),
+}
+
+
+def read_config(folder: Path, methods: tuple[str, ...] = ("LORA",)) -> dict:
+    """Read and validate ``adapter_config.json`` for the fields ΔW depends on.
+
+    Parameters
+    ----------
+    folder : Path
+    methods : tuple of str
+        The ``peft_type`` values accepted (default: LoRA only); any other is one clear line.
+    """
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise DeltawError(f"{folder}: no {CONFIG_NAME}; is this a PEFT adapter folder?")
@@ -48,14 +70,16 @@ def read_config(folder: Path) -> dict:
     if not isinstance(config, dict):
         raise DeltawError(f"{path}: expected a JSON object")
     peft_type = str(config.get("peft_type", "LORA")).upper()
-    if peft_type != "LORA":
+    if peft_type not in methods:
+        known = ", ".join(m for m in NUMERIC_FIELDS if m in methods)
         raise DeltawError(
-            f"{path}: PEFT method {peft_type} has no low-rank update ΔW = BA; "
-            "deltaw analyzes LoRA and DoRA adapters (and full fine-tunes against their base)"
+            f"{path}: PEFT method {peft_type} is not supported; deltaw analyzes {known} adapters "
+            "(and full fine-tunes against their base)"
         )
-    for key in ("r", "lora_alpha"):
+    config["peft_type"] = peft_type
+    for key in NUMERIC_FIELDS[peft_type]:
         if not isinstance(config.get(key), (int, float)) or isinstance(config.get(key), bool):
-            raise DeltawError(f"{path}: missing or non-numeric {key!r}; the scale α/r needs both")
+            raise DeltawError(f"{path}: missing or non-numeric {key!r}; ΔW's scale depends on it")
     return config
 
 
@@ -92,8 +116,13 @@ def adapter_weights_file(folder: Path) -> Path:
 
 
 def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True) -> Deltas:
-    """Read a PEFT LoRA/DoRA adapter folder into :class:`Deltas` (see the module docstring)."""
-    config = read_config(folder)
+    """Read a PEFT adapter folder into :class:`Deltas`: LoRA, DoRA and AdaLoRA here; LoHa, LoKr,
+    VeRA and OFT through their modules (see the module docstring)."""
+    config = read_config(folder, tuple(NUMERIC_FIELDS))
+    if config["peft_type"] not in ("LORA", "ADALORA"):
+        from deltaw.formats import peft_methods  # imports this module
+
+        return peft_methods.load(folder, config, base, require_base)
     store = TensorStore([adapter_weights_file(folder)], folder)
     parts: dict[str, dict[str, str]] = defaultdict(dict)
     replaced, out_of_band = [], []
@@ -129,9 +158,11 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
             "is this the base model the adapter was trained on?"
         )
     out.details = {
-        "peft_type": "LORA",
+        "peft_type": config["peft_type"],
         "base_model_name_or_path": config.get("base_model_name_or_path"),
-        "r": config["r"],
+        "r": config.get("r"),
+        **({"init_r": config["init_r"], "target_r": config.get("target_r")}
+           if config["peft_type"] == "ADALORA" else {}),
         "lora_alpha": config["lora_alpha"],
         "use_rslora": bool(config.get("use_rslora")),
         "use_dora": bool(config.get("use_dora")),
@@ -160,28 +191,25 @@ def _module_delta(module, keys, store, config, base, matcher, out, require_base)
     shape = (b_shape[0], *a_shape[1:])
     if transposed:
         shape = (shape[1], shape[0])
-    name, read_base = module, None
-    if base is not None:
-        base_key = matcher.match(module + ".weight")
-        if base_key is None:
-            out.skipped.append(Skipped(module, "no module of this name in the base"))
+    paired = pair_with_base(module, shape, base, matcher, out)
+    if paired is None:
+        return None
+    name, read_base, shape = paired
+    read_A, read_B, scale = store.reader(a_key), store.reader(b_key), None
+    if config["peft_type"] == "ADALORA":
+        if "lora_E" not in keys:
+            out.skipped.append(Skipped(module, "AdaLoRA module without its singular values lora_E"))
             return None
-        if tuple(base.shape(base_key)) != shape:
-            out.skipped.append(
-                Skipped(module, f"ΔW shape {list(shape)} differs from the base's {list(base.shape(base_key))}")
-            )
-            return None
-        name = base_key.removesuffix(".weight")
-        read_base = base.reader(base_key)
+        read_A, read_B, rank, scale = _adalora(store, a_key, b_key, keys["lora_E"], config)
     bias_key = keys.get("lora_B.bias")
     lowrank = LowRankDelta(
         name=name,
         shape=shape,
         read_base=read_base,
-        read_A=store.reader(a_key),
-        read_B=store.reader(b_key),
+        read_A=read_A,
+        read_B=read_B,
         rank=rank,
-        scale=scale_for(config, module, rank),
+        scale=scale_for(config, module, rank) if scale is None else scale,
         transposed=transposed,
         read_bias=store.reader(bias_key) if bias_key else None,
     )
@@ -196,3 +224,44 @@ def _module_delta(module, keys, store, config, base, matcher, out, require_base)
     return DoraDelta(name=name, shape=shape, read_base=read_base, lowrank=lowrank,
                      read_magnitude=store.reader(magnitude_key))
 
+
+
+def pair_with_base(module: str, shape: tuple[int, ...], base: TensorStore | None, matcher: NameMatcher | None,
+                   out: Deltas):
+    """(name, read_base, shape) of an adapter module paired with its base weight.
+
+    Without a base: the module path, no reader, the adapter's shape. With one: the base's name
+    and reader, and the base's shape where the adapter stores the same matrix with a conv kernel
+    flattened. None when there is no such base weight or its shape differs; the module is then
+    listed in ``out.skipped`` with the reason.
+    """
+    if base is None:
+        return module, None, shape
+    base_key = matcher.match(module + ".weight")
+    if base_key is None:
+        out.skipped.append(Skipped(module, "no module of this name in the base"))
+        return None
+    base_shape = tuple(base.shape(base_key))
+    fitted = fit_base_shape(shape, base_shape)
+    if fitted is None:
+        out.skipped.append(Skipped(module, f"ΔW shape {list(shape)} differs from the base's {list(base_shape)}"))
+        return None
+    return base_key.removesuffix(".weight"), base.reader(base_key), fitted
+
+
+def _adalora(store: TensorStore, a_key: str, b_key: str, e_key: str, config: dict):
+    """AdaLoRA's ΔW = B (A ⊙ E) · scaling / (ranknum + 1e-5) as LoRA factors (Zhang et al. 2023, eq. 3).
+
+    PEFT sets scaling = lora_alpha (init_r when lora_alpha is 0) and ranknum = init_r, the rank
+    every module is created with; a rank_pattern only shrinks the stored tensors. Ranks whose
+    singular value E was pruned to 0 add nothing and are dropped (E is r numbers, read now).
+    """
+    E = store.get(e_key).reshape(-1)
+    keep = torch.nonzero(E != 0).reshape(-1)
+    if len(keep) == 0:  # an untrained or fully pruned module: ΔW = 0, kept as one zero rank
+        keep = torch.arange(min(1, len(E)))
+    init_r = config["init_r"]
+    scale = (config["lora_alpha"] if config["lora_alpha"] > 0 else init_r) / (init_r + 1e-5)
+    read_A = lambda: (store.get(a_key) * store.get(e_key).reshape(-1, 1))[keep]  # noqa: E731
+    read_B = lambda: store.get(b_key)[:, keep]  # noqa: E731
+    return read_A, read_B, len(keep), scale

@@ -1,0 +1,125 @@
+"""PEFT LoHa, LoKr, AdaLoRA, VeRA and OFT adapters: ΔW against PEFT's own merge_and_unload(),
+spectra against numpy float64 SVDs of that ΔW."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import deltaw
+from builders import save_model, tiny_llama
+
+LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+class ConvNet(torch.nn.Module):
+    """A 3×3 conv, a 1×1 conv and a linear layer: the module kinds LyCORIS methods target."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(16, 32, 3)
+        self.point = torch.nn.Conv2d(32, 32, 1)
+        self.proj = torch.nn.Linear(32, 64)
+
+
+def peft_adapter(model, folder, config):
+    """Save ``model`` wrapped with ``config`` and return PEFT's merged state dict (no prefixes)."""
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    peft_model.save_pretrained(folder)
+    merged = peft_model.merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def llama_base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("llama-base")
+    model = tiny_llama()
+    save_model(model, folder)
+    return folder, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def conv_base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("conv-base")
+    state = {k: v.clone() for k, v in ConvNet().state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    return folder, state
+
+
+def check_against_merge(deltas, base_state, merged, kinds, methods):
+    """ΔW = merged − base for every module; its spectrum = the float64 SVD of that ΔW."""
+    assert len(deltas) > 0
+    assert {d.kind for d in deltas.values()} == kinds
+    for name, d in deltas.items():
+        expected = merged[name + ".weight"].double() - base_state[name + ".weight"].double()
+        assert tuple(d.shape) == tuple(expected.shape), name
+        dense = d.to_dense(torch.float64)
+        # The merge is float32 (rounding ~1e-7 relative); the spectrum's oracle is the float64
+        # SVD of ΔW formed in float64 from the same stored tensors.
+        torch.testing.assert_close(dense, expected, atol=1e-6, rtol=1e-5, msg=name)
+        result = deltaw.svd(d, dtype=torch.float64)
+        assert result.method in methods, (name, result.method)
+        exact = np.linalg.svd(dense.reshape(dense.shape[0], -1).numpy(), compute_uv=False)
+        q = len(result.S)
+        np.testing.assert_allclose(result.S.numpy(), exact[:q], rtol=1e-9, atol=1e-12 * exact[0])
+        assert np.all(exact[q:] <= 1e-12 * exact[0])  # nothing left out
+        np.testing.assert_allclose(result.energy, (exact**2).sum(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("options, kinds, methods", [
+    (dict(r=2, alpha=8), {"loha"}, {"factored"}),
+    (dict(r=4, alpha=3, rank_pattern={"v_proj": 2}, alpha_pattern={"layers.1.mlp.down_proj": 5}), {"loha"}, {"factored"}),
+    (dict(r=8, alpha=8), {"loha"}, {"full"}),  # r² = 64 > min(m, n)/2: formed, labelled "full"
+], ids=["small", "patterns", "dense"])
+def test_peft_loha_matches_merge(tmp_path, llama_base, options, kinds, methods):
+    from peft import LoHaConfig
+
+    base_folder, base_state = llama_base
+    merged = peft_adapter(tiny_llama(), tmp_path / "a", LoHaConfig(target_modules=LLAMA_TARGETS, init_weights=False,
+                                                                  **options))
+    deltas = deltaw.load_deltas(tmp_path / "a", base=base_folder)
+    check_against_merge(deltas, base_state, merged, kinds, methods)
+    assert deltas.details["peft_type"] == "LOHA" and deltas.details["alpha"] == options["alpha"]
+    assert set(deltaw.load_deltas(tmp_path / "a")) == set(deltas)
+
+
+@pytest.mark.parametrize("options", [
+    dict(r=4, alpha=8),  # both halves full: s = α/r still
+    dict(r=2, alpha=3, decompose_both=True, decompose_factor=4),  # W1 factored, W2 factored
+    dict(r=2, alpha=6, rank_pattern={"q_proj": 1}, decompose_factor=8),
+], ids=["full-halves", "decompose-both", "pattern"])
+def test_peft_lokr_matches_merge(tmp_path, llama_base, options):
+    from peft import LoKrConfig
+
+    base_folder, base_state = llama_base
+    merged = peft_adapter(tiny_llama(), tmp_path / "a", LoKrConfig(target_modules=LLAMA_TARGETS, init_weights=False,
+                                                                  **options))
+    deltas = deltaw.load_deltas(tmp_path / "a", base=base_folder)
+    check_against_merge(deltas, base_state, merged, {"lokr"}, {"kronecker"})
+    alone = deltaw.load_deltas(tmp_path / "a")
+    d = next(iter(alone.values()))
+    assert d.kind == "lokr" and d.read_base is None
+
+
+@pytest.mark.parametrize("effective", [False, True], ids=["flat", "tucker"])
+@pytest.mark.parametrize("method", ["loha", "lokr"])
+def test_peft_conv_layers_match_merge(tmp_path, conv_base, method, effective):
+    from peft import LoHaConfig, LoKrConfig
+
+    base_folder, base_state = conv_base
+    config = (LoHaConfig if method == "loha" else LoKrConfig)(
+        r=2, alpha=3, target_modules=["conv", "point", "proj"], init_weights=False, use_effective_conv2d=effective)
+    merged = peft_adapter(ConvNet(), tmp_path / "a", config)
+    deltas = deltaw.load_deltas(tmp_path / "a", base=base_folder)
+    from safetensors import safe_open
+
+    keys = list(safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), "pt").keys())
+    assert any(k.endswith(("hada_t1", "lokr_t2")) for k in keys) == effective  # the Tucker layout was made
+    assert deltas["conv"].shape == (32, 16, 3, 3)
+    check_against_merge(deltas, base_state, merged, {method},
+                        {"factored", "full"} if method == "loha" else {"kronecker"})
