@@ -27,7 +27,8 @@ import torch
 
 from deltaw._inputs import check_dtype, is_transposed
 from deltaw.amplify import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap
-from deltaw.delta import Delta, DenseDelta, DoraDelta, LowRankDelta
+from deltaw.cache import Cache
+from deltaw.delta import Delta, DenseDelta, DoraDelta, KroneckerDelta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction
 from deltaw.errors import DeltawError
@@ -64,15 +65,16 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
     Returns
     -------
     SpectralSummary
-        Energy ranks use the exact ‖ΔW‖²_F (None where a top-k does not reach the fraction);
-        effective rank is computed on the listed values (for a randomized top-k that is the
-        effective rank of the top-k part: ``svd_method`` says which); numerical rank counts among
-        the listed values.
+        Energy ranks use the exact ‖ΔW‖²_F; where a top-k does not reach the fraction the entry
+        is None and ``energy_rank_above`` holds k (the rank exceeds k). Effective rank needs the
+        whole spectrum (Roy & Vetterli's p = σ/Σσ runs over every value, and the unlisted tail
+        can move it either way): None for a top-k. Numerical rank counts among the listed values.
     """
     S = result.S.double().cpu().numpy()
     eps = torch.finfo(dtype).eps
     energy = float(result.energy)
     captured = 1.0 if energy <= 0 else min(1.0, float((S**2).sum()) / energy)
+    top_k = not lowrank and S.size < min(shape)
     ranks = energy_ranks(S, energy)
     return SpectralSummary(
         fro_norm=math.sqrt(energy),
@@ -80,7 +82,8 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
         svd_method=result.method,
         energy_captured=captured,
         energy_rank=ranks,
-        effective_rank=effective_rank(S),
+        energy_rank_above={t: int(S.size) for t, k in ranks.items() if k is None} or None,
+        effective_rank=None if top_k else effective_rank(S),
         stable_rank=stable_rank(S, energy),
         numerical_rank=numerical_rank(S, shape, eps=eps),
         gavish_donoho_rank=None if lowrank else gavish_donoho_rank(S, shape),
@@ -112,9 +115,9 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     or DoRA ΔW is formed once here from tensors read once, and returned, with W, as a
     :class:`_FormedDelta`.
     """
-    if isinstance(d, LowRankDelta):
-        return d, _nonfinite(d.read_A(), d.read_B())
-    base = d.read_base()
+    if d.structured:  # LoRA, LoHa, LoKr: decomposed from their parts, ΔW never formed
+        return d, _nonfinite(*d.parts())
+    base = d.read_base() if d.read_base is not None else None  # a LoHa formed densely needs none
     if isinstance(d, DoraDelta):
         bad = _nonfinite(d.lowrank.read_A(), d.lowrank.read_B(), d.read_magnitude(), base)
         once = replace(d, read_base=lambda: base)
@@ -130,7 +133,8 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     bad = _nonfinite(delta, W)  # finite inputs can still overflow
     if bad:
         return d, bad
-    return _FormedDelta(name=d.name, shape=d.matrix_shape, read_base=lambda: W, formed=delta), 0
+    return _FormedDelta(name=d.name, shape=d.matrix_shape, read_base=None if W is None else (lambda: W),
+                        formed=delta), 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,11 +149,12 @@ class _Options:
     seed: int
     device: torch.device
     dtype: torch.dtype
+    cache: Cache | None = None  # base SVDs from / to the on-disk cache (deltaw.cache)
 
 
 def _identity(d: Delta) -> dict:
     layer, module_type = parse_module_name(d.name)
-    lowrank = isinstance(d, (LowRankDelta, DoraDelta))
+    lowrank = isinstance(d, (LowRankDelta, DoraDelta, KroneckerDelta))
     return dict(name=d.name, kind=d.kind, shape=tuple(d.matrix_shape), layer=layer, module_type=module_type,
                 lora_rank=d.rank if lowrank else None, scale=float(d.scale) if lowrank else None)
 
@@ -159,7 +164,7 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
     identity = _identity(original)
     if not bool(torch.isfinite(result.S).all()) or not math.isfinite(result.energy):
         return ModuleRecord(**identity, nonfinite=max(1, _nonfinite(result.S)))
-    lowrank = isinstance(view, LowRankDelta)
+    lowrank = view.structured
     summary = spectral_summary(result, view.matrix_shape, lowrank=lowrank, dtype=opts.dtype)
     record = ModuleRecord(**identity, **{f.name: getattr(summary, f.name) for f in fields(summary)})
     W = view.base(opts.dtype)
@@ -169,7 +174,11 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
     if bad:
         return ModuleRecord(**identity, nonfinite=bad)
     W = W.to(opts.device)
-    W_svd = base_svd(W, dtype=opts.dtype, device=opts.device)
+    if opts.cache is None:
+        W_svd = base_svd(W, dtype=opts.dtype, device=opts.device)
+    else:
+        W_svd, record.base_svd_cached = opts.cache.base_svd(
+            W, lambda: base_svd(W, dtype=opts.dtype, device=opts.device))
     record.base_fro_norm = math.sqrt(W_svd.energy)
     common = dict(device=opts.device, dtype=opts.dtype)
     record.amplification = amplification(view, W, opts.rank, opts.seed, delta_svd=result, W_svd=W_svd, **common)
@@ -195,7 +204,7 @@ def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> N
         if d.read_base is not None:
             # Only a LoRA can be analysed without its base; a dense ΔW is W_ft − W.
             without_base = "analyze without --base (spectra and ranks need no base), or " \
-                if isinstance(d, LowRankDelta) else ""
+                if d.structured else ""
             check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
                          what="the base analyses (a full SVD of W, and W + ΔW formed)",
                          alternative=f"{without_base}leave this module out with --modules")
@@ -219,7 +228,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
             device="auto", dtype: torch.dtype = torch.float32, top_k: int | None = None,
             rank: int | None = None, modules: str | None = None, scale: float | None = None,
             intruder_k: int = DEFAULT_K, intruder_eps: float = DEFAULT_EPS, seed: int = 0,
-            progress: Progress | None = None) -> Analysis:
+            progress: Progress | None = None, cache: Cache | None = None) -> Analysis:
     """Analyse every ΔW of a checkpoint; the library side of ``deltaw analyze``.
 
     Parameters
@@ -251,6 +260,9 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
         Seeds the randomized SVD and the random baseline of the amplification.
     progress : callable(done, total, name), optional
         Called after each module (the CLI draws a progress bar with it).
+    cache : deltaw.cache.Cache, optional
+        Where W's SVDs are kept between runs (``deltaw analyze`` uses the user cache folder);
+        each module's ``base_svd_cached`` says whether its SVD was read from it. None: no cache.
 
     Returns
     -------
@@ -285,12 +297,12 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     device = resolve_device(device)
     deltas = checkpoint if isinstance(checkpoint, Deltas) else load_deltas(checkpoint, base, scale=scale)
     selected = _select(deltas, modules)
-    opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype)
+    opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype, cache)
     _check_memory(selected, top_k, opts)
     analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
                         skipped=list(deltas.skipped),
                         notes=list(deltas.notes))
-    if top_k is not None and any(not isinstance(d, LowRankDelta) for d in selected):
+    if top_k is not None and any(not d.structured for d in selected):
         analysis.notes.append(f"dense ΔW: top-{top_k} singular values by randomized SVD (svd_method); "
                               "‖ΔW‖_F and energy fractions are exact")
 
@@ -317,7 +329,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
             yield view
 
     # LoRA keeps its exact, complete spectrum; dense ΔW gets top_k. One stream per run, in order.
-    for lowrank, run in itertools.groupby(finite_views(), key=lambda v: isinstance(v, LowRankDelta)):
+    for lowrank, run in itertools.groupby(finite_views(), key=lambda v: v.structured):
         for view, result in svd_many(run, None if lowrank else top_k, device=device, dtype=dtype, seed=seed):
             i, original = originals.pop(id(view))
             finish(i, _measure(original, view, result, opts))

@@ -138,12 +138,8 @@ def type_phrase(module_type: str) -> str:
 
 
 def energy_rank_at(m: ModuleRecord, tau: str = "0.9") -> Bounded:
-    """The τ-energy rank of a module: exact, or for a top-k spectrum whose k listed values hold
-    less than τ of ‖ΔW‖²_F, the bound k + 1 (the rank is > k)."""
-    value = (m.energy_rank or {}).get(tau)
-    if value is not None:
-        return Bounded(int(value))
-    return Bounded(len(m.singular_values) + 1, bound=True)
+    """The τ-energy rank of a module, exact or a bound "> k" (:meth:`ModuleRecord.energy_rank_at`)."""
+    return m.energy_rank_at(tau)
 
 
 def rank_text(b: Bounded) -> str:
@@ -176,12 +172,13 @@ def top_k_sentence(top_k: list[ModuleRecord]) -> str:
     short = sum(energy_rank_at(m, "0.9").bound for m in top_k)
     return (
         f"For {plural(len(top_k), 'module')} only the top {span(ks, str)} singular values were "
-        f"computed (randomized SVD); they hold a median "
-        f"{pct(float(np.median([m.energy_captured for m in top_k])))} of {NORM_DW2}, which is "
-        f"exact. An energy rank the listed values do not reach is reported as “> k”"
-        + (f" ({short} of them at 90%)" if short else "")
-        + ", a median over such bounds as “≥”; effective rank and Gavish–Donoho rank need the "
-          "whole spectrum and are not given for them."
+        f"computed (randomized SVD, Halko et al. 2011); they hold a median "
+        f"{pct(float(np.median([m.energy_captured for m in top_k])))} of {NORM_DW2}. "
+        f"{NORM_DW} is exact; the listed values are estimates, each at most the true σᵢ. "
+        f"An energy rank the listed values do not reach is given as “> k”"
+        + (f" ({short} of {len(top_k)} at 90%)" if short else "")
+        + ", and a median over such bounds as a bound; effective and Gavish–Donoho ranks need "
+          "the whole spectrum and are not given for them."
     )
 
 

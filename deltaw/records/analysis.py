@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from deltaw.bounds import Bounded
 from deltaw.errors import DeltawError
 from deltaw.naming import parse_module_name, type_sort_key
 from deltaw.records._base import FieldAccess, Grid, Record, Vector, deltaw_version, utc_now
@@ -105,8 +106,13 @@ class SpectralSummary(Record):
     energy_rank : dict
         ``{"0.5": k, "0.9": k, "0.99": k}``: the smallest k with Σ_{i≤k} σᵢ² ≥ τ‖ΔW‖²_F; an
         entry is None only when the listed top-k values do not reach that fraction.
-    effective_rank : float
-        exp of the entropy of σ/Σσ (Roy & Vetterli 2007), on the listed values.
+    energy_rank_above : dict or None
+        ``{"0.9": k, …}`` for each fraction τ the k listed values of a top-k spectrum do not
+        reach: the τ-energy rank is > k (a lower bound, not a missing value). None when every
+        energy rank is exact. See :meth:`ModuleRecord.energy_rank_at`.
+    effective_rank : float or None
+        exp of the entropy of σ/Σσ (Roy & Vetterli 2007). None for a top-k spectrum: the
+        distribution σ/Σσ runs over every value, and the unlisted tail can move it either way.
     stable_rank : float
         ‖ΔW‖²_F / σ₁².
     numerical_rank : int
@@ -122,6 +128,7 @@ class SpectralSummary(Record):
     svd_method: str | None = None
     energy_captured: float | None = None
     energy_rank: dict[str, int | None] | None = None
+    energy_rank_above: dict[str, int] | None = None
     effective_rank: float | None = None
     stable_rank: float | None = None
     numerical_rank: int | None = None
@@ -152,6 +159,9 @@ class ModuleRecord(SpectralSummary):
         The base analyses.
     base_overlap : ndarray, (i, j) or None
         Fig. 8 φ of ΔW's top-i directions against W's top-j.
+    base_svd_cached : bool or None
+        Whether W's SVD was read from the on-disk cache (:mod:`deltaw.cache`); None without a
+        base or without a cache.
     nonfinite : int
         NaN/Inf entries in the module's tensors (0 for a sound module).
     """
@@ -168,6 +178,7 @@ class ModuleRecord(SpectralSummary):
     intruders: Intruders | None = None
     magnitude_direction: MagnitudeDirection | None = None
     base_overlap: Grid | None = None
+    base_svd_cached: bool | None = None
     nonfinite: int = 0
 
     def __post_init__(self):
@@ -189,8 +200,9 @@ class ModuleRecord(SpectralSummary):
         """Why the module's numbers cannot be used (NaN/Inf), or None for a sound module."""
         if self.nonfinite:
             return "NaN/Inf in weights"
-        numbers = (self.fro_norm, self.effective_rank, self.stable_rank)
-        if any(x is None for x in numbers) or not np.all(np.isfinite(self.singular_values)):
+        numbers = (self.fro_norm, self.stable_rank)
+        missing_effective = self.effective_rank is None and not self.is_top_k  # top-k: none by design
+        if any(x is None for x in numbers) or missing_effective or not np.all(np.isfinite(self.singular_values)):
             return "metrics not finite (NaN/Inf)"
         return None
 
@@ -208,6 +220,15 @@ class ModuleRecord(SpectralSummary):
         """The 90 %-energy rank; NaN (drawn as missing) when a top-k spectrum does not reach 90 %."""
         value = (self.energy_rank or {}).get("0.9")
         return float("nan") if value is None else int(value)
+
+    def energy_rank_at(self, tau: str = "0.9") -> Bounded:
+        """The τ-energy rank: exact, or for a top-k spectrum whose k listed values hold less
+        than τ of ‖ΔW‖²_F the bound k + 1 (``Bounded(k + 1, bound=True)``: the rank is > k)."""
+        value = (self.energy_rank or {}).get(tau)
+        if value is not None:
+            return Bounded(int(value))
+        above = (self.energy_rank_above or {}).get(tau, len(self.singular_values))
+        return Bounded(int(above) + 1, bound=True)
 
     @property
     def is_top_k(self) -> bool:

@@ -1,0 +1,169 @@
+"""The rules that turn numbers into words (reports/wording.py) and the sentences built with them.
+
+Each rule is tested on both sides of its threshold; the findings tests rebuild the cases seen
+in real reports (issue 17): an attenuating "amplification", a projection below both baselines,
+equal ranks, top-k spectra short of 90 %, a rank comparison of φ against a seed comparison.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deltaw.records import Amplification, Analysis, ModuleRecord
+from deltaw.reports import text
+from deltaw.reports.wording import (difference, median_bounded, more_or_fewer, placement,
+                                    scaling_verb)
+
+# ---------------------------------------------------------------------------------------------
+# the rules
+
+
+@pytest.mark.parametrize("factor, verb", [(1.0001, "amplifies"), (21.5, "amplifies"),
+                                          (0.9999, "attenuates"), (0.54, "attenuates"),
+                                          (1.0, "leaves unchanged")])
+def test_scaling_verb_threshold_is_one(factor, verb):
+    assert scaling_verb(factor) == verb
+
+
+@pytest.mark.parametrize("value, expected", [
+    (4.1, "below both random (4.39) and top (21.2)"),
+    (4.4, "between random (4.39) and top (21.2)"),
+    (21.3, "above both random (4.39) and top (21.2)"),
+    (4.39, "equal to random (4.39)"),
+])
+def test_placement_says_between_only_when_it_is(value, expected):
+    assert placement(value, ("random (4.39)", 4.39), ("top (21.2)", 21.2)) == expected
+    # the order of the references does not matter
+    assert placement(value, ("top (21.2)", 21.2), ("random (4.39)", 4.39)) == expected
+
+
+def test_difference_inside_resolution_or_noise_is_about_equal():
+    assert difference([1, 1, 1], [1, 1, 1], resolution=1) == 0
+    assert difference([2], [1], resolution=1) == 0  # one direction: within a rank's resolution
+    assert difference([3], [1], resolution=1) == 1
+    assert difference([1], [3], resolution=1) == -1
+    # 0.29 vs 0.30 with a spread of 0.02: inside two standard errors
+    a, b = [0.27, 0.31, 0.29, 0.29], [0.28, 0.32, 0.30, 0.30]
+    assert difference(a, b) == 0
+    # the same gap with no spread at all is real
+    assert difference([0.29] * 4, [0.30] * 4) == -1
+    # a gap larger than two standard errors of the difference
+    assert difference([0.8, 0.82, 0.78], [0.2, 0.22, 0.18]) == 1
+    assert more_or_fewer(0) == "about as many" and more_or_fewer(1) == "more"
+
+
+def test_median_over_bounds_is_a_bound_only_when_the_bounds_decide_it():
+    exact = median_bounded([5, 6, 17], [False, False, True])
+    assert (exact.value, exact.bound) == (6, False)  # the bound sorts above the middle
+    decided = median_bounded([5, 17, 17], [False, True, True])
+    assert (decided.value, decided.bound) == (17, True)
+    even = median_bounded([5, 17], [False, True])
+    assert even.bound and even.value == 11
+    assert median_bounded([3, 4], [False, False]).bound is False
+
+
+# ---------------------------------------------------------------------------------------------
+# sentences of a report
+
+
+def _module(layer: int, module_type: str, sv, *, kind="lora", listed=None, amp=None,
+            shape=(64, 64)) -> ModuleRecord:
+    """A module whose rank estimates follow from ``sv`` (all values); ``listed`` of them shown."""
+    sv = np.asarray(sv, dtype=float)
+    total = float(np.sum(sv**2))
+    cum = np.cumsum(sv**2) / total
+    shown = sv if listed is None else sv[:listed]
+    ranks = {}
+    for tau in ("0.5", "0.9", "0.99"):
+        k = int(np.searchsorted(cum, float(tau) - 1e-12)) + 1
+        ranks[tau] = k if k <= shown.size else None
+    p = shown / shown.sum()
+    return ModuleRecord(
+        name=f"encoder.layer.{layer}.attention.self.{module_type}", kind=kind, shape=shape,
+        lora_rank=len(sv) if kind == "lora" else None, scale=2.0 if kind == "lora" else None,
+        fro_norm=float(np.sqrt(total)), singular_values=shown,
+        svd_method="factored" if kind == "lora" else ("full" if listed is None else "randomized"),
+        energy_captured=float(np.sum(shown**2) / total), energy_rank=ranks,
+        effective_rank=float(np.exp(-np.sum(p * np.log(p)))) if listed is None else None,
+        stable_rank=total / sv[0] ** 2, numerical_rank=shown.size, amplification=amp)
+
+
+def _amp(factor: float, proj_random: float = 4.39, proj_top: float = 21.2) -> Amplification:
+    return Amplification(r=8, proj_delta=4.1, proj_base_top=proj_top, proj_random=proj_random,
+                         factor=factor, delta_fro=4.1 * factor, base_fro=60.0)
+
+
+def test_an_attenuating_update_is_not_said_to_amplify():
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f)) for l, f in enumerate((0.5, 0.54, 0.6))]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "attenuates" in findings and "amplifies" not in findings
+    assert "below both random directions (4.39) and W's top directions (21.2)" in findings
+    assert "between" not in findings
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f, proj_random=0.03))
+            for l, f in enumerate((2.0, 3.0, 4.0))]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "amplifies" in findings and "attenuates" not in findings
+    assert "between random directions (0.03) and W's top directions (21.2)" in findings
+
+
+def test_equal_ranks_are_about_equal_not_more():
+    sv = [1.0] + [1e-3] * 7  # rank 1 holds the energy in every module
+    mods = [_module(l, t, sv) for l in range(4) for t in ("query", "value")]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "about as many directions" in findings
+    assert "more directions" not in findings and "as many directions than" not in findings
+    assert "highest in layer" not in findings  # every layer alike: no extremes named
+    # a real difference (8 vs 1 directions in every layer) is named
+    mods = [_module(l, "query", sv) for l in range(4)] + [_module(l, "value", [1.0] * 8)
+                                                          for l in range(4)]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "Value projections (attention.self.value) use more directions than query projections " \
+           "(attention.self.query): median 90%-energy rank 8 vs 1" in findings
+
+
+def test_top_k_spectra_give_bounds_not_missing_values():
+    """Six dense modules, top-16 listed; only one reaches 90 % within them (issue 17)."""
+    slow = np.exp(-np.arange(256) / 60.0)
+    fast = np.exp(-np.arange(256) / 3.0)
+    mods = [_module(l, "query", fast if l == 0 else slow, kind="dense", listed=16,
+                    shape=(256, 256)) for l in range(6)]
+    a = Analysis(checkpoint="full", base="base", format="full", modules=mods)
+    findings = text.analysis_findings(a)
+    joined = " ".join(findings)
+    assert "–" not in joined.replace("Gavish–Donoho", "")  # no dash standing for a missing number
+    assert "> 16 directions" in joined  # the median is decided by the bounds
+    assert "range 6 to > 16" in joined or "range" in joined
+    assert "effective rank not available" in joined.lower()
+    assert "“> k”" in joined  # the note on what is exact
+    assert text.median_rank(mods).bound
+    assert text.rank_text(text.energy_rank_at(mods[1])) == "> 16"
+    assert not text.energy_rank_at(mods[0]).bound
+
+
+def _pair(phi_q: float, phi_v: float, ranks=(8, 64), layers=4):
+    from deltaw.records import Comparison, PairResult, PhiRecord
+
+    rng = np.random.default_rng(0)
+    mods = []
+    for l in range(layers):
+        for t, level in (("query", phi_q), ("value", phi_v)):
+            # layers differ by a few hundredths, entries by less (as in real runs)
+            phi = np.clip(level + 0.03 * rng.standard_normal() + 0.005 * rng.standard_normal(ranks), 0, 1)
+            mods.append(PhiRecord(name=f"encoder.layer.{l}.attention.self.{t}", phi=phi,
+                                  random_phi=np.full(ranks, 0.02)))
+    return Comparison(checkpoints=["runs/a/adapter", "runs/b/adapter"], basis="A",
+                      pairs=[PairResult(a=0, b=1, modules=mods)])
+
+
+def test_comparison_words_follow_the_noise_rule_and_cite_only_the_same_experiment():
+    close = " ".join(text.comparison_findings(_pair(0.29, 0.30)))
+    assert "about equally" in close and "share more" not in close
+    assert "Figure 4" not in close  # a rank comparison (8 vs 64) is not the paper's seed figure
+    apart = " ".join(text.comparison_findings(_pair(0.8, 0.3)))
+    assert "Query projections share more directions" in apart and "Figure 4" not in apart
+    seeds = " ".join(text.comparison_findings(_pair(0.8, 0.3, ranks=(16, 16))))
+    assert "Figure 4" in seeds
+    mixed = " ".join(text.comparison_findings(_pair(0.8, 0.3)))
+    assert "shared for attention.self.query" in mixed
+    assert "not shared for attention.self.value" in mixed
