@@ -73,7 +73,8 @@ def _register() -> None:
     # Commands register themselves here; each module holds one command.
     from importlib import import_module
 
-    for name in ("info", "analyze", "compare", "report", "train", "reproduce"):
+    for name in ("info", "analyze", "compare", "report", "train", "reproduce", "resize", "merge",
+                 "extract", "survey", "cache"):
         cli.add_command(import_module(f"deltaw.cli.{name}").command)
 
 

@@ -8,6 +8,8 @@ annotations become its JSON):
   magnitude/direction.
 - ``deltaw.comparison/1`` (:class:`Comparison`): φ(i, j) for every pair of checkpoints and
   every module they share.
+- ``deltaw.resize/1`` (:class:`Resize`): what a resize, merge or extract kept, one
+  :class:`KeptModule` per module (old and new rank, retained energy, error).
 
 Reports, the CLI table, the CSV writer and ``deltaw reproduce`` read these records, never the
 raw dicts; :func:`read_document` turns any deltaw JSON document back into its record and
@@ -19,7 +21,9 @@ from deltaw.records._base import DOCUMENTS, Record, check_schema, finite_or_none
 from deltaw.records.analysis import (Amplification, Analysis, Intruders, MagnitudeDirection, ModuleRecord,
                                      Skipped, SpectralSummary)
 from deltaw.records.comparison import Comparison, PairResult, PhiRecord
+from deltaw.records.resize import KeptModule, Resize
 
 __all__ = ["Record", "DOCUMENTS", "read_document", "check_schema", "finite_or_none", "utc_now",
            "Analysis", "ModuleRecord", "SpectralSummary", "Skipped", "Amplification", "Intruders",
-           "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord", "parse_module_name"]
+           "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord", "parse_module_name", "Resize",
+           "KeptModule"]

@@ -1,0 +1,72 @@
+"""What resize, merge and extract share on the command line: the rank options, the output options,
+and the table of what was kept (read from the ``deltaw.resize/1`` record)."""
+
+from __future__ import annotations
+
+import click
+
+from deltaw.cli.options import device_option
+
+
+def rank_options(command):
+    """``--rank`` | ``--energy`` | ``--sv-ratio`` (exactly one), ``--max-rank``, and the output options."""
+    options = [
+        click.option("--rank", type=int, default=None, help="Keep R singular triplets in every module."),
+        click.option("--energy", type=float, default=None, metavar="TAU",
+                     help="Per module, the smallest k holding ≥ TAU of ‖ΔW‖²_F (0 < TAU ≤ 1)."),
+        click.option("--sv-ratio", type=float, default=None, metavar="X",
+                     help="Keep σᵢ ≥ σ₁/X (X ≥ 1), kohya's sv_ratio."),
+        click.option("--max-rank", type=int, default=None, help="Never keep more than R triplets."),
+        click.option("--out", type=click.Path(file_okay=False), required=True,
+                     help="Output folder for the adapter and deltaw-kept.json (new or empty)."),
+        click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder."),
+        click.option("--format", "fmt", type=click.Choice(["peft", "kohya"]), default=None,
+                     help="Output format. Default: kohya for a kohya input, PEFT otherwise."),
+        click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+                     help="dtype of the written factors. Default: the input's."),
+        click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False), default=None,
+                     help="Also write a figure: retained energy per module, the cut on each spectrum."),
+        device_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def rule_kwargs(rank, energy, sv_ratio, max_rank) -> dict:
+    return {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "max_rank": max_rank}
+
+
+_METHOD = {"factored": "exact (factored)", "full": "exact (full SVD)", "randomized": "randomized top-k"}
+
+
+def kept_table(report) -> str:
+    """One row per module: old and new rank, retained share of ‖ΔW‖²_F, ‖ΔW − ΔW'‖_F and its
+    ratio to ‖ΔW‖_F, how σ were computed; then the totals and the dropped modules."""
+    rows = [("module", "old r", "new r", "retained", "‖ΔW−ΔW'‖_F", "relative", "σ from")]
+    for m in report.modules:
+        norm = m.energy ** 0.5
+        old = "dense" if m.old_rank is None else str(m.old_rank)
+        relative = f"{m.error / norm:.4f}" if norm > 0 else "ΔW = 0"
+        rows.append((m.name, old, str(m.new_rank), f"{100 * m.retained:.2f} %", f"{m.error:.4g}", relative,
+                     _METHOD[m.method]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             .rstrip() for r in rows]
+    kept = [m for m in report.modules if not m.dropped]
+    lines.append(f"{len(kept)} of {len(report.modules)} modules written ({report.rule}); "
+                 f"{100 * report.total_retained:.2f} % of Σ‖ΔW‖²_F retained overall")
+    if report.dropped:
+        lines.append(f"dropped (ΔW = 0): {', '.join(report.dropped)}")
+    for m in report.modules:
+        lines += [f"{m.name}: {note}" for note in m.notes if not m.dropped]
+    return "\n".join(lines) + "\n"
+
+
+def finish(report) -> None:
+    """Print the table, the notes and where the adapter and its report went."""
+    click.echo(kept_table(report), nl=False)
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"written: {report.output} ({report.format} adapter, {report.dtype}; "
+               "report deltaw-kept.json)", err=True)

@@ -1,0 +1,48 @@
+"""``deltaw merge``: the weighted sum of LoRAs on one base, truncated exactly (factors stacked)."""
+
+from __future__ import annotations
+
+import click
+
+from deltaw.cli.kept import finish, rank_options, rule_kwargs
+from deltaw.cli.options import progress_bar, scale_option
+from deltaw.errors import DeltawError
+
+
+def _weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise DeltawError(f"--weights {text!r}: expected numbers separated by commas, e.g. 0.7,0.3") from None
+
+
+@click.command("merge")
+@click.argument("adapters", nargs=-1, required=True, type=click.Path())
+@click.option("--weights", default=None, metavar="W1,W2,…", help="wᵢ of Σ wᵢ·ΔWᵢ, one per adapter (default: all 1).")
+@rank_options
+@click.option("--base", type=click.Path(), default=None,
+              help="The base model; needed only to write kohya LoRAs as PEFT (module paths).")
+@scale_option
+def command(adapters, weights, rank, energy, sv_ratio, max_rank, out, overwrite, fmt, dtype, pdf_path, device,
+            base, scale):
+    """Merge the LoRA ADAPTERS (same base, same format) into one: Σ wᵢ·ΔWᵢ cut by a rank rule.
+
+    The sum of low-rank updates is low rank: its factors are the inputs' stacked, so its SVD is
+    exact and the dense sum is never formed. Give exactly one of --rank, --energy, --sv-ratio.
+
+    \b
+    Example:
+      deltaw merge runs/lora-r8-s0 runs/lora-r8-s1 --weights 0.5,0.5 --rank 8 --out merged/
+    """
+    from deltaw.act.merge import merge
+
+    update, close = progress_bar("merging")
+    try:
+        report = merge(list(adapters), out, weights=_weights(weights), **rule_kwargs(rank, energy, sv_ratio, max_rank),
+                       format=fmt, dtype=dtype, base=base, scale=scale, overwrite=overwrite, pdf=pdf_path,
+                       device=device, progress=update)
+    finally:
+        close()
+    finish(report)
