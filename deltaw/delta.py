@@ -79,6 +79,10 @@ class Delta:
         """ΔW as a dense 2-D ``matrix_shape`` tensor."""
         return self.to_dense(dtype).reshape(self.matrix_shape)
 
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a ``structured`` ΔW is built from, as read (for NaN/Inf checks)."""
+        raise NotImplementedError
+
 
 @dataclass(eq=False)
 class LowRankDelta(Delta):
@@ -122,6 +126,9 @@ class LowRankDelta(Delta):
     def B(self) -> torch.Tensor:
         """lora_B as a 2-D (out, r) matrix, float32."""
         return self.read_B().float().flatten(1)
+
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        return self.read_A(), self.read_B()
 
     def factors(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, R) with ΔW (as the 2-D ``matrix_shape``) = scale · L @ R.
@@ -222,6 +229,9 @@ class HadamardDelta(LowRankDelta):
 
         return hadamard_factors(*(t.to(dtype) for t in self.read_halves()))
 
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        return self.read_halves()
+
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         L1, R1, L2, R2 = (t.to(dtype) for t in self.read_halves())
         return (self.scale * ((L1 @ R1) * (L2 @ R2))).reshape(self.shape)
@@ -263,6 +273,9 @@ class KroneckerDelta(Delta):
     def halves(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(W₁, W₂) as 2-D matrices in ``dtype``."""
         return self.read_W1().to(dtype), self.read_W2().to(dtype).flatten(1)
+
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        return self.read_W1(), self.read_W2()
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         W1, W2 = self.halves(dtype)

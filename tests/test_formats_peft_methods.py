@@ -123,3 +123,22 @@ def test_peft_conv_layers_match_merge(tmp_path, conv_base, method, effective):
     assert deltas["conv"].shape == (32, 16, 3, 3)
     check_against_merge(deltas, base_state, merged, {method},
                         {"factored", "full"} if method == "loha" else {"kronecker"})
+
+
+@pytest.mark.parametrize("method", ["lokr", "loha", "loha-dense"])
+def test_analyze_structured_adapters_with_and_without_base(tmp_path, llama_base, method):
+    """analyze runs on them: the structured route without the base, the base analyses with it."""
+    from peft import LoHaConfig, LoKrConfig
+
+    base_folder, _ = llama_base
+    config = {"lokr": LoKrConfig(r=2, alpha=3, decompose_both=True, decompose_factor=4),
+              "loha": LoHaConfig(r=2, alpha=8), "loha-dense": LoHaConfig(r=8, alpha=8)}[method]
+    config.target_modules, config.init_weights = ["q_proj", "v_proj"], False
+    peft_adapter(tiny_llama(), tmp_path / "a", config)
+    expected = {"lokr": "kronecker", "loha": "factored", "loha-dense": "full"}[method]
+    for base in (None, base_folder):
+        analysis = deltaw.analyze(tmp_path / "a", base=base, device="cpu")
+        assert len(analysis.modules) == 4
+        for m in analysis.modules:
+            assert m.kind == method.split("-")[0] and m.svd_method == expected
+            assert (m.amplification is None) == (base is None) and (m.intruders is None) == (base is None)
