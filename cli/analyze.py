@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 import deltaw
-from deltaw.cli.options import (base_option, check_outputs, device_option, dtype_option, outputs_option,
-                                progress_bar, scale_option)
+from deltaw.cli.options import (base_option, cache_options, check_outputs, device_option, dtype_option,
+                                open_cache, outputs_option, progress_bar, scale_option)
 from deltaw.cli.table import summary_table
 from deltaw.cli.writers import write_outputs
 
@@ -25,7 +25,9 @@ from deltaw.cli.writers import write_outputs
 @click.option("--modules", "modules", default=None, metavar="REGEX",
               help="Analyse only modules whose name matches REGEX (re.search).")
 @scale_option
-def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_k, rank, modules, scale):
+@cache_options
+def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_k, rank, modules, scale,
+            cache_dir, no_cache):
     """Analyse the weight update ΔW of CHECKPOINT module by module.
 
     CHECKPOINT is a PEFT adapter folder, a kohya LoRA .safetensors, a loralib state dict (with
@@ -40,10 +42,12 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
     import torch  # here, so that `deltaw --help` starts without it
 
     check_outputs(json_path, pdf_path, csv_path)
+    cache = open_cache(cache_dir, no_cache)
     update, close = progress_bar("analysing")
     try:
         analysis = deltaw.analyze(checkpoint, base=base, device=device, dtype=getattr(torch, dtype),
-                                  top_k=top_k, rank=rank, modules=modules, scale=scale, progress=update)
+                                  top_k=top_k, rank=rank, modules=modules, scale=scale, progress=update,
+                                  cache=cache if base else None)
     finally:
         close()
     to_stderr = json_path == "-"
@@ -52,6 +56,9 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
     click.echo(summary_table(analysis), err=to_stderr, nl=False)
     for note in analysis.notes:
         click.echo(f"note: {note}", err=True)
+    cached = [m.base_svd_cached for m in analysis.modules if m.base_svd_cached is not None]
+    if cached:
+        click.echo(f"base SVDs: {sum(cached)} of {len(cached)} read from the cache {cache.root}", err=True)
     write_outputs([analysis], json_path, pdf_path, csv_path)
     for label, path in (("JSON", json_path), ("CSV", csv_path), ("PDF report", pdf_path)):
         if path and path != "-":

@@ -22,6 +22,25 @@ dtype_option = click.option(
     help="Precision of the math (bf16/fp16 checkpoints are always upcast).")
 
 
+def cache_options(command):
+    """``--cache-dir DIR`` and ``--no-cache``: where base SVDs (and survey analyses) are kept."""
+    command = click.option("--no-cache", is_flag=True,
+                           help="Compute everything afresh and store nothing.")(command)
+    command = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                           help="Cache folder for base SVDs and per-checkpoint analyses "
+                                "[default: $XDG_CACHE_HOME/deltaw or ~/.cache/deltaw]; see `deltaw cache`.")(command)
+    return command
+
+
+def open_cache(cache_dir: str | None, no_cache: bool):
+    """The :class:`deltaw.cache.Cache` the options ask for."""
+    from deltaw.cache import Cache
+
+    if no_cache and cache_dir is not None:
+        raise click.UsageError("--no-cache and --cache-dir contradict each other; give one")
+    return Cache.disabled() if no_cache else Cache.at(cache_dir)
+
+
 def outputs_option(command):
     """``--json PATH|-``, ``--pdf PATH`` and ``--csv PATH``: the outputs every analysis can write."""
     command = click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,

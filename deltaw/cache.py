@@ -1,0 +1,253 @@
+"""An on-disk cache of what is expensive and derived: base SVDs and per-checkpoint analyses.
+
+- ``base/``: the thin SVD of a base weight W (:func:`deltaw.linalg.base_svd`), the most expensive
+  step of the base analyses on dense models. The key is the SHA-256 of W's bytes exactly as the
+  SVD consumes them (in the analysis dtype), with the shape and the dtype: a changed file gives
+  other bytes and so another key; it can never be served a stale entry.
+- ``analyses/``: a checkpoint's ``deltaw.analysis/1`` document, keyed by the SHA-256 of every
+  file of the checkpoint and of the base, the analysis options and the deltaw version, so that
+  ``deltaw survey`` re-analyses only what changed.
+
+Every entry carries the SHA-256 of its own payload; an entry that cannot be read, is truncated or
+does not match its digest is a miss (removed and recomputed), never numbers. Entries are
+written under a temporary name and renamed into place, so a crash leaves no half entry.
+
+The default folder is ``$DELTAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/deltaw``, else
+``~/.cache/deltaw`` (the XDG Base Directory default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deltaw.errors import DeltawError
+
+KINDS = ("base", "analyses")
+# Bumped when an entry's layout or the meaning of its numbers changes: old entries become misses.
+_VERSION = "1"
+_HASH_BLOCK = 64 * 2**20
+
+
+def default_cache_dir() -> Path:
+    """``$DELTAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/deltaw``, else ``~/.cache/deltaw``."""
+    if os.environ.get("DELTAW_CACHE_DIR"):
+        return Path(os.environ["DELTAW_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec: a relative path is invalid and must be ignored.
+    root = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return root / "deltaw"
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (as laid out in memory, contiguous, on the CPU)."""
+    t = tensor.detach().contiguous().cpu()
+    data = t.reshape(-1).view(torch.uint8).numpy()
+    h = hashlib.sha256()
+    for start in range(0, data.size, _HASH_BLOCK):
+        h.update(data[start:start + _HASH_BLOCK])
+    return h.hexdigest()
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """SHA-256 over a file's bytes, or a folder's files (relative names and bytes, sorted)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
+        try:
+            with open(file, "rb") as stream:
+                while block := stream.read(_HASH_BLOCK):
+                    h.update(block)
+        except OSError as err:
+            raise DeltawError(f"{file}: cannot be read ({err.strerror})") from err
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _payload_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode() + b"\0" + tensor_digest(tensors[name]).encode())
+    return h.hexdigest()
+
+
+def _json_digest(doc) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+@dataclass
+class Cache:
+    """The cache folder; ``Cache.disabled()`` computes everything and stores nothing.
+
+    Attributes
+    ----------
+    root : Path or None
+        The folder (created on the first write); None when disabled.
+    """
+
+    root: Path | None
+
+    @classmethod
+    def at(cls, folder: str | os.PathLike | None = None) -> "Cache":
+        """The cache in ``folder`` (default :func:`default_cache_dir`)."""
+        return cls(Path(folder).expanduser() if folder is not None else default_cache_dir())
+
+    @classmethod
+    def disabled(cls) -> "Cache":
+        return cls(None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
+
+    # -- storage -------------------------------------------------------------------------------
+
+    def _entry(self, kind: str, key: str, suffix: str) -> Path:
+        return self.root / kind / key[:2] / f"{key}{suffix}"
+
+    def _write(self, path: Path, write: Callable[[Path], None]) -> None:
+        """Write an entry atomically; a cache that cannot be written is skipped, not an error."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            try:
+                write(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _drop(path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    # -- base SVDs ------------------------------------------------------------------------------
+
+    def base_svd(self, W: torch.Tensor, compute: Callable[[], "SVD"]) -> tuple["SVD", bool]:
+        """W's SVD from the cache, or ``compute()`` stored for next time.
+
+        Parameters
+        ----------
+        W : Tensor (rows, cols)
+            The base weight exactly as the SVD will consume it (analysis dtype).
+        compute : callable
+            Returns the :class:`~deltaw.linalg.SVD` of W when the cache has none.
+
+        Returns
+        -------
+        SVD
+            On W's device, in W's dtype.
+        cached : bool
+            True when it was read from the cache.
+        """
+        from deltaw.linalg import SVD
+
+        if not self.enabled:
+            return compute(), False
+        key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "bytes": tensor_digest(W),
+                                         "shape": list(W.shape), "dtype": str(W.dtype)}).encode()).hexdigest()
+        path = self._entry("base", key, ".safetensors")
+        found = self._read_svd(path, key)
+        if found is not None:
+            U, S, Vh, energy = found
+            return SVD(U.to(W.device), S.to(W.device), Vh.to(W.device), energy=energy, method="full"), True
+        result = compute()
+        tensors = {"U": result.U.detach().cpu().contiguous(), "S": result.S.detach().cpu().contiguous(),
+                   "Vh": result.Vh.detach().cpu().contiguous()}
+        metadata = {"key": key, "energy": repr(float(result.energy)), "digest": _payload_digest(tensors)}
+
+        def write(tmp: Path) -> None:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp), metadata=metadata)
+
+        self._write(path, write)
+        return result, False
+
+    def _read_svd(self, path: Path, key: str):
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in ("U", "S", "Vh")}
+            if metadata.get("key") != key or metadata.get("digest") != _payload_digest(tensors):
+                raise ValueError("digest mismatch")
+            energy = float(metadata["energy"])
+        except Exception:  # noqa: BLE001 - any unreadable entry is a miss, whatever the reader raised
+            self._drop(path)
+            return None
+        return tensors["U"], tensors["S"], tensors["Vh"], energy
+
+    # -- per-checkpoint analyses ----------------------------------------------------------------
+
+    def analysis_key(self, checkpoint, base, options: dict) -> str:
+        """Key of a checkpoint's analysis: its files' and the base's bytes, the options, the version."""
+        from deltaw import __version__
+
+        parts = {"v": _VERSION, "deltaw": __version__, "checkpoint": path_digest(checkpoint),
+                 "base": None if base is None else path_digest(base), "options": options}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def load_analysis(self, key: str) -> dict | None:
+        """The stored ``deltaw.analysis/1`` document, or None (a corrupt entry is removed)."""
+        if not self.enabled:
+            return None
+        path = self._entry("analyses", key, ".json")
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+            if entry.get("key") != key or entry.get("digest") != _json_digest(entry["analysis"]):
+                raise ValueError("digest mismatch")
+        except Exception:  # noqa: BLE001 - unreadable, truncated or altered: a miss
+            self._drop(path)
+            return None
+        return entry["analysis"]
+
+    def store_analysis(self, key: str, doc: dict) -> None:
+        if not self.enabled:
+            return
+        text = json.dumps({"key": key, "digest": _json_digest(doc), "analysis": doc}, allow_nan=False)
+        self._write(self._entry("analyses", key, ".json"), lambda tmp: tmp.write_text(text))
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """``{"dir", "kinds": {kind: {"entries", "bytes"}}}`` of the cache folder."""
+        kinds = {}
+        for kind in KINDS:
+            files = [p for p in (self.root / kind).rglob("*") if p.is_file() and not p.name.startswith(".")] \
+                if self.enabled and (self.root / kind).is_dir() else []
+            kinds[kind] = {"entries": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        return {"dir": None if self.root is None else str(self.root), "kinds": kinds}
+
+    def clear(self, kinds: tuple[str, ...] = KINDS) -> int:
+        """Remove the entries of ``kinds``; returns how many files were removed."""
+        removed = 0
+        for kind in kinds:
+            folder = self.root / kind if self.enabled else None
+            if folder is None or not folder.is_dir():
+                continue
+            removed += sum(1 for p in folder.rglob("*") if p.is_file())
+            try:
+                shutil.rmtree(folder)
+            except OSError as err:
+                raise DeltawError(f"{folder}: cannot be removed ({err.strerror}); check its permissions") from err
+        return removed

@@ -1,0 +1,246 @@
+"""``deltaw.survey``: a population of checkpoints of one base, compared pair by pair.
+
+Two kinds of independent work, both pure module-level functions an engine maps over
+(:mod:`deltaw.engines`: in this process, or as Ray tasks):
+
+1. :func:`analyze_checkpoint`: the usual :func:`deltaw.analyze` of one checkpoint, read from the
+   per-checkpoint results cache when the checkpoint's files, the base and the options are
+   unchanged (so adding one adapter to a survey of 100 costs one analysis);
+2. :func:`pair_blocks`: for a chunk of modules, every checkpoint's ΔW of one module at a time
+   and the pairwise cosine and overlap (:mod:`deltaw.pairwise`): memory is one module's factors
+   (or dense ΔW) of every checkpoint, never all ΔW of all checkpoints.
+
+The whole-model cosine is then summed from the per-module inner products
+(:func:`deltaw.pairwise.whole_model_cosine`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from deltaw._inputs import check_dtype
+from deltaw.cache import Cache
+from deltaw.errors import DeltawError
+from deltaw.formats import peft
+from deltaw.pairwise import ModuleBlock, module_block, whole_model_cosine
+from deltaw.records import Analysis
+from deltaw.records.survey import CheckpointSummary, ModulePairs, NullPair, Survey
+
+Progress = Callable[[int, int, str], None]
+
+#: Files whose presence makes a folder a checkpoint rather than a folder of checkpoints.
+_CHECKPOINT_FILES = (peft.CONFIG_NAME, "config.json", "model.safetensors.index.json",
+                     "pytorch_model.bin.index.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _is_checkpoint(folder: Path) -> bool:
+    try:
+        return any((folder / n).exists() for n in _CHECKPOINT_FILES) or any(
+            p.is_file() and p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir())
+    except OSError as err:
+        raise DeltawError(f"{folder}: cannot read the folder ({err.strerror}); check its permissions") from err
+
+
+def expand_checkpoints(paths: Sequence[str | os.PathLike], from_list: str | os.PathLike | None = None) -> list[str]:
+    """The checkpoints of a survey, in order.
+
+    Parameters
+    ----------
+    paths : list of paths
+        Checkpoints (files or folders). A folder that is not itself a checkpoint (no adapter or
+        model config, no weight file) stands for its sub-folders that are, sorted by name.
+    from_list : path, optional
+        A text file with one checkpoint path a line (``#`` comments and blank lines skipped;
+        relative paths are relative to the file's folder), appended after ``paths``.
+
+    Returns
+    -------
+    list of str
+        Without repeats (the first occurrence is kept).
+    """
+    given = [Path(p) for p in paths]
+    if from_list is not None:
+        listing = Path(from_list)
+        try:
+            lines = listing.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DeltawError(f"{listing}: cannot read the list of checkpoints ({err})") from err
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                path = Path(line).expanduser()
+                given.append(path if path.is_absolute() else listing.parent / path)
+    found: list[str] = []
+    for path in given:
+        if not path.exists():
+            raise DeltawError(f"{path}: no such file or folder")
+        if path.is_dir() and not _is_checkpoint(path):
+            inside = sorted(p for p in path.iterdir() if p.is_dir() and _is_checkpoint(p))
+            if not inside:
+                raise DeltawError(f"{path}: neither a checkpoint nor a folder of checkpoints "
+                                  "(no adapter_config.json, config.json or weight file in it or its sub-folders)")
+            found += [str(p) for p in inside]
+        else:
+            found.append(str(path))
+    return list(dict.fromkeys(found))
+
+
+# ---------------------------------------------------------------------------------------------
+# the two tasks (module-level: an engine may run them in another process)
+
+
+def analyze_checkpoint(checkpoint: str, base: str | None, options: dict, cache_dir: str | None) -> tuple[dict, bool]:
+    """One checkpoint's ``deltaw.analysis/1`` document, and whether it came from the cache.
+
+    ``options`` are keyword arguments of :func:`deltaw.analyze` (``dtype`` as a name);
+    ``cache_dir`` None disables the cache.
+    """
+    from deltaw.analysis import analyze
+
+    cache = Cache.disabled() if cache_dir is None else Cache.at(cache_dir)
+    key = cache.analysis_key(checkpoint, base, options) if cache.enabled else None
+    doc = cache.load_analysis(key) if key else None
+    if doc is not None:
+        try:
+            Analysis.from_json(doc)
+            return doc, True
+        except DeltawError:
+            pass  # an entry of an older layout: recomputed below
+    kwargs = dict(options, dtype=getattr(torch, options["dtype"]))
+    doc = analyze(checkpoint, base, **kwargs).to_json()
+    if key:
+        cache.store_analysis(key, doc)
+    return doc, False
+
+
+def pair_blocks(checkpoints: Sequence[str], base: str | None, names: Sequence[str], dtype: str,
+                scale: float | None, device: str = "auto") -> list[ModuleBlock]:
+    """:func:`deltaw.pairwise.module_block` for each of ``names``, one module at a time."""
+    from deltaw.load import load_deltas
+
+    loaded = [load_deltas(c, base, scale=scale) for c in checkpoints]
+    del device  # the pairwise math is float64 products on the CPU; kept for the engine's GPU hint
+    return [module_block(name, [deltas.deltas.get(name) for deltas in loaded], getattr(torch, dtype))
+            for name in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# assembling the survey
+
+
+def _median(values) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(analysis: Analysis, cached: bool) -> CheckpointSummary:
+    """A checkpoint's analysis in one line (medians over modules, whole-model ‖ΔW‖_F)."""
+    norms = [m.fro_norm for m in analysis.modules if m.fro_norm is not None]
+    return CheckpointSummary(
+        checkpoint=analysis.checkpoint, format=analysis.format, modules=len(analysis.modules),
+        fro_norm=math.sqrt(sum(n * n for n in norms)) if norms else None,
+        lora_ranks=sorted({m.lora_rank for m in analysis.modules if m.lora_rank is not None}),
+        energy_rank_90=_median((m.energy_rank or {}).get("0.9") for m in analysis.modules),
+        effective_rank=_median(m.effective_rank for m in analysis.modules),
+        stable_rank=_median(m.stable_rank for m in analysis.modules),
+        cached=cached)
+
+
+def _shared_names(analyses: list[Analysis], modules: str | None) -> list[str]:
+    try:
+        pattern = re.compile(modules) if modules is not None else None
+    except re.error as err:
+        raise DeltawError(f"--modules {modules!r} is not a valid regular expression ({err})") from err
+    counts: dict[str, int] = {}
+    for analysis in analyses:
+        for record in analysis.modules:
+            if pattern is None or pattern.search(record.name):
+                counts[record.name] = counts.get(record.name, 0) + 1
+    shared = [name for name, count in counts.items() if count >= 2]
+    if not shared:
+        raise DeltawError("the checkpoints share no module; are they adapters or fine-tunes of the same base? "
+                          "(full fine-tunes need --base)")
+    return shared
+
+
+def _chunks(names: list[str], parts: int) -> list[list[str]]:
+    size = max(1, math.ceil(len(names) / max(1, parts)))
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | None = None, *,
+           engine=None, cache: Cache | None = None, device="auto", dtype: torch.dtype = torch.float32,
+           top_k: int | None = None, modules: str | None = None, scale: float | None = None,
+           progress: Progress | None = None) -> Survey:
+    """Pairwise cosine and overlap of ΔW between every pair of checkpoints; ``deltaw survey``.
+
+    Parameters
+    ----------
+    checkpoints : list of paths
+        Two or more adapters or full fine-tunes of one base (see :func:`expand_checkpoints`).
+    base : path, optional
+        The base model: needed for full fine-tunes and DoRA; enables the base analyses of the
+        per-checkpoint summaries.
+    engine : engine, optional
+        From :func:`deltaw.engines.get_engine`; default the local engine.
+    cache : Cache, optional
+        Per-checkpoint results cache (and base SVDs); default :meth:`Cache.at` the default
+        folder. ``Cache.disabled()`` recomputes everything.
+    device, dtype, top_k, modules, scale
+        As for :func:`deltaw.analyze`; ``modules`` also restricts the pairwise comparison.
+    progress : callable(done, total, what), optional
+
+    Returns
+    -------
+    Survey
+        ``cosine`` (N, N) over the whole model; per shared module ``cosine`` and ``overlap``
+        (N, N); per checkpoint a :class:`~deltaw.records.survey.CheckpointSummary`.
+
+    Notes
+    -----
+    cosine = ⟨ΔWᵢ, ΔWⱼ⟩_F / (‖ΔWᵢ‖_F ‖ΔWⱼ‖_F) (task-vector cosine; Ilharco et al. 2023),
+    computed for LoRA from r×r products without forming ΔW; overlap = ‖Uᵢ,ₖᵀUⱼ,ₖ‖²_F / k with
+    k = min(8, both ranks) (φ(k, k), Hu et al. 2021, eq. 4). Both are exact to float tolerance.
+    """
+    from deltaw.engines import get_engine
+
+    check_dtype(dtype)
+    paths = [str(c) for c in checkpoints]
+    if len(paths) < 2:
+        raise DeltawError(f"a survey needs at least two checkpoints, got {len(paths)}")
+    engine = engine or get_engine("local")
+    cache = cache if cache is not None else Cache.at()
+    base = None if base is None else str(base)
+    dtype_name = str(dtype).removeprefix("torch.")
+    options = {"device": str(device), "dtype": dtype_name, "top_k": top_k, "modules": modules, "scale": scale}
+    cache_dir = str(cache.root) if cache.enabled else None
+
+    def step(what):
+        return None if progress is None else (lambda done, total: progress(done, total, what))
+
+    results = engine.map(analyze_checkpoint, [(p, base, options, cache_dir) for p in paths], gpu=True,
+                         progress=step("analysing checkpoints"))
+    analyses = [Analysis.from_json(doc) for doc, _ in results]
+    names = _shared_names(analyses, modules)
+    parallelism = getattr(engine, "parallelism", 1)
+    calls = [(paths, base, chunk, dtype_name, scale, str(device)) for chunk in _chunks(names, parallelism)]
+    blocks = [b for chunk in engine.map(pair_blocks, calls, progress=step("comparing modules")) for b in chunk]
+    cosine, reasons = whole_model_cosine(blocks)
+    n = len(paths)
+    return Survey(
+        checkpoints=paths, base=base, engine=engine.name, cosine=cosine,
+        null_pairs=[NullPair(a=i, b=j, reason=reasons[i][j]) for i in range(n) for j in range(n)
+                    if reasons[i][j] is not None],
+        modules=[ModulePairs(name=b.name, cosine=b.cosine, overlap=b.overlap, directions=b.directions,
+                             reasons=b.reasons) for b in blocks],
+        summaries=[summarize(a, cached) for a, (_, cached) in zip(analyses, results)],
+        notes=[f"{len(names)} modules held by at least two checkpoints compared; the whole-model cosine "
+               "sums inner products and norms over the modules each pair shares"])
