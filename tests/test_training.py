@@ -309,3 +309,23 @@ def test_jsonl_text_may_hold_line_separators(tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9", "label": 1}\n'.encode("latin-1"))
     with pytest.raises(DeltawError, match="latin1.jsonl: not UTF-8 text"):
         load_jsonl(tmp_path / "latin1.jsonl")
+
+
+def test_head_only_control_trains_the_classifier_alone(tmp_path, tiny_base, tiny_data):
+    from safetensors.torch import load_file
+
+    config = _config(tmp_path, tiny_base, tiny_data, ranks=(), head_control=True, seeds=(0, 1))
+    assert [(s.name, s.kind, s.rank) for s in plan_runs(config)] == [("head-s0", "head", 0), ("head-s1", "head", 0)]
+    manifest = run_sweep(config, log=lambda line: None)
+    entry = {r["name"]: r for r in manifest["runs"]}["head-s0"]
+    assert entry["kind"] == "head" and entry["rank"] == 0 and entry["modules_to_save"] == ["classifier"]
+    assert entry["settings"]["lr"] == config.lr and 0.0 <= entry["eval_accuracy"] <= 1.0
+    head = load_file(str(tmp_path / "head-s0" / "head.safetensors"))
+    assert set(head) == {"classifier.weight", "classifier.bias"}
+    # The head moved from its seeded initialisation (the same one the LoRA run of this seed has).
+    start = load_classifier(tiny_base, 2, seed=0).state_dict()
+    assert (head["classifier.weight"] - start["classifier.weight"]).abs().max() > 1e-4
+    # A rerun reuses both controls.
+    lines = []
+    run_sweep(config, log=lines.append)
+    assert sum("skipped" in line for line in lines) == 2

@@ -35,6 +35,7 @@ RUN_FILE = "deltaw_run.json"
 _NEEDED = {
     "lora": ("adapter_config.json", "adapter_model.safetensors", RUN_FILE),
     "full": ("config.json", "model.safetensors", RUN_FILE),
+    "head": ("head.safetensors", RUN_FILE),
 }
 
 

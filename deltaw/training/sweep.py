@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -36,6 +35,8 @@ import torch
 from deltaw.errors import DeltawError
 from deltaw.linalg import resolve_device
 from deltaw.training.data import LabelledText, load_data, split_train_eval
+from deltaw.training.head import train_head
+from deltaw.training.loop import evaluate, fit
 from deltaw.training.manifest import (
     MANIFEST, RUN_FILE, SCHEMA, clear_stale, finished_entry, read_manifest, write_atomically,
     write_manifest,
@@ -71,6 +72,9 @@ class TrainConfig:
     # Ranks trained with every seed; the other ranks only with seeds[0]. None: every rank.
     seed_ranks: tuple[int, ...] | None = None
     full_ft: bool = False  # also fine-tune every weight, with seeds[0]
+    # Also train the classifier head alone (r = 0, encoder frozen), with every seed: the control
+    # that says whether the adapters learned anything the head could not.
+    head_control: bool = False
     steps: int = 1000  # optimizer steps per run
     batch_size: int = 32  # examples per step
     max_length: int = 128  # tokens per example after truncation (batches pad to their longest)
@@ -97,8 +101,8 @@ class TrainConfig:
         self.out = Path(self.out)
         self.ranks, self.seeds = tuple(self.ranks), tuple(self.seeds)
         self.targets = tuple(self.targets)
-        if not self.ranks and not self.full_ft:
-            raise DeltawError("nothing to train: give at least one rank or --full-ft")
+        if not self.ranks and not self.full_ft and not self.head_control:
+            raise DeltawError("nothing to train: give at least one rank, --full-ft or --head-control")
         if any(r < 1 for r in self.ranks) or len(set(self.ranks)) != len(self.ranks):
             raise DeltawError(f"ranks must be distinct positive integers, got {self.ranks}")
         if not self.seeds:
@@ -122,7 +126,7 @@ class TrainConfig:
 
 @dataclass
 class RunSpec:
-    """One planned run: ``kind`` "lora" (with ``rank``) or "full"."""
+    """One planned run: ``kind`` "lora" (with ``rank``), "head" (head-only control) or "full"."""
 
     name: str
     kind: str
@@ -131,8 +135,11 @@ class RunSpec:
 
 
 def plan_runs(config: TrainConfig) -> list[RunSpec]:
-    """The runs of a sweep in training order: by rank, then seed; the full fine-tune last."""
+    """The runs of a sweep in training order: head-only controls, then by rank and seed; the full
+    fine-tune last."""
     runs = []
+    if config.head_control:
+        runs += [RunSpec(f"head-s{seed}", "head", seed, 0) for seed in config.seeds]
     for rank in config.ranks:
         all_seeds = config.seed_ranks is None or rank in config.seed_ranks
         for seed in config.seeds if all_seeds else config.seeds[:1]:
@@ -194,7 +201,7 @@ def _settings(config: TrainConfig, kind: str) -> dict:
     # What must match for a finished run to be reused by a later sweep into the same folder.
     settings = dict(
         steps=config.steps, batch_size=config.batch_size, max_length=config.max_length,
-        lr=config.lr if kind == "lora" else config.full_lr, warmup=config.warmup,
+        lr=config.full_lr if kind == "full" else config.lr, warmup=config.warmup,
         weight_decay=0.0, grad_clip=1.0, batches="grouped by length",
         eval_fraction=config.eval_fraction,
         max_eval=config.max_eval,
@@ -202,95 +209,6 @@ def _settings(config: TrainConfig, kind: str) -> dict:
     if kind == "lora":
         settings.update(alpha=config.lora_alpha, targets=list(config.targets), lora_dropout=0.0)
     return settings
-
-
-def _batches(lengths: list[int], batch_size: int, generator: torch.Generator):
-    """Endless batches of example indices, grouped by length (as transformers' group_by_length).
-
-    Each epoch is a seeded permutation cut into pools of 32 batches; a pool is sorted by token
-    count and cut into batches, which are yielded in a seeded random order. Batches of similar
-    lengths pad little: on the tweets the mean padded length drops from ~53 to ~32 tokens, and a
-    step costs about that much less. The data order depends on the seed alone.
-    """
-    n = len(lengths)
-    if n <= batch_size:
-        while True:
-            yield list(range(n))
-    pool = 32 * batch_size
-    while True:
-        order = torch.randperm(n, generator=generator).tolist()
-        for start in range(0, n - batch_size + 1, pool):
-            group = sorted(order[start : start + pool], key=lengths.__getitem__)
-            cut = [group[i : i + batch_size] for i in range(0, len(group) - batch_size + 1,
-                                                             batch_size)]
-            for k in torch.randperm(len(cut), generator=generator).tolist():
-                yield cut[k]
-
-
-def _encode(tokenizer, data: LabelledText, indices: list[int], max_length: int, device):
-    batch = tokenizer(
-        [data.texts[i] for i in indices], padding=True, truncation=True,
-        max_length=max_length, return_tensors="pt",
-    )
-    batch = {k: v.to(device) for k, v in batch.items()}
-    batch["labels"] = torch.tensor([data.labels[i] for i in indices], device=device)
-    return batch
-
-
-def _fit(model, inputs: SweepInputs, config: TrainConfig, *, lr: float, seed: int, name: str,
-         log: Log) -> float:
-    """Train ``model`` in place; return the mean loss over the last tenth of the steps."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    # No weight decay: decoupled decay adds -lr·λ·W to every step of a full fine-tune, a
-    # component of ΔW along W itself that would bias the amplification analysis.
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, round(config.warmup * config.steps))
-
-    def schedule(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (config.steps - step) / max(1, config.steps - warm))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    batches = _batches(inputs.train_lengths, config.batch_size,
-                       torch.Generator().manual_seed(seed))
-    every = config.log_every or max(1, config.steps // 10)
-    tail = max(1, config.steps // 10)
-    losses: list[float] = []
-    model.train()
-    start = time.perf_counter()
-    for step in range(1, config.steps + 1):
-        batch = _encode(inputs.tokenizer, inputs.train, next(batches), config.max_length,
-                        inputs.device)
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise DeltawError(
-                f"{name}: loss became {losses[-1]} at step {step}; lower the learning rate"
-            )
-        if step % every == 0 or step == config.steps:
-            recent = losses[-every:]
-            log(f"[{name}] step {step}/{config.steps}  loss {sum(recent) / len(recent):.4f}  "
-                f"({time.perf_counter() - start:.0f} s)")
-    return sum(losses[-tail:]) / tail
-
-
-@torch.no_grad()
-def evaluate(model, inputs: SweepInputs, config: TrainConfig) -> float:
-    """Accuracy of ``model`` on the held-out examples."""
-    model.eval()
-    correct = 0
-    for start in range(0, len(inputs.eval), 64):
-        indices = list(range(start, min(start + 64, len(inputs.eval))))
-        batch = _encode(inputs.tokenizer, inputs.eval, indices, config.max_length, inputs.device)
-        labels = batch.pop("labels")
-        correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
-    return correct / max(1, len(inputs.eval))
 
 
 def train_lora(config: TrainConfig, inputs: SweepInputs, *, rank: int, seed: int, dest: Path,
@@ -326,7 +244,7 @@ def train_lora(config: TrainConfig, inputs: SweepInputs, *, rank: int, seed: int
     present = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
     saved = sorted(set(model.peft_config["default"].modules_to_save or []) & present)
     model.to(inputs.device)
-    final_loss = _fit(model, inputs, config, lr=config.lr, seed=seed, name=name, log=log)
+    final_loss = fit(model, inputs, config, lr=config.lr, seed=seed, name=name, log=log)
     accuracy = evaluate(model, inputs, config)
     entry = dict(
         name=name, kind="lora", rank=rank, alpha=config.lora_alpha,
@@ -364,7 +282,7 @@ def train_full(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Pat
     model = load_classifier(inputs.base_dir, len(inputs.train.label_names), seed=seed,
                             label_names=inputs.train.label_names)
     model.to(inputs.device)
-    final_loss = _fit(model, inputs, config, lr=config.full_lr, seed=seed, name=name, log=log)
+    final_loss = fit(model, inputs, config, lr=config.full_lr, seed=seed, name=name, log=log)
     accuracy = evaluate(model, inputs, config)
     entry = dict(
         name=name, kind="full", rank=None, alpha=None, scaling=None, seed=seed, targets=None,
@@ -428,6 +346,8 @@ def run_sweep(config: TrainConfig, *, log: Log | None = None) -> dict:
             elif spec.kind == "lora":
                 entry = train_lora(config, inputs, rank=spec.rank, seed=spec.seed,
                                    dest=out / spec.name, log=log)
+            elif spec.kind == "head":
+                entry = train_head(config, inputs, seed=spec.seed, dest=out / spec.name, log=log)
             else:
                 entry = train_full(config, inputs, seed=spec.seed, dest=out / spec.name, log=log)
             runs[spec.name] = entry
@@ -440,5 +360,5 @@ def run_sweep(config: TrainConfig, *, log: Log | None = None) -> dict:
 
 __all__ = [
     "TrainConfig", "RunSpec", "SweepInputs", "plan_runs", "prepare",
-    "train_lora", "train_full", "evaluate", "run_sweep", "read_manifest", "SCHEMA",
+    "train_lora", "train_full", "train_head", "evaluate", "run_sweep", "read_manifest", "SCHEMA",
 ]
