@@ -107,7 +107,7 @@ def _load(path: Path, fmt: str, base_store: TensorStore | None, scale, require_b
         return peft.load_peft(path.parent if path.is_file() else path, base_store, require_base)
     store = TensorStore.open(path)
     if fmt == "kohya":
-        return kohya.load_kohya(path, store, base_store)
+        return kohya.load_kohya(path, store, base_store, require_base)
     if fmt == "loralib":
         return loralib.load_loralib(path, store, base_store, scale)
     if base_store is None and not require_base:
