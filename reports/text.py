@@ -196,7 +196,7 @@ def _type_comparison(live: list[ModuleRecord], types: list[str]) -> list[str]:
         q, v = roles["query"], roles["value"]
         sign = difference(values[v], values[q], resolution=1.0)
         if sign == 0:
-            return [f"Value ({plain(v)}) and query projections ({plain(q)}) use about as many "
+            return [f"Value projections ({plain(v)}) and query projections ({plain(q)}) use about as many "
                     f"directions: median 90%-energy rank {rank_text(medians[v])} vs "
                     f"{rank_text(medians[q])} ({NOISE_RULE})."]
         return [f"Value projections ({plain(v)}) use {more_or_fewer(sign)} directions than query "

@@ -24,8 +24,7 @@ import numpy as np
 from deltaw.bounds import Bounded, median_bounded  # noqa: F401  (re-exported for the report)
 
 #: The noise rule of :func:`difference`, quoted in the report where it is applied.
-NOISE_RULE = ("differences smaller than two standard errors (or than one direction, for ranks) "
-              "are called about equal")
+NOISE_RULE = "about equal: apart by less than two standard errors, or than one direction for ranks"
 
 
 def scaling_verb(factor: float) -> str:

@@ -203,7 +203,7 @@ def test_lora_analysis_report(tmp_path):
         assert "ΔW analysis" in words
         assert "Headline findings" in words
         assert "12 LoRA modules of rank 8" in words
-        assert "Value projections" in words
+        assert "query projections" in words  # compared by the noise rule (tests/test_wording.py)
         assert "amplification factor" in words
         assert "21.67" in words  # the paper's column in the Table 7 layout
         assert "Pearson" in words
