@@ -33,6 +33,7 @@ from deltaw.records import Analysis, Comparison, Record, read_document
 from .analysis_report import add_analysis
 from .comparison_report import add_comparison
 from .pdf import Document
+from .title import one_contents
 from .reproduction_report import SCHEMA as REPRODUCTION_SCHEMA, add_reproduction
 
 __all__ = ["write_analysis_pdf", "write_comparison_pdf", "render"]
@@ -86,6 +87,7 @@ def write_analysis_pdf(results, path: str | os.PathLike) -> None:
     doc = Document(_title(analyses, []), "deltaw ΔW analysis")
     for analysis in analyses:
         add_analysis(doc, analysis)
+    one_contents(doc)  # several parts: one contents list on a first page, not one per part
     doc.write(path)
 
 
@@ -106,6 +108,7 @@ def write_comparison_pdf(comparison, path: str | os.PathLike, analyses=None) -> 
     parsed = _only(Analysis, [_record(d, i) for i, d in enumerate(analyses or [])], "an analysis")
     doc = Document(_title([], [c]), "deltaw subspace similarity")
     add_comparison(doc, c, parsed)
+    one_contents(doc)  # several parts: one contents list on a first page, not one per part
     doc.write(path)
 
 
@@ -126,6 +129,7 @@ def render(docs, path: str | os.PathLike) -> None:
             add_analysis(doc, part)
         else:
             add_reproduction(doc, part)
+    one_contents(doc)  # several parts: one contents list on a first page, not one per part
     doc.write(path)
 
 

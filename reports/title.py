@@ -97,8 +97,7 @@ def one_contents(doc: Document, title: str = "deltaw report") -> None:
 
     Each part keeps its overview (title, facts, findings); their own contents lists are removed
     and a first page lists every part and section with its page."""
-    parts = [s for s in doc.sections if any(b.role == "contents" for b in s.blocks)]
-    if len(parts) < 2:
+    if len({s.part for s in doc.sections}) < 2:
         return
     for section in doc.sections:
         section.blocks = [b for b in section.blocks if b.role != "contents"]

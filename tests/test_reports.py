@@ -372,3 +372,20 @@ def test_layer_and_type_from_name(name, expected):
 def test_representative_layers():
     assert representative_layers([0, 1]) == [0, 1]
     assert representative_layers(list(range(24))) == [0, 12, 23]
+
+
+def test_several_documents_make_one_report_with_one_contents(tmp_path):
+    docs = [analysis_doc(n_layers=2, base=False, checkpoint="runs/seed0"),
+            analysis_doc(n_layers=2, base=True, checkpoint="runs/seed1", seed=1), seeds_doc()]
+    path = tmp_path / "three.pdf"
+    render(docs, path)
+    words = pdf_text(path)
+    if words is None:
+        pytest.skip("needs pdftotext (poppler-utils)")
+    assert words.count("Contents") == 1
+    first_page = words.split("\f")[0]
+    assert "3 parts" in first_page
+    for name in ("seed0", "seed1", "seed0 vs seed1"):
+        assert name in first_page
+    # each part keeps its own overview with its findings
+    assert words.count("Headline findings") == 3
