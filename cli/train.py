@@ -25,13 +25,14 @@ def _name_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
     epilog="""\b
 Examples:
   deltaw train --quick --out runs/                    # MiniLM on tweet sentiment, r = 1,2,4,8,64
-  deltaw train --quick --full-ft --seeds 0,1 --seed-ranks 64 --out runs/
+  deltaw train --quick --full-ft --head-control --seeds 0,1,2 --seed-ranks 64 --out runs/
   deltaw train --model ./my-bert --data reviews.jsonl --ranks 4,16 --steps 2000 --out runs/
 
 \b
 --data FILE is JSONL, one {"text": "...", "label": 0} a line (labels ints or strings).
 Outputs: OUT/lora-r{R}-s{SEED}/ (PEFT adapters), OUT/full-s{SEED}/ (Hugging Face folder),
-OUT/manifest.json. Rerunning with the same OUT skips the runs already finished.""",
+OUT/head-s{SEED}/ (head.safetensors), OUT/manifest.json. Rerunning with the same OUT skips
+the runs already finished.""",
 )
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
               help="Folder for the runs and manifest.json (created if missing).")
@@ -50,6 +51,9 @@ OUT/manifest.json. Rerunning with the same OUT skips the runs already finished."
 @click.option("--seed-ranks", callback=_int_list, default=None, metavar="R,…",
               help="Only these ranks get every seed; the others the first.  [default: all]")
 @click.option("--full-ft", is_flag=True, help="Also fine-tune every weight (first seed).")
+@click.option("--head-control", is_flag=True,
+              help="Also train the classifier head alone on the frozen encoder (r = 0), every seed: "
+                   "the control that says whether the adapters learned more than the head.")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Optimizer steps per run.  [default: 1000; --quick 150]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -76,6 +80,7 @@ def command(out, quick, **options) -> None:
 
     given = {k: v for k, v in options.items() if v is not None and v is not False}
     given["full_ft"] = bool(options["full_ft"])
+    given["head_control"] = bool(options["head_control"])
     config = TrainConfig.quick(out, **given) if quick else TrainConfig(out=out, **given)
     manifest = run_sweep(config, log=lambda line: click.echo(line, err=True))
     for run in manifest["runs"]:

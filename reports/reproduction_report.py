@@ -15,7 +15,7 @@ from deltaw.records.reproduction import Reproduction
 from deltaw.reproduce.readme import budget_line, summary_sentence
 
 from . import style, text
-from .layout import plain
+from .layout import plain, wrap
 from .pdf import Block, Document
 from .tables import Table, table_blocks
 from .title import facts_block, findings_block, title_block
@@ -25,8 +25,14 @@ HOLDS = {True: "yes", False: "no", None: "not testable"}
 KIND = {"lora": "LoRA", "head": "head only (r = 0)", "full": "full fine-tune"}
 
 
+def _cell(value: str, width: float, size: float) -> str:
+    """``value`` broken into lines of at most ``width`` inches (only a table's stretch column wraps)."""
+    return "\n".join(wrap(plain(value), width, size))
+
+
 def _findings_table(rec: Reproduction) -> list[Block]:
-    rows = [[f.id, plain(f.paper), plain(f.ours), f.verdict] for f in rec.findings]
+    size = style.SMALL
+    rows = [[f.id, _cell(f.paper, 2.0, size), plain(f.ours), _cell(f.verdict, 0.8, size)] for f in rec.findings]
     table = Table(header=["finding", "the paper", "ours (95 % intervals)", "verdict"], rows=rows,
                   align="lllc", size=style.SMALL, stretch=2, wrap=True)
     return table_blocks(table, "The paper's findings next to ours. Intervals: 95 % bootstrap over modules, or "
@@ -37,9 +43,9 @@ def _findings_table(rec: Reproduction) -> list[Block]:
 def _rules_table(rec: Reproduction) -> list[Block]:
     rows = []
     for f in rec.findings:
-        checks = "\n".join(f"{HOLDS[c.holds]}: {plain(c.claim)} — {plain(c.detail)}" for c in f.checks)
+        checks = "\n".join(_cell(f"{HOLDS[c.holds]}: {c.claim} — {c.detail}", 2.4, style.TINY) for c in f.checks)
         budget = "\n(depends on the training budget)" if f.budget_dependent else ""
-        rows.append([f.id, plain(f.rule) + budget, checks, f"{f.verdict}\n{plain(f.reason)}"])
+        rows.append([f.id, plain(f.rule) + budget, checks, _cell(f"{f.verdict}: {f.reason}", 1.3, style.TINY)])
     table = Table(header=["finding", "rule", "checks", "verdict and why"], rows=rows, align="llll",
                   size=style.TINY, stretch=1, wrap=True)
     return table_blocks(table, "Each finding's rule, the checks it combines with whether each held, and the "

@@ -256,11 +256,11 @@ def test_cli_train_runs_and_has_an_example(tmp_path, tiny_base, tiny_data):
     result = runner.invoke(cli, [
         "train", "--model", str(tiny_base), "--data", str(tiny_data), "--ranks", "2",
         "--steps", "2", "--batch-size", "4", "--max-length", "16", "--device", "cpu",
-        "--out", str(tmp_path / "runs"),
+        "--head-control", "--out", str(tmp_path / "runs"),
     ])
     assert result.exit_code == 0, result.output
-    assert "lora-r2-s0" in result.output
-    assert read_manifest(tmp_path / "runs")["runs"][0]["steps"] == 2
+    assert "lora-r2-s0" in result.output and "head-s0" in result.output
+    assert [r["steps"] for r in read_manifest(tmp_path / "runs")["runs"]] == [2, 2]
     missing = runner.invoke(cli, ["train", "--model", str(tmp_path / "nope"), "--out",
                                   str(tmp_path / "x")])
     assert missing.exit_code == 1 and "no such model folder" in missing.output

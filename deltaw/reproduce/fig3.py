@@ -85,7 +85,7 @@ def rule(ev: Fig3Evidence) -> Finding:
     if shared and above_random and much_less:
         verdict, reason = "reproduced", "every check held"
     elif shared and above_random:
-        verdict, reason = "partly", f"the top direction is shared, but {failed(checks[2:])}"
+        verdict, reason = "partly", f"the top direction is shared; {failed(checks[2:])}"
     else:
         verdict, reason = "not reproduced", failed(checks) or "φ(1,1) could not be measured"
     ours = (f"median over W_q, W_v and layers: φ(1,1) = {show(top)} (random {1 / ev.dim:.3f}); "

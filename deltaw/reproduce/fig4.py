@@ -104,7 +104,7 @@ def rule(ev: Fig4Evidence) -> Finding:
     elif above and q_more:
         verdict, reason = "reproduced", "every check held"
     elif above:
-        verdict, reason = "partly", f"seeds share directions above random, but not: {failed(checks[2:])}"
+        verdict, reason = "partly", f"seeds share directions above random; {failed(checks[2:])}"
     else:
         verdict, reason = "not reproduced", failed(checks)
     ours = (f"{ev.seeds} seeds at r = 64, mean φ over i, j ≤ {BLOCK}, median over layers: W_q {show(q)}, "

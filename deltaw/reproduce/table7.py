@@ -97,7 +97,7 @@ def rule(rows: Sequence[AmplificationRow], target: str = "query") -> Finding:
     if all(c.holds for c in checks):
         verdict, reason = "reproduced", "every check held"
     elif a:
-        verdict, reason = "partly", f"ΔW's directions are aligned with W beyond random, but not: {failed(checks[1:])}"
+        verdict, reason = "partly", f"ΔW's directions are aligned with W beyond random; {failed(checks[1:])}"
     else:
         verdict, reason = "not reproduced", failed(checks[:1]) or "W_q's amplification could not be measured"
     random_low = bootstrap([r.random_expected for r in low], what="median closed form")

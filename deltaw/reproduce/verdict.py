@@ -42,9 +42,9 @@ def check(claim: str, holds: bool | None, detail: str = "") -> Check:
 
 
 def failed(checks: list[Check]) -> str:
-    """The claims that did not hold, for a verdict's reason."""
+    """The claims that did not hold, for a verdict's reason ("" when none failed)."""
     names = [c.claim for c in checks if c.holds is False]
-    return "; ".join(names)
+    return "did not hold: " + "; ".join(names) if names else ""
 
 
 def finding(key: str, *, ours: str, rule: str, verdict: str, reason: str, checks: list[Check],
