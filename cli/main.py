@@ -70,12 +70,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    # Commands register themselves here; each module holds one command.
+    # Commands register themselves here; each module holds one command. Every command that is not
+    # a group of subcommands takes --threads (cli/options.py), added here so none can miss it.
     from importlib import import_module
+
+    from deltaw.cli.options import threads_option
 
     for name in ("info", "analyze", "compare", "report", "train", "reproduce", "resize", "merge",
                  "extract", "survey", "cache"):
-        cli.add_command(import_module(f"deltaw.cli.{name}").command)
+        command = import_module(f"deltaw.cli.{name}").command
+        cli.add_command(command if isinstance(command, click.Group) else threads_option(command))
 
 
 _register()

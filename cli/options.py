@@ -22,6 +22,26 @@ dtype_option = click.option(
     help="Precision of the math (bf16/fp16 checkpoints are always upcast).")
 
 
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:  # torch is imported only when asked for
+        from deltaw.linalg import set_thread_limit
+
+        set_thread_limit(value)
+
+
+def threads_option(command: click.Command) -> click.Command:
+    """``--threads N`` on ``command`` (every command gets it, see cli/main.py): N CPU threads for
+    large SVDs and other torch work; SVDs with min(m, n) ≤ 512 keep one thread. Applied while the
+    options are parsed, so the command's own code needs no argument for it."""
+    option = click.Option(
+        ["--threads"], type=click.IntRange(min=1), default=None, expose_value=False, callback=_apply_threads,
+        help="CPU threads for large SVDs (default: the cores other processes leave free; "
+             "SVDs of min(m, n) ≤ 512 always run on one, which is faster).")
+    if not any(param.name == "threads" for param in command.params):  # cli.main may be imported twice
+        command.params.append(option)
+    return command
+
+
 def cache_options(command):
     """``--cache-dir DIR`` and ``--no-cache``: where base SVDs (and survey analyses) are kept."""
     command = click.option("--no-cache", is_flag=True,
@@ -43,8 +63,8 @@ def open_cache(cache_dir: str | None, no_cache: bool):
 
 def outputs_option(command):
     """``--json PATH|-``, ``--pdf PATH`` and ``--csv PATH``: the outputs every analysis can write."""
-    command = click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
-                           help="Write one row per module as CSV.")(command)
+    command = click.option("--csv", "csv_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+                           help="Write one row per module as CSV; '-' prints it on stdout (the table then goes to stderr).")(command)
     command = click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False), default=None,
                            help="Write the figure-rich PDF report.")(command)
     command = click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,

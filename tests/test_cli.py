@@ -234,3 +234,23 @@ def test_a_base_other_than_the_declared_one_is_noted(adapter_pair, tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     result = run("analyze", adapter, "--base", adapter_pair / "base")
     assert "note: the adapter declares base_model_name_or_path = 'meta-llama/Llama-2-7b-hf'" in result.output
+
+
+def test_threads_on_every_command(adapter_pair):
+    """--threads N: on every command that is not a group; applied before the command runs."""
+    import click
+    import torch
+
+    from deltaw.linalg import resources
+
+    for name, command in cli.commands.items():
+        if not isinstance(command, click.Group):
+            assert "--threads" in run(name, "--help").output, name
+    assert run("analyze", adapter_pair / "r2-s0", "--threads", "0").exit_code == 2  # usage error
+    before = torch.get_num_threads()
+    try:
+        assert run("analyze", adapter_pair / "r2-s0", "--threads", "1").exit_code == 0
+        assert torch.get_num_threads() == 1 and resources.svd_threads(4096) == 1
+    finally:
+        resources.set_thread_limit(None)
+        torch.set_num_threads(before)

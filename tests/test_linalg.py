@@ -229,3 +229,35 @@ def test_check_memory_refuses_a_top_k_that_falls_back_to_the_full_svd(monkeypatc
     with pytest.raises(deltaw.DeltawError, match="full SVD of a 30×20 matrix"):
         check_memory("m", (30, 20), 15, torch.float32, torch.device("cpu"))
     assert check_memory("m", (30, 20), 9, torch.float32, torch.device("cpu")) == 1
+
+
+@pytest.mark.parametrize("min_dim, limit, cores, load, want", [
+    (512, None, 16, 0.0, 1),  # small: one thread, even on an idle 16-core machine
+    (512, 8, 16, 0.0, 1),  # … and whatever --threads says
+    (513, None, 16, 1.0, 16),  # large on an idle machine: every core (torch's count, see below)
+    (513, None, 16, 6.0, 11),  # large on a shared machine: the cores the load leaves free
+    (513, None, 2, 10.7, 1),  # a busy 2-core machine: one
+    (513, 3, 2, 10.7, 3),  # --threads N is taken as given
+])
+def test_thread_policy_by_size_and_load(monkeypatch, min_dim, limit, cores, load, want):
+    from deltaw.linalg import resources
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
+    assert resources.svd_threads(min_dim, limit=limit, cores=cores, load=load) == want
+
+
+def test_thread_limit_and_the_policy_context_restore_torch_threads():
+    from deltaw.linalg import resources
+
+    before = torch.get_num_threads()
+    with resources.policy_threads(torch.zeros(600, 100)):  # min(m, n) = 100: small
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(deltaw.DeltawError, match="--threads must be ≥ 1"):
+        resources.set_thread_limit(0)
+    try:
+        resources.set_thread_limit(1)
+        assert torch.get_num_threads() == 1 and resources.svd_threads(4096) == 1
+    finally:
+        resources.set_thread_limit(None)
+        torch.set_num_threads(before)

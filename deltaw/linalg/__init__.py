@@ -13,8 +13,9 @@ whichever module defines them.
 
 from deltaw.linalg.base import base_svd
 from deltaw.linalg.batching import CHUNK_ELEMENTS, check_memory, check_memory_for, svd, svd_many
-from deltaw.linalg.resources import (available_memory, cgroup_headroom, exact_math, highest_precision,
-                                     one_thread, resolve_device)
+from deltaw.linalg.resources import (SMALL_SVD_MAX_DIM, available_memory, cgroup_headroom, exact_math,
+                                     highest_precision, one_thread, policy_threads, resolve_device, set_thread_limit,
+                                     svd_threads)
 from deltaw.linalg.routes import (LANCZOS_MIN_DIM, OVERSAMPLE, SVD, dense_method, dense_svd_bytes, factored_svd,
                                   orthonormal_basis, randomized_svd, robust_svd, top_left_singular_vectors)
 
@@ -23,4 +24,5 @@ __all__ = [
     "top_left_singular_vectors", "dense_method", "dense_svd_bytes", "base_svd", "check_memory",
     "check_memory_for", "resolve_device", "exact_math", "highest_precision", "one_thread",
     "available_memory", "cgroup_headroom", "CHUNK_ELEMENTS", "LANCZOS_MIN_DIM", "OVERSAMPLE",
+    "SMALL_SVD_MAX_DIM", "set_thread_limit", "svd_threads", "policy_threads",
 ]

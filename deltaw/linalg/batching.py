@@ -10,6 +10,7 @@ generator never runs inside it, even when it stops iterating early.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import resources, routes, structured
-from deltaw.linalg.resources import exact_math, resolve_device
+from deltaw.linalg.resources import exact_math, resolve_device, svd_threads, threads
 from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
 
 # Elements per batched chunk: bounds the memory of one batch (64 Mi float32 = 256 MiB).
@@ -128,9 +129,10 @@ def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Del
         fit = check_memory(group[0].name, group[0].matrix_shape, k, dtype, device)
         if fit is not None:  # a smaller batch, not a refusal: each one fits
             batch = max(1, min(batch, fit))
+    rank = group[0].rank if group[0].structured else None
     for start in range(0, len(group), batch):
         chunk = group[start:start + batch]
-        with exact_math():
+        with exact_math(), threads(svd_threads(min(*group[0].matrix_shape, rank or math.inf))):
             results = _decompose(chunk, k, device, dtype, n_iter, generator)
         yield from zip(chunk, results)
 

@@ -3,7 +3,9 @@
 - :func:`resolve_device` turns ``"auto"`` / ``"cpu"`` / ``"cuda[:N]"`` into a checked device.
 - :func:`exact_math` (no autograd, full float32 matmuls) is entered around each computation and
   left before any result is handed back, so callers never run inside it.
-- :func:`one_thread` runs small CPU LAPACK calls on one thread.
+- The thread policy: :func:`svd_threads` gives an SVD of smallest dimension ≤ 512 one thread
+  and a larger one the free cores (or ``--threads N``, :func:`set_thread_limit`);
+  :func:`policy_threads` and :func:`one_thread` apply it around a computation.
 - :func:`available_memory` reads free device memory, or host memory capped by the container's
   cgroup limits (v1 and v2), for the up-front memory checks of :mod:`deltaw.linalg.batching`.
 """
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 
@@ -61,23 +64,98 @@ def exact_math():
         yield
 
 
-@contextlib.contextmanager
-def one_thread(tensor: torch.Tensor):
-    """Run small CPU LAPACK calls (an r × r core's SVD) on one thread.
+#: An SVD whose smallest dimension min(m, n, rank) is at most this runs on one CPU thread.
+#: Measured (README, "The SVD core"): up to 512 one thread is faster on an idle machine and
+#: 3–40× faster on a busy one, where OpenMP threads wait for cores other processes hold.
+SMALL_SVD_MAX_DIM = 512
 
-    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD takes ~0.5 ms on one thread,
-    and 10–100× that with two when another process keeps the cores busy (measured, see
-    benchmarks/README.md). Threads are restored afterwards; CUDA tensors are left alone.
+_thread_limit: int | None = None  # set by --threads N (set_thread_limit)
+
+
+def set_thread_limit(threads: int | None) -> None:
+    """Use ``threads`` CPU threads for large SVDs and for all other torch work (``--threads N``).
+
+    None restores the default policy (:func:`svd_threads`). Small SVDs stay on one thread.
     """
+    global _thread_limit
+    if threads is not None:
+        if threads < 1:
+            raise DeltawError(f"--threads must be ≥ 1, got {threads}")
+        torch.set_num_threads(threads)
+    _thread_limit = threads
+
+
+def free_cores(cores: int | None = None, load: float | None = None) -> int:
+    """CPU cores not busy with other processes: cores − (1-minute load average − 1), at least 1.
+
+    The load average counts this process's own running thread, hence the + 1. ``cores`` and
+    ``load`` default to this process's CPU affinity and ``os.getloadavg()``.
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform: assume an idle machine
+            load = 0.0
+    return max(1, min(cores, cores - math.floor(load) + 1))
+
+
+def svd_threads(min_dim: int, *, limit: int | None = None, cores: int | None = None,
+                load: float | None = None) -> int:
+    """Threads for one SVD (and the products around it) whose smallest dimension is ``min_dim``.
+
+    Parameters
+    ----------
+    min_dim : int
+        min(m, n) of the matrix decomposed (min(m, n, r) for a factored LoRA).
+    limit : int, optional
+        ``--threads N``; default the one set with :func:`set_thread_limit`.
+    cores, load : optional
+        For :func:`free_cores` (tests pass them; default: read from the system).
+
+    Returns
+    -------
+    int
+        1 when ``min_dim`` ≤ :data:`SMALL_SVD_MAX_DIM` (fork/join costs more than the work);
+        else ``limit`` when set, else torch's thread count capped at the free cores, so that a
+        shared machine is not oversubscribed.
+    """
+    if min_dim <= SMALL_SVD_MAX_DIM:
+        return 1
+    limit = _thread_limit if limit is None else limit
+    if limit is not None:
+        return limit
+    return max(1, min(torch.get_num_threads(), free_cores(cores, load)))
+
+
+@contextlib.contextmanager
+def threads(count: int, tensor: torch.Tensor | None = None):
+    """Run torch's CPU work on ``count`` threads for the duration; CUDA tensors are left alone."""
     previous = torch.get_num_threads()
-    if tensor.is_cuda or previous == 1:
+    if (tensor is not None and tensor.is_cuda) or count == previous:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def one_thread(tensor: torch.Tensor | None = None):
+    """Small CPU LAPACK calls (an r × r core's SVD, triangular solves) on one thread.
+
+    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD takes ~0.7 ms on one thread
+    and 14× that on two while other processes keep the cores busy (README, "The SVD core").
+    """
+    return threads(1, tensor)
+
+
+def policy_threads(M: torch.Tensor, rank: int | None = None):
+    """:func:`threads` as :func:`svd_threads` decides for decomposing ``M`` (..., m, n) of ``rank``."""
+    min_dim = min(M.shape[-2:]) if rank is None else min(*M.shape[-2:], rank)
+    return threads(svd_threads(min_dim), M)
 
 
 def available_memory(device: torch.device) -> int | None:

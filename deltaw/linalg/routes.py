@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from deltaw.errors import DeltawError
-from deltaw.linalg.resources import one_thread
+from deltaw.linalg.resources import one_thread, policy_threads
 
 log = logging.getLogger("deltaw")
 
@@ -72,8 +72,14 @@ def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     """Thin SVD of ``M`` (..., m, n), retried on convergence failure.
 
     The retries, in order: ``gesvd`` (CUDA), float64, float64 on the CPU. Each is logged.
-    Results are returned in ``M``'s dtype and device.
+    Results are returned in ``M``'s dtype and device. CPU threads follow the thread policy
+    (:func:`~deltaw.linalg.resources.svd_threads`: one thread up to min(m, n) = 512).
     """
+    with policy_threads(M):
+        return _robust_svd(M)
+
+
+def _robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     attempts = []
     if M.is_cuda:
         attempts.append(("gesvd driver", lambda: torch.linalg.svd(M, full_matrices=False, driver="gesvd")))
