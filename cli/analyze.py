@@ -41,6 +41,8 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
     """
     import torch  # here, so that `deltaw --help` starts without it
 
+    if json_path == "-" and csv_path == "-":
+        raise click.UsageError("--json - and --csv - cannot both go to stdout; write one of them to a file")
     check_outputs(json_path, pdf_path, csv_path)
     cache = open_cache(cache_dir, no_cache)
     update, close = progress_bar("analysing")
@@ -50,10 +52,10 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
                                   cache=cache if base else None)
     finally:
         close()
-    to_stderr = json_path == "-"
+    to_stderr = "-" in (json_path, csv_path)  # stdout holds the JSON or CSV alone
     click.echo(f"{checkpoint}: {analysis.format}, {len(analysis.modules)} modules"
                + (f", base {base}" if base else ""), err=to_stderr)
-    click.echo(summary_table(analysis), err=to_stderr, nl=False)
+    click.echo(summary_table(analysis, json_written=json_path is not None), err=to_stderr, nl=False)
     for note in analysis.notes:
         click.echo(f"note: {note}", err=True)
     cached = [m.base_svd_cached for m in analysis.modules if m.base_svd_cached is not None]

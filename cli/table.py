@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import statistics
 
+from deltaw.bounds import median_bounded
 from deltaw.records import Analysis, ModuleRecord
 
 # Above this many modules, rows are aggregated per module type (medians over layers).
 MAX_ROWS = 24
 
 
+NA = "n/a"  # a metric that does not apply to the module; the table's footnote says why
+
+
 def _fmt(value, digits=3) -> str:
     if value is None:
-        return "–"
+        return NA
     if isinstance(value, int):
         return str(value)
     return f"{value:.{digits}g}"
@@ -23,23 +27,31 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _energy(records: list[ModuleRecord]) -> str:
+    """Energy ranks .5/.9/.99: exact, a top-k bound "> k", or a median that is a bound."""
+    out = []
+    for tau in ("0.5", "0.9", "0.99"):
+        ranks = [r.energy_rank_at(tau) for r in records]
+        median = median_bounded([b.value for b in ranks], [b.bound for b in ranks])
+        out.append(median.text(lambda v: f"{v:g}"))
+    return "/".join(out)
+
+
 def _row(label, records: list[ModuleRecord]) -> list[str]:
     first = records[0]
     amp = [r.amplification.factor for r in records if r.amplification]
     intr = [r.intruders.count for r in records if r.intruders]
-    energy = "/".join(_fmt(_median([(r.energy_rank or {}).get(t) for r in records]))
-                      for t in ("0.5", "0.9", "0.99"))
     return [
         label,
         first.kind,
         "×".join(map(str, first.shape)),
         _fmt(first.lora_rank),
-        energy,
+        _energy(records),
         _fmt(_median([r.effective_rank for r in records])),
         _fmt(_median([r.fro_norm for r in records])),
         _fmt(_median([r.rel_norm for r in records])),
         _fmt(_median(amp)),
-        _fmt(sum(intr)) if intr else "–",
+        _fmt(sum(intr)) if intr else NA,
     ]
 
 
@@ -47,8 +59,12 @@ HEADER = ["module", "kind", "shape", "r", "energy rank .5/.9/.99", "eff. rank", 
           "amplif.", "intruders"]
 
 
-def summary_table(analysis: Analysis) -> str:
-    """Format an analysis as an aligned text table."""
+def summary_table(analysis: Analysis, *, json_written: bool = False) -> str:
+    """Format an analysis as an aligned text table, with footnotes for what is not a number.
+
+    ``json_written``: the skipped tensors' reasons are then pointed to in the JSON; otherwise
+    the first few are listed here.
+    """
     records = analysis.finite
     bad = [r.name for r in analysis.not_finite]
     if len(records) <= MAX_ROWS:
@@ -67,6 +83,18 @@ def summary_table(analysis: Analysis) -> str:
     text = "\n".join(lines) + "\n" + note
     if bad:
         text += f"NaN/Inf in weights, not analysed: {', '.join(bad)}\n"
+    if any(NA in row for row in rows):
+        text += (f"{NA}: does not apply (r: a dense ΔW; ‖ΔW‖/‖W‖, amplif., intruders: no --base; "
+                 "eff. rank: a top-k spectrum, which needs all values).\n")
+    if any(">" in row[4] or "≥" in row[4] for row in rows):
+        text += ("> k: the top-k singular values computed hold less than that share of the energy, so "
+                 "the rank exceeds k; ≥ m: a median decided by such bounds.\n")
     if analysis.skipped:
-        text += f"{len(analysis.skipped)} tensors skipped (see the JSON's 'skipped' for reasons).\n"
+        text += f"{len(analysis.skipped)} tensors skipped"
+        if json_written:
+            text += " (see the JSON's 'skipped' for reasons).\n"
+        else:
+            shown = analysis.skipped[:3]
+            text += ": " + "; ".join(f"{s.name} ({s.reason})" for s in shown)
+            text += (f"; … {len(analysis.skipped) - 3} more (all with --json)" if len(analysis.skipped) > 3 else "") + ".\n"
     return text

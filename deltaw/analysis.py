@@ -5,7 +5,8 @@ The run streams: ΔWs are read lazily (:func:`~deltaw.load.load_deltas`), decomp
 :class:`~deltaw.records.ModuleRecord` s; no more than one chunk of matrices is held at a time.
 Per module:
 
-- the spectrum and rank estimators (:func:`spectral_summary`, REFERENCE.md §3);
+- the spectrum and rank estimators (:func:`spectral_summary`: energy ranks, Biderman et al. 2024;
+  effective rank, Roy & Vetterli 2007; Gavish & Donoho 2014);
 - with the base: ‖W‖_F, amplification (Hu et al. 2021, Table 7), the Fig. 8 overlap φ between
   ΔW's and W's right singular vectors, intruder dimensions (Shuttleworth et al. 2024) and the
   magnitude/direction change (Liu et al. 2024), all from one SVD of W.
@@ -45,7 +46,7 @@ Progress = Callable[[int, int, str], None]
 
 def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
                      dtype: torch.dtype = torch.float32) -> SpectralSummary:
-    """The spectrum of one ΔW and its rank estimators (REFERENCE.md §3).
+    """The spectrum of one ΔW and its rank estimators (see :mod:`deltaw.spectrum` for the papers).
 
     Parameters
     ----------
@@ -303,8 +304,12 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
                         skipped=list(deltas.skipped),
                         notes=list(deltas.notes))
     if top_k is not None and any(not d.structured for d in selected):
-        analysis.notes.append(f"dense ΔW: top-{top_k} singular values by randomized SVD (svd_method); "
-                              "‖ΔW‖_F and energy fractions are exact")
+        analysis.notes.append(
+            f"dense ΔW: only the top {top_k} singular values, by randomized SVD (svd_method "
+            "'randomized'; each estimate is at most the true value). Exact: ‖ΔW‖_F and the total "
+            "energy the fractions divide by. An energy rank the listed values do not reach is a "
+            "bound, > k (energy_rank_above); effective rank and Gavish–Donoho rank need the whole "
+            "spectrum and are null")
 
     records: list[ModuleRecord | None] = [None] * len(selected)
     done = 0

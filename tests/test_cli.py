@@ -254,3 +254,64 @@ def test_threads_on_every_command(adapter_pair):
     finally:
         resources.set_thread_limit(None)
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def full_finetune(tmp_path_factory):
+    """A BERT full fine-tune whose ΔW spreads over many directions (noise), and its base."""
+    import torch
+    from transformers import BertModel
+
+    from builders import tiny_bert_config
+
+    root = tmp_path_factory.mktemp("full")
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config())
+    save_model(base, root / "base")
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_model(base, root / "ft")
+    return root
+
+
+def test_top_k_ranks_are_bounds_end_to_end(full_finetune, tmp_path):
+    """--top-k 2 of 32×32 noise updates: 90 % needs far more than 2 directions (issue 17)."""
+    root = full_finetune
+    out = tmp_path / "a.json"
+    result = run("analyze", root / "ft", "--base", root / "base", "--top-k", "2",
+                 "--modules", "attention.self.query", "--json", out, "--csv", tmp_path / "a.csv")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    for m in doc["modules"]:
+        assert m["energy_rank"]["0.9"] is None and m["energy_rank_above"]["0.9"] == 2
+        assert m["effective_rank"] is None  # needs the whole spectrum
+    row = next(l for l in result.output.splitlines() if l.startswith("encoder.layer.0"))
+    assert "> 2/> 2" in row and "n/a" in row  # .9 and .99 bounds; eff. rank does not apply
+    assert "> k: the top-k singular values computed hold less" in result.output
+    assert "energy fractions are exact" not in result.output
+    assert "Exact: ‖ΔW‖_F" in result.output
+    header, first = (tmp_path / "a.csv").read_text().splitlines()[:2]
+    row = dict(zip(header.split(","), first.split(",")))
+    assert row["energy_rank_0.9"] == "" and row["energy_rank_above_0.9"] == "2"
+    # a median over bounds is a bound; a report renders them as bounds, not as missing cells
+    assert run("report", out, "--pdf", tmp_path / "a.pdf").exit_code == 0
+
+
+def test_csv_to_stdout_and_skipped_reasons_without_json(full_finetune, tmp_path, monkeypatch):
+    root = full_finetune
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["analyze", str(root / "ft"), "--base", str(root / "base"),
+                                      "--modules", "query", "--csv", "-"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "-").exists()  # not a file named "-"
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("name,kind,layer") and len(lines) == 3  # header + 2 layers
+    assert "see the JSON" not in result.output  # no JSON was asked for
+    assert "tensors skipped: " in result.stderr and "1-D parameter" in result.stderr
+    with_json = run("analyze", root / "ft", "--base", root / "base", "--modules", "query",
+                    "--json", tmp_path / "a.json")
+    assert "see the JSON's 'skipped'" in with_json.output
+    both = CliRunner().invoke(cli, ["analyze", str(root / "ft"), "--base", str(root / "base"),
+                                    "--json", "-", "--csv", "-"])
+    assert both.exit_code == 2 and "cannot both go to stdout" in both.output
