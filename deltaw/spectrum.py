@@ -1,4 +1,4 @@
-"""Intrinsic-rank estimates as plain functions of singular values (REFERENCE.md §3).
+"""Intrinsic-rank estimates as plain functions of singular values (papers under References).
 
 Every function takes σ sorted descending (a 1-D array-like, σ ≥ 0). Where only the top-k values
 are known (randomized SVD), pass the exact total energy ‖ΔW‖²_F as ``total_energy`` so that

@@ -1,7 +1,8 @@
 """Words: number formats, the headline findings computed from the data, and figure captions.
 
 Every sentence here is built from the numbers in the document; reference values from the papers
-are quoted with their source so a reader can set the two side by side (see REFERENCE.md §4–5).
+are quoted with their source so a reader can set the two side by side (Hu et al. 2021, Section 7 and
+Table 7; Shuttleworth et al. 2024; Liu et al. 2024; Biderman et al. 2024).
 Mathtext (``$…$``) spans are short; the wrapper keeps each one whole on a line.
 """
 

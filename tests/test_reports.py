@@ -1,7 +1,7 @@
 """Tests of ``deltaw.reports``: PDFs rendered from synthetic analysis and comparison documents.
 
 The documents are built here with numpy only (no torch, no checkpoints): LoRA modules with
-decaying spectra whose metrics follow REFERENCE.md §3, a 200-module full fine-tune with top-k
+decaying spectra whose metrics follow deltaw.spectrum's estimators, a 200-module full fine-tune with top-k
 spectra, φ arrays computed from orthonormal bases exactly as eq. (4) of the LoRA paper defines
 them, and broken documents for the error paths.
 """
@@ -28,7 +28,7 @@ from deltaw.reports.layout import representative_layers
 
 
 def _metrics(sv: np.ndarray, total_energy: float, top_k: int | None = None) -> dict:
-    """The rank estimators of REFERENCE.md §3 for singular values ``sv`` (descending, all of
+    """The rank estimators of :mod:`deltaw.spectrum` for singular values ``sv`` (descending, all of
     them); only the first ``top_k`` are listed, as for a randomized top-k SVD."""
     cum = np.cumsum(sv**2) / total_energy
     energy_rank = {t: int(min(np.searchsorted(cum, float(t) - 1e-12) + 1, len(sv)))

@@ -1,4 +1,4 @@
-"""Rank estimators on closed-form spectra (REFERENCE.md §3)."""
+"""Rank estimators on closed-form spectra (Roy & Vetterli 2007; Gavish & Donoho 2014; Biderman et al. 2024)."""
 
 import math
 

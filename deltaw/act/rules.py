@@ -1,6 +1,6 @@
 """Rules that choose the kept rank k of one module from its singular values.
 
-Three rules are in use in the field (REFERENCE: kohya sd-scripts ``resize_lora.py``, mergekit
+Three rules are in use in the field (kohya sd-scripts ``resize_lora.py``, mergekit
 ``extract-lora``); each is named here for exactly what it computes:
 
 - ``rank``: a fixed k = R for every module;
