@@ -137,7 +137,7 @@ class Cache:
 
     # -- base SVDs ------------------------------------------------------------------------------
 
-    def base_svd(self, W: torch.Tensor, compute: Callable[[], "SVD"]) -> tuple["SVD", bool]:
+    def base_svd(self, W: torch.Tensor, compute: Callable[[], "SVD"]) -> tuple["SVD", bool | None]:
         """W's SVD from the cache, or ``compute()`` stored for next time.
 
         Parameters
@@ -151,13 +151,13 @@ class Cache:
         -------
         SVD
             On W's device, in W's dtype.
-        cached : bool
-            True when it was read from the cache.
+        cached : bool or None
+            True when it was read from the cache; None when the cache is disabled.
         """
         from deltaw.linalg import SVD
 
         if not self.enabled:
-            return compute(), False
+            return compute(), None
         key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "bytes": tensor_digest(W),
                                          "shape": list(W.shape), "dtype": str(W.dtype)}).encode()).hexdigest()
         path = self._entry("base", key, ".safetensors")
