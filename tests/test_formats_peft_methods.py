@@ -142,3 +142,101 @@ def test_analyze_structured_adapters_with_and_without_base(tmp_path, llama_base,
         for m in analysis.modules:
             assert m.kind == method.split("-")[0] and m.svd_method == expected
             assert (m.amplification is None) == (base is None) and (m.intruders is None) == (base is None)
+
+
+def saved_and_merged(model, config, folder, randomize):
+    """Save a PEFT adapter with randomised weights; return the merge PEFT computes from the saved
+    folder (reloaded onto a fresh base), the oracle for methods whose saving reshapes tensors."""
+    from peft import PeftModel, get_peft_model
+
+    peft_model = get_peft_model(model, config)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if randomize(name):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    peft_model.save_pretrained(folder)
+    reloaded = PeftModel.from_pretrained(tiny_llama(), folder).merge_and_unload()
+    return {k: v.detach().clone() for k, v in reloaded.state_dict().items()}
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["masked", "rank-pattern"])
+def test_adalora_matches_merge(tmp_path, llama_base, pruned):
+    from peft import AdaLoraConfig
+
+    base_folder, base_state = llama_base
+    model = tiny_llama()
+    config = AdaLoraConfig(init_r=6, target_r=2, total_step=10, lora_alpha=8, target_modules=LLAMA_TARGETS)
+    keep = [True, False, True, True, False, False]
+    if pruned:  # what AdaLoRA's allocator leaves: the saved tensors keep only the surviving ranks
+        config.rank_pattern = {f"model.layers.{i}.{m}.lora_E.default": keep
+                               for i in range(2) for m in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")}
+    merged = saved_and_merged(model, config, tmp_path / "a", lambda n: "lora_" in n)
+    if not pruned:  # a masked singular value (E = 0) is dropped from the rank
+        from safetensors.torch import load_file, save_file as save
+
+        tensors = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+        key = "base_model.model.model.layers.0.self_attn.q_proj.lora_E"
+        tensors[key][1:3] = 0
+        save(tensors, str(tmp_path / "a" / "adapter_model.safetensors"))
+        from peft import PeftModel
+
+        merged = {k: v.detach().clone() for k, v in
+                  PeftModel.from_pretrained(tiny_llama(), tmp_path / "a").merge_and_unload().state_dict().items()}
+    deltas = deltaw.load_deltas(tmp_path / "a", base=base_folder)
+    check_against_merge(deltas, base_state, merged, {"lora"}, {"factored"})
+    assert deltas["model.layers.0.self_attn.q_proj"].rank == (3 if pruned else 4)
+    assert deltas.details["peft_type"] == "ADALORA"
+
+
+@pytest.mark.parametrize("save_projection", [True, False], ids=["saved", "regenerated"])
+def test_vera_matches_merge(tmp_path, llama_base, save_projection):
+    from peft import VeraConfig
+
+    base_folder, base_state = llama_base
+    config = VeraConfig(r=4, target_modules=LLAMA_TARGETS, save_projection=save_projection, projection_prng_key=7)
+    merged = saved_and_merged(tiny_llama(), config, tmp_path / "a", lambda n: "vera_lambda" in n)
+    deltas = deltaw.load_deltas(tmp_path / "a", base=base_folder)
+    check_against_merge(deltas, base_state, merged, {"lora"}, {"factored"})
+    with pytest.raises(deltaw.DeltawError, match="VeRA.*--base"):
+        deltaw.load_deltas(tmp_path / "a")
+
+
+@pytest.mark.parametrize("options", [
+    dict(),  # Cayley–Neumann, 5 terms (PEFT's default)
+    dict(use_cayley_neumann=False),  # the exact Cayley transform
+    dict(num_cayley_neumann_terms=3),
+    dict(coft=True, eps=1e-2),
+    dict(block_share=True),
+], ids=["neumann5", "exact", "neumann3", "coft", "shared"])
+def test_oft_matches_merge(tmp_path, llama_base, options):
+    from peft import OFTConfig
+
+    base_folder, base_state = llama_base
+    config = OFTConfig(r=0, oft_block_size=8, target_modules=LLAMA_TARGETS, **options)
+    merged = saved_and_merged(tiny_llama(), config, tmp_path / "a", lambda n: "oft_R" in n)
+    deltas = deltaw.load_deltas(tmp_path / "a", base=base_folder)
+    check_against_merge(deltas, base_state, merged, {"oft"}, {"full"})
+    with pytest.raises(deltaw.DeltawError, match="OFT.*--base"):
+        deltaw.load_deltas(tmp_path / "a")
+
+
+def test_oft_flags_change_delta(tmp_path, llama_base):
+    """Following the config matters: the truncated series and the exact transform differ."""
+    from deltaw.formats.oft import rotations
+
+    vectors = 0.2 * torch.randn(4, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = rotations(vectors, 8, {"use_cayley_neumann": False})
+    series = rotations(vectors, 8, {})
+    eye = torch.eye(8, dtype=torch.float64)
+    torch.testing.assert_close(exact @ exact.mT, eye.expand_as(exact))  # the Cayley transform is orthogonal
+    assert float((exact - series).abs().max()) > 1e-4
+
+
+def test_unsupported_peft_method_is_one_line(tmp_path, llama_base):
+    from peft import IA3Config
+
+    saved_and_merged(tiny_llama(), IA3Config(target_modules=["q_proj"], feedforward_modules=[]), tmp_path / "a",
+                     lambda n: False)
+    with pytest.raises(deltaw.DeltawError, match="PEFT method IA3 is not supported"):
+        deltaw.load_deltas(tmp_path / "a")

@@ -39,7 +39,7 @@ def load(folder: Path, config: dict, base: TensorStore | None, require_base: boo
     if method == "VERA":
         from deltaw.formats import vera
 
-        vera.read(store, config, base, matcher, out)
+        vera.read(store, config, base, matcher, out, require_base)
     elif method == "OFT":
         from deltaw.formats import oft
 
