@@ -9,13 +9,14 @@ did not have to learn. This run trains exactly that head — the same modules, i
 
 from __future__ import annotations
 
-import json
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deltaw.errors import DeltawError
 from deltaw.training.loop import Log, evaluate, fit
-from deltaw.training.manifest import RUN_FILE, write_atomically
+from deltaw.training.manifest import save_run
 from deltaw.training.model import load_classifier
 
 if TYPE_CHECKING:
@@ -44,9 +45,7 @@ def train_head(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Pat
     """
     from safetensors.torch import save_file
 
-    from deltaw.errors import DeltawError
-
-    log = log or (lambda line: None)
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     name, started = dest.name, time.perf_counter()
     model = load_classifier(inputs.base_dir, len(inputs.train.label_names), seed=seed,
                             label_names=inputs.train.label_names)
@@ -72,10 +71,5 @@ def train_head(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Pat
     def write(folder: Path) -> None:
         save_file({n: p.detach().to("cpu").contiguous() for n, p in head.items()},
                   str(folder / "head.safetensors"))
-        entry["seconds"] = round(time.perf_counter() - started, 2)
-        (folder / RUN_FILE).write_text(json.dumps(entry, indent=2) + "\n")
 
-    write_atomically(dest, write)
-    log(f"[{name}] done: loss {final_loss:.4f}, eval accuracy {accuracy:.3f}, "
-        f"{entry['seconds']:.0f} s")
-    return entry
+    return save_run(dest, entry, started, write, log)

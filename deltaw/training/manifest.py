@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +56,25 @@ def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, dest)  # the commit point
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_run(dest: Path, entry: dict, started: float, write_files: Callable[[Path], None],
+             log: Callable[[str], None]) -> dict:
+    """Write a finished run to ``dest`` atomically: its files, then ``deltaw_run.json``.
+
+    ``write_files(folder)`` writes the weights; ``entry`` (the manifest entry) gets the run's
+    ``seconds`` since ``started`` (``time.perf_counter()``) and is returned.
+    """
+
+    def write(folder: Path) -> None:
+        write_files(folder)
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        (folder / RUN_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+
+    write_atomically(dest, write)
+    log(f"[{dest.name}] done: loss {entry['final_loss']:.4f}, eval accuracy "
+        f"{entry['eval_accuracy']:.3f}, {entry['seconds']:.0f} s")
+    return entry
 
 
 def clear_stale(out: Path) -> None:

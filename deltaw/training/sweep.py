@@ -38,7 +38,7 @@ from deltaw.training.data import LabelledText, load_data, split_train_eval
 from deltaw.training.head import train_head
 from deltaw.training.loop import evaluate, fit
 from deltaw.training.manifest import (
-    MANIFEST, RUN_FILE, SCHEMA, clear_stale, finished_entry, read_manifest, write_atomically,
+    MANIFEST, SCHEMA, clear_stale, finished_entry, read_manifest, save_run,
     write_manifest,
 )
 from deltaw.training.model import load_classifier, load_tokenizer, resolve_model_dir
@@ -254,15 +254,7 @@ def train_lora(config: TrainConfig, inputs: SweepInputs, *, rank: int, seed: int
         settings=_settings(config, "lora"),
     )
 
-    def write(folder: Path) -> None:
-        model.to("cpu").save_pretrained(str(folder))
-        entry["seconds"] = round(time.perf_counter() - started, 2)
-        (folder / RUN_FILE).write_text(json.dumps(entry, indent=2) + "\n")
-
-    write_atomically(dest, write)
-    log(f"[{name}] done: loss {final_loss:.4f}, eval accuracy {accuracy:.3f}, "
-        f"{entry['seconds']:.0f} s")
-    return entry
+    return save_run(dest, entry, started, lambda folder: model.to("cpu").save_pretrained(str(folder)), log)
 
 
 def train_full(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Path,
@@ -295,13 +287,8 @@ def train_full(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Pat
         inputs.tokenizer.save_pretrained(str(folder))
         if not (folder / "model.safetensors").is_file():
             raise DeltawError(f"{name}: transformers wrote no model.safetensors (sharded?)")
-        entry["seconds"] = round(time.perf_counter() - started, 2)
-        (folder / RUN_FILE).write_text(json.dumps(entry, indent=2) + "\n")
 
-    write_atomically(dest, write)
-    log(f"[{name}] done: loss {final_loss:.4f}, eval accuracy {accuracy:.3f}, "
-        f"{entry['seconds']:.0f} s")
-    return entry
+    return save_run(dest, entry, started, write, log)
 
 
 def run_sweep(config: TrainConfig, *, log: Log | None = None) -> dict:
