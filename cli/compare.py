@@ -3,16 +3,57 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 
 import deltaw
-from deltaw.cli.options import base_option, check_outputs, device_option
+from deltaw.cli.options import base_option, check_outputs, device_option, dtype_option, scale_option
 from deltaw.cli.writers import write_outputs
 
 
-def _phi_summary(phi) -> str:
-    """φ(1,1) (the top direction) and the mean over the grid."""
-    flat = [v for row in phi for v in row]
-    return f"φ(1,1) = {phi[0][0]:.2f}, mean φ = {sum(flat) / len(flat):.2f}"
+SHARED = 0.5  # φ(k,k) at or above this: the top-k subspaces overlap more than half
+
+
+def short_names(paths: list[str]) -> list[str]:
+    """The fewest trailing path components that still tell the checkpoints apart
+    (``runs/r8-s0/adapter``, ``runs/r64-s0/adapter`` → ``r8-s0/adapter``, ``r64-s0/adapter``)."""
+    parts = [[p for p in str(path).replace("\\", "/").split("/") if p not in ("", ".")] or [str(path)]
+             for path in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def _leading_shared(phi: np.ndarray) -> int:
+    """How many leading k have φ(k,k) ≥ 0.5 before the first that does not."""
+    below = np.nonzero(np.diagonal(phi) < SHARED)[0]
+    return int(below[0]) if below.size else int(min(phi.shape))
+
+
+def summary_lines(comparison) -> list[str]:
+    """The terminal summary: per pair and module type, medians over layers of φ(1,1), its random
+    baseline and the leading k with φ(k,k) ≥ 0.5; every number defined in the first line."""
+    names = short_names(comparison.checkpoints)
+    lines = ["φ(i, j) = ‖U_a[:, :i]ᵀ U_b[:, :j]‖²_F / min(i, j): 1 when a's top-i directions lie in "
+             "b's top-j, 0 when orthogonal. Per module type, medians over its modules of φ(1,1), of "
+             f"the same for random subspaces, and of the leading k with φ(k,k) ≥ {SHARED}."]
+    for pair in comparison.pairs:
+        ranks = sorted({tuple(m.phi.shape) for m in pair.modules})
+        lines.append(f"{names[pair.a]} vs {names[pair.b]}: {len(pair.modules)} shared modules"
+                     + (f", r = {ranks[0][0]} vs {ranks[0][1]}" if len(ranks) == 1 else ""))
+        groups: dict[str, list] = {}
+        for m in pair.modules:
+            groups.setdefault(m.module_type or m.name, []).append(m)
+        width = max((len(t) for t in groups), default=0)
+        for module_type, mods in groups.items():
+            top = np.median([m.phi[0, 0] for m in mods])
+            rnd = [m.random_phi[0, 0] for m in mods if m.random_phi is not None]
+            lead = np.median([_leading_shared(m.phi) for m in mods])
+            lines.append(f"  {module_type:<{width}} ×{len(mods):<3} φ(1,1) = {top:.2f}"
+                         + (f" (random {np.median(rnd):.2f})" if rnd else "")
+                         + f"   leading k with φ(k,k) ≥ {SHARED}: {lead:g}")
+    return lines
 
 
 @click.command("compare")
@@ -30,8 +71,10 @@ def _phi_summary(phi) -> str:
               help="Write the comparison as JSON ('-' for stdout).")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False), default=None,
               help="Write φ heatmaps laid out like the paper's Figures 3 and 4.")
+@scale_option
 @device_option
-def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path, device):
+@dtype_option
+def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path, scale, device, dtype):
     """Subspace similarity between CHECKPOINTS of different ranks, seeds or tasks.
 
     φ(i, j) = ‖U_aᵢᵀ U_bⱼ‖²_F / min(i, j) ∈ [0, 1]: 1 when the top-i directions of one lie in the
@@ -46,17 +89,13 @@ def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path,
     if len(checkpoints) < 2:
         raise click.UsageError("compare needs at least two checkpoints")
     check_outputs(json_path, pdf_path)
+    import torch  # here, so that `deltaw --help` starts without it
+
     comparison = deltaw.compare(list(checkpoints), base=base, basis=basis, side=side, top_k=top_k,
-                                modules=modules, device=device)
+                                modules=modules, device=device, dtype=getattr(torch, dtype), scale=scale)
     out = json_path == "-"
-    for pair in comparison.pairs:
-        a, b = comparison.checkpoints[pair.a], comparison.checkpoints[pair.b]
-        click.echo(f"{a}  vs  {b}: {len(pair.modules)} shared modules (basis {basis})", err=out)
-        for module in pair.modules[:8]:
-            click.echo(f"  {module.name}: {_phi_summary(module.phi)}"
-                       f"  (random: {_phi_summary(module.random_phi)})", err=out)
-        if len(pair.modules) > 8:
-            click.echo(f"  … {len(pair.modules) - 8} more modules in the JSON / PDF", err=out)
+    for line in summary_lines(comparison):
+        click.echo(line, err=out)
     write_outputs([comparison], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
         if path and path != "-":

@@ -315,3 +315,33 @@ def test_csv_to_stdout_and_skipped_reasons_without_json(full_finetune, tmp_path,
     both = CliRunner().invoke(cli, ["analyze", str(root / "ft"), "--base", str(root / "base"),
                                     "--json", "-", "--csv", "-"])
     assert both.exit_code == 2 and "cannot both go to stdout" in both.output
+
+
+def test_compare_output_is_short_and_defined(adapter_pair):
+    result = run("compare", adapter_pair / "r2-s0", adapter_pair / "r8-s0", "--dtype", "float64")
+    assert result.exit_code == 0, result.output
+    assert str(adapter_pair) not in result.output  # checkpoint names, not full paths
+    assert "r2-s0 vs r8-s0: 4 shared modules, r = 2 vs 8" in result.output
+    assert "mean φ" not in result.output
+    assert result.output.startswith("φ(i, j) = ‖U_a[:, :i]ᵀ U_b[:, :j]‖²_F / min(i, j)")
+    assert len(result.output.splitlines()) == 1 + 1 + 2  # definition, pair, one line per module type
+    assert "self_attn.q_proj ×2" in result.output and "leading k with φ(k,k) ≥ 0.5" in result.output
+
+
+def test_compare_takes_scale_for_loralib(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from deltaw.cli.compare import short_names
+
+    g = torch.Generator().manual_seed(0)
+    for name in ("a", "b"):
+        save_file({"encoder.0.q.lora_A": torch.randn(2, 8, generator=g),
+                   "encoder.0.q.lora_B": torch.randn(6, 2, generator=g)}, tmp_path / f"{name}.safetensors")
+    files = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    refused = CliRunner().invoke(cli, ["compare", *map(str, files)])
+    assert refused.exit_code == 1 and "--scale" in refused.output
+    result = run("compare", *files, "--scale", "0.25", "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.output
+    assert "a.safetensors vs b.safetensors" in result.output
+    assert short_names(["runs/r8/adapter", "runs/r64/adapter"]) == ["r8/adapter", "r64/adapter"]
