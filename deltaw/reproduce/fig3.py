@@ -68,6 +68,18 @@ def evidence(comparison: Comparison, dims: Mapping[str, int], draws: int = RANDO
 
 
 def rule(ev: Fig3Evidence) -> Finding:
+    """Decide Figure 3 by :data:`RULE`.
+
+    Parameters
+    ----------
+    ev : Fig3Evidence
+        From :func:`evidence`, or constructed (tests).
+
+    Returns
+    -------
+    Finding
+        The verdict, its reason, the checks and the headline numbers with their intervals.
+    """
     top = bootstrap(ev.top, what="median φ(1,1)")
     rest = bootstrap(ev.rest, what=f"median φ of directions 2–{ev.last}")
     null_top = null_quantile(ev.random_top)

@@ -83,6 +83,18 @@ def evidence(comparison: Comparison, dims: Mapping[str, int], draws: int = RANDO
 
 
 def rule(ev: Fig4Evidence) -> Finding:
+    """Decide Figure 4 by :data:`RULE`.
+
+    Parameters
+    ----------
+    ev : Fig4Evidence
+        From :func:`evidence`, or constructed (tests).
+
+    Returns
+    -------
+    Finding
+        The verdict, its reason, the checks and the headline numbers with their intervals.
+    """
     q = bootstrap(ev.query, what="median over layers of mean φ, W_q")
     v = bootstrap(ev.value, what="median over layers of mean φ, W_v")
     diffs = [a - b for a, b in zip(ev.query, ev.value) if a is not None and b is not None]

@@ -52,6 +52,7 @@ def random_overlap(dim: int, top: int, directions: int, draws: int, seed: int) -
 
 def evidence(analysis: Analysis, draws: int = RANDOM_DRAWS, seed: int = 0,
              targets: Sequence[str] = ("query", "value")) -> Fig8Evidence:
+    """Figure 8's overlap per module of the r = 4 run (``base_overlap``), with random draws per module."""
     overlap, random, expected = [], [], 0.0
     for m in analysis.modules:
         grid = m.base_overlap
@@ -66,6 +67,18 @@ def evidence(analysis: Analysis, draws: int = RANDOM_DRAWS, seed: int = 0,
 
 
 def rule(ev: Fig8Evidence) -> Finding:
+    """Decide Figure 8 by :data:`RULE`.
+
+    Parameters
+    ----------
+    ev : Fig8Evidence
+        From :func:`evidence`, or constructed (tests).
+
+    Returns
+    -------
+    Finding
+        The verdict, its reason, the checks and the headline numbers with their intervals.
+    """
     est = bootstrap(ev.overlap, what="median max φ")
     null = null_quantile(ev.random) if ev.random.size else float("nan")
     above = lower_above(est, null)

@@ -42,12 +42,14 @@ class FullRankEvidence:
 
 
 def group(module_type: str) -> str | None:
+    """The group of a BERT module type: "attention", "MLP" or None (neither)."""
     if "attention" in module_type:
         return "attention"
     return "MLP" if module_type in MLP_TYPES else None
 
 
 def evidence(full: Analysis, lora_ranks: Sequence[int]) -> FullRankEvidence:
+    """The full fine-tune's ranks per attention and MLP module, and the LoRA ranks as configured."""
     layers, groups, energy, gd, sizes = [], [], [], [], []
     for m in full.modules:
         g = group(m.module_type)
@@ -63,6 +65,18 @@ def evidence(full: Analysis, lora_ranks: Sequence[int]) -> FullRankEvidence:
 
 
 def rule(ev: FullRankEvidence) -> Finding:
+    """Decide the full fine-tune's rank finding by :data:`RULE`.
+
+    Parameters
+    ----------
+    ev : FullRankEvidence
+        From :func:`evidence`, or constructed (tests).
+
+    Returns
+    -------
+    Finding
+        The verdict, its reason, the checks and the headline numbers with their intervals.
+    """
     attn = bootstrap([e for e, g in zip(ev.energy_rank, ev.groups) if g == "attention"],
                      what="median 90 %-energy rank, attention")
     mlp = bootstrap([e for e, g in zip(ev.energy_rank, ev.groups) if g == "MLP"],

@@ -35,7 +35,19 @@ def counts(analysis: Analysis, targets: Sequence[str] = ("query", "value")) -> l
 
 
 def rule(lora: Mapping[int, Sequence[int]], full: Sequence[int]) -> Finding:
-    """``lora``: rank → counts per module; ``full``: counts per module of the full fine-tune."""
+    """Decide the intruder finding by :data:`RULE`.
+
+    Parameters
+    ----------
+    lora : dict of int to list of int
+        LoRA rank → intruder count per W_q/W_v module (:func:`counts`).
+    full : list of int
+        Intruder count per W_q/W_v module of the full fine-tune.
+
+    Returns
+    -------
+    Finding
+    """
     per_rank = {r: bootstrap(c, np.mean, what="mean intruders per module") for r, c in sorted(lora.items())}
     full_est = bootstrap(full, np.mean, what="mean intruders per module")
     low = [r for r in per_rank if r <= MAX_RANK]

@@ -81,6 +81,18 @@ def groups(runs: Sequence[RunSummary]) -> tuple[dict[int, Group], Group | None, 
 
 
 def rule(runs: Sequence[RunSummary]) -> Finding:
+    """Decide the rank sweep by :data:`RULE`.
+
+    Parameters
+    ----------
+    runs : list of RunSummary
+        Every run with its eval accuracy and the number of evaluated examples.
+
+    Returns
+    -------
+    Finding
+        The verdict, its reason, the checks and the headline numbers with their intervals.
+    """
     by_rank, head, full, how = groups(runs)
     means = [g.mean for g in by_rank.values()]
     k = len(means)

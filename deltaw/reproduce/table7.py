@@ -64,6 +64,20 @@ def amplification_rows(analysis: Analysis, run: str, rank: int, base_weight: Cal
 
 
 def rule(rows: Sequence[AmplificationRow], target: str = "query") -> Finding:
+    """Decide Table 7 by :data:`RULE`.
+
+    Parameters
+    ----------
+    rows : list of AmplificationRow
+        From :func:`amplification_rows` for r = 4 and r = 64, or constructed (tests).
+    target : str
+        The module type the paper's table is about (W_q: "query").
+
+    Returns
+    -------
+    Finding
+        The verdict, its reason, the checks and the headline numbers with their intervals.
+    """
     def at(rank):
         return sorted((r for r in rows if r.r == rank and r.module_type.endswith(target)),
                       key=lambda r: (r.layer is None, r.layer or 0))
