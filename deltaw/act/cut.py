@@ -92,7 +92,8 @@ class Cut:
 
 
 def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor, S: torch.Tensor,
-        Vh: torch.Tensor, energy: float, method: str, rule: RankRule, math_dtype: torch.dtype) -> Cut:
+        Vh: torch.Tensor, energy: float, method: str, rule: RankRule, math_dtype: torch.dtype,
+        floor: float = 0.0) -> Cut:
     """Apply ``rule`` to one module's SVD and account for what it discards.
 
     Parameters
@@ -106,6 +107,9 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     math_dtype : torch.dtype
         Precision the SVD ran in: σ below σ₁ · max(rows, cols) · eps are its rounding noise, so
         the rank of ΔW counts only the σ above it (numpy's ``matrix_rank`` rule).
+    floor : float
+        An absolute noise floor as well: σ ≤ floor are rounding noise of how ΔW was formed (a
+        merge whose terms cancel has σ₁ itself at the rounding level of the terms).
 
     Returns
     -------
@@ -114,7 +118,8 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     sigma = S.double().numpy()
     rows, cols = matrix_shape(shape)
     top_only = method == "randomized"
-    limit = numerical_rank(sigma, (rows, cols), float(torch.finfo(math_dtype).eps))
+    limit = min(numerical_rank(sigma, (rows, cols), float(torch.finfo(math_dtype).eps)),
+                int((sigma > floor).sum()))
     k = rule.choose(sigma, energy if top_only else None, rank_limit=limit)
     share, error = retained(sigma, k, energy if top_only else None)
     notes = []

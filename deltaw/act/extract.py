@@ -3,9 +3,9 @@
 With a rank known up front (``--rank R``, or ``--max-rank`` as the bound of ``--energy`` /
 ``--sv-ratio``) the top triplets come from the randomized range finder with power iterations
 (Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1), with a wide sketch (oversampling p = max(10, k/2))
-and more power iterations than the analyses use, so the written error stays within 0.1 % of the
-Eckart–Young optimum even where the spectrum is flat around k (tests/test_act_extract.py measures
-it). The written ΔW' is the projection of ΔW onto the span of its top-k left vectors, so its
+and power iterations repeated until the error has converged (:func:`top_svd`), so the written
+error stays within 0.1 % of the Eckart–Young optimum even where the spectrum decays slowly or is
+flat around k (tests/test_act_extract.py measures it). The written ΔW' is the projection of ΔW onto the span of its top-k left vectors, so its
 error² = ‖ΔW‖²_F − Σ_{i≤k} σᵢ² is exact whatever the sketch. ``full=True`` (or a rule needing
 the whole spectrum) takes the full SVD instead.
 
@@ -21,8 +21,8 @@ Halko, Martinsson & Tropp 2011, SIAM Review 53(2). Eckart & Young 1936, Psychome
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -37,40 +37,103 @@ from deltaw.errors import DeltawError
 from deltaw.formats import write_kohya
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
 from deltaw.formats.tensors import TensorStore
-from deltaw.linalg import check_memory, dense_method, exact_math, randomized_svd, resolve_device, robust_svd
+from deltaw.linalg import (check_memory, dense_method, exact_math, one_thread, orthonormal_basis, resolve_device,
+                           robust_svd)
 from deltaw.linalg.routes import energy as frobenius_energy
 
 log = logging.getLogger("deltaw")
 
-#: Power iterations of extract's randomized SVD (the analyses use 4).
-N_ITER = 8
+#: The randomized SVD stops when the Aitken-extrapolated remaining decrease of its error is below
+#: this share of the error: a fifth of the 0.1 % that extract promises, for the estimate's own error.
+TOLERANCE = 2e-4
+#: The promise: error within this share of the Eckart–Young optimum.
+PROMISE = 1e-3
+#: Power iterations at most, before the full SVD takes over (unless the estimate is within PROMISE).
+MAX_ITER = 30
 # architecture name suffix → PEFT task_type
 _TASKS = (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
-          ("ForQuestionAnswering", "QUESTION_ANS"), ("ForCausalLM", "CAUSAL_LM"),
+          ("ForQuestionAnswering", "QUESTION_ANS"), ("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"),
           ("ForConditionalGeneration", "SEQ_2_SEQ_LM"), ("ForSeq2SeqLM", "SEQ_2_SEQ_LM"))
 
 
 def oversample(k: int) -> int:
     """Sketch columns beyond k: max(10, k/2) (Halko et al. §4.2 use p = 5–10 for fast decay;
-    flat spectra around k need a wider sketch)."""
+    slowly decaying spectra converge in fewer power iterations with a wider sketch)."""
     return max(10, k // 2)
 
 
-def top_svd(M: torch.Tensor, k: int | None, *, full: bool = False, n_iter: int = N_ITER,
-            generator: torch.Generator | None = None):
-    """(U, S, Vh, method) of one dense matrix: its top-``k`` triplets, randomized where it pays.
+def top_svd(M: torch.Tensor, k: int | None, *, energy: float | None = None, full: bool = False,
+            tolerance: float = TOLERANCE, max_iter: int = MAX_ITER, generator: torch.Generator | None = None):
+    """(U, S, Vh, method, iterations) of one dense matrix: its top-``k`` triplets.
+
+    The randomized range finder with power iterations (Halko et al. 2011, Alg. 4.4), iterated
+    until the error converges rather than a fixed number of times. After each iteration
+    B = QᵀM (which the next half-step needs anyway, as Bᵀ = MᵀQ) gives the error of the current
+    approximation exactly, tₙ² = ‖M‖²_F − Σ_{i≤k} σᵢ(B)² (Pythagoras: QQᵀM is a projection).
+    tₙ decreases to the optimum geometrically; the iteration stops when the remaining decrease,
+    extrapolated from the last two steps (Aitken: Δₙ·ρ/(1 − ρ), ρ = Δₙ/Δₙ₋₁), is below
+    ``tolerance``·tₙ. A run that has not converged after ``max_iter`` iterations, with the
+    extrapolated excess above 0.1 %, takes the full SVD instead (logged).
 
     Parameters
     ----------
     M : Tensor, (m, n)
     k : int or None
         None (or ``full``): the full SVD.
+    energy : float, optional
+        ‖M‖²_F (float64), when the caller has it.
+
+    Returns
+    -------
+    U : (m, k), S : (k,), Vh : (k, n), method : "randomized" or "full", iterations : int
+
+    Notes
+    -----
+    Below float32 resolution (an optimum tail under ~1e-7·‖M‖_F) the error is the rounding of
+    the math dtype, not the method's; use ``math_dtype=torch.float64`` there.
     """
-    if full or k is None or dense_method(M.shape, k + oversample(k)) == "full":
+    m, n = M.shape
+    if full or k is None or dense_method((m, n), k + oversample(k)) == "full":
         U, S, Vh = robust_svd(M)
-        return U, S, Vh, "full"
-    U, S, Vh = randomized_svd(M, k, oversample=oversample(k), n_iter=n_iter, generator=generator)
-    return U, S, Vh, "randomized"
+        return U, S, Vh, "full", 0
+    total = float(frobenius_energy(M)) if energy is None else energy
+    width = min(k + oversample(k), m, n)
+    omega = torch.randn((n, width), generator=generator, dtype=M.dtype, device="cpu").to(M.device)
+    Q = orthonormal_basis(M @ omega)  # (m, l)
+    tails: list[float] = []
+    for iteration in range(1, max_iter + 1):
+        B = Q.mT @ M  # (l, n)
+        gram = (B.double() @ B.double().mT)  # (l, l): σ(B)² are its eigenvalues
+        kept = float(torch.linalg.eigvalsh(gram).flip(0)[:k].clamp(min=0).sum())
+        tails.append(math.sqrt(max(total - kept, 0.0)))
+        remaining = _remaining(tails)
+        if remaining is not None and remaining <= tolerance * tails[-1]:
+            break
+        Q = orthonormal_basis(M @ orthonormal_basis(B.mT))  # (m, l)
+    else:
+        remaining = _remaining(tails)
+        if remaining is None or remaining > PROMISE * tails[-1]:
+            log.warning("randomized SVD of a %d×%d matrix not converged in %d iterations; taking the full SVD",
+                        m, n, max_iter)
+            U, S, Vh = robust_svd(M)
+            return U, S, Vh, "full", max_iter
+    with one_thread(B):
+        U_small, S, Vh = robust_svd(B)
+    return (Q @ U_small)[:, :k], S[:k], Vh[:k], "randomized", iteration
+
+
+def _remaining(tails: list[float]) -> float | None:
+    """The extrapolated further decrease of a geometrically converging, decreasing sequence;
+    None while it cannot be told (fewer than three terms, or not yet contracting)."""
+    if len(tails) < 3:
+        return None
+    last, before = tails[-2] - tails[-1], tails[-3] - tails[-2]
+    if last <= 0:
+        return 0.0  # no progress left above rounding
+    if before <= 0 or last >= before:
+        return None
+    ratio = last / before
+    return last * ratio / (1 - ratio)
 
 
 def module_kinds(folder: str | os.PathLike) -> tuple[dict[str, str] | None, str | None]:
@@ -120,7 +183,7 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
             max_rank: int | None = None, full: bool = False, modules: str | None = None,
             format: str | None = None, dtype: str | None = None, overwrite: bool = False,
             pdf: str | os.PathLike | None = None, device: str = "auto", math_dtype: torch.dtype = torch.float32,
-            n_iter: int = N_ITER, seed: int = 0, progress: Callable | None = None):
+            seed: int = 0, progress: Callable | None = None):
     """Extract a LoRA from a full fine-tune: per module the best rank-k approximation of W_ft − W_base.
 
     Parameters
@@ -138,8 +201,8 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     format : "peft" (default) or "kohya"
     dtype : "float32", "float16" or "bfloat16", optional
         Default: the fine-tune's dtype.
-    n_iter, seed : int
-        Power iterations and the seed of the randomized SVD.
+    seed : int
+        Seeds the randomized SVD.
     overwrite, pdf, device, math_dtype, progress
         As :func:`deltaw.act.resize.resize`.
 
@@ -154,6 +217,11 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     rule = RankRule(rank, energy, sv_ratio, max_rank)
     check_outputs(out, overwrite, pdf)
     fmt = check_format(format, "peft")
+    from deltaw.load import detect_format
+
+    if (kind := detect_format(finetuned)) != "full":
+        raise DeltawError(f"{finetuned}: a {kind} LoRA adapter, not a full fine-tune; "
+                          "to cut a LoRA's rank use deltaw resize")
     tuned_store, base_store = TensorStore.open(finetuned), TensorStore.open(base)
     kinds, task = module_kinds(finetuned)
     plan, targets, pairs, skipped, notes = _plan(tuned_store, base_store, kinds, task, fmt, dtype, modules, base)
@@ -169,7 +237,7 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
             M = (tuned_store.get(tuned_key).to(device, math_dtype)
                  - base_store.get(base_key).to(device, math_dtype)).reshape(rows, -1)
             total = float(frobenius_energy(M))
-            U, S, Vh, method = top_svd(M, k, n_iter=n_iter, generator=generator)
+            U, S, Vh, method, _ = top_svd(M, k, energy=total, generator=generator)
             del M
         cuts.append(cut(name, shape, None, U.cpu(), S.cpu(), Vh.cpu(), total, method, rule, math_dtype))
         if progress is not None:

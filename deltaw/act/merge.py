@@ -44,6 +44,16 @@ class StackedDelta(LowRankDelta):
         R = torch.cat([right for _, _, right in pairs], dim=0)  # (Σr, cols)
         return L.to(dtype), R.to(dtype)
 
+    def noise_floor(self, eps: float) -> float:
+        """eps · max(m, n) · Σ |wᵢsᵢ|·‖Lᵢ‖_F‖Rᵢ‖_F: σ of the sum below it are not resolved by
+        ``eps``-precision arithmetic on terms that large (terms that cancel leave only such σ)."""
+        rows, cols = self.matrix_shape
+        size = 0.0
+        for w, d in self.parts:
+            L, R = d.factors(torch.float64)
+            size += abs(w * d.scale) * float(torch.linalg.norm(L)) * float(torch.linalg.norm(R))
+        return eps * max(rows, cols) * size
+
 
 def stacked(name: str, parts: list[tuple[float, LowRankDelta]]) -> StackedDelta:
     """The :class:`StackedDelta` of one module."""
@@ -103,7 +113,8 @@ def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         target.bias = sum(biases) if biases else None
         targets[name] = target
         deltas.append(stacked(name, parts))
-    cuts = cut_lowrank(deltas, rule, device=device, math_dtype=math_dtype, progress=progress, total=len(deltas))
+    cuts = cut_lowrank(deltas, rule, device=device, math_dtype=math_dtype, progress=progress, total=len(deltas),
+                       floor=StackedDelta.noise_floor)
     carried_elsewhere = sum(len(s.carried) for s in sources[1:])
     if carried_elsewhere and fmt == "peft":
         notes.append(f"{carried_elsewhere} modules_to_save tensors of the later adapters not carried: "

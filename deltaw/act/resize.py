@@ -27,7 +27,7 @@ from deltaw.linalg import svd_many
 
 def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto",
                 math_dtype: torch.dtype = torch.float32, progress: Callable | None = None,
-                total: int | None = None) -> list[Cut]:
+                total: int | None = None, floor: Callable | None = None) -> list[Cut]:
     """The exact factored SVD of every LoRA ΔW (batched by shape) and its cut by ``rule``.
 
     Parameters
@@ -38,6 +38,8 @@ def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto"
         Precision of the SVD.
     progress : callable, optional
         Called as ``progress(done, total, name)`` after each module.
+    floor : callable, optional
+        ``floor(delta, eps)``: σ at or below it are rounding noise (see :func:`deltaw.act.cut.cut`).
 
     Returns
     -------
@@ -46,7 +48,8 @@ def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto"
     cuts = []
     for delta, result in svd_many(deltas, device=device, dtype=math_dtype):
         cuts.append(cut(delta.name, delta.shape, delta.rank, result.U, result.S, result.Vh, result.energy,
-                        result.method, rule, math_dtype))
+                        result.method, rule, math_dtype,
+                        0.0 if floor is None else floor(delta, float(torch.finfo(math_dtype).eps))))
         if progress is not None:
             progress(len(cuts), total or len(cuts), delta.name)
     return cuts

@@ -1,0 +1,48 @@
+"""The resize / merge / extract commands: thin over the library, one table, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from click.testing import CliRunner
+
+from builders import make_adapter, tiny_llama
+from deltaw.cli.main import cli
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_resize_merge_extract_print_the_kept_table(tmp_path):
+    torch.manual_seed(0)
+    make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj"], r=8, lora_alpha=8)
+    result = _run("resize", tmp_path / "a", "--energy", "0.9", "--out", tmp_path / "small")
+    assert result.exit_code == 0, result.output
+    assert "retained" in result.output and "model.layers.0.self_attn.q_proj" in result.output
+    doc = json.loads((tmp_path / "small" / "deltaw-kept.json").read_text())
+    assert doc["schema"] == "deltaw.resize/1" and doc["operation"] == "resize"
+    row = next(line for line in result.output.splitlines() if line.startswith("model.layers.0.self_attn.q_proj"))
+    module = doc["modules"][0]
+    assert f"{100 * module['retained']:.2f} %" in row and f" {module['new_rank']} " in row
+
+    result = _run("merge", tmp_path / "a", tmp_path / "small", "--weights", "1,-1", "--rank", "2",
+                  "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "merged" / "deltaw-kept.json").read_text())["weights"] == [1.0, -1.0]
+
+
+def test_errors_are_one_line_and_nothing_is_written(tmp_path):
+    torch.manual_seed(0)
+    make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj"], r=4, lora_alpha=4)
+    for args in (["resize", tmp_path / "a", "--out", tmp_path / "x"],
+                 ["resize", tmp_path / "a", "--rank", "2", "--energy", "0.5", "--out", tmp_path / "x"],
+                 ["merge", tmp_path / "a", tmp_path / "a", "--weights", "1,x", "--rank", "2", "--out", tmp_path / "x"],
+                 ["extract", tmp_path / "a", "--base", tmp_path / "a", "--rank", "2", "--out", tmp_path / "x"]):
+        result = _run(*args)
+        assert result.exit_code == 1, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("deltaw: error:")]
+        assert len(errors) == 1 and result.output.endswith(errors[0] + "\n")
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,180 @@
+"""``extract``: a LoRA from a full fine-tune. PEFT's merge of the written adapter equals the best
+rank-k approximation of W_ft − W_base (float64); the randomized route's error stays within 0.1 %
+of the Eckart–Young optimum, flat spectra included, and the reported error is the true one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from act_oracles import best_rank_k, peft_delta
+from builders import save_model, tiny_bert_config, tiny_gpt2
+from deltaw.act.extract import extract, top_svd
+from deltaw.errors import DeltawError
+
+
+def _perturb(model, seed: int, rank: int = 3, noise: float = 3e-3):
+    """W += a rank-``rank`` update plus noise, in every weight matrix and vector (a 'fine-tune')."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                m, n = p.shape
+                p += 0.05 * torch.randn(m, rank, generator=g) @ torch.randn(rank, n, generator=g) / rank
+            p += noise * torch.randn(p.shape, generator=g)
+    return model
+
+
+def _weights(model) -> dict[str, np.ndarray]:
+    return {k.removesuffix(".weight"): v.detach().double().numpy() for k, v in model.state_dict().items()
+            if k.endswith(".weight") and v.dim() == 2}
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """A MiniLM-shaped pair: the base saved as BertModel, the fine-tune as BertForSequenceClassification."""
+    from transformers import BertForSequenceClassification, BertModel
+
+    root = tmp_path_factory.mktemp("act-extract")
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config())
+    save_model(base, root / "base")
+    tuned = BertForSequenceClassification(tiny_bert_config(num_labels=3))
+    tuned.bert.load_state_dict(base.state_dict())
+    save_model(_perturb(tuned, 1), root / "tuned")
+    return root, _weights(tuned)
+
+
+def _bert_base(root):
+    from transformers import BertForSequenceClassification
+
+    def make():
+        return BertForSequenceClassification.from_pretrained(root / "base", num_labels=3)
+    return make
+
+
+@pytest.mark.parametrize("rule", [{"rank": 3}, {"energy": 0.8}, {"energy": 0.8, "max_rank": 4}])
+def test_minilm_shaped_full_finetune(bert, tmp_path, rule):
+    root, tuned = bert
+    report = extract(root / "tuned", root / "base", tmp_path / "out", **rule)
+    written, messages = peft_delta(_bert_base(root), tmp_path / "out")
+    assert messages == []
+    base_weights = {k: v.detach().double().numpy() for k, v in _bert_base(root)().state_dict().items()}
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "classifier" in config["modules_to_save"]
+    assert any("1-D tensors" in note for note in report.notes)
+    by_path = {m.written_as: m for m in report.modules}
+    assert "bert.embeddings.word_embeddings" in by_path  # embeddings too, as embedding LoRA
+    for m in report.modules:
+        D = tuned[m.written_as] - base_weights[m.written_as + ".weight"]
+        best, optimum, share = best_rank_k(D, m.new_rank)
+        got = written[m.written_as]
+        true_error = np.linalg.norm(D - got)
+        # the reported error is the true one, to the float32 rounding of the written factors
+        assert m.error == pytest.approx(true_error, rel=1e-4, abs=1e-6 * np.linalg.norm(D))
+        assert true_error <= 1.001 * optimum + 1e-6 * np.linalg.norm(D)  # within 0.1 % of Eckart–Young
+        assert m.retained == pytest.approx(1 - true_error**2 / (D**2).sum(), abs=1e-5)
+        if m.method == "full":
+            np.testing.assert_allclose(got, best, atol=1e-5 * np.abs(D).max())
+        if "rank" not in rule and "max_rank" not in rule:
+            assert m.method == "full"  # τ over the whole spectrum needs all of it
+    # token_type_embeddings is 2 × 32: rank 2 at most
+    assert by_path["bert.embeddings.token_type_embeddings"].new_rank <= 2
+    if rule.get("rank") == 3:
+        assert "kept whole" in " ".join(by_path["bert.embeddings.token_type_embeddings"].notes)
+    # the new head is carried whole
+    loaded = _bert_base(root)()
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(loaded, tmp_path / "out").merge_and_unload()
+    np.testing.assert_array_equal(merged.classifier.weight.detach().double().numpy(), tuned["classifier"])
+
+
+def test_gpt2_conv1d_is_written_with_fan_in_fan_out(tmp_path):
+    base = tiny_gpt2()
+    save_model(base, tmp_path / "base")
+    tuned = _perturb(tiny_gpt2(), 2)
+    save_model(tuned, tmp_path / "tuned")
+    report = extract(tmp_path / "tuned", tmp_path / "base", tmp_path / "out", rank=2, full=True)
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is True and config["task_type"] == "CAUSAL_LM"
+    written, messages = peft_delta(tiny_gpt2, tmp_path / "out")
+    assert messages == []
+    before, after = _weights(tiny_gpt2()), _weights(tuned)
+    for m in report.modules:
+        D = after[m.written_as] - before[m.written_as]
+        best, optimum, _ = best_rank_k(D, m.new_rank)
+        np.testing.assert_allclose(written[m.written_as], best, atol=1e-5 * np.abs(D).max(), err_msg=m.name)
+        assert m.error == pytest.approx(optimum, rel=1e-4)
+
+
+def _with_spectrum(sigma, m, n, seed=0):
+    g = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(g.standard_normal((m, len(sigma))))
+    V, _ = np.linalg.qr(g.standard_normal((n, len(sigma))))
+    return (U * sigma) @ V.T
+
+
+SPECTRA = {
+    "flat around k": np.r_[np.full(60, 1.0), np.full(140, 0.999)],
+    "a gap right after k": np.r_[np.full(32, 2.0), np.full(168, 0.5)],
+    "slow decay": (1 + np.arange(200)) ** -0.1,
+    "slower decay": (1 + np.arange(200)) ** -0.05,
+    "linear": np.linspace(1, 0.5, 200),
+    "noise": np.sort(np.random.default_rng(3).uniform(0.9, 1.1, 200))[::-1],
+}
+
+
+@pytest.mark.parametrize("spectrum", SPECTRA, ids=list(SPECTRA))
+@pytest.mark.parametrize("k", [8, 32, 64])
+def test_randomized_error_within_a_thousandth_of_the_optimum(spectrum, k):
+    M = _with_spectrum(SPECTRA[spectrum], 400, 300)
+    U, S, Vh, method, _ = top_svd(torch.tensor(M, dtype=torch.float32), k, generator=torch.Generator().manual_seed(0))
+    assert method == "randomized"
+    approx = (U.double().numpy() * S.double().numpy()) @ Vh.double().numpy()
+    _, optimum, _ = best_rank_k(M, k)
+    error = np.linalg.norm(M - approx)
+    assert error <= 1.001 * optimum
+    # the error the report states (exact energy minus the kept σ²) is the true error
+    stated = np.sqrt((M**2).sum() - (S.double().numpy() ** 2).sum())
+    assert stated == pytest.approx(error, rel=1e-4)
+
+
+def test_without_a_config_every_matrix_is_linear_and_said_so(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    base = {"layer.weight": torch.randn(40, 30, generator=g), "conv.weight": torch.randn(8, 4, 3, 3, generator=g)}
+    tuned = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    save_file(base, str(tmp_path / "base.safetensors"))
+    save_file(tuned, str(tmp_path / "tuned.safetensors"))
+    report = extract(tmp_path / "tuned.safetensors", tmp_path / "base.safetensors", tmp_path / "out",
+                     energy=0.5, format="kohya")
+    assert any("module types unknown" in note for note in report.notes)
+    from test_act_resize import _kohya_delta
+
+    written = _kohya_delta(tmp_path / "out" / "lora.safetensors")
+    for m in report.modules:
+        D = (tuned[m.name + ".weight"].double() - base[m.name + ".weight"].double()).numpy()
+        best, optimum, _ = best_rank_k(D, m.new_rank)
+        np.testing.assert_allclose(written[m.written_as], best, atol=1e-5 * np.abs(D).max())
+    assert written["lora_conv"].shape == (8, 4, 3, 3)
+
+
+def test_extract_refuses_before_work(bert, tmp_path):
+    root, _ = bert
+    with pytest.raises(DeltawError, match="exactly one"):
+        extract(root / "tuned", root / "base", tmp_path / "out")
+    with pytest.raises(DeltawError, match="no module can carry"):
+        extract(root / "tuned", root / "base", tmp_path / "out", rank=2, modules="nothing-matches")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unconverged_randomized_svd_takes_the_full_svd():
+    M = torch.tensor(_with_spectrum(SPECTRA["slower decay"], 400, 300), dtype=torch.float32)
+    *_, method, iterations = top_svd(M, 32, max_iter=2)
+    assert (method, iterations) == ("full", 2)
+    *_, method, iterations = top_svd(M, 32)
+    assert method == "randomized" and 2 < iterations <= 30
