@@ -95,6 +95,12 @@ def test_fig3_not_reproduced_when_top_not_shared():
     assert fig3.rule(_fig3(jitter(0.52, spread=0.2), jitter(0.05))).verdict == "not reproduced"
 
 
+def test_fig3_not_testable_without_a_shared_module():
+    empty = fig3.Fig3Evidence(top=[], rest=[], random_top=np.zeros((DRAWS, 0)), random_rest=np.zeros((DRAWS, 0)),
+                              dim=0, last=8)
+    assert fig3.rule(empty).verdict == "not testable here"
+
+
 # ---------------------------------------------------------------------------------------------
 # Figure 4
 

@@ -80,6 +80,10 @@ def rule(ev: Fig3Evidence) -> Finding:
     Finding
         The verdict, its reason, the checks and the headline numbers with their intervals.
     """
+    if not ev.top or not ev.dim:
+        return finding("fig3", ours="no module shared by A_r=8 and A_r=64", rule=RULE,
+                       verdict="not testable here", reason="the two adapters share no module",
+                       checks=[], numbers={})
     top = bootstrap(ev.top, what="median φ(1,1)")
     rest = bootstrap(ev.rest, what=f"median φ of directions 2–{ev.last}")
     null_top = null_quantile(ev.random_top)
