@@ -76,12 +76,15 @@ def _fig3(top, rest):
     rng = np.random.default_rng(4)
     n = len(top)
     return fig3.Fig3Evidence(top=top, rest=rest, random_top=rng.beta(0.5, (D - 1) / 2, (DRAWS, n)),
-                             random_rest=np.full((DRAWS, n), 7 / D), dim=D, last=8)
+                             random_rest=rng.normal(7 / D, 0.005, (DRAWS, n)), dim=D, last=8)
 
 
 def test_fig3_reproduced_when_top_shared_and_rest_much_less():
     f = fig3.rule(_fig3(jitter(0.85), jitter(0.15)))
     assert f.verdict == "reproduced"
+    assert f.checks[-1].holds  # directions 2–8 still above random, reported beside the verdict
+    at_random = fig3.rule(_fig3(jitter(0.85), jitter(7 / D, spread=0.002)))
+    assert at_random.verdict == "reproduced" and at_random.checks[-1].holds is False
 
 
 def test_fig3_partly_when_rest_is_not_much_less():
