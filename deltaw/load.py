@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from deltaw import hub
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.formats import full, kohya, loralib, peft
@@ -59,11 +60,13 @@ def load_deltas(
 
     Parameters
     ----------
-    checkpoint : path
-        A PEFT adapter folder, a kohya LoRA ``.safetensors``, a loralib state dict, or a full
-        fine-tune (Hugging Face model folder, single or sharded, or one ``.safetensors``/``.pt``).
-    base : path, optional
-        The pretrained model the checkpoint was trained from (same forms as a full fine-tune).
+    checkpoint : path or Hub id
+        A PEFT adapter folder, a kohya / LyCORIS ``.safetensors``, a loralib state dict, or a full
+        fine-tune (Hugging Face model folder, single or sharded, or one ``.safetensors``/``.pt``);
+        or a Hugging Face Hub id ``org/name[@revision]`` (:mod:`deltaw.hub`).
+    base : path, Hub id or "auto", optional
+        The pretrained model the checkpoint was trained from (same forms as a full fine-tune);
+        ``"auto"``: the adapter config's ``base_model_name_or_path``.
         Optional for LoRA (spectra, ranks and subspaces don't need it); required for DoRA
         and full fine-tunes, and for amplification and intruder dimensions.
     scale : float, optional
@@ -84,11 +87,27 @@ def load_deltas(
     >>> d = deltas["model.layers.0.self_attn.q_proj"]                  # doctest: +SKIP
     >>> U, S, Vh = deltaw.svd(d)                                       # doctest: +SKIP
     """
-    path = Path(checkpoint)
+    resolved, resolved_base = hub.resolve_pair(checkpoint, base)
+    deltas = _load_local(resolved.path, None if resolved_base is None else resolved_base.path, base, scale,
+                         require_base)
+    if hub.is_hub_id(checkpoint):
+        deltas.checkpoint = resolved.label
+    if resolved_base is not None and (hub.is_hub_id(base) or str(base) == hub.AUTO):
+        deltas.base = resolved_base.label
+        if str(base) == hub.AUTO:
+            deltas.notes.append(f"base {resolved_base.label}: the adapter_config.json's base_model_name_or_path "
+                                "(--base auto)")
+    return deltas
+
+
+def _load_local(path: Path, base: Path | None, base_name, scale, require_base: bool) -> Deltas:
+    """:func:`load_deltas` on local paths; ``base_name`` is the base as the user named it."""
     fmt = detect_format(path)
     base_store = TensorStore.open(base) if base is not None else None
     deltas = _load(path, fmt, base_store, scale, require_base)
-    if base is not None and (note := base_mismatch_note(deltas.details.get("base_model_name_or_path"), base)):
+    declared = deltas.details.get("base_model_name_or_path")
+    if base is not None and (note := base_mismatch_note(declared, base if str(base_name) == hub.AUTO
+                                                        or not hub.is_hub_id(base_name) else base_name)):
         deltas.notes.append(note)
     if base_store is None:
         return _renamed(deltas, {name: name for name in deltas})
