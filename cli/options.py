@@ -6,8 +6,9 @@ import click
 
 base_option = click.option(
     "--base", type=click.Path(), default=None,
-    help="The pretrained model the checkpoint was trained from (folder or file). "
-         "Required for full fine-tunes and DoRA; enables amplification and intruder dimensions.")
+    help="The pretrained model the checkpoint was trained from (folder, file, Hub id org/name[@rev], or "
+         "'auto': the adapter config's base_model_name_or_path). "
+         "Required for full fine-tunes, DoRA, OFT and VeRA; enables amplification and intruder dimensions.")
 
 scale_option = click.option(
     "--scale", type=float, default=None,
