@@ -70,11 +70,10 @@ def _table7(rec: Reproduction) -> list[Block]:
              text.num(r.random_expected), text.num(r.random_p99), text.num(r.enrichment),
              text.num(r.delta_fro), text.num(r.factor)]
             for r in sorted(rec.table7, key=lambda r: (r.module_type, r.r, r.layer if r.layer is not None else -1))]
-    table = Table(header=["r", "layer", "module", "‖UᵀWV‖ ΔW", "‖UᵀWV‖ W", "random r‖W‖/√mn",
-                          "random p99", "enrichment", "‖ΔW‖F", "factor"],
-                  rows=rows, align="rrlrrrrrrr", size=style.SMALL)
+    table = Table(header=["r", "layer", "module", "ΔW", "W", "random", "random p99", "enrichment", "‖ΔW‖F",
+                          "factor"], rows=rows, align="rrlrrrrrrr", size=style.SMALL, stretch=2)
     draws = rec.table7[0].random_draws if rec.table7 else 0
-    return table_blocks(table, "Table 7 per module: W projected onto the top-r singular directions of ΔW and of "
+    return table_blocks(table, "Table 7 per module: ‖UᵀWV‖F with U, V the top-r singular directions of ΔW and of "
                                "W; random: the closed-form root mean square r‖W‖F/√(mn) over random r-frames and "
                                f"the 99th percentile of {draws} draws with the module's own seed; enrichment = "
                                "‖UᵀWV‖ ΔW / random (≈ 1 for random directions at every r); factor = ‖ΔW‖F / "
