@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import torch
 
 from deltaw._inputs import check_dtype
-from deltaw.delta import DoraDelta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.linalg import check_memory_for, resolve_device
@@ -54,7 +53,7 @@ def _shared_names(loaded: list[Deltas], modules: str | None) -> list[str]:
 def _check_factors(deltas: Deltas, names: list[str], basis: str) -> None:
     for name in names:
         d = deltas.deltas.get(name)
-        if d is not None and not isinstance(d, (LowRankDelta, DoraDelta)):
+        if d is not None and d.kind == "dense":  # LoHa, LoKr, OFT: their ΔW's own singular vectors
             raise DeltawError(f"{deltas.checkpoint}: basis {basis!r} needs LoRA factors but {name} is a "
                               f"{d.kind} ΔW (a full fine-tune?); use basis 'delta'")
 

@@ -151,12 +151,21 @@ def _lowrank_of(d: Delta, basis: str) -> LowRankDelta:
     raise DeltawError(f"{d.name}: basis {basis!r} needs LoRA factors but ΔW is {d.kind}; use basis='delta'")
 
 
-def _factor_view(d: Delta, basis: str) -> LowRankDelta:
+def has_factors(d: Delta) -> bool:
+    """True when ΔW has LoRA factors A, B of its own (LoRA, AdaLoRA, VeRA; DoRA's directional part)."""
+    return isinstance(d, DoraDelta) or isinstance(d, LowRankDelta) and d.kind == "lora"
+
+
+def _factor_view(d: Delta, basis: str) -> Delta:
     """lora_A or lora_B alone as a LoRA "update" I·A or B·I, so the SVD core decomposes it exactly.
 
     Its right singular vectors (for A, (r, in)) or left ones (for B, (out, r)) are then those
-    of the factor, batched by shape like any LoRA.
+    of the factor, batched by shape like any LoRA. An adapter without A and B of its own (LoHa,
+    LoKr, OFT) is its ΔW: its right singular vectors span the input directions it reads, as A's
+    do for a LoRA, and its left ones the output directions, as B's.
     """
+    if not has_factors(d) and d.kind != "dense":
+        return d
     lowrank = _lowrank_of(d, basis)
     rows, cols = lowrank.shape[0], math.prod(lowrank.shape[1:])
     out_features, in_features = (cols, rows) if lowrank.transposed else (rows, cols)

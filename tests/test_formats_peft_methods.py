@@ -240,3 +240,22 @@ def test_unsupported_peft_method_is_one_line(tmp_path, llama_base):
                      lambda n: False)
     with pytest.raises(deltaw.DeltawError, match="PEFT method IA3 is not supported"):
         deltaw.load_deltas(tmp_path / "a")
+
+
+def test_compare_structured_adapters_uses_their_delta_directions(tmp_path, llama_base):
+    """LoKr and LoHa have no A of their own: compare's basis A is ΔW's right singular vectors."""
+    from peft import LoHaConfig, LoKrConfig
+
+    for name, config in (("lokr", LoKrConfig(r=2, alpha=3, decompose_both=True, decompose_factor=4)),
+                         ("loha", LoHaConfig(r=2, alpha=4))):
+        config.target_modules, config.init_weights = ["q_proj"], False
+        peft_adapter(tiny_llama(), tmp_path / name, config)
+    comparison = deltaw.compare([tmp_path / "lokr", tmp_path / "loha"], device="cpu", dtype=torch.float64)
+    d_lokr = deltaw.load_deltas(tmp_path / "lokr")["model.layers.0.self_attn.q_proj"]
+    d_loha = deltaw.load_deltas(tmp_path / "loha")["model.layers.0.self_attn.q_proj"]
+    V = [np.linalg.svd(d.to_dense(torch.float64).numpy())[2] for d in (d_lokr, d_loha)]
+    ranks = (8, 4)  # rank(W1)·rank(W2) = 4·2 for this LoKr; r² = 4 for the LoHa
+    overlap = np.linalg.norm(V[0][:1] @ V[1][:1].T) ** 2  # φ(1, 1) from float64 dense SVDs
+    phi = np.asarray(comparison.pairs[0]["model.layers.0.self_attn.q_proj"].phi)
+    assert phi.shape == ranks
+    np.testing.assert_allclose(phi[0, 0], overlap, atol=1e-8)
