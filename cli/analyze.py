@@ -56,6 +56,10 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
     click.echo(f"{checkpoint}: {analysis.format}, {len(analysis.modules)} modules"
                + (f", base {base}" if base else ""), err=to_stderr)
     click.echo(summary_table(analysis, json_written=json_path is not None), err=to_stderr, nl=False)
+    from deltaw.act.suggest import describe
+
+    for line in describe(analysis.rank_suggestion):
+        click.echo(line, err=to_stderr)
     for note in analysis.notes:
         click.echo(f"note: {note}", err=True)
     cached = [m.base_svd_cached for m in analysis.modules if m.base_svd_cached is not None]

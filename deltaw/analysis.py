@@ -339,5 +339,9 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
             i, original = originals.pop(id(view))
             finish(i, _measure(original, view, result, opts))
     analysis.modules = [r for r in records if r is not None]
+    if deltas.format != "kohya":  # kohya keys are not module paths a PEFT rank_pattern matches
+        from deltaw.act.suggest import suggest_rank_pattern
+
+        analysis.rank_suggestion = suggest_rank_pattern(analysis.modules)
     return analysis
 

@@ -6,7 +6,8 @@ ones): ``base_model.model.<module>.lora_A.weight`` (r, in[, kh, kw]) and ``.lora
 (``.lora_embedding_A`` (r, num_embeddings), ``.lora_embedding_B`` (dim, r), no ``.weight``) ΔW
 is (s·B@A)ᵀ. The scale is s = α/r, or α/√r with ``use_rslora``; per-module ranks go into
 ``rank_pattern``, whose keys PEFT matches as the regex ``(.*\\.)?(KEY)$`` on the module path
-(first match in dict order), so each key here is the escaped full path and matches one module.
+(first match in dict order), so each key here is a full path that matches one module
+(:func:`rank_pattern`).
 
 References
 ----------
@@ -59,7 +60,7 @@ def new_config(template: dict | None, ranks: dict[str, int], *, base_model: str 
     dict
         ``r`` is the most common rank, ``rank_pattern`` holds the modules at other ranks.
     """
-    r = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
+    r, pattern = rank_pattern(ranks)
     config = dict(template) if template is not None else {
         "peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": base_model, "lora_alpha": r,
         "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": fan_in_fan_out, "use_rslora": False,
@@ -67,45 +68,27 @@ def new_config(template: dict | None, ranks: dict[str, int], *, base_model: str 
     config.update(_RESET)
     config["r"] = r
     config["target_modules"] = sorted(ranks)
-    config["rank_pattern"] = {re.escape(module): k for module, k in ranks.items() if k != r}
+    config["rank_pattern"] = pattern
     return config
 
 
-def lora_tensors(module: str, L: torch.Tensor, R: torch.Tensor, shape: tuple[int, ...], *,
-                 transposed: bool = False, embedding: bool = False) -> dict[str, torch.Tensor]:
-    """PEFT's tensors for ΔW = s · L @ R (2-D, base layout).
+def rank_pattern(ranks: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """(r, rank_pattern) for per-module ranks.
 
-    Parameters
-    ----------
-    module : str
-        The module path in the model (``model.layers.0.self_attn.q_proj``).
-    L : Tensor, (rows, k); R : Tensor, (k, cols)
-        Factors of ΔW in the base tensor's 2-D layout, the scale s already divided out.
-    shape : tuple of int
-        ΔW's shape in the base layout: (rows, cols), or (out, in, kh, kw) for a conv kernel.
-    transposed : bool
-        ``fan_in_fan_out`` or an embedding: the base stores (in, out), ΔW = (s·B@A)ᵀ.
-    embedding : bool
-        Embedding LoRA: the ``lora_embedding_A`` / ``lora_embedding_B`` keys.
-
-    Returns
-    -------
-    dict of key → Tensor
+    r is the most common rank (ties: the first listed); the pattern holds the modules at other
+    ranks. PEFT consults rank_pattern only for the adapted modules, matching each key as the
+    regex ``(.*\\.)?(KEY)$``: a module's path is its key as written when it matches no other
+    module of ``ranks`` that way (a dot matches any character), else the escaped path.
     """
-    k = L.shape[1]
-    if transposed:
-        A, B = L.T, R.T  # ΔW = (B A)ᵀ = Aᵀ Bᵀ
-    else:
-        B, A = L.reshape(shape[0], k, *[1] * (len(shape) - 2)), R.reshape(k, *shape[1:])
-    prefix = PEFT_PREFIX + module
-    if embedding:
-        return {f"{prefix}.lora_embedding_A": A.contiguous(), f"{prefix}.lora_embedding_B": B.contiguous()}
-    return {f"{prefix}.lora_A.weight": A.contiguous(), f"{prefix}.lora_B.weight": B.contiguous()}
-
-
-def write_adapter(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write the config and the weights into ``folder`` (an existing, empty staging folder)."""
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    r = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
+    pattern = {}
+    for module, k in ranks.items():
+        if k == r:
+            continue
+        try:
+            plain = re.compile(rf"(.*\.)?({module})$")
+            unique = all(other == module or not plain.match(other) for other in ranks)
+        except re.error:  # not a regex as written
+            unique = False
+        pattern[module if unique else re.escape(module)] = k
+    return r, pattern

@@ -236,6 +236,33 @@ class ModuleRecord(SpectralSummary):
         return self.energy_captured is not None and self.energy_captured < 1.0 - 1e-6
 
 
+@dataclass(kw_only=True, eq=False)
+class RankSuggestion(FieldAccess, Record):
+    """The PEFT ``rank_pattern`` for a next training run that holds τ of ‖ΔW‖²_F per module.
+
+    Attributes
+    ----------
+    energy : float
+        τ: each module's rank is its τ-energy rank, the smallest k with Σ_{i≤k} σᵢ² ≥ τ‖ΔW‖²_F.
+    r : int
+        The most common of those ranks: LoraConfig's ``r``.
+    rank_pattern : dict of str → int
+        The modules at another rank; keys are escaped module names, matched by PEFT's rule
+        ``(.*\\.)?(KEY)$`` (so they also match under a task wrapper such as ``bert.``).
+    at_least : list of str
+        Modules of a top-k spectrum whose listed values do not reach τ: their rank is a lower
+        bound (k + 1), the listed k plus one.
+    zero : list of str
+        Modules whose ΔW is zero: no rank suggested (they need no adapter).
+    """
+
+    energy: float
+    r: int
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    at_least: list[str] = field(default_factory=list)
+    zero: list[str] = field(default_factory=list)
+
+
 @dataclass
 class Skipped(Record):
     """A tensor that is in a checkpoint but not analysed, and why."""
@@ -264,6 +291,9 @@ class Analysis(Record):
         Tensors not analysed, with the reason.
     notes : list of str
         Facts needed to read the numbers (e.g. a base-mutating initialisation, a top-k SVD).
+    rank_suggestion : RankSuggestion or None
+        The PEFT rank_pattern holding 90 % of each module's energy; None for kohya files, whose
+        keys are not module paths PEFT could match.
     """
 
     SCHEMA = "deltaw.analysis/1"
@@ -276,6 +306,7 @@ class Analysis(Record):
     notes: list[str] = field(default_factory=list)
     modules: list[ModuleRecord] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    rank_suggestion: RankSuggestion | None = None
 
     def __getitem__(self, name: str) -> ModuleRecord:
         for record in self.modules:
