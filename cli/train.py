@@ -26,6 +26,7 @@ def _name_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
 Examples:
   deltaw train --quick --out runs/                    # MiniLM on tweet sentiment, r = 1,2,4,8,64
   deltaw train --quick --full-ft --head-control --seeds 0,1,2 --seed-ranks 64 --out runs/
+  deltaw train --quick --ranks 8 --trajectory 15 --out runs/ && deltaw trajectory runs/lora-r8-s0
   deltaw train --model ./my-bert --data reviews.jsonl --ranks 4,16 --steps 2000 --out runs/
 
 \b
@@ -70,6 +71,9 @@ the runs already finished.""",
               help="Where to train.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads.  [default: all cores]")
+@click.option("--trajectory", type=click.IntRange(min=1), default=None, metavar="EVERY",
+              help="Also save each LoRA adapter every EVERY steps as checkpoint-<step>/ inside its run "
+                   "folder, for `deltaw trajectory OUT/lora-r8-s0`.")
 def command(out, quick, **options) -> None:
     """Train LoRA adapters (one per rank and seed) and optionally a full fine-tune.
 

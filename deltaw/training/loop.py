@@ -52,8 +52,12 @@ def _encode(tokenizer, data: LabelledText, indices: list[int], max_length: int, 
 
 
 def fit(model, inputs: SweepInputs, config: TrainConfig, *, lr: float, seed: int, name: str,
-         log: Log) -> float:
-    """Train ``model`` in place; return the mean loss over the last tenth of the steps."""
+         log: Log, on_step: Callable[[int], None] | None = None) -> float:
+    """Train ``model`` in place; return the mean loss over the last tenth of the steps.
+
+    ``on_step(step)`` is called after each optimizer step (``deltaw train --trajectory`` saves
+    checkpoints with it).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     # No weight decay: decoupled decay adds -lr·λ·W to every step of a full fine-tune, a
     # component of ΔW along W itself that would bias the amplification analysis.
@@ -83,6 +87,8 @@ def fit(model, inputs: SweepInputs, config: TrainConfig, *, lr: float, seed: int
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step)
         if not math.isfinite(losses[-1]):
             raise DeltawError(
                 f"{name}: loss became {losses[-1]} at step {step}; lower the learning rate"

@@ -75,6 +75,9 @@ class TrainConfig:
     # Also train the classifier head alone (r = 0, encoder frozen), with every seed: the control
     # that says whether the adapters learned anything the head could not.
     head_control: bool = False
+    # Save the adapter every this many steps as checkpoint-<step>/ inside each LoRA run folder,
+    # the layout of a Trainer run that `deltaw trajectory` reads. None: only the final adapter.
+    trajectory: int | None = None
     steps: int = 1000  # optimizer steps per run
     batch_size: int = 32  # examples per step
     max_length: int = 128  # tokens per example after truncation (batches pad to their longest)
@@ -208,6 +211,8 @@ def _settings(config: TrainConfig, kind: str) -> dict:
     )
     if kind == "lora":
         settings.update(alpha=config.lora_alpha, targets=list(config.targets), lora_dropout=0.0)
+        if config.trajectory is not None:  # absent otherwise: earlier runs stay reusable
+            settings.update(trajectory=config.trajectory)
     return settings
 
 
@@ -244,7 +249,15 @@ def train_lora(config: TrainConfig, inputs: SweepInputs, *, rank: int, seed: int
     present = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
     saved = sorted(set(model.peft_config["default"].modules_to_save or []) & present)
     model.to(inputs.device)
-    final_loss = fit(model, inputs, config, lr=config.lr, seed=seed, name=name, log=log)
+    snapshots = {}  # step → the adapter's tensors then (LoRA factors: small, kept in memory)
+
+    def snapshot(step: int) -> None:
+        if config.trajectory and (step % config.trajectory == 0 or step == config.steps):
+            from peft import get_peft_model_state_dict
+
+            snapshots[step] = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    final_loss = fit(model, inputs, config, lr=config.lr, seed=seed, name=name, log=log, on_step=snapshot)
     accuracy = evaluate(model, inputs, config)
     entry = dict(
         name=name, kind="lora", rank=rank, alpha=config.lora_alpha,
@@ -254,7 +267,17 @@ def train_lora(config: TrainConfig, inputs: SweepInputs, *, rank: int, seed: int
         settings=_settings(config, "lora"),
     )
 
-    return save_run(dest, entry, started, lambda folder: model.to("cpu").save_pretrained(str(folder)), log)
+    def write(folder: Path) -> None:
+        model.to("cpu").save_pretrained(str(folder))
+        for step, tensors in snapshots.items():  # the layout of a Trainer run: checkpoint-<step>/
+            from safetensors.torch import save_file
+
+            checkpoint = folder / f"checkpoint-{step}"
+            checkpoint.mkdir()
+            (checkpoint / "adapter_config.json").write_bytes((folder / "adapter_config.json").read_bytes())
+            save_file(tensors, str(checkpoint / "adapter_model.safetensors"))
+
+    return save_run(dest, entry, started, write, log)
 
 
 def train_full(config: TrainConfig, inputs: SweepInputs, *, seed: int, dest: Path,

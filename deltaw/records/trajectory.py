@@ -1,0 +1,107 @@
+"""A training run's checkpoints over steps (``deltaw.trajectory/1``): per module, metrics by step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deltaw.errors import DeltawError
+from deltaw.naming import parse_module_name
+from deltaw.records._base import Record, deltaw_version, utc_now
+
+
+@dataclass(kw_only=True, eq=False)
+class ModuleTrajectory(Record):
+    """One module's metrics at every step (lists aligned with the trajectory's ``steps``).
+
+    Attributes
+    ----------
+    fro_norm : list of float or None
+        ‖ΔW‖_F at each step (None: the module is absent or has NaN/Inf at that step).
+    energy_rank : dict of str to list of int or None
+        ``{"0.5": [...], "0.9": [...], "0.99": [...]}``: smallest k holding that share of ‖ΔW‖²_F.
+    effective_rank, stable_rank : list of float or None
+    overlap_with_final : list of float or None
+        ‖U_step,kᵀ U_final,k‖²_F / k of the top k = min(8, both ranks) left singular vectors;
+        1 at the last step; None where either ΔW is zero or absent.
+    """
+
+    name: str
+    layer: int | None = None
+    module_type: str = ""
+    fro_norm: list[float | None]
+    energy_rank: dict[str, list[int | None]]
+    effective_rank: list[float | None]
+    stable_rank: list[float | None]
+    overlap_with_final: list[float | None]
+
+    def __post_init__(self):
+        if not self.module_type:
+            self.layer, self.module_type = parse_module_name(self.name)
+
+
+@dataclass(kw_only=True, eq=False)
+class Saturation(Record):
+    """When the 90 %-energy rank of a module type stops growing.
+
+    Attributes
+    ----------
+    module_type : str
+    median_energy_rank_90 : list of float or None
+        Median over the type's modules of ``energy_rank["0.9"]``, per step.
+    step : int or None
+        The first step from which the median never grows again; None when it still grows at
+        the last step (then ``note`` says so).
+    note : str or None
+    """
+
+    module_type: str
+    median_energy_rank_90: list[float | None]
+    step: int | None = None
+    note: str | None = None
+
+
+@dataclass(kw_only=True, eq=False)
+class Trajectory(Record):
+    """Metrics of ΔW over a run's checkpoints (schema ``deltaw.trajectory/1``).
+
+    Attributes
+    ----------
+    run : str
+        The run folder (or "" for an explicit list).
+    steps : list of int
+        Ascending; every per-step list is indexed like this.
+    checkpoints : list of str
+        The checkpoint of each step.
+    modules : list of ModuleTrajectory
+    saturation : list of Saturation
+        Per module type.
+    """
+
+    SCHEMA = "deltaw.trajectory/1"
+
+    run: str = ""
+    base: str | None = None
+    deltaw_version: str = field(default_factory=deltaw_version)
+    created: str = field(default_factory=utc_now)
+    notes: list[str] = field(default_factory=list)
+    steps: list[int]
+    checkpoints: list[str]
+    modules: list[ModuleTrajectory] = field(default_factory=list)
+    saturation: list[Saturation] = field(default_factory=list)
+
+    def validate(self, where: str) -> None:
+        n = len(self.steps)
+        if self.steps != sorted(set(self.steps)):
+            raise DeltawError(f"{where}: 'steps' must be strictly ascending, got {self.steps}")
+        if len(self.checkpoints) != n:
+            raise DeltawError(f"{where}: {len(self.checkpoints)} checkpoints for {n} steps")
+        for m in self.modules:
+            lists = [m.fro_norm, m.effective_rank, m.stable_rank, m.overlap_with_final, *m.energy_rank.values()]
+            if any(len(values) != n for values in lists):
+                raise DeltawError(f"{where}: module {m.name!r} has a list whose length is not the {n} steps")
+
+    def __getitem__(self, name: str) -> ModuleTrajectory:
+        for record in self.modules:
+            if record.name == name:
+                return record
+        raise KeyError(name)
