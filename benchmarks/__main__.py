@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--ww-python", default=None,
                      help="interpreter with weightwatcher installed (default: $DELTAW_BENCH_WW_PYTHON, then this one)")
     run.add_argument("--only", default=None,
-                     help="comma-separated parts: lora,ww,dense,memory,scaling,batching,profile")
+                     help="comma-separated parts: lora,ww,dense,memory,scaling,batching,structured,profile")
     table = sub.add_parser("table", help="markdown table + scaling plot from a results file")
     table.add_argument("--results", type=Path, default=HERE / "results.json")
     table.add_argument("--readme", type=Path, default=HERE / "README.md",

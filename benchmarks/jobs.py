@@ -453,3 +453,7 @@ def ww_run(args):
         runs.append(time.perf_counter() - start)
     return {"runs": runs, "median": sorted(runs)[len(runs) // 2], "version": ww.__version__,
             "layers": _ww_frame(details)}
+
+
+# Jobs kept in their own modules register themselves in JOBS on import.
+from benchmarks import structured  # noqa: E402,F401

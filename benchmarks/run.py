@@ -197,6 +197,13 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
         results["batching_plan"] = (f"LoRA: {plan.ww_layers} layer(s) of {plan.lora_shape.name}; dense top-64: "
                                     f"{plan.batching_dense_layers} layer(s) of {plan.dense_shape.name}")
 
+    # 6. structured adapters: LoKr and LoHa (benchmarks/structured.py)
+    if want("structured"):
+        _log(f"structured: LoKr and LoHa of {plan.lora_shape.name} shape vs forming ΔW + dense SVD")
+        shapes = sorted({s for _, s in plan.lora_shape.modules()})
+        results["structured"] = run_job("structured_time", {"shapes": [list(s) for s in shapes], "lokr_rank": 8,
+                                                            "loha_rank": 8, "repeats": 3}, timeout=timeout)
+
     # profile
     if want("profile"):
         _log("profile of the LoRA run")
@@ -318,6 +325,15 @@ def goals(r: dict) -> list[dict]:
         err = w["values"].get("max_rel_diff_sigma_max")
         add("dense_ww_values", "dense full spectra: σ₁ vs WeightWatcher, max rel. diff", err, "≤ 1e-4",
             err is not None and err <= 1e-4)
+    structured = r.get("structured")
+    if structured:
+        for method in ("lokr", "loha"):
+            runs = {k: v for k, v in structured.items() if k.startswith(method)}
+            worst = min(v["ratio"] for v in runs.values())
+            add(f"{method}_vs_dense", f"{method.replace('lo', 'Lo', 1)}: form ΔW + dense SVD ÷ deltaw's "
+                f"{next(iter(runs.values()))['method']} SVD (slowest shape)", worst, "≥ 100×", worst >= 100)
+        err = max(v["max_sigma_diff_rel"] for v in structured.values())
+        add("structured_values", "LoKr/LoHa: σ vs the dense SVD, max |Δσ| / σ₁", err, "≤ 1e-4", err <= 1e-4)
     mem = r.get("memory")
     if mem:
         budget = r["memory_budget"]["budget_bytes"]
