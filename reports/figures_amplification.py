@@ -66,20 +66,25 @@ def _columns(mods: list[ModuleRecord]) -> list[list[tuple[str, dict]]]:
         if not by_layer:
             columns = [(_label(m), m.amplification) for m in of_type[:3]]
         if len(of_type) > 1:
-            median = {key: float(np.median([m.amplification[key] for m in of_type]))
-                      for _, key in ROWS}
+            median = {key: _median([m.amplification[key] for m in of_type]) for _, key in ROWS}
             columns.append((f"{plain(t)}\nmedian", median))
         groups.append(columns)
     return groups
 
 
+def _median(values: list) -> float | None:
+    """Median of the defined values (a factor is None where UᵀWV = 0), or None if there are none."""
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
 def _cell(key: str, value: float, exact: bool = False) -> str:
     if exact:  # the paper's numbers, as printed there
         return ("≈" if key == "factor" else "") + f"{value:g}"
+    if value is None:  # the factor when ΔW is orthogonal to W along its directions (UᵀWV = 0)
+        return "n/a"
     if key == "r":
         return text.count(value)
-    if key == "factor":
-        return "≈" + text.num(value, 3)
     return text.num(value, 3)
 
 

@@ -157,11 +157,11 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
                 ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=2))
             ax.set_xlabel("index i" if ax is ax_s else "k (leading directions)", labelpad=2)
         ax_s.set_ylabel(r"$\sigma_i\,/\,\sigma_1$", labelpad=2)
-        for ax, what, room in ((ax_s, ": singular values", left.w), (ax_c, ": cumulative energy", right.w)):
-            # the module type abbreviated by the report's rule to fit beside its words, never cut
-            width = room - text_width(what, style.BODY, "bold")
-            name = abbreviate(plain(module_type), [plain(t) for t in others], width, style.BODY,
-                              weight="bold").replace("\n", "")
+        # the module type abbreviated by the report's rule (the same in both titles), never cut
+        width = min(left.w - text_width(": singular values", style.BODY, "bold"),
+                    right.w - text_width(": cumulative energy", style.BODY, "bold"))
+        name = abbreviate(module_type, list(others), width, style.BODY, weight="bold").replace("\n", "")
+        for ax, what in ((ax_s, ": singular values"), (ax_c, ": cumulative energy")):
             ax.set_title(name + what, loc="left")
         ax_c.set_ylabel(f"share of {text.NORM_DW2}", labelpad=2)
         region.fig.legend(handles=handles, loc="upper left", ncol=ncol,

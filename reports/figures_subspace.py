@@ -18,10 +18,11 @@ from deltaw.records import Comparison, PairResult, PhiRecord
 
 from . import style, text
 from .heatmap import colorbar, heatmap
-from .layout import Region, abbreviate, plain, text_width
+from .layout import Region, plain, text_width, type_labels
 from .pdf import Block
 
 ZOOM = 8  # the paper's zoomed corner, 1..8 × 1..8
+TITLE_SIZE = style.SMALL + 0.5
 TITLE_PAD, LABEL_PAD = 0.24, 0.36
 
 
@@ -36,49 +37,47 @@ def _shape_kind(ra: int, rb: int) -> str:
     return "wide" if rb >= 2.5 * ra else "square"
 
 
-def _panel(region: Region, values: np.ndarray, title: str, *, name: str = "",
-           others: tuple[str, ...] = (), show_y: bool = True):
-    """One φ map titled ``name`` + ``title``; the module-type ``name`` is abbreviated by the
-    report's rule (:func:`~reports.layout.abbreviate`) to fit, never cut."""
-    inner = region.inset(top=TITLE_PAD, bottom=LABEL_PAD, left=0.26)
+def _panel(region: Region, values: np.ndarray, title: str, *, show_y: bool = True):
+    """One φ map with its title, i down the y axis (written upright) and j along x."""
+    inner = region.inset(top=TITLE_PAD, bottom=LABEL_PAD, left=0.32)
     ax = inner.axes()
     ra, rb = values.shape
     mesh = heatmap(ax, values, x_labels=[str(j) for j in range(1, rb + 1)],
                    y_labels=[str(i) for i in range(1, ra + 1)], vmin=0.0, vmax=1.0,
                    x_label="j", y_label="i" if show_y else None)
-    size = style.SMALL + 0.5
-    if name:
-        room = inner.w + 0.2 - text_width(title, size, "bold")
-        title = abbreviate(name, list(others), room, size, weight="bold").replace("\n", "") + title
-    ax.set_title(title, loc="left", fontsize=size)
+    if show_y:  # a lone letter reads as a dash when turned on its side: upright, clear of the ticks
+        ax.yaxis.label.set_rotation(0)
+        ax.yaxis.label.set_verticalalignment("center")
+        ax.yaxis.label.set_horizontalalignment("right")
+        ax.yaxis.labelpad = 4
+    ax.set_title(title, loc="left", fontsize=TITLE_SIZE)
     return mesh
 
 
-def _type_column(region: Region, m: PhiRecord, others: tuple[str, ...] = ()) -> object:
+def _type_column(region: Region, m: PhiRecord, name: str) -> object:
     """The maps of one module: full φ and its random baseline, then the zoomed corner."""
     ra, rb = m.ranks
     rnd = m.random_phi if m.random_phi is not None else np.full(m.phi.shape, np.nan)
     zoom = max(ra, rb) > ZOOM
-    named = dict(name=plain(m.module_type), others=tuple(plain(o) for o in others))
     baseline = "random baseline" if m.random_phi is not None else "random baseline: not given"
     if _shape_kind(ra, rb) == "wide":
         rows = region.rows([0.62 + TITLE_PAD + LABEL_PAD] * 2 +
                            ([_zoom_side(region) + TITLE_PAD + LABEL_PAD] if zoom else []))
-        mesh = _panel(rows[0], m.phi, f": φ(i, j), i ≤ {ra}, j ≤ {rb}", **named)
+        mesh = _panel(rows[0], m.phi, f"{name}: φ(i, j), i ≤ {ra}, j ≤ {rb}")
         _panel(rows[1], rnd, baseline)
         if zoom:
             left, right = rows[2].columns([1, 1], gap=0.1)
-            _panel(left, m.phi[:ZOOM, :ZOOM], f": zoom 1..{min(ZOOM, ra)}", **named)
+            _panel(left, m.phi[:ZOOM, :ZOOM], f"{name}: zoom 1..{min(ZOOM, ra)}")
             _panel(right, rnd[:ZOOM, :ZOOM], "random, zoom")
         return mesh
     side = _square_side(region)
     rows = region.rows([side + TITLE_PAD + LABEL_PAD] * (2 if zoom else 1))
     left, right = rows[0].columns([1, 1], gap=0.1)
-    mesh = _panel(left, m.phi, ": φ(i, j)", **named)
+    mesh = _panel(left, m.phi, f"{name}: φ(i, j)")
     _panel(right, rnd, baseline)
     if zoom:
         left, right = rows[1].columns([1, 1], gap=0.1)
-        _panel(left, m.phi[:ZOOM, :ZOOM], f": zoom 1..{ZOOM}", **named)
+        _panel(left, m.phi[:ZOOM, :ZOOM], f"{name}: zoom 1..{ZOOM}")
         _panel(right, rnd[:ZOOM, :ZOOM], "random, zoom")
     return mesh
 
@@ -93,7 +92,7 @@ def _column_width(n_columns: int = 2) -> float:
 
 def _square_side(region: Region | None = None) -> float:
     width = region.w if region is not None else _column_width()
-    return min((width - 0.1) / 2 - 0.26, 1.45)
+    return min((width - 0.1) / 2 - 0.32, 1.45)
 
 
 def _zoom_side(region: Region | None = None) -> float:
@@ -119,6 +118,10 @@ def layer_block(c: Comparison, pair: PairResult, layer, types: list[str], *,
             mods.append(found[0])
     ra, rb = mods[0].ranks
     header = 0.24
+    # one label per module type, as long as the narrowest panel title allows (the zoom's)
+    room = min(_zoom_side(), _square_side()) + 0.2 - text_width(f": zoom 1..{ZOOM}", TITLE_SIZE, "bold")
+    labels = dict(zip(pair.types, type_labels(pair.types, room, TITLE_SIZE, weight="bold")))
+    labels = {t: l.replace("\n", "") for t, l in labels.items()}
     height = header + max(_column_height(*m.ranks) for m in mods)
     a, b = text.short_name(c.checkpoints[pair.a]), text.short_name(c.checkpoints[pair.b])
     where = f"layer {layer}" if layer is not None else "modules without a layer index"
@@ -133,7 +136,7 @@ def layer_block(c: Comparison, pair: PairResult, layer, types: list[str], *,
         mesh, used = None, 0.0
         for column, m in zip(columns, mods):
             used = _column_height(*m.ranks)
-            mesh = _type_column(column.inset(bottom=column.h - used), m, tuple(pair.types))
+            mesh = _type_column(column.inset(bottom=column.h - used), m, labels[m.module_type])
         colorbar(bar.inset(left=0.12, right=0.38, top=TITLE_PAD,
                            bottom=body.h - used + LABEL_PAD), mesh, "φ(i, j)",
                  ticks=[0, 0.25, 0.5, 0.75, 1])

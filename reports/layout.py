@@ -124,34 +124,45 @@ def _break_word(word: str, width: float, size: float, weight: str) -> list[str]:
     return [p for p in pieces if p] or [word]
 
 
-def abbreviate(name: str, others: list[str], width: float, size: float, *,
-               weight: str = "normal") -> str:
-    """A module name shortened by the report's one rule, never cut inside a word.
-
-    Leading dotted parts are dropped, one at a time, until the name fits ``width`` inches
-    (``attention.self.query`` → ``self.query`` → ``query``), but never so far that what is left
-    is also the end of another name in ``others`` (``attention.output.dense`` stays whole beside
-    ``output.dense``). A name that still does not fit is wrapped onto several lines at its dots.
-    Mathtext and names without dots that fit are returned as they are.
-    """
+def _deepest_drop(name: str, others: list[str]) -> int:
+    """How many leading dotted parts of ``name`` can go while what is left still tells it from
+    every other name (is not another name, nor the end of one) and keeps at least one part."""
     parts = name.split(".")
-    best = name
-    for i in range(len(parts)):
-        candidate = ".".join(parts[i:])
-        if i and any(o != name and (o == candidate or o.endswith("." + candidate)) for o in others):
-            break  # shorter would no longer tell this name from another
-        best = candidate
-        if text_width(candidate, size, weight) <= width + 1e-6:
-            return candidate
-    if is_math(best):
-        return best
-    return "\n".join(_break_word(best, width, size, weight))
+    drop = 0
+    for d in range(1, len(parts)):
+        rest = ".".join(parts[d:])
+        if any(o != name and (o == rest or o.endswith("." + rest)) for o in others):
+            break
+        drop = d
+    return drop
 
 
 def type_labels(types: list[str], width: float, size: float, *, weight: str = "normal") -> list[str]:
-    """Each of ``types`` as :func:`abbreviate` shows it (``$`` escaped), beside the others."""
-    return [abbreviate(plain(t), [plain(o) for o in types], width, size, weight=weight)
-            for t in types]
+    """Module-type labels no wider than ``width`` inches, shortened by the report's one rule and
+    never cut inside a word.
+
+    The same number of leading dotted parts is dropped from every name (``attention.self.query``,
+    ``attention.self.value`` → ``self.query``, ``self.value`` → ``query``, ``value``), the fewest
+    that make all of them fit; a name keeps the parts that tell it from the others
+    (``attention.output.dense`` stays whole beside ``output.dense``). A label that still does not
+    fit is wrapped onto several lines at its dots. ``$`` is escaped (names are never mathtext).
+    """
+    names = [plain(t) for t in types]
+    caps = [_deepest_drop(n, names) for n in names]
+    deepest = max(caps, default=0)
+    for d in range(deepest + 1):
+        labels = [".".join(n.split(".")[min(d, cap):]) for n, cap in zip(names, caps)]
+        if all(text_width(l, size, weight) <= width + 1e-6 for l in labels):
+            return labels
+    return ["\n".join(_break_word(l, width, size, weight)) if text_width(l, size, weight) > width
+            else l for l in labels]
+
+
+def abbreviate(name: str, others: list[str], width: float, size: float, *,
+               weight: str = "normal") -> str:
+    """One module type as :func:`type_labels` shows it beside ``others`` in ``width`` inches."""
+    names = list(dict.fromkeys([name, *others]))
+    return type_labels(names, width, size, weight=weight)[0]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from deltaw.naming import role_of
 from deltaw.records import Analysis, Comparison, ModuleRecord, PairResult
 
 from .layout import plain
-from .wording import (NOISE_RULE, Bounded, difference, median_bounded, more_or_fewer,
-                      placement, scaling_verb)
+from .wording import (Bounded, difference, median_bounded, more_or_fewer,
+                      placement, scaling_verb, with_noise_rule)
 
 NORM_DW = r"$‖\Delta W‖_F$"
 NORM_DW2 = r"$‖\Delta W‖_F^2$"
@@ -199,7 +199,7 @@ def _type_comparison(live: list[ModuleRecord], types: list[str]) -> list[str]:
         if sign == 0:
             return [f"Value projections ({plain(v)}) and query projections ({plain(q)}) use about as many "
                     f"directions: median 90%-energy rank {rank_text(medians[v])} vs "
-                    f"{rank_text(medians[q])} ({NOISE_RULE})."]
+                    f"{rank_text(medians[q])}."]
         return [f"Value projections ({plain(v)}) use {more_or_fewer(sign)} directions than query "
                 f"projections ({plain(q)}): median 90%-energy rank {rank_text(medians[v])} vs "
                 f"{rank_text(medians[q])}."]
@@ -207,7 +207,7 @@ def _type_comparison(live: list[ModuleRecord], types: list[str]) -> list[str]:
     lo = min(types, key=lambda t: medians[t].value)
     if difference(values[hi], values[lo], resolution=1.0) == 0:
         return [f"The module types use about as many directions: median 90%-energy ranks "
-                f"{span([medians[t].value for t in types], count)} ({NOISE_RULE})."]
+                f"{span([medians[t].value for t in types], count)}."]
     return [f"{plain(hi)} needs the most directions (median 90%-energy rank "
             f"{rank_text(medians[hi])}), {plain(lo)} the fewest ({rank_text(medians[lo])})."]
 
@@ -223,7 +223,7 @@ def _layer_extremes(live: list[ModuleRecord], layers: list[int]) -> list[str]:
     hi, lo = max(medians, key=medians.get), min(medians, key=medians.get)
     if difference(values[hi], values[lo], resolution=1.0) == 0:
         return [f"By depth, the 90%-energy rank is about the same in every layer (medians "
-                f"{span(list(medians.values()), count)}; {NOISE_RULE})."]
+                f"{span(list(medians.values()), count)})."]
     return [f"By depth, the 90%-energy rank is highest in layer {hi} (median "
             f"{count(medians[hi])}) and lowest in layer {lo} ({count(medians[lo])})."]
 
@@ -349,7 +349,7 @@ def analysis_findings(a: Analysis) -> list[str]:
         out.append(f"{plural(len(zero), 'module')} {'has' if len(zero) == 1 else 'have'} ΔW = 0 "
                    f"exactly (an untrained adapter?) and {'is' if len(zero) == 1 else 'are'} "
                    f"left out of the statistics above.")
-    return out + _exclusions(a)
+    return with_noise_rule(out) + _exclusions(a)
 
 
 def _exclusions(a: Analysis) -> list[str]:
@@ -437,7 +437,7 @@ def comparison_findings(c: Comparison) -> list[str]:
         roles = {role_of(t): t for t in stats}
         if "query" in roles and "value" in roles:
             out.append(_query_value_overlap(pair, roles["query"], roles["value"]))
-    return out
+    return with_noise_rule(out)
 
 
 def _query_value_overlap(pair: PairResult, q: str, v: str) -> str:
@@ -454,7 +454,7 @@ def _query_value_overlap(pair: PairResult, q: str, v: str) -> str:
              if same_rank else "")
     if sign == 0:
         return (f"  Query and value projections overlap about equally across the two "
-                f"checkpoints ({defined}; {NOISE_RULE}){paper}.")
+                f"checkpoints ({defined}){paper}.")
     more = q if sign > 0 else v
     return (f"  {type_phrase(more).capitalize()} share more directions across the two "
             f"checkpoints ({defined}){paper}.")

@@ -24,7 +24,16 @@ import numpy as np
 from deltaw.bounds import Bounded, median_bounded  # noqa: F401  (re-exported for the report)
 
 #: The noise rule of :func:`difference`, quoted in the report where it is applied.
-NOISE_RULE = "about equal: apart by less than two standard errors, or than one direction for ranks"
+NOISE_RULE = ("“About” equal or as many: apart by less than two standard errors of the "
+              "difference, or by less than one direction for ranks.")
+
+
+def with_noise_rule(sentences: list[str]) -> list[str]:
+    """``sentences`` and, when one of them calls two numbers about equal, the rule that decided
+    it, stated once at the end."""
+    if any(" about " in s for s in sentences):
+        return sentences + [NOISE_RULE]
+    return sentences
 
 
 def scaling_verb(factor: float) -> str:
