@@ -24,15 +24,17 @@ dtype_option = click.option(
 
 
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
-    if value is not None:  # torch is imported only when asked for
-        from deltaw.linalg import set_thread_limit
+    if ctx.resilient_parsing:  # shell completion: nothing runs
+        return
+    from deltaw.linalg import set_thread_limit
 
-        set_thread_limit(value)
+    set_thread_limit(value)
 
 
 def threads_option(command: click.Command) -> click.Command:
     """``--threads N`` on ``command`` (every command gets it, see cli/main.py): N CPU threads for
-    large SVDs and other torch work; SVDs with min(m, n) ≤ 512 keep one thread. Applied while the
+    large SVDs and other torch work; SVDs with min(m, n) ≤ 512 keep one thread. Without it, the
+    cores other processes leave free (:func:`deltaw.linalg.set_thread_limit`). Applied while the
     options are parsed, so the command's own code needs no argument for it."""
     option = click.Option(
         ["--threads"], type=click.IntRange(min=1), default=None, expose_value=False, callback=_apply_threads,

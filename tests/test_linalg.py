@@ -255,6 +255,16 @@ def test_thread_limit_and_the_policy_context_restore_torch_threads():
     assert torch.get_num_threads() == before
     with pytest.raises(deltaw.DeltawError, match="--threads must be ≥ 1"):
         resources.set_thread_limit(0)
+    try:  # no --threads: torch's count, capped at the cores the load leaves free
+        torch.set_num_threads(2)
+        for free, want in ((1, 1), (64, 2)):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(resources, "free_cores", lambda free=free: free)
+                torch.set_num_threads(2)
+                resources.set_thread_limit(None)
+                assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(before)
     try:
         resources.set_thread_limit(1)
         assert torch.get_num_threads() == 1 and resources.svd_threads(4096) == 1

@@ -73,15 +73,16 @@ _thread_limit: int | None = None  # set by --threads N (set_thread_limit)
 
 
 def set_thread_limit(threads: int | None) -> None:
-    """Use ``threads`` CPU threads for large SVDs and for all other torch work (``--threads N``).
+    """Apply ``--threads N`` to this process: N CPU threads for large SVDs and all other torch work.
 
-    None restores the default policy (:func:`svd_threads`). Small SVDs stay on one thread.
+    None (no ``--threads``): torch's thread count capped at :func:`free_cores`, so a shared
+    machine is not oversubscribed. Either way SVDs of min(m, n) ≤ :data:`SMALL_SVD_MAX_DIM` keep
+    one thread (:func:`svd_threads`).
     """
     global _thread_limit
-    if threads is not None:
-        if threads < 1:
-            raise DeltawError(f"--threads must be ≥ 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise DeltawError(f"--threads must be ≥ 1, got {threads}")
+    torch.set_num_threads(threads if threads is not None else max(1, min(torch.get_num_threads(), free_cores())))
     _thread_limit = threads
 
 
