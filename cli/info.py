@@ -45,7 +45,7 @@ def command(checkpoint: str, base: str | None, scale: float | None, as_json: boo
         click.echo(f"  ΔW {shape}: {count} modules")
     scales = facts["scales"]
     if scales:
-        click.echo("  scale s (ΔW = s·BA): " + ", ".join(
+        click.echo("  scale s: " + ", ".join(
             f"{s:g}" + (f" ({n} modules)" if len(scales) > 1 else "") for s, n in scales.items()))
     if facts["module_list"]:
         click.echo("  modules:")
@@ -65,10 +65,12 @@ def _patterns(deltas: deltaw.Deltas) -> dict:
     """A PEFT adapter's per-module ``rank_pattern`` / ``alpha_pattern`` (non-empty ones)."""
     if deltas.format != "peft":
         return {}
-    from deltaw.formats.peft import read_config
+    from deltaw.formats.peft import NUMERIC_FIELDS, read_config
 
     folder = Path(deltas.checkpoint)
-    config = read_config(folder.parent if folder.is_file() else folder)
+    if not folder.exists():  # a Hub id: its details already hold the patterns
+        return {}
+    config = read_config(folder.parent if folder.is_file() else folder, tuple(NUMERIC_FIELDS))
     return {key: config[key] for key in ("rank_pattern", "alpha_pattern") if config.get(key)}
 
 
