@@ -77,7 +77,7 @@ def _register() -> None:
     from deltaw.cli.options import threads_option
 
     for name in ("info", "analyze", "compare", "report", "train", "reproduce", "resize", "merge",
-                 "extract", "survey", "cache"):
+                 "extract", "survey", "trajectory", "cache"):
         command = import_module(f"deltaw.cli.{name}").command
         cli.add_command(command if isinstance(command, click.Group) else threads_option(command))
 

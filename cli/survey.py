@@ -6,6 +6,7 @@ import click
 
 from deltaw.cli.options import (base_option, cache_options, check_outputs, device_option, dtype_option,
                                 open_cache, progress_bar, scale_option)
+from deltaw.cli.writers import write_outputs
 
 #: Up to this many checkpoints the whole-model cosine matrix is printed; beyond, the closest pairs.
 PRINT_MATRIX_UP_TO = 8
@@ -109,27 +110,8 @@ def command(checkpoints, base, from_list, json_path, pdf_path, engine, ray_addre
     click.echo(f"{len(paths)} checkpoints, {len(result.modules)} shared modules, engine {runner.name}",
                err=to_stderr)
     click.echo(_terminal_text(result), err=to_stderr, nl=False)
-    _write(result, json_path, pdf_path)
-
-
-def _write(result, json_path, pdf_path) -> None:
-    import json
-
-    from deltaw.atomic import staged_outputs
-
-    text = json.dumps(result.to_json(), indent=1, allow_nan=False)
-    writers = []
-    if json_path is not None and json_path != "-":
-        writers.append((json_path, lambda tmp: tmp.write_text(text + "\n")))
-    if pdf_path is not None:
-        from deltaw.reports.survey_report import render_survey
-
-        writers.append((pdf_path, lambda tmp: render_survey(result, tmp)))
-    with staged_outputs(*(path for path, _ in writers)) as temporaries:
-        for (_, write), tmp in zip(writers, temporaries):
-            write(tmp)
-    if json_path == "-":
-        click.echo(text)
+    write_outputs([result], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
         if path and path != "-":
             click.echo(f"{label}: {path}", err=True)
+

@@ -91,3 +91,18 @@ def dense_deltas(checkpoint: Path, base: Path) -> dict[str, np.ndarray]:
         base_key = next(k for k in original if k.endswith(name + ".weight"))
         out[name] = tuned[key].double().numpy() - original[base_key].double().numpy()
     return out
+
+
+@functools.cache
+def minilm_trajectory() -> Path:
+    """A rank-4 LoRA run of 6 steps with checkpoint-2/4/6 (``deltaw train --trajectory 2``)."""
+    from deltaw.training import TrainConfig, run_sweep
+
+    base = base_or_skip()
+    root = Path(tempfile.mkdtemp(prefix="deltaw-minilm-trajectory-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    config = TrainConfig(out=root / "runs", model=str(base), data=str(write_data(root / "data.jsonl")),
+                         ranks=(4,), steps=6, batch_size=8, max_length=16, lr=2e-2, eval_fraction=0.2,
+                         max_eval=None, device="cpu", threads=1, trajectory=2)
+    run_sweep(config, log=lambda line: None)
+    return root / "runs" / "lora-r4-s0"
