@@ -26,8 +26,8 @@ MAX_TYPE_LINES = 4  # more module types than this: aggregate the lines, add a gr
 ROWS = [  # (label, key in the amplification record)
     ("r (directions)", "r"),
     (f"{text.PROJ} from ΔW", "proj_delta"),
-    ("      … from W's top r", "proj_base_top"),
-    ("      … from random", "proj_random"),
+    (f"{text.PROJ} from W's top r", "proj_base_top"),
+    (f"{text.PROJ} from random", "proj_random"),
     (text.NORM_DW, "delta_fro"),
     (text.NORM_W, "base_fro"),
     ("amplification factor", "factor"),

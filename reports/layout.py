@@ -145,16 +145,16 @@ def type_labels(types: list[str], width: float, size: float, *, weight: str = "n
     ``attention.self.value`` → ``self.query``, ``self.value`` → ``query``, ``value``), the fewest
     that make all of them fit; a name keeps the parts that tell it from the others
     (``attention.output.dense`` stays whole beside ``output.dense``). A label that still does not
-    fit is wrapped onto several lines at its dots. ``$`` is escaped (names are never mathtext).
+    fit is wrapped onto several lines at its dots (or underscores). ``$`` is escaped (names are never mathtext).
     """
     names = [plain(t) for t in types]
     caps = [_deepest_drop(n, names) for n in names]
     deepest = max(caps, default=0)
     for d in range(deepest + 1):
         labels = [".".join(n.split(".")[min(d, cap):]) for n, cap in zip(names, caps)]
-        if all(text_width(l, size, weight) <= width + 1e-6 for l in labels):
-            return labels
-    return ["\n".join(_break_word(l, width, size, weight)) if text_width(l, size, weight) > width
+        if all(text_width(l, size, weight) <= width + 1e-6 or d >= cap for l, cap in zip(labels, caps)):
+            break  # each fits, or is as short as the rule lets it be
+    return ["\n".join(_break_word(l, width, size, weight)) if text_width(l, size, weight) > width + 1e-6
             else l for l in labels]
 
 

@@ -389,3 +389,34 @@ def test_several_documents_make_one_report_with_one_contents(tmp_path):
         assert name in first_page
     # each part keeps its own overview with its findings
     assert words.count("Headline findings") == 3
+
+
+def test_module_type_labels_follow_one_rule_and_are_never_cut():
+    from deltaw.reports.layout import text_width, type_labels
+
+    bert = ["attention.self.query", "attention.self.value", "attention.output.dense",
+            "intermediate.dense", "output.dense"]
+    assert type_labels(bert, 5.0, 7.5) == bert  # room enough: whole
+    narrow = type_labels(bert, 1.0, 7.5)
+    # the same parts dropped from each, but never so far that two names look alike
+    assert narrow[:2] == ["self.query", "self.value"]
+    assert narrow[2].replace("\n", "") == "attention.output.dense"  # "output.dense" is taken
+    assert narrow[4] == "output.dense"
+    for label, name in zip(narrow, bert):
+        assert name.endswith(label.replace("\n", ""))  # a suffix of the name, never elided
+        assert "…" not in label
+        assert all(text_width(line, 7.5) <= 1.0 + 1e-6 or "." not in line for line in label.split("\n"))
+
+
+def test_long_module_names_are_never_elided_in_the_pdf(tmp_path):
+    doc = analysis_doc(n_layers=3)
+    for m in doc["modules"]:
+        t = m["module_type"]
+        m["module_type"] = f"transformer_blocks.attention_processor.self_attention.{t}_projection"
+    path = tmp_path / "long.pdf"
+    render([doc], path)
+    words = pdf_text(path)
+    if words is None:
+        pytest.skip("needs pdftotext (poppler-utils)")
+    assert "…" not in words
+    assert "query_projection" in words and "value_projection" in words
