@@ -41,7 +41,7 @@ def _facts(a: Analysis) -> list[tuple[str, str]]:
                                                       "or intruder dimensions)"),
         ("Format", {"peft": "PEFT adapter", "kohya": "kohya LoRA", "loralib": "loralib LoRA",
                     "full": "full fine-tune (ΔW = W_ft − W_base)"}.get(a.format or "",
-                                                                       a.format or "–")),
+                                                                       a.format or "not recorded")),
         ("Modules", modules),
     ]
     if mods:
@@ -54,8 +54,8 @@ def _facts(a: Analysis) -> list[tuple[str, str]]:
         shapes = sorted({m.shape for m in mods}, key=lambda s: (-s[0] * s[1], s))
         facts.append(("Shapes", ", ".join(f"{r} × {c}" for r, c in shapes[:6])
                       + (f" and {len(shapes) - 6} more" if len(shapes) > 6 else "")))
-    facts.append(("deltaw version", a.deltaw_version or "–"))
-    facts.append(("Analysed on", a.created or "–"))
+    facts.append(("deltaw version", a.deltaw_version or "not recorded"))
+    facts.append(("Analysed on", a.created or "not recorded"))
     facts.append(("Report written", today()))
     return facts
 

@@ -50,7 +50,7 @@ def add_comparison(doc: Document, c: Comparison, analyses: list[Analysis] | None
     facts += [
         ("Directions compared", text.BASIS_TEXT[c.basis]),
         ("Pairs", ", ".join(f"{p.a} vs {p.b}" for p in c.pairs) or "none"),
-        ("Modules", ", ".join(f"{len(p.modules)} in pair {p.a} vs {p.b}" for p in c.pairs) or "–"),
+        ("Modules", ", ".join(f"{len(p.modules)} in pair {p.a} vs {p.b}" for p in c.pairs) or "none"),
         ("Report written", today()),
     ]
     doc.add(

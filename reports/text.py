@@ -35,7 +35,7 @@ PHI = r"$\phi(i,j)$"
 def num(x: float | None, digits: int = 3) -> str:
     """A number with ``digits`` significant figures, scientific only when very small or large."""
     if x is None or not math.isfinite(x):
-        return "–"
+        return "n/a"  # a guard: sentences name a missing value and why instead of calling this
     if x == 0:
         return "0"
     if 1e-3 <= abs(x) < 1e5:
@@ -46,9 +46,9 @@ def num(x: float | None, digits: int = 3) -> str:
 
 
 def count(x: float) -> str:
-    """A median of counts: an integer when it is one, else one decimal; "–" when unknown."""
+    """A median of counts: an integer when it is one, else one decimal ("n/a" when unknown)."""
     if x is None or x != x:
-        return "–"
+        return "n/a"
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
 
 
@@ -120,10 +120,13 @@ def scale_summary(modules: list[ModuleRecord]) -> str:
     return text + "  (ΔW = s·BA, s = α/r or α/√r)"
 
 
+#: How each kind of ΔW is named in sentences, in the order they are summarised.
+KIND_LABELS = {"lora": "LoRA", "dora": "DoRA", "loha": "LoHa", "lokr": "LoKr", "oft": "OFT", "dense": "dense"}
+
+
 def kind_summary(modules: list[ModuleRecord]) -> str:
     kinds = Counter(m.kind for m in modules)
-    names = {"lora": "LoRA", "dora": "DoRA", "dense": "dense"}
-    return join([f"{n} {names[k]}" for k, n in sorted(kinds.items())])
+    return join([f"{n} {KIND_LABELS.get(k, k)}" for k, n in sorted(kinds.items())])
 
 
 def type_phrase(module_type: str) -> str:
@@ -291,11 +294,10 @@ def analysis_findings(a: Analysis) -> list[str]:
     if not live:
         return [f"Every analysed module ({len(mods)}) has ΔW = 0 exactly: an untrained adapter, "
                 f"or the checkpoint is the base itself."] + _exclusions(a)
-    for kind in ("lora", "dora", "dense"):
+    for kind, label in KIND_LABELS.items():
         group = [m for m in live if m.kind == kind]
         if not group:
             continue
-        label = {"lora": "LoRA", "dora": "DoRA", "dense": "dense"}[kind]
         what = f"Across {plural(len(group), label + ' module')}"
         if kind != "dense" and _ranks(group):
             what += f" of {_ranks(group)}"

@@ -420,3 +420,33 @@ def test_long_module_names_are_never_elided_in_the_pdf(tmp_path):
         pytest.skip("needs pdftotext (poppler-utils)")
     assert "…" not in words
     assert "query_projection" in words and "value_projection" in words
+
+
+def test_colour_scales_are_anchored_so_equal_numbers_look_equal():
+    """Effective ranks 63.73–63.82 of r = 64 adapters all print "64": their colours must not
+    stretch 63.73 → 63.82 over the whole map (issue 17), so the scale runs from 0 to r."""
+    from deltaw.records import read_document
+    from deltaw.reports.figures_layers import layer_grid_blocks
+
+    doc = analysis_doc(n_layers=4, r=64)
+    for i, m in enumerate(doc["modules"]):
+        m["effective_rank"] = 63.73 + 0.01 * i
+    blocks = layer_grid_blocks(read_document(doc))
+    energy, effective, relative = (b.caption for b in blocks)
+    assert "Colours run from 0 to 64" in energy and "Colours run from 0 to 64" in effective
+    assert "Colours run from 0%" in relative
+
+
+def test_top_k_bounds_are_drawn_as_bounds_not_as_missing_modules():
+    from deltaw.records import read_document
+    from deltaw.reports.figures_layers import layer_grid
+
+    doc = dense_doc(n_layers=3, top_k=4)
+    for m in doc["modules"]:  # four values of a slowly decaying spectrum hold < 90 %
+        m["energy_rank"] = {"0.5": None, "0.9": None, "0.99": None}
+        m["energy_rank_above"] = {"0.5": 4, "0.9": 4, "0.99": 4}
+        m["effective_rank"] = None
+    analysis = read_document(doc)
+    assert not analysis.not_finite  # a null effective rank of a top-k is not a broken module
+    grid = layer_grid(analysis, lambda m: m.energy_rank_at("0.9"))
+    assert np.all(grid.values == 5) and grid.is_bound.all()  # > 4, coloured at 5, not grey
