@@ -12,12 +12,7 @@ import os
 import time
 from pathlib import Path
 
-JOBS = {}
-
-
-def job(fn):
-    JOBS[fn.__name__] = fn
-    return fn
+from benchmarks.registry import JOBS, job  # noqa: F401  (JOBS: what benchmarks.child runs)
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -370,6 +365,38 @@ def batching(args):
             out[f"{name}/{dtype}/batched"] = _median_time(batched, repeats)
             out[f"{name}/{dtype}/per_module"] = _median_time(per_module, repeats)
         out[f"{name}/modules"] = len(deltas)
+    return out
+
+
+# --- threads: one SVD on one thread vs on torch's default count (deltaw/linalg/resources.py) ------
+
+@job
+def svd_threads(args):
+    """Time one float32 n×n SVD on one thread and on torch's default thread count, interleaved.
+
+    The thread policy (``svd_threads``) gives SVDs up to n = 512 one thread: this is its evidence.
+    ``all_over_one`` > 1 means all threads are slower than one.
+    """
+    import torch
+
+    from benchmarks.measure import interleaved, pair_ratio
+
+    threads = torch.get_num_threads()
+    out = {"threads": threads, "load_average_before": os.getloadavg()[0], "sizes": {}}
+    for n in args["sizes"]:
+        M = torch.randn(n, n, generator=torch.Generator().manual_seed(n))
+
+        def on(count, M=M):
+            def run():
+                torch.set_num_threads(count)
+                torch.linalg.svd(M, full_matrices=False)
+            return run
+
+        timing = interleaved({"one": on(1), "all": on(threads)}, args.get("repeats", 3))
+        torch.set_num_threads(threads)
+        out["sizes"][str(n)] = {"one_s": timing["one"]["median"], "all_s": timing["all"]["median"],
+                                "all_over_one": pair_ratio(timing, "all", "one")}
+    out["load_average_after"] = os.getloadavg()[0]
     return out
 
 

@@ -47,6 +47,7 @@ class Plan:
     accuracy_modules: str = r"layers\.0\."
     batching_dense_layers: int = 1
     analyze_layers: int = 1
+    thread_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 384, 512, 768, 1024, 2048])
     timeout: float = 1800
 
 
@@ -55,7 +56,7 @@ def plan_for(mode: str) -> Plan:
         return Plan("smoke", D.TINY, 2, 8, 2, D.TINY, 2, 2, [1, 2], 8, 1, 1, 1,
                     scaling=dict(module_counts=[1, 7, 14], ranks=[2, 4, 8], rank_shape=[64, 64], rank_modules=2,
                                  sizes=[32, 64], dense_topk_max=64, dense_full_max=64, repeats=1),
-                    timeout=300)
+                    thread_sizes=[32, 64], timeout=300)
     if mode == "quick":
         return Plan("quick", D.LLAMA2_7B, 4, 64, 3, D.LLAMA32_1B, 4, 2, [2, 4], 64, 1, 1, 1,
                     scaling=dict(module_counts=[7, 14, 28], ranks=[16, 64, 256], rank_shape=[4096, 4096],
@@ -203,6 +204,11 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
         shapes = sorted({s for _, s in plan.lora_shape.modules()})
         results["structured"] = run_job("structured_time", {"shapes": [list(s) for s in shapes], "lokr_rank": 8,
                                                             "loha_rank": 8, "repeats": 3}, timeout=timeout)
+
+    # one SVD on one thread vs all: the evidence for the thread policy
+    if want("threads"):
+        _log("one SVD on one thread vs all threads")
+        results["threads"] = run_job("svd_threads", {"sizes": plan.thread_sizes, "repeats": 3}, timeout=timeout)
 
     # profile
     if want("profile"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.jobs import job
+from benchmarks.registry import job
 from benchmarks.measure import interleaved, timed
 
 
