@@ -297,3 +297,15 @@ def test_reproduction_record_round_trips_and_refuses_a_bad_verdict():
     from deltaw.errors import DeltawError
     with pytest.raises(DeltawError, match="verdict"):
         Reproduction.from_json(doc)
+
+
+def test_rank_sweep_noise_of_the_head_does_not_widen_the_lora_noise():
+    # The head varies a lot with its seed, the adapters little: pooling both would hide a 4.5-point
+    # dependence on r that the adapters' own seed noise shows.
+    runs = _runs(0.70, {1: 0.80, 2: 0.81, 4: 0.845, 8: 0.80, 64: 0.80}, seeds64=(0.0, 0.002, -0.002))
+    for r, d in zip(runs[:3], (0.0, 0.04, -0.04)):
+        r.eval_accuracy = 0.70 + d
+    f = rank_sweep.rule(runs)
+    assert f.verdict == "not reproduced"
+    head = f.numbers["accuracy_head"]
+    assert head.high - head.low > 2 * (f.numbers["accuracy_r64"].high - f.numbers["accuracy_r64"].low)

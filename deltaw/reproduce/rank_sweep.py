@@ -24,7 +24,8 @@ from deltaw.reproduce.verdict import check, finding, num
 #: standard errors of the difference.
 Z = 2.0
 
-RULE = (f"σ² of a mean accuracy = (seed variance pooled over settings with ≥ 2 seeds + p(1 − p)/n_eval) / seeds; "
+RULE = (f"σ² of a mean accuracy = (seed variance of its kind — LoRA pooled over ranks with ≥ 2 seeds, head-only over "
+        f"its seeds, else pooled over all — + p(1 − p)/n_eval) / seeds; "
         f"a rank learns beyond the head when its mean exceeds the head-only (r = 0) mean by more than {Z:g} σ of "
         f"the difference; flat when max − min of the rank means ≤ q₀.₉₅(k, ∞)·σ (Tukey). Reproduced when every "
         f"rank learns beyond the head and accuracy is flat; partly when some ranks do and it is flat; not "
@@ -47,11 +48,12 @@ class Group:
                         method=f"mean of {self.seeds} seed(s) ± 2σ (seed and evaluation noise)")
 
 
-def seed_variance(runs: Sequence[RunSummary]) -> tuple[float | None, int]:
-    """Seed-to-seed variance of accuracy pooled over settings with ≥ 2 seeds, and its degrees of freedom."""
+def seed_variance(runs: Sequence[RunSummary], kind: str | None = None) -> tuple[float | None, int]:
+    """Seed-to-seed variance of accuracy pooled over the settings (of ``kind``) with ≥ 2 seeds, and its
+    degrees of freedom; (None, 0) when no such setting was trained."""
     settings: dict[tuple, list[float]] = {}
     for r in runs:
-        if r.eval_accuracy is not None:
+        if r.eval_accuracy is not None and (kind is None or r.kind == kind):
             settings.setdefault((r.kind, r.rank), []).append(r.eval_accuracy)
     ss = sum(float(np.var(a, ddof=1)) * (len(a) - 1) for a in settings.values() if len(a) >= 2)
     dof = sum(len(a) - 1 for a in settings.values() if len(a) >= 2)
@@ -59,14 +61,21 @@ def seed_variance(runs: Sequence[RunSummary]) -> tuple[float | None, int]:
 
 
 def groups(runs: Sequence[RunSummary]) -> tuple[dict[int, Group], Group | None, Group | None, str]:
-    """(rank → Group, head-only Group, full fine-tune Group, how the noise was estimated)."""
-    seed_var, dof = seed_variance(runs)
-    how = (f"seed variance pooled over {dof} degree(s) of freedom" if seed_var is not None
-           else "no setting has 2 seeds: evaluation noise only")
+    """(rank → Group, head-only Group, full fine-tune Group, how the noise was estimated).
 
-    def make(label, accs, n_eval):
+    A setting's seed variance is that of its own kind (LoRA: pooled over the ranks trained with
+    several seeds; head-only: its own seeds) — a head on a frozen encoder varies with its seed
+    differently from an adapter — and the variance pooled over every kind where its kind has none.
+    """
+    pooled, dof = seed_variance(runs)
+    per_kind = {kind: seed_variance(runs, kind) for kind in ("lora", "head", "full")}
+    how = ("seed variance " + ", ".join(f"{kind}: {d} degree(s) of freedom" for kind, (_, d) in per_kind.items() if d)
+           if pooled is not None else "no setting has 2 seeds: evaluation noise only")
+
+    def make(label, kind, accs, n_eval):
+        seed_var = per_kind[kind][0] if per_kind[kind][0] is not None else (pooled or 0.0)
         p = float(np.mean(accs))
-        var = ((seed_var or 0.0) + p * (1 - p) / max(n_eval, 1)) / len(accs)
+        var = (seed_var + p * (1 - p) / max(n_eval, 1)) / len(accs)
         return Group(label, p, len(accs), var)
 
     def collect(kind, rank=None):
@@ -74,10 +83,10 @@ def groups(runs: Sequence[RunSummary]) -> tuple[dict[int, Group], Group | None, 
         return ([r.eval_accuracy for r in chosen], min((r.n_eval for r in chosen), default=0)) if chosen else None
 
     ranks = sorted({r.rank for r in runs if r.kind == "lora"})
-    by_rank = {rank: make(f"r = {rank}", *collect("lora", rank)) for rank in ranks if collect("lora", rank)}
-    head = collect("head")
-    full = collect("full")
-    return by_rank, make("head only", *head) if head else None, make("full FT", *full) if full else None, how
+    by_rank = {rank: make(f"r = {rank}", "lora", *collect("lora", rank)) for rank in ranks if collect("lora", rank)}
+    head, full = collect("head"), collect("full")
+    return (by_rank, make("head only", "head", *head) if head else None,
+            make("full FT", "full", *full) if full else None, how)
 
 
 def rule(runs: Sequence[RunSummary]) -> Finding:
