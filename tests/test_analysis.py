@@ -28,7 +28,8 @@ MODULE_FIELDS = {
     "amplification": (dict, type(None)), "intruders": (dict, type(None)),
     "magnitude_direction": (dict, type(None)), "base_overlap": (list, type(None)), "nonfinite": (int,),
 }
-TOP_FIELDS = {"schema", "checkpoint", "base", "format", "deltaw_version", "created", "notes", "modules", "skipped"}
+TOP_FIELDS = {"schema", "checkpoint", "base", "format", "deltaw_version", "created", "notes", "modules", "skipped",
+              "rank_suggestion"}
 
 
 def assert_contract(doc: dict, *, with_base: bool) -> None:
@@ -40,6 +41,8 @@ def assert_contract(doc: dict, *, with_base: bool) -> None:
     assert datetime.fromisoformat(doc["created"]).utcoffset().total_seconds() == 0
     assert all(isinstance(n, str) for n in doc["notes"])
     assert all(set(s) == {"name", "reason"} for s in doc["skipped"])
+    if doc["format"] != "kohya":  # the PEFT rank_pattern for 90 % of each module's energy
+        assert set(doc["rank_suggestion"]) == {"energy", "r", "rank_pattern", "at_least", "zero"}
     for m in doc["modules"]:
         assert set(m) == set(MODULE_FIELDS), m["name"]
         for key, types in MODULE_FIELDS.items():
