@@ -100,7 +100,7 @@ class SpectralSummary(Record):
         Descending. LoRA: every one the factors define; dense: all of them, or the top-k of a
         randomized SVD.
     svd_method : str
-        ``"factored"`` / ``"full"`` (exact) or ``"randomized"`` (approximate top-k).
+        ``"factored"`` / ``"kronecker"`` / ``"full"`` (exact) or ``"randomized"`` (approximate top-k).
     energy_captured : float
         Σ listed σᵢ² / ‖ΔW‖²_F (1.0 when all values are listed).
     energy_rank : dict
@@ -146,7 +146,7 @@ class ModuleRecord(SpectralSummary):
     ----------
     name : str
         The module's name (the base's parameter name without ``.weight``).
-    kind : "lora", "dora" or "dense"
+    kind : "lora", "dora", "dense", "loha", "lokr" or "oft"
     shape : (rows, cols)
         Of ΔW as analysed (base layout, conv kernels flattened).
     layer, module_type : int or None, str
@@ -167,7 +167,7 @@ class ModuleRecord(SpectralSummary):
     """
 
     name: str
-    kind: Literal["lora", "dora", "dense"]
+    kind: Literal["lora", "dora", "dense", "loha", "lokr", "oft"]
     shape: tuple[int, ...]
     layer: int | None = None
     module_type: str = ""
