@@ -254,6 +254,6 @@ def amplification_grid_block(analysis: Analysis) -> Block | None:
         grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how "
         "strongly ΔW amplifies (factor > 1) or attenuates (< 1) directions of W that W does not "
         "emphasise (see the table and the figure above).", text.num, len(analysis.not_finite),
-        scale=scale, scale_why="0 to the largest cell")
+        scale=scale, scale_why="from zero to the largest cell")
     return grid_block(grid, title="Amplification factor", caption=caption,
                       fmt=lambda v: text.num(v, 2), scale=scale)

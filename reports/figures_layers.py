@@ -149,8 +149,7 @@ def layer_grid_blocks(analysis: Analysis) -> list[Block]:
     n_bad = len(analysis.not_finite)
     blocks = []
     limit = rank_limit(analysis.finite)
-    limit_why = ("0 to the largest rank these modules allow (r for LoRA, min(rows, cols) for "
-                 "a dense ΔW)")
+    limit_why = "the largest rank these modules allow (r for LoRA, min(rows, cols) for a dense ΔW)"
     specs = [
         ("90%-energy rank: directions holding 90% of $‖\\Delta W‖_F^2$",
          lambda m: text.energy_rank_at(m, "0.9"), text.count, "90%-energy rank",
@@ -165,12 +164,12 @@ def layer_grid_blocks(analysis: Analysis) -> list[Block]:
         specs.append((f"Relative size of the update, {text.REL_NORM}",
                       lambda m: m.rel_norm, text.pct, f"Relative size {text.REL_NORM}",
                       "Brighter cells were changed more, relative to the pretrained weights.",
-                      None, "0 to the largest cell"))
+                      None, "from zero to the largest cell"))
     else:
         specs.append((f"Size of the update, {text.NORM_DW} (no base weights given)",
                       lambda m: m.fro_norm, lambda v: text.num(v, 2), f"Size {text.NORM_DW}",
                       "Brighter cells were changed more. Without the base weights the size cannot "
-                      "be set against ‖W‖.", None, "0 to the largest cell"))
+                      "be set against ‖W‖.", None, "from zero to the largest cell"))
     for title, value, fmt, metric, how, limits, why in specs:
         grid = layer_grid(analysis, value)
         if grid is None:
@@ -198,7 +197,7 @@ def intruder_block(analysis: Analysis) -> Block | None:
         f"(Shuttleworth et al. 2024): a new direction rather than a re-weighted old one. "
         f"Counts run from 0 to {k}; LoRA adapters typically show some, full fine-tunes "
         f"almost none, and more intruders go with more forgetting.",
-        text.count, len(analysis.not_finite), scale=scale, scale_why=f"0 to k = {k}, the most possible")
+        text.count, len(analysis.not_finite), scale=scale, scale_why=f"k = {k} is the most possible")
     return grid_block(grid, title=f"Intruder dimensions among the top {k} (ε = {text.num(eps)})",
                       caption=caption, fmt=text.count, integer=True, cmap=style.COUNTS,
                       scale=scale)

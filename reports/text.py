@@ -482,7 +482,7 @@ def caption_layer_grid(metric: str, how_to_read: str, values: list[float], fmt, 
         text += f" Exact values span {span(values, fmt)}." if bounds else \
             f" Values span {span(values, fmt)}."
     if scale is not None:
-        text += f" Colours run from {fmt(scale[0])} to {fmt(scale[1])} ({scale_why})."
+        text += f" Colours run from {fmt(scale[0])} to {fmt(scale[1])}: {scale_why}."
     if multiple:
         text += " Where several modules share a cell, the cell shows their median."
     if bounds:
