@@ -83,9 +83,14 @@ def summary_table(analysis: Analysis, *, json_written: bool = False) -> str:
     text = "\n".join(lines) + "\n" + note
     if bad:
         text += f"NaN/Inf in weights, not analysed: {', '.join(bad)}\n"
-    if any(NA in row for row in rows):
-        text += (f"{NA}: does not apply (r: a dense ΔW; ‖ΔW‖/‖W‖, amplif., intruders: no --base; "
-                 "eff. rank: a top-k spectrum, which needs all values).\n")
+    reasons = [why for why, applies in (
+        ("r: a dense ΔW has no LoRA rank", any(r.lora_rank is None for r in records)),
+        ("‖ΔW‖/‖W‖, amplif., intruders: no --base", any(r.base_fro_norm is None for r in records)),
+        ("eff. rank: a top-k spectrum (it needs every value)", any(r.effective_rank is None for r in records)),
+        ("amplif.: ΔW orthogonal to W (UᵀWV = 0)",
+         any(r.amplification and r.amplification.factor is None for r in records))) if applies]
+    if reasons:
+        text += f"{NA}: does not apply ({'; '.join(reasons)}).\n"
     if any(">" in row[4] or "≥" in row[4] for row in rows):
         text += ("> k: the top-k singular values computed hold less than that share of the energy, so "
                  "the rank exceeds k; ≥ m: a median decided by such bounds.\n")
