@@ -259,6 +259,9 @@ def _plan(tuned: TensorStore, base: TensorStore, kinds, task, fmt, dtype, module
     of the modules to extract, named by the fine-tune's module path (the names PEFT matches).
     """
     matcher = NameMatcher(base.keys())
+    # The model built from config.json may name modules with another wrapper prefix than the
+    # checkpoint (a headless LlamaModel: layers.0…, the checkpoint: model.layers.0…).
+    kind_of = NameMatcher(kinds) if kinds is not None else None
     pattern = re.compile(modules) if modules else None
     targets, pairs, skipped, notes, new_weights = {}, [], [], [], []
     changed_vectors = 0
@@ -277,7 +280,7 @@ def _plan(tuned: TensorStore, base: TensorStore, kinds, task, fmt, dtype, module
             continue
         kind = "conv" if len(shape) > 2 else "linear"
         if kinds is not None:
-            kind = kinds.get(name)
+            kind = kinds.get(kind_of.match(name))
             if kind is None:
                 skipped.append((name, "not a Linear, Embedding or Conv module of the model: PEFT cannot adapt it"))
                 continue
@@ -286,10 +289,11 @@ def _plan(tuned: TensorStore, base: TensorStore, kinds, task, fmt, dtype, module
                                transposed=kind in ("embedding", "conv1d_t") and fmt == "peft",
                                embedding=kind == "embedding" and fmt == "peft")
         pairs.append((name, shape, key, base_key))
-    fan_in_fan_out = any(kinds.get(n) == "conv1d_t" for n in targets) if kinds else False
+    kind_at = {n: kinds.get(kind_of.match(n)) for n in targets} if kinds is not None else {}
+    fan_in_fan_out = any(k == "conv1d_t" for k in kind_at.values())
     if fan_in_fan_out and fmt == "peft":
         # PEFT's fan_in_fan_out is one flag per adapter; GPT-2-style models use Conv1D throughout.
-        for name in [n for n in targets if kinds.get(n) == "linear"]:
+        for name in [n for n in targets if kind_at[n] == "linear"]:
             skipped.append((name, "nn.Linear in a model whose Conv1D modules need fan_in_fan_out, "
                                   "which PEFT sets once per adapter"))
             del targets[name]

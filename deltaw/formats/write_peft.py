@@ -92,3 +92,43 @@ def rank_pattern(ranks: dict[str, int]) -> tuple[int, dict[str, int]]:
             unique = False
         pattern[module if unique else re.escape(module)] = k
     return r, pattern
+
+
+def lora_tensors(module: str, L: torch.Tensor, R: torch.Tensor, shape: tuple[int, ...], *,
+                 transposed: bool = False, embedding: bool = False) -> dict[str, torch.Tensor]:
+    """PEFT's tensors for ΔW = s · L @ R (2-D, base layout).
+
+    Parameters
+    ----------
+    module : str
+        The module path in the model (``model.layers.0.self_attn.q_proj``).
+    L : Tensor, (rows, k); R : Tensor, (k, cols)
+        Factors of ΔW in the base tensor's 2-D layout, the scale s already divided out.
+    shape : tuple of int
+        ΔW's shape in the base layout: (rows, cols), or (out, in, kh, kw) for a conv kernel.
+    transposed : bool
+        ``fan_in_fan_out`` or an embedding: the base stores (in, out), ΔW = (s·B@A)ᵀ.
+    embedding : bool
+        Embedding LoRA: the ``lora_embedding_A`` / ``lora_embedding_B`` keys.
+
+    Returns
+    -------
+    dict of key → Tensor
+    """
+    k = L.shape[1]
+    if transposed:
+        A, B = L.T, R.T  # ΔW = (B A)ᵀ = Aᵀ Bᵀ
+    else:
+        B, A = L.reshape(shape[0], k, *[1] * (len(shape) - 2)), R.reshape(k, *shape[1:])
+    prefix = PEFT_PREFIX + module
+    if embedding:
+        return {f"{prefix}.lora_embedding_A": A.contiguous(), f"{prefix}.lora_embedding_B": B.contiguous()}
+    return {f"{prefix}.lora_A.weight": A.contiguous(), f"{prefix}.lora_B.weight": B.contiguous()}
+
+
+def write_adapter(folder: Path, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Write the config and the weights into ``folder`` (an existing, empty staging folder)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
