@@ -117,3 +117,50 @@ def test_unsupported_algorithm_tensors_are_listed(tmp_path):
     deltas = deltaw.load_deltas(tmp_path / "mixed.safetensors")
     reasons = {s.name: s.reason for s in deltas.skipped}
     assert "not supported" in reasons["lycoris_other.oft_blocks"] and len(deltas) == 3
+
+
+def test_stable_diffusion_file_pairs_with_a_diffusers_pipeline(tmp_path):
+    """lora_unet_… / lora_te1_… / lora_te2_… resolved within the pipeline's unet / text_encoder /
+    text_encoder_2 folders (SDXL's two text encoders share their parameter names)."""
+    g = torch.Generator().manual_seed(0)
+    pipeline = tmp_path / "sdxl"
+    weights = {
+        "unet": {"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight": torch.randn(32, 32, generator=g),
+                 "down_blocks.0.resnets.0.conv1.weight": torch.randn(16, 8, 3, 3, generator=g)},
+        "text_encoder": {"text_model.encoder.layers.0.self_attn.q_proj.weight": torch.randn(24, 24, generator=g)},
+        "text_encoder_2": {"text_model.encoder.layers.0.self_attn.q_proj.weight": torch.randn(40, 40, generator=g)},
+    }
+    for component, tensors in weights.items():
+        (pipeline / component).mkdir(parents=True)
+        name = "diffusion_pytorch_model.safetensors" if component == "unet" else "model.safetensors"
+        save_file(tensors, str(pipeline / component / name))
+    (pipeline / "tokenizer").mkdir()
+    (pipeline / "tokenizer" / "vocab.json").write_text("{}")
+    (pipeline / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+
+    def lora(out, inp, r=2):
+        return {"lora_down.weight": torch.randn(r, inp, generator=g), "lora_up.weight": torch.randn(out, r, generator=g)}
+
+    modules = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": lora(32, 32),
+        "lora_unet_down_blocks_0_resnets_0_conv1": {
+            "hada_w1_a": torch.randn(16, 2, generator=g), "hada_w1_b": torch.randn(2, 72, generator=g),
+            "hada_w2_a": torch.randn(16, 2, generator=g), "hada_w2_b": torch.randn(2, 72, generator=g),
+            "alpha": torch.tensor(1.0)},
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": lora(24, 24),
+        "lora_te2_text_model_encoder_layers_0_self_attn_q_proj": lora(40, 40),
+        "lora_unet_mid_block_attentions_0_proj_in": lora(32, 32),  # not in this pipeline
+    }
+    save_file({f"{m}.{p}": t for m, parts in modules.items() for p, t in parts.items()}, str(tmp_path / "sd.safetensors"))
+    deltas = deltaw.load_deltas(tmp_path / "sd.safetensors", base=pipeline)
+    assert len(deltas) == 4
+    te2 = deltas["lora_te2_text_model_encoder_layers_0_self_attn_q_proj"]
+    torch.testing.assert_close(te2.base(), weights["text_encoder_2"]["text_model.encoder.layers.0.self_attn.q_proj.weight"])
+    te1 = deltas["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"]
+    torch.testing.assert_close(te1.base(), weights["text_encoder"]["text_model.encoder.layers.0.self_attn.q_proj.weight"])
+    conv = deltas["lora_unet_down_blocks_0_resnets_0_conv1"]
+    assert conv.kind == "loha" and conv.shape == (16, 8, 3, 3)  # the kernel comes from the base
+    reasons = {s.name: s.reason for s in deltas.skipped}
+    assert "no module of this name in the base" in reasons["lora_unet_mid_block_attentions_0_proj_in"]
+    analysis = deltaw.analyze(deltas, device="cpu")
+    assert all(m.amplification is not None for m in analysis.modules)

@@ -33,8 +33,20 @@ def _base_index(base: TensorStore) -> dict[str, str]:
     return {k.removesuffix(".weight").replace(".", "_"): k for k in base.keys() if k.endswith(".weight")}
 
 
+#: kohya's module prefixes → the diffusers component they name (SD 1.x/2.x, SDXL's two text
+#: encoders, SD3/Flux transformers).
+_COMPONENTS = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder",
+               "lora_te2": "text_encoder_2", "lora_te3": "text_encoder_3", "lora_transformer": "transformer"}
+
+
 def _find_base(module: str, index: dict[str, str]) -> str | None:
+    """The base key a kohya module names: within its diffusers component when the base is a
+    pipeline (``lora_te2_…`` → ``text_encoder_2.…``), else by its underscored name (unique suffix)."""
     stem = _PREFIX.sub("", module)
+    prefix = module[:len(module) - len(stem)].rstrip("_")
+    component = _COMPONENTS.get(prefix)
+    if component is not None and f"{component}_{stem}" in index:
+        return index[f"{component}_{stem}"]
     if stem in index:
         return index[stem]
     hits = [key for flat, key in index.items() if flat.endswith("_" + stem) or stem.endswith("_" + flat)]

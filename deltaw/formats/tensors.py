@@ -20,8 +20,11 @@ from deltaw.errors import DeltawError
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Folder layouts of Hugging Face model checkpoints, in order of preference.
-_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json",
+                "diffusion_pytorch_model.safetensors.index.json")
+_SINGLE_FILES = ("model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors")
+#: A diffusers pipeline folder (Stable Diffusion): one model per component subfolder.
+DIFFUSERS_INDEX = "model_index.json"
 
 
 def _check_readable_file(path: Path) -> None:
@@ -129,6 +132,22 @@ def open_tensor_file(path: Path):
     )
 
 
+class _PrefixedFile:
+    """One file of a diffusers component, its keys prefixed with the component (``unet.…``)."""
+
+    def __init__(self, inner, prefix: str):
+        self.inner, self.prefix, self.path = inner, prefix, inner.path
+
+    def keys(self) -> list[str]:
+        return [self.prefix + k for k in self.inner.keys()]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.inner.shape(key.removeprefix(self.prefix))
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.inner.get(key.removeprefix(self.prefix))
+
+
 class TensorStore:
     """Named tensors of a checkpoint file or model folder, read lazily.
 
@@ -160,10 +179,32 @@ class TensorStore:
             raise DeltawError(f"{path}: neither a regular file nor a folder (a pipe or device?); "
                               "give a checkpoint file or folder")
         try:
+            if (path / DIFFUSERS_INDEX).is_file():
+                return cls._diffusers(path)
             files = model_folder_files(path)
         except OSError as err:
             raise DeltawError(f"{path}: cannot read the folder ({err.strerror}); check its permissions") from err
         return cls(files, path)
+
+    @classmethod
+    def _diffusers(cls, folder: Path) -> "TensorStore":
+        """A diffusers pipeline: every component subfolder with weights (``unet``, ``text_encoder``,
+        ``text_encoder_2``, …), its tensors named ``<component>.<name>``."""
+        store = cls([], folder)
+        for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+            try:
+                files = model_folder_files(component)
+            except DeltawError:  # tokenizer, scheduler: no weights
+                continue
+            for f in files:
+                opened = _PrefixedFile(open_tensor_file(f), component.name + ".")
+                store._files.append(opened)
+                for key in opened.keys():
+                    store._where.setdefault(key, opened)
+        if not store._where:
+            raise DeltawError(f"{folder}: a diffusers pipeline ({DIFFUSERS_INDEX}) without model weights in "
+                              "its component folders")
+        return store
 
     def keys(self) -> list[str]:
         return list(self._where)
