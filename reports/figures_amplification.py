@@ -17,7 +17,7 @@ from deltaw.records import Analysis, ModuleRecord
 
 from . import style, text
 from .figures_layers import grid_block, grid_caption, grid_scale, layer_grid
-from .layout import plain, representative_layers
+from .layout import plain, representative_layers, type_labels
 from .pdf import Block
 from .tables import Table, natural_widths, table_blocks
 
@@ -26,7 +26,7 @@ MAX_TYPE_LINES = 4  # more module types than this: aggregate the lines, add a gr
 ROWS = [  # (label, key in the amplification record)
     ("r (directions)", "r"),
     (f"{text.PROJ} from ΔW", "proj_delta"),
-    (f"{text.PROJ} from W's top r", "proj_base_top"),
+    (f"{text.PROJ} from W", "proj_base_top"),
     (f"{text.PROJ} from random", "proj_random"),
     (text.NORM_DW, "delta_fro"),
     (text.NORM_W, "base_fro"),
@@ -43,31 +43,34 @@ PAPER = [  # GPT-3 175B, layer 48, W_q (Hu et al. 2021, Table 7)
 ]
 
 
-def _label(m: ModuleRecord) -> str:
-    return f"{plain(m.module_type)}\nlayer {m.layer}" if m.layer is not None else plain(
-        m.name.rsplit(".", 2)[-2] + "." + m.name.rsplit(".", 1)[-1] if "." in m.name else m.name)
+HEADER_W = 0.9  # inches for a module type in a column header; longer ones are abbreviated
+
+
+def _label(m: ModuleRecord, names: dict[str, str]) -> str:
+    """A column header: the module type (abbreviated by the report's rule) and the layer."""
+    if m.layer is not None:
+        return f"{names[m.module_type]}\nlayer {m.layer}"
+    return names[m.module_type]
 
 
 def _columns(mods: list[ModuleRecord]) -> list[list[tuple[str, dict]]]:
     """Groups of (header, record) columns to keep together: every module alone, or per module
     type a low, a middle and a top layer and the median."""
+    types = list(dict.fromkeys(m.module_type for m in mods))
+    names = dict(zip(types, type_labels(types, HEADER_W, style.SMALL, weight="bold")))
     if len(mods) <= 6:
-        return [[(_label(m), m.amplification)] for m in mods]
+        return [[(_label(m, names), m.amplification)] for m in mods]
     groups = []
-    types = []
-    for m in mods:
-        if m.module_type not in types:
-            types.append(m.module_type)
     for t in types:
         of_type = [m for m in mods if m.module_type == t]
         by_layer = {m.layer: m for m in of_type if m.layer is not None}
-        columns = [(_label(by_layer[layer]), by_layer[layer].amplification)
+        columns = [(_label(by_layer[layer], names), by_layer[layer].amplification)
                    for layer in representative_layers(sorted(by_layer))]
         if not by_layer:
-            columns = [(_label(m), m.amplification) for m in of_type[:3]]
+            columns = [(_label(m, names), m.amplification) for m in of_type[:3]]
         if len(of_type) > 1:
             median = {key: _median([m.amplification[key] for m in of_type]) for _, key in ROWS}
-            columns.append((f"{plain(t)}\nmedian", median))
+            columns.append((f"{names[t]}\nmedian", median))
         groups.append(columns)
     return groups
 
@@ -94,16 +97,20 @@ def amplification_table_blocks(analysis: Analysis) -> list[Block]:
     if not mods:
         return []
     # pack columns into tables that fit the text width; the paper's columns end the first one
+    # when they fit there, else stand in a table of their own after ours
     chunks, current = [], []
     for group in _columns(mods):
         for column in group if _width(group) > style.CONTENT_W else [group]:
             add = column if isinstance(column, list) else [column]
-            reserve = PAPER if not chunks else []
-            if current and _width(current + add + reserve) > style.CONTENT_W:
-                chunks.append(current + reserve)
+            if current and _width(current + add) > style.CONTENT_W:
+                chunks.append(current)
                 current = []
             current.extend(add)
-    chunks.append(current + (PAPER if not chunks else []))
+    chunks.append(current)
+    if _width(chunks[0] + PAPER) <= style.CONTENT_W:
+        chunks[0] = chunks[0] + PAPER
+    else:
+        chunks.append(list(PAPER))
     blocks = []
     for n, chunk in enumerate(chunks):
         table = _table(chunk)

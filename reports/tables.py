@@ -8,10 +8,11 @@ wrapped at spaces (a long name at its dots, never inside a word). Cells may hold
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from . import style
-from .layout import Region, line_height, text_width, wrap
+from .layout import Region, _words, is_math, line_height, text_width, wrap
 from .pdf import Block
 
 PAD = 0.07  # inches either side of a cell's text
@@ -50,6 +51,20 @@ def natural_widths(table: Table) -> list[float]:
     return [w + 2 * PAD for w in widths]
 
 
+def _longest_word(table: Table) -> float:
+    """Width of the widest unbreakable piece in the stretch column: a word, or a name's part
+    between its dots (where :func:`~reports.layout.wrap` may break it)."""
+    widest = 0.0
+    weight = "bold" if table.stretch == 0 and table.bold_first_column else "normal"
+    for row in table.rows:
+        cell = row[table.stretch] if table.stretch < len(row) else ""
+        for line in _lines(cell):
+            for word in _words(line):
+                pieces = [word] if is_math(word) else re.split(r"(?<=[/_\-.])", word)
+                widest = max([widest] + [text_width(p, table.size, weight) for p in pieces])
+    return widest
+
+
 def _layout(table: Table, width: float) -> tuple[list[float], list[list[list[str]]], list[float]]:
     """Column widths, each row's cells as lines, and each row's height (header first)."""
     width = min(width, table.max_width or width)
@@ -57,7 +72,9 @@ def _layout(table: Table, width: float) -> tuple[list[float], list[list[list[str
     if not table.fill:
         width = min(width, sum(widths))
     spare = width - sum(widths)
-    widths[table.stretch] = max(widths[table.stretch] + spare, 0.5)
+    # the stretch column gives up width down to its longest word, never less: cells wrap at
+    # spaces (a long name at its dots) but no word is cut
+    widths[table.stretch] = max(widths[table.stretch] + spare, _longest_word(table) + 2 * PAD)
     fit_width = widths[table.stretch] - 2 * PAD
     rows = ([table.header] if table.header else []) + table.rows
     cells, heights = [], []
