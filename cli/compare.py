@@ -50,8 +50,9 @@ def summary_lines(comparison) -> list[str]:
             top = np.median([m.phi[0, 0] for m in mods])
             rnd = [m.random_phi[0, 0] for m in mods if m.random_phi is not None]
             lead = np.median([_leading_shared(m.phi) for m in mods])
-            lines.append(f"  {module_type:<{width}} ×{len(mods):<3} φ(1,1) = {top:.2f}"
-                         + (f" (random {np.median(rnd):.2f})" if rnd else "")
+            # two significant digits: a random baseline of 0.0026 must not print as 0.00
+            lines.append(f"  {module_type:<{width}} ×{len(mods):<3} φ(1,1) = {top:.2g}"
+                         + (f" (random {np.median(rnd):.2g})" if rnd else "")
                          + f"   leading k with φ(k,k) ≥ {SHARED}: {lead:g}")
     return lines
 
