@@ -104,6 +104,7 @@ class RunSummary(Record):
     final_loss: float | None = None
     eval_accuracy: float | None = None
     n_eval: int = 0
+    seconds: float | None = None  # wall time of its training, as the run recorded it
 
 
 @dataclass(kw_only=True, eq=False)
@@ -181,7 +182,8 @@ class Reproduction(Record):
     base: str
     data: dict[str, str] = field(default_factory=dict)
     budget: dict[str, str] = field(default_factory=dict)
-    seconds: float | None = None
+    # Wall time of the analyses, comparisons, random baselines and verdicts, after training.
+    analysis_seconds: float | None = None
     deltaw_version: str = field(default_factory=deltaw_version)
     created: str = field(default_factory=utc_now)
     runs: list[RunSummary] = field(default_factory=list)
@@ -201,6 +203,12 @@ class Reproduction(Record):
             if f.id == key:
                 return f
         raise KeyError(key)
+
+    @property
+    def train_seconds(self) -> float | None:
+        """Wall time of all the runs' training, summed (None when a run did not record it)."""
+        times = [r.seconds for r in self.runs]
+        return None if not times or None in times else float(sum(times))
 
     def tally(self) -> dict[str, int]:
         """How many findings got each verdict, in the order of :data:`VERDICTS`."""

@@ -42,7 +42,7 @@ def budget_of(config) -> dict[str, str]:
     return {"steps": str(config.steps), "batch_size": str(config.batch_size),
             "max_length": str(config.max_length), "lora_lr": f"{config.lr:g}",
             "full_lr": f"{config.full_lr:g}", "lora_alpha": f"{config.lora_alpha:g}",
-            "alpha_rule": "α = the first rank tried (Hu et al. 2021, Section 4.1)",
+            "alpha_rule": "the first rank tried (Hu et al. 2021, Section 4.1)",
             "seeds": ",".join(map(str, config.seeds)), "max_eval": str(config.max_eval)}
 
 
@@ -85,7 +85,6 @@ def reproduce(out: str | os.PathLike, *, quick: bool = False, device: str = "aut
     from deltaw import analyze, compare, load_deltas
     from deltaw.training import TrainConfig, plan_runs, run_sweep
 
-    started = time.monotonic()
     out = Path(out)
     log = log or (lambda line: None)
     settings = dict(model=model, data=data, ranks=RANKS, targets=TARGETS, seeds=SEEDS,
@@ -95,6 +94,7 @@ def reproduce(out: str | os.PathLike, *, quick: bool = False, device: str = "aut
     else:
         config = TrainConfig(out=out / "runs", **{**settings, **FULL_BUDGET, **overrides})
     manifest = run_sweep(config, log=log)
+    started = time.monotonic()
     base = manifest["base"]["path"]
     # A folder reused by several sweeps lists more runs than this one planned: read only these.
     planned = {spec.name for spec in plan_runs(config)}
@@ -127,7 +127,7 @@ def reproduce(out: str | os.PathLike, *, quick: bool = False, device: str = "aut
                 for row in table7.amplification_rows(analyses[lora[rank]], lora[rank], rank, base_weight)]
     runs = [RunSummary(name=n, kind=e["kind"], rank=e.get("rank"), seed=e["seed"], steps=e["steps"],
                        final_loss=e.get("final_loss"), eval_accuracy=e.get("eval_accuracy"),
-                       n_eval=int(manifest["data"].get("n_eval", 0)))
+                       n_eval=int(manifest["data"].get("n_eval", 0)), seconds=e.get("seconds"))
              for n, e in sorted(entries.items(), key=lambda kv: (KIND_ORDER[kv[1]["kind"]], kv[1].get("rank") or 0,
                                                                   kv[1]["seed"]))]
     kinds = {n: entries[n]["kind"] for n in analyses}
@@ -145,7 +145,7 @@ def reproduce(out: str | os.PathLike, *, quick: bool = False, device: str = "aut
     summary = Reproduction(
         quick=quick, device=device, base=base,
         data={k: str(v) for k, v in manifest["data"].items()}, budget=budget_of(config),
-        seconds=round(time.monotonic() - started, 1), runs=runs, table7=amp_rows,
+        analysis_seconds=round(time.monotonic() - started, 1), runs=runs, table7=amp_rows,
         energy_ranks=[c for n, a in analyses.items() for c in _module_counts(
             n, kinds[n], ranks_of[n], a, lambda m: (m.energy_rank or {}).get("0.9"))],
         gavish_donoho_ranks=[c for n, a in analyses.items() if kinds[n] == "full" for c in _module_counts(

@@ -24,10 +24,14 @@ START, END = "<!-- reproduction:start -->", "<!-- reproduction:end -->"
 def budget_line(rec: Reproduction) -> str:
     b = rec.budget
     what = "`deltaw reproduce --quick`" if rec.quick else "`deltaw reproduce` (the full budget)"
-    took = "" if rec.seconds is None else (f", {rec.seconds:.0f} s" if rec.seconds < 120
-                                           else f", {rec.seconds / 60:.0f} minutes")
+    def minutes(seconds):
+        return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+    train = rec.train_seconds
+    took = "" if train is None else f", training {minutes(train)} (the runs' times summed)"
+    took += "" if rec.analysis_seconds is None else f", analysis and verdicts {minutes(rec.analysis_seconds)}"
     return (f"{what} on {rec.device}{took}: {b.get('steps')} steps × batch {b.get('batch_size')}, "
-            f"LoRA lr {b.get('lora_lr')}, α = {b.get('lora_alpha')} ({b.get('alpha_rule')}), "
+            f"LoRA lr {b.get('lora_lr')}, α = {b.get('lora_alpha')}, {b.get('alpha_rule')}, "
             f"full fine-tune lr {b.get('full_lr')}, seeds {b.get('seeds')}")
 
 
