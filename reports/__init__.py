@@ -29,12 +29,16 @@ import os
 
 from deltaw.errors import DeltawError
 from deltaw.records import Analysis, Comparison, Record, read_document
+from deltaw.records.survey import Survey
+from deltaw.records.trajectory import Trajectory
 
 from .analysis_report import add_analysis
 from .comparison_report import add_comparison
 from .pdf import Document
 from .title import one_contents
 from .reproduction_report import SCHEMA as REPRODUCTION_SCHEMA, add_reproduction
+from .survey_report import add_survey
+from .trajectory_report import add_trajectory
 
 __all__ = ["write_analysis_pdf", "write_comparison_pdf", "render"]
 
@@ -127,6 +131,10 @@ def render(docs, path: str | os.PathLike) -> None:
             add_comparison(doc, part, [a for a in analyses if a.checkpoint in part.checkpoints])
         elif isinstance(part, Analysis):
             add_analysis(doc, part)
+        elif isinstance(part, Survey):
+            add_survey(doc, part)
+        elif isinstance(part, Trajectory):
+            add_trajectory(doc, part)
         else:
             add_reproduction(doc, part)
     one_contents(doc)  # several parts: one contents list on a first page, not one per part

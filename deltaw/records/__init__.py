@@ -22,8 +22,10 @@ from deltaw.records.analysis import (Amplification, Analysis, Intruders, Magnitu
                                      Skipped, SpectralSummary)
 from deltaw.records.comparison import Comparison, PairResult, PhiRecord
 from deltaw.records.resize import KeptModule, Resize
+from deltaw.records.survey import Survey
+from deltaw.records.trajectory import Trajectory
 
 __all__ = ["Record", "DOCUMENTS", "read_document", "check_schema", "finite_or_none", "utc_now",
            "Analysis", "ModuleRecord", "SpectralSummary", "Skipped", "Amplification", "Intruders",
            "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord", "parse_module_name", "Resize",
-           "KeptModule"]
+           "KeptModule", "Survey", "Trajectory"]
