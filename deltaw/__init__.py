@@ -37,9 +37,14 @@ _EXPORTS = {
     "deltaw.direction": ["magnitude_direction"],
     "deltaw.analysis": ["analyze", "spectral_summary"],
     "deltaw.comparison": ["compare"],
+    # acting on a spectrum: resize, merge and extract LoRA adapters (deltaw.act)
+    "deltaw.act.resize": ["resize"],
+    "deltaw.act.merge": ["merge"],
+    "deltaw.act.extract": ["extract"],
+    "deltaw.act.rules": ["RankRule"],
     "deltaw.records": ["Analysis", "ModuleRecord", "SpectralSummary", "Amplification",
                        "Intruders", "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord",
-                       "parse_module_name"],
+                       "parse_module_name", "Resize", "KeptModule"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
