@@ -169,6 +169,17 @@ def layer_block(c: Comparison, pair: PairResult, layer, types: list[str], *,
     return Block(height=height, draw=draw, caption=caption)
 
 
+def _paper_note(pair) -> str:
+    """What the LoRA paper found for the same kind of comparison, and only that: Figure 3 for
+    two ranks, Figure 4 for two runs of one rank (Hu et al. 2021, §7.2)."""
+    ranks = {tuple(m.ranks) for m in pair.modules}
+    if all(ra == rb for ra, rb in ranks):
+        return ("For two seeds at r = 64 the LoRA paper (Figure 4) finds more of the top directions "
+                "shared for W_q than for W_v; random subspaces share almost nothing.")
+    return ("For r = 8 against r = 64 the LoRA paper (Figure 3) finds the top direction shared "
+            "(φ > 0.5) and little beyond it; random subspaces share almost nothing.")
+
+
 def summary_block(c: Comparison, pair: PairResult) -> Block:
     """φ(1,1) per layer, and the median φ(k,k) over modules as k grows, per module type."""
     types = type_order(pair.types)
@@ -220,7 +231,6 @@ def summary_block(c: Comparison, pair: PairResult) -> Block:
         f"direction of {a} that lies along the top direction of {b}; one line per module type, "
         f"dashed: Gaussian random matrices of the same shapes. Right: φ(k,k), how much the "
         f"top-k subspaces of the two overlap, median over layers with the interquartile range "
-        f"shaded. The LoRA paper finds the top direction shared (φ > 0.5) between r = 8 and "
-        f"r = 64 and little beyond it; random subspaces share almost nothing."
+        f"shaded. " + _paper_note(pair)
     )
     return Block(height=2.5, draw=draw, caption=caption)

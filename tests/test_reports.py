@@ -450,3 +450,15 @@ def test_top_k_bounds_are_drawn_as_bounds_not_as_missing_modules():
     assert not analysis.not_finite  # a null effective rank of a top-k is not a broken module
     grid = layer_grid(analysis, lambda m: m.energy_rank_at("0.9"))
     assert np.all(grid.values == 5) and grid.is_bound.all()  # > 4, coloured at 5, not grey
+
+
+def test_comparison_cites_the_paper_figure_of_the_same_experiment():
+    from deltaw.records import read_document
+    from deltaw.reports.figures_subspace import summary_block
+
+    ranks = read_document(comparison_doc(ra=8, rb=64, n_layers=2))
+    seeds = read_document(comparison_doc(ra=8, rb=8, n_layers=2))
+    rank_caption = summary_block(ranks, ranks.pairs[0]).caption
+    seed_caption = summary_block(seeds, seeds.pairs[0]).caption
+    assert "Figure 3" in rank_caption and "Figure 4" not in rank_caption
+    assert "Figure 4" in seed_caption and "r = 8 against r = 64" not in seed_caption
