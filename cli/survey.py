@@ -81,7 +81,7 @@ def command(checkpoints, base, from_list, json_path, pdf_path, engine, ray_addre
     import torch
 
     from deltaw.engines import get_engine
-    from deltaw.survey import expand_checkpoints, survey
+    from deltaw.population import expand_checkpoints, survey
 
     if not checkpoints and from_list is None:
         raise click.UsageError("give checkpoints (or a folder of them) or --from-list FILE")

@@ -58,7 +58,7 @@ def command(run, base, json_path, pdf_path, modules, top_k, device, dtype, scale
     """
     import torch
 
-    from deltaw.trajectory import parse_steps, trajectory
+    from deltaw.trajectories import parse_steps, trajectory
 
     check_outputs(json_path, pdf_path)
     if len(run) == 1 and "=" not in run[0]:

@@ -37,6 +37,11 @@ _EXPORTS = {
     "deltaw.direction": ["magnitude_direction"],
     "deltaw.analysis": ["analyze", "spectral_summary"],
     "deltaw.comparison": ["compare"],
+    # many checkpoints: populations, training runs, and where their pieces run
+    "deltaw.population": ["survey"],
+    "deltaw.trajectories": ["trajectory"],
+    "deltaw.cache": ["Cache"],
+    "deltaw.engines": ["get_engine"],
     # acting on a spectrum: resize, merge and extract LoRA adapters (deltaw.act)
     "deltaw.act.resize": ["resize"],
     "deltaw.act.merge": ["merge"],
@@ -44,7 +49,7 @@ _EXPORTS = {
     "deltaw.act.rules": ["RankRule"],
     "deltaw.records": ["Analysis", "ModuleRecord", "SpectralSummary", "Amplification",
                        "Intruders", "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord",
-                       "parse_module_name", "Resize", "KeptModule"],
+                       "parse_module_name", "Resize", "KeptModule", "Survey", "Trajectory"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -13,7 +13,7 @@ import pytest
 from deltaw.cache import Cache
 from deltaw.engines import get_engine
 from deltaw.errors import DeltawError
-from deltaw.survey import survey
+from deltaw.population import survey
 from minilm_runs import minilm_runs
 
 ray = pytest.importorskip("ray")

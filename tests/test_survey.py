@@ -17,7 +17,7 @@ from deltaw.cache import Cache
 from deltaw.cli.main import cli
 from deltaw.errors import DeltawError
 from deltaw.records.survey import Survey
-from deltaw.survey import expand_checkpoints, survey
+from deltaw.population import expand_checkpoints, survey
 from minilm_runs import dense_deltas, minilm_runs
 
 MODULES = "attention.self.(query|value)"  # what the adapters train; the full fine-tune holds them too

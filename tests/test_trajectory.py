@@ -18,7 +18,7 @@ import deltaw
 from deltaw.cli.main import cli
 from deltaw.errors import DeltawError
 from deltaw.records.trajectory import Trajectory
-from deltaw.trajectory import find_checkpoints, parse_steps, saturation, trajectory
+from deltaw.trajectories import find_checkpoints, parse_steps, saturation, trajectory
 from minilm_runs import dense_deltas, minilm_runs, minilm_trajectory
 
 

@@ -1,4 +1,4 @@
-"""``deltaw.trajectory``: how ΔW grows over a training run's checkpoints.
+"""``deltaw.trajectory`` (:func:`trajectory`): how ΔW grows over a training run's checkpoints.
 
 A Hugging Face Trainer run folder holds ``checkpoint-<step>/`` sub-folders (PEFT adapters or full
 models). Each step is analysed exactly as ``deltaw analyze`` would (:func:`deltaw.analyze`,

@@ -1,4 +1,4 @@
-"""``deltaw.survey``: a population of checkpoints of one base, compared pair by pair.
+"""``deltaw.survey`` (:func:`survey`): a population of checkpoints of one base, compared pair by pair.
 
 Two kinds of independent work, both pure module-level functions an engine maps over
 (:mod:`deltaw.engines`: in this process, or as Ray tasks):
