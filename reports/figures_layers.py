@@ -120,7 +120,9 @@ def grid_block(grid: Grid, *, title: str, caption: str,
         # cells no wider than MAX_CELL_W, so a few layers do not stretch into long bars
         plot_w = min(region.w - 0.85 - left, len(grid.columns) * MAX_CELL_W)
         body = Region(region.fig, region.x, region.y, left + plot_w + 0.1, region.h)
-        bar = Region(region.fig, body.x + body.w, region.y, 0.75, region.h)
+        # the colour bar stands right of the title too, so its top tick never runs into it
+        bar_x = max(body.w, min(left + text_width(title, style.BODY, "bold") + 0.15, region.w - 0.75))
+        bar = Region(region.fig, body.x + bar_x, region.y, 0.75, region.h)
         ax = body.inset(left=left, top=0.30, bottom=0.45, right=0.1).axes()
         mesh = heatmap(
             ax, grid.values, x_labels=grid.labels, y_labels=labels,
