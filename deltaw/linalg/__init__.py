@@ -6,6 +6,7 @@
   sized to memory (:func:`check_memory`).
 - :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.
 - :mod:`~deltaw.linalg.base`: decompositions of the base weight W (:func:`base_svd`).
+- :mod:`~deltaw.linalg.structured`: exact SVDs of Kronecker (LoKr) and Hadamard (LoHa) updates.
 
 The names below are the public ones; ``from deltaw.linalg import svd_many`` and the like work
 whichever module defines them.

@@ -3,7 +3,7 @@
 One function, :func:`base_svd`, gives W's thin SVD. The analyses take its result as ``W_svd``
 (amplification's baseline σ(W), the Fig. 8 overlap's right singular vectors, intruder
 dimensions' left singular vectors), so one W is decomposed once per module however many
-analyses read it. A cache of base decompositions wraps this function, keyed on what it takes.
+analyses read it; :mod:`deltaw.cache` keeps its results across runs (``analyze --cache-dir``).
 """
 
 from __future__ import annotations
