@@ -64,9 +64,9 @@ def exact_math():
         yield
 
 
-#: An SVD whose smallest dimension min(m, n, rank) is at most this runs on one CPU thread.
-#: Measured (README, "The SVD core"): up to 512 one thread is faster on an idle machine and
-#: 3–40× faster on a busy one, where OpenMP threads wait for cores other processes hold.
+#: An SVD whose smallest dimension min(m, n, rank) is at most this runs on one CPU thread: its
+#: OpenMP fork/join costs more than the work, and on a busy machine threads wait for cores that
+#: other processes hold (README, "The SVD core": 5–975× slower on two threads there).
 SMALL_SVD_MAX_DIM = 512
 
 _thread_limit: int | None = None  # set by --threads N (set_thread_limit)
@@ -147,16 +147,15 @@ def threads(count: int, tensor: torch.Tensor | None = None):
 def one_thread(tensor: torch.Tensor | None = None):
     """Small CPU LAPACK calls (an r × r core's SVD, triangular solves) on one thread.
 
-    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD takes ~0.7 ms on one thread
-    and 14× that on two while other processes keep the cores busy (README, "The SVD core").
+    Their OpenMP fork/join costs more than the work: a 64 × 64 SVD took 1 ms on one thread and
+    1 s on two while other processes kept the cores busy (README, "The SVD core").
     """
     return threads(1, tensor)
 
 
-def policy_threads(M: torch.Tensor, rank: int | None = None):
-    """:func:`threads` as :func:`svd_threads` decides for decomposing ``M`` (..., m, n) of ``rank``."""
-    min_dim = min(M.shape[-2:]) if rank is None else min(*M.shape[-2:], rank)
-    return threads(svd_threads(min_dim), M)
+def policy_threads(M: torch.Tensor):
+    """:func:`threads` as :func:`svd_threads` decides for decomposing ``M`` (..., m, n)."""
+    return threads(svd_threads(min(M.shape[-2:])), M)
 
 
 def available_memory(device: torch.device) -> int | None:
