@@ -75,7 +75,8 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
     eps = torch.finfo(dtype).eps
     energy = float(result.energy)
     captured = 1.0 if energy <= 0 else min(1.0, float((S**2).sum()) / energy)
-    top_k = not lowrank and S.size < min(shape)
+    # a top-k that misses part of the energy (a ΔW of rank ≤ k is complete with its k values)
+    top_k = not lowrank and S.size < min(shape) and captured < 1.0 - 1e-6
     ranks = energy_ranks(S, energy)
     return SpectralSummary(
         fro_norm=math.sqrt(energy),

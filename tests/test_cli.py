@@ -345,3 +345,23 @@ def test_compare_takes_scale_for_loralib(tmp_path):
     assert result.exit_code == 0, result.output
     assert "a.safetensors vs b.safetensors" in result.output
     assert short_names(["runs/r8/adapter", "runs/r64/adapter"]) == ["r8/adapter", "r64/adapter"]
+
+
+def test_top_k_of_an_unchanged_module_is_not_a_broken_one(tmp_path):
+    """ΔW = 0 under --top-k: every value listed is 0, the energy is all there (0 of 0), so its
+    effective rank exists (0) and the module is sound, not 'metrics not finite'."""
+    import torch
+    from transformers import BertModel
+
+    from builders import tiny_bert_config
+
+    torch.manual_seed(0)
+    base = BertModel(tiny_bert_config())
+    save_model(base, tmp_path / "base")
+    with torch.no_grad():
+        base.encoder.layer[0].attention.self.query.weight.add_(0.01)
+    save_model(base, tmp_path / "ft")
+    analysis = deltaw.analyze(tmp_path / "ft", base=tmp_path / "base", top_k=2, modules="attention.self")
+    assert not analysis.not_finite
+    zero = analysis["encoder.layer.1.attention.self.query"]
+    assert zero.fro_norm == 0 and zero.effective_rank == 0 and zero.energy_rank_above is None
