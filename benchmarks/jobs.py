@@ -485,3 +485,4 @@ def ww_run(args):
 # Jobs kept in their own modules register themselves in JOBS on import.
 from benchmarks import structured  # noqa: E402,F401
 from benchmarks import act  # noqa: E402,F401
+from benchmarks import base_cache  # noqa: E402,F401

@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,37 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+#: (path, its files' names, sizes, mtimes and inodes) → digest: a file is hashed once per process
+#: (a survey of N adapters on one base reads the base's bytes once, not N times).
+_DIGESTS: dict[tuple, str] = {}
+_SETTLED_NS = 2_000_000_000
+
+
 def path_digest(path: str | os.PathLike) -> str:
-    """SHA-256 over a file's bytes, or a folder's files (relative names and bytes, sorted)."""
+    """SHA-256 over a file's bytes, or a folder's files (relative names and bytes, sorted).
+
+    Memoised for this process on every file's (name, size, mtime, inode) once the files are
+    older than two seconds: a file rewritten since has another signature and is hashed again.
+    """
     path = Path(path)
-    h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    try:
+        signature = (str(path.resolve()), tuple((str(f), st.st_size, st.st_mtime_ns, st.st_ino)
+                                                for f in files for st in [f.stat()]))
+    except OSError as err:
+        raise DeltawError(f"{path}: cannot be read ({err.strerror})") from err
+    if signature in _DIGESTS:
+        return _DIGESTS[signature]
+    digest = _hash_files(path, files)
+    # A file changed within the file system's timestamp granularity of its last write keeps its
+    # signature ("racy git"): only files older than _SETTLED_NS are remembered.
+    if all(time.time_ns() - mtime > _SETTLED_NS for _, _, mtime, _ in signature[1]):
+        _DIGESTS[signature] = digest
+    return digest
+
+
+def _hash_files(path: Path, files: list[Path]) -> str:
+    h = hashlib.sha256()
     for file in files:
         h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0")
         try:

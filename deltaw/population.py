@@ -122,12 +122,14 @@ def analyze_checkpoint(checkpoint: str, base: str | None, options: dict, cache_d
 
 
 def pair_blocks(checkpoints: Sequence[str], base: str | None, names: Sequence[str], dtype: str,
-                scale: float | None, device: str = "auto") -> list[ModuleBlock]:
-    """:func:`deltaw.pairwise.module_block` for each of ``names``, one module at a time."""
+                scale: float | None) -> list[ModuleBlock]:
+    """:func:`deltaw.pairwise.module_block` for each of ``names``, one module at a time.
+
+    The pairwise math is float64 products on the CPU, whatever the analyses' device.
+    """
     from deltaw.load import load_deltas
 
     loaded = [load_deltas(c, base, scale=scale) for c in checkpoints]
-    del device  # the pairwise math is float64 products on the CPU; kept for the engine's GPU hint
     return [module_block(name, [deltas.deltas.get(name) for deltas in loaded], getattr(torch, dtype))
             for name in names]
 
@@ -231,7 +233,7 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
     analyses = [Analysis.from_json(doc) for doc, _ in results]
     names = _shared_names(analyses, modules)
     parallelism = getattr(engine, "parallelism", 1)
-    calls = [(paths, base, chunk, dtype_name, scale, str(device)) for chunk in _chunks(names, parallelism)]
+    calls = [(paths, base, chunk, dtype_name, scale) for chunk in _chunks(names, parallelism)]
     blocks = [b for chunk in engine.map(pair_blocks, calls, progress=step("comparing modules")) for b in chunk]
     cosine, reasons = whole_model_cosine(blocks)
     n = len(paths)

@@ -7,6 +7,7 @@ miss and is recomputed. A cached SVD gives the same analysis, to the bit, as a f
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,19 @@ def test_unwritable_cache_folder_is_not_an_error(tmp_path):
     W = _W()
     result, cached = Cache.at(blocked).base_svd(W, lambda: base_svd(W))
     assert cached is False and torch.equal(result.S, base_svd(W).S)
+
+
+def test_file_digest_sees_a_rewrite_within_the_same_clock_tick(tmp_path):
+    from deltaw.cache import path_digest
+
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"a" * 64)
+    first = path_digest(f)
+    stat = f.stat()
+    f.write_bytes(b"b" * 64)  # same size, and possibly the same coarse mtime
+    os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the worst case: an identical signature
+    assert path_digest(f) != first  # a fresh file is never memoised
+    old = 10**9
+    os.utime(f, ns=(old, old))
+    settled = path_digest(f)
+    assert path_digest(f) == settled == path_digest(tmp_path / "w.bin")
