@@ -62,6 +62,7 @@ class Section:
     running_header: bool = True
     blocks: list[Block] = field(default_factory=list)
     first_page: int | None = None  # set by pagination
+    contents_group: str | None = None  # the part a report of several documents lists it under
 
 
 @dataclass

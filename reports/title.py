@@ -68,8 +68,9 @@ def contents_block(sections: list[Section], *, by_part: bool = False) -> Block:
     def entries() -> list[tuple[str, Section | None]]:
         out, part = [], None
         for section in sections:
-            if by_part and section.part != part:
-                part = section.part
+            group = section.contents_group or section.part
+            if by_part and group != part:
+                part = group
                 out.append((part, None))
             out.append((section.title, section))
         return out
@@ -95,17 +96,24 @@ def contents_block(sections: list[Section], *, by_part: bool = False) -> Block:
 def one_contents(doc: Document, title: str = "deltaw report") -> None:
     """Give a report of several documents one contents list instead of one per part.
 
-    Each part keeps its overview (title, facts, findings); their own contents lists are removed
-    and a first page lists every part and section with its page."""
-    if len({s.part for s in doc.sections}) < 2:
+    A part starts at each unheaded "Overview" section (every document's first page). Each part
+    keeps its overview (title, facts, findings); their own contents lists are removed and a first
+    page lists every part, numbered, and its sections with their pages."""
+    starts = [i for i, s in enumerate(doc.sections) if s.title == "Overview" and not s.heading]
+    if len(starts) < 2:
         return
     for section in doc.sections:
         section.blocks = [b for b in section.blocks if b.role != "contents"]
-    sections = list(doc.sections)
-    names = list(dict.fromkeys(s.part for s in sections))
+    parts = []
+    for n, (start, end) in enumerate(zip(starts, starts[1:] + [len(doc.sections)]), start=1):
+        label = f"Part {n}: {doc.sections[start].part}"
+        parts.append(label)
+        for section in doc.sections[start:end]:
+            section.contents_group = label
+    sections = list(doc.sections[starts[0]:])
     cover = Section("Contents", part=title, heading=False, running_header=False)
     cover.blocks = [
-        title_block(title, f"{len(names)} parts: " + "; ".join(names),
+        title_block(title, f"{len(parts)} parts: " + "; ".join(p.split(": ", 1)[1] for p in parts),
                     "Each part opens with its own overview: what was analysed and the headline "
                     "findings computed from its numbers."),
         contents_block(sections, by_part=True),
