@@ -45,7 +45,8 @@ def command(checkpoint: str, base: str | None, scale: float | None, as_json: boo
         click.echo(f"  ΔW {shape}: {count} modules")
     scales = facts["scales"]
     if scales:
-        click.echo("  scale s: " + ", ".join(
+        formula = " (ΔW = s·BA)" if set(facts["kinds"]) <= {"lora", "dora"} else ""
+        click.echo(f"  scale s{formula}: " + ", ".join(
             f"{s:g}" + (f" ({n} modules)" if len(scales) > 1 else "") for s, n in scales.items()))
     if facts["module_list"]:
         click.echo("  modules:")
