@@ -10,6 +10,10 @@ annotations become its JSON):
   every module they share.
 - ``deltaw.resize/1`` (:class:`Resize`): what a resize, merge or extract kept, one
   :class:`KeptModule` per module (old and new rank, retained energy, error).
+- ``deltaw.survey/1`` (:class:`Survey`): cosine and overlap of ΔW between every pair of many
+  checkpoints, per module and for the whole model, with a summary per checkpoint.
+- ``deltaw.trajectory/1`` (:class:`Trajectory`): per module, ΔW's norm, ranks and overlap with
+  the final step at every checkpoint of a training run.
 
 Reports, the CLI table, the CSV writer and ``deltaw reproduce`` read these records, never the
 raw dicts; :func:`read_document` turns any deltaw JSON document back into its record and
