@@ -159,7 +159,9 @@ def _per_layer(mods: list[ModuleRecord], fn) -> tuple[np.ndarray, np.ndarray, np
 def amplification_layer_block(analysis: Analysis) -> Block | None:
     """The factor per layer and W along ΔW's directions per layer: a line per module type, or,
     with more than ``MAX_TYPE_LINES`` types, the median over all modules with its IQR band."""
-    mods = [m for m in analysis.finite if m.amplification and m.layer is not None]
+    # a factor is None where UᵀWV = 0 (ΔW orthogonal to W): such modules have no point to draw
+    mods = [m for m in analysis.finite if m.amplification and m.amplification["factor"] is not None
+            and m.layer is not None]
     if len({m.layer for m in mods}) < 2:
         return None
     types = [t for t in analysis.types if any(m.module_type == t for m in mods)]
