@@ -35,11 +35,11 @@ def cached_analyze(args):
     import torch
 
     import deltaw
-    from benchmarks.jobs import _weight_files, read_float32
+    from benchmarks.measure import read_float32, weight_files
     from deltaw.cache import Cache
 
     base, tuned, k = args["base"], args["tuned"], args.get("top_k", 64)
-    files = _weight_files(base) + _weight_files(tuned)
+    files = weight_files(base) + weight_files(tuned)
     read_float32(files)  # warm the page cache for both sides alike
     reads = []
     for _ in range(3):

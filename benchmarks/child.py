@@ -1,8 +1,10 @@
 """Running a job of :mod:`benchmarks.jobs` in a child interpreter and reading back its result.
 
 ``python -m benchmarks _job NAME ARGS`` runs one job and prints its result with :func:`emit`;
-:func:`run_job` starts that child and parses the line. The jobs measure with
-:mod:`benchmarks.measure`; neither of those imports this module.
+:func:`run_job` starts that child and parses the line. Jobs are looked up in
+:mod:`benchmarks.registry`, so job modules (which may run others, as ``python -m benchmarks.act``
+does) can import this one without a cycle; an in-process run (:data:`INPROCESS`) needs the job
+modules imported first (:mod:`benchmarks.run` imports :mod:`benchmarks.jobs`, which imports them all).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.jobs import JOBS
+from benchmarks.registry import JOBS
 
 
 class JobFailed(RuntimeError):

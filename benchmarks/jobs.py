@@ -12,34 +12,11 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.registry import JOBS, job  # noqa: F401  (JOBS: what benchmarks.child runs)
+from benchmarks.measure import read_float32, weight_files
+from benchmarks.registry import JOBS, job  # noqa: F401  (JOBS: what python -m benchmarks _job runs)
 
 
 # --- shared helpers -----------------------------------------------------------------------------
-
-def _weight_files(folder: str) -> list[str]:
-    """The safetensors files of an adapter or model folder (shards through the index)."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [str(folder / s) for s in shards]
-    return [str(p) for p in sorted(folder.glob("*.safetensors"))]
-
-
-def read_float32(files: list[str]) -> int:
-    """The baseline: read every tensor of ``files`` and convert it to float32. Returns bytes read."""
-    import torch
-    from safetensors import safe_open
-
-    total = 0
-    for path in files:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for key in f.keys():
-                t = f.get_tensor(key).to(torch.float32)
-                total += t.numel()
-    return total
-
 
 def _sync(device: str):
     import torch
@@ -85,7 +62,7 @@ def lora_time(args):
     from benchmarks.measure import interleaved, pair_ratio
 
     folder, device, repeats = args["folder"], args.get("device", "cpu"), args["repeats"]
-    files = _weight_files(folder)
+    files = weight_files(folder)
     fns = {
         "read_f32": lambda: read_float32(files),
         "deltaw_svd": lambda: (_deltaw_svd(folder, None, None, device), _sync(device)),
@@ -147,7 +124,7 @@ def dense_time(args):
 
     base, tuned, k = args["base"], args["tuned"], args.get("top_k")
     device, repeats = args.get("device", "cpu"), args["repeats"]
-    files = _weight_files(base) + _weight_files(tuned)
+    files = weight_files(base) + weight_files(tuned)
     fns = {"read_f32": lambda: read_float32(files),
            "deltaw_svd": lambda: (_deltaw_svd(tuned, base, k, device), _sync(device))}
     if args.get("analyze", False) and _has_analyze():
@@ -223,7 +200,7 @@ def dense_analyze(args):
     if not _has_analyze():
         return {"available": False}
     base, tuned, k, device = args["base"], args["tuned"], args.get("top_k"), args.get("device", "cpu")
-    files = _weight_files(base) + _weight_files(tuned)
+    files = weight_files(base) + weight_files(tuned)
     read_float32(files)
     reads = []
     for _ in range(3):

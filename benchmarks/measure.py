@@ -9,11 +9,13 @@ machine hits both sides of a ratio rather than one.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import threading
 import time
+from pathlib import Path
 
 
 def median(values):
@@ -191,3 +193,29 @@ def _torch_blas() -> str:
         if token in config:
             return config.split(token, 1)[1].split(",", 1)[0]
     return "unknown"
+
+
+# --- the baseline: reading the weights -------------------------------------------------------
+
+def weight_files(folder: str) -> list[str]:
+    """The safetensors files of an adapter or model folder (shards through the index)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [str(folder / s) for s in shards]
+    return [str(p) for p in sorted(folder.glob("*.safetensors"))]
+
+
+def read_float32(files: list[str]) -> int:
+    """The baseline: read every tensor of ``files`` and convert it to float32. Returns bytes read."""
+    import torch
+    from safetensors import safe_open
+
+    total = 0
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                t = f.get_tensor(key).to(torch.float32)
+                total += t.numel()
+    return total

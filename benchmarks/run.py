@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks import data as D
 from benchmarks import child
+from benchmarks import jobs  # noqa: F401  (registers every job, for in-process runs)
 from benchmarks.child import JobFailed, run_job
 from benchmarks.measure import machine_info
 
