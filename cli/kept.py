@@ -37,7 +37,14 @@ def rule_kwargs(rank, energy, sv_ratio, max_rank) -> dict:
     return {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "max_rank": max_rank}
 
 
-_METHOD = {"factored": "exact (factored)", "full": "exact (full SVD)", "randomized": "randomized top-k"}
+_METHOD = {"factored": "exact (factored)", "factored-gram": "exact (factored)", "full": "exact (full SVD)",
+           "randomized": "randomized top-k"}
+
+
+def percent(share: float) -> str:
+    """A share as a percentage to 2 decimals; never "100.00 %" unless nothing was discarded."""
+    text = f"{100 * share:.2f} %"
+    return ">99.99 %" if text == "100.00 %" and share < 1.0 else text
 
 
 def kept_table(report) -> str:
@@ -48,14 +55,14 @@ def kept_table(report) -> str:
         norm = m.energy ** 0.5
         old = "dense" if m.old_rank is None else str(m.old_rank)
         relative = f"{m.error / norm:.4f}" if norm > 0 else "ΔW = 0"
-        rows.append((m.name, old, str(m.new_rank), f"{100 * m.retained:.2f} %", f"{m.error:.4g}", relative,
-                     _METHOD[m.method]))
+        rows.append((m.name, old, str(m.new_rank), percent(m.retained), f"{m.error:.4g}", relative,
+                     _METHOD.get(m.method, m.method)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              .rstrip() for r in rows]
     kept = [m for m in report.modules if not m.dropped]
     lines.append(f"{len(kept)} of {len(report.modules)} modules written ({report.rule}); "
-                 f"{100 * report.total_retained:.2f} % of Σ‖ΔW‖²_F retained overall")
+                 f"{percent(report.total_retained)} of Σ‖ΔW‖²_F retained overall")
     if report.dropped:
         lines.append(f"dropped (ΔW = 0): {', '.join(report.dropped)}")
     for m in report.modules:

@@ -46,3 +46,9 @@ def test_errors_are_one_line_and_nothing_is_written(tmp_path):
         assert len(errors) == 1 and result.output.endswith(errors[0] + "\n")
         assert "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_share_just_under_one_is_not_printed_as_all():
+    from deltaw.cli.kept import percent
+
+    assert percent(1.0) == "100.00 %" and percent(0.99999) == ">99.99 %" and percent(0.9999) == "99.99 %"

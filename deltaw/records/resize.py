@@ -38,9 +38,11 @@ class KeptModule(Record):
         Σ_{i≤k} σᵢ² / ‖ΔW‖²_F, in [0, 1].
     error : float
         ‖ΔW − ΔW'‖_F, from the discarded σ (randomized: ‖ΔW‖²_F − Σ_{i≤k} σᵢ², also exact).
-    method : "factored", "full" or "randomized"
-        How σ were computed: exactly from the LoRA factors, by a full dense SVD, or the top
-        values by a randomized SVD (then ``sigma`` stops short and ``retained`` is that of ΔW').
+    method : str
+        How σ were computed (the SVD core's route): exactly from the LoRA factors
+        (``"factored"``, ``"factored-gram"``), by a full dense SVD (``"full"``), or the top
+        values by a randomized SVD (``"randomized"``: ``sigma`` stops short, and ``retained``
+        and ``error`` are those of the written ΔW').
     sigma : ndarray, (q,)
         The singular values computed, descending: where the cut fell on the spectrum.
     notes : list of str
@@ -56,7 +58,7 @@ class KeptModule(Record):
     energy: float
     retained: float
     error: float
-    method: Literal["factored", "full", "randomized"]
+    method: str
     sigma: Vector
     notes: list[str] = field(default_factory=list)
 
