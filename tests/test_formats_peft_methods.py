@@ -135,7 +135,7 @@ def test_analyze_structured_adapters_with_and_without_base(tmp_path, llama_base,
               "loha": LoHaConfig(r=2, alpha=8), "loha-dense": LoHaConfig(r=8, alpha=8)}[method]
     config.target_modules, config.init_weights = ["q_proj", "v_proj"], False
     peft_adapter(tiny_llama(), tmp_path / "a", config)
-    expected = {"lokr": "kronecker", "loha": "factored", "loha-dense": "full"}[method]
+    expected = {"lokr": "kronecker", "loha": "factored-gram", "loha-dense": "full"}[method]
     for base in (None, base_folder):
         analysis = deltaw.analyze(tmp_path / "a", base=base, device="cpu")
         assert len(analysis.modules) == 4
@@ -259,3 +259,21 @@ def test_compare_structured_adapters_uses_their_delta_directions(tmp_path, llama
     phi = np.asarray(comparison.pairs[0]["model.layers.0.self_attn.q_proj"].phi)
     assert phi.shape == ranks
     np.testing.assert_allclose(phi[0, 0], overlap, atol=1e-8)
+
+
+def test_survey_structured_adapters_cosine_equals_dense(tmp_path):
+    """survey pairs a LoKr with a LoHa: the cosine of their ΔW equals the float64 dense one."""
+    from peft import LoHaConfig, LoKrConfig
+
+    from deltaw.population import survey
+
+    for name, config in (("lokr", LoKrConfig(r=2, alpha=3, decompose_both=True, decompose_factor=4)),
+                         ("loha", LoHaConfig(r=2, alpha=4))):
+        config.target_modules, config.init_weights = ["q_proj"], False
+        peft_adapter(tiny_llama(), tmp_path / name, config)
+    result = survey([tmp_path / "lokr", tmp_path / "loha"], device="cpu")
+    module = next(m for m in result.modules if m.name == "model.layers.0.self_attn.q_proj")
+    a, b = (deltaw.load_deltas(tmp_path / n)["model.layers.0.self_attn.q_proj"].to_dense(torch.float64).numpy()
+            for n in ("lokr", "loha"))
+    expected = (a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b)
+    np.testing.assert_allclose(np.asarray(module.cosine)[0, 1], expected, atol=1e-6)
