@@ -293,19 +293,19 @@ def _no_leftovers(directory, name: str) -> None:
     assert [p.name for p in directory.iterdir()] == []
 
 
-@pytest.mark.parametrize("breakage", ["no singular values", "bad schema", "phi shape",
+@pytest.mark.parametrize("breakage", ["singular values not a list", "older schema", "phi shape",
                                       "pair index"])
 def test_malformed_document_writes_nothing(tmp_path, breakage):
     out = tmp_path / "out"
     out.mkdir()
     path = out / "report.pdf"
-    if breakage in ("no singular values", "bad schema"):
+    if breakage in ("singular values not a list", "older schema"):
         doc = analysis_doc(n_layers=2)
-        if breakage == "no singular values":
-            del doc["modules"][1]["singular_values"]
+        if breakage == "singular values not a list":
+            doc["modules"][1]["singular_values"] = "1, 2, 3"
         else:
             doc["schema"] = "deltaw.analysis/0"
-        with pytest.raises(DeltawError, match="singular_values|schema"):
+        with pytest.raises(DeltawError, match="singular_values|analysis/0"):
             render([doc], path)
     else:
         doc = comparison_doc(n_layers=2)
