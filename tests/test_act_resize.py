@@ -232,3 +232,17 @@ def test_a_failure_while_writing_leaves_nothing(made, tmp_path, monkeypatch):
         resize(made["plain"], out, rank=2, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_kohya_written_as_peft_through_the_base(tmp_path):
+    base = tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    modules = {"lora_unet_model_layers_0_self_attn_q_proj": ((64, 64), 6, 3.0),
+               "lora_unet_model_layers_1_mlp_down_proj": ((64, 96), 4, 4.0)}
+    reference = _kohya_file(tmp_path / "k.safetensors", modules)
+    report = resize(tmp_path / "k.safetensors", tmp_path / "out", rank=3, format="peft", base=tmp_path / "base")
+    written, messages = peft_delta(tiny_llama, tmp_path / "out")
+    assert messages == [] and report.format == "peft"
+    assert {m.written_as for m in report.modules} == {"model.layers.0.self_attn.q_proj",
+                                                      "model.layers.1.mlp.down_proj"}
+    assert_optimal(report, reference, written, name_of=lambda name: report[name].written_as)
