@@ -53,11 +53,72 @@ def test_factored_svd_matches_numpy(m, n, r, dtype, transposed):
     d = lowrank(m, n, r, transposed=transposed)
     reference = d.to_dense(torch.float64).numpy()
     result = deltaw.svd(d, dtype=dtype)
-    assert result.method == "factored"
+    # Gaussian factors are well conditioned: float32 takes the Gram route where r ≤ min(m, n).
+    assert result.method == ("factored-gram" if dtype == torch.float32 and r <= min(m, n) else "factored")
     assert result.U.shape[0] == d.shape[0] and result.Vh.shape[1] == d.shape[1]
     assert result.S.shape[0] == min(m, n, r)
     assert_valid_svd(result, reference, TOL[dtype])
     assert result.energy == pytest.approx(float((reference**2).sum()), rel=TOL[dtype])
+
+
+def conditioned(rows, r, cond, seed):
+    """A (rows, r) float32 factor with condition number ``cond`` (σ log-spaced from 1 to 1/cond)."""
+    g = np.random.default_rng(seed)
+    Q = np.linalg.qr(g.standard_normal((rows, r)))[0]
+    P = np.linalg.qr(g.standard_normal((r, r)))[0]
+    return torch.from_numpy(((Q * np.logspace(0, -np.log10(cond), r)) @ P).astype(np.float32))
+
+
+def early_checkpoint_B(rows, r, seed):
+    """B a few steps after its zero initialisation: a tiny rank-2 update plus tinier noise."""
+    g = np.random.default_rng(seed)
+    B = 1e-3 * g.standard_normal((rows, 2)) @ g.standard_normal((2, r)) + 1e-9 * g.standard_normal((rows, r))
+    return torch.from_numpy(B.astype(np.float32))
+
+
+def assert_float64_oracle(L, R, U, S, Vh, *, sigma_rtol, vector_tol):
+    """σ, orthonormality and U Σ Vᵀ of the factored SVD against numpy float64 on the formed L·R."""
+    reference = L.double().numpy() @ R.double().numpy()
+    r = L.shape[-1]
+    s_ref = np.linalg.svd(reference, compute_uv=False)[:r]
+    np.testing.assert_allclose(S.double().numpy(), s_ref, rtol=sigma_rtol, atol=sigma_rtol * s_ref[0])
+    U, Vh = U.double().numpy(), Vh.double().numpy()
+    keep = s_ref > 1e-6 * s_ref[0]  # vectors of (numerically) zero σ are arbitrary
+    U, Vh = U[:, keep], Vh[keep]
+    assert np.abs(U.T @ U - np.eye(U.shape[1])).max() <= vector_tol
+    assert np.abs(Vh @ Vh.T - np.eye(Vh.shape[0])).max() <= vector_tol
+    np.testing.assert_allclose((U * S.double().numpy()[keep]) @ Vh, reference, atol=vector_tol * s_ref[0])
+
+
+@pytest.mark.parametrize("cond", [1.0, 30.0, 300.0])
+def test_gram_route_meets_its_bar_below_the_condition_limit(cond):
+    # Both factors within the bar (κ_F ≤ GRAM_MAX_COND): float32 products, float32-level accuracy.
+    L, R = conditioned(300, 16, cond, 1), conditioned(200, 16, 10.0, 2).mT
+    U, S, Vh, routes = deltaw.linalg.factored_svd_routes(L, R)
+    assert routes == ["factored-gram"]
+    assert_float64_oracle(L, R, U, S, Vh, sigma_rtol=1e-6, vector_tol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["cond 1e4", "cond 1e6", "early B"])
+def test_factors_beyond_the_bar_take_the_accurate_route(which):
+    # An ill-conditioned B (κ beyond GRAM_MAX_COND, or an early checkpoint's nearly zero, rank-2
+    # B): its vectors would lose κ·eps32 in float32 products, so the float64 route runs.
+    L = early_checkpoint_B(300, 16, 3) if which == "early B" else conditioned(300, 16, float(which[5:]), 3)
+    R = conditioned(200, 16, 10.0, 4).mT
+    U, S, Vh, routes = deltaw.linalg.factored_svd_routes(L, R)
+    assert routes == ["factored"]
+    assert_float64_oracle(L, R, U, S, Vh, sigma_rtol=1e-6, vector_tol=1e-6)
+
+
+def test_a_mixed_batch_labels_each_module_by_its_route():
+    good, bad = conditioned(300, 16, 10.0, 5), conditioned(300, 16, 1e6, 6)
+    A = conditioned(200, 16, 10.0, 7).mT
+    deltas = [LowRankDelta(name=name, shape=(300, 200), read_A=lambda: A, read_B=lambda B=B: B, rank=16)
+              for name, B in (("good", good), ("bad", bad), ("good2", 2 * good))]
+    results = list(deltaw.svd_many(deltas))
+    assert [r.method for _, r in results] == ["factored-gram", "factored", "factored-gram"]
+    for (d, r), B in zip(results, (good, bad, 2 * good)):
+        assert_float64_oracle(B, A, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
 
 
 def test_negative_scale_keeps_sigma_nonnegative():

@@ -17,11 +17,12 @@ from deltaw.linalg.batching import CHUNK_ELEMENTS, check_memory, check_memory_fo
 from deltaw.linalg.resources import (SMALL_SVD_MAX_DIM, available_memory, cgroup_headroom, exact_math,
                                      highest_precision, one_thread, policy_threads, resolve_device, set_thread_limit,
                                      svd_threads)
-from deltaw.linalg.routes import (LANCZOS_MIN_DIM, OVERSAMPLE, SVD, dense_method, dense_svd_bytes, factored_svd,
-                                  orthonormal_basis, randomized_svd, robust_svd, top_left_singular_vectors)
+from deltaw.linalg.routes import (GRAM_MAX_COND, LANCZOS_MIN_DIM, OVERSAMPLE, SVD, dense_method, dense_svd_bytes,
+                                  factored_svd, factored_svd_routes, orthonormal_basis, randomized_svd, robust_svd, top_left_singular_vectors)
 
 __all__ = [
-    "SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "robust_svd", "orthonormal_basis",
+    "SVD", "svd", "svd_many", "factored_svd", "factored_svd_routes", "GRAM_MAX_COND", "randomized_svd", "robust_svd",
+    "orthonormal_basis",
     "top_left_singular_vectors", "dense_method", "dense_svd_bytes", "base_svd", "check_memory",
     "check_memory_for", "resolve_device", "exact_math", "highest_precision", "one_thread",
     "available_memory", "cgroup_headroom", "CHUNK_ELEMENTS", "LANCZOS_MIN_DIM", "OVERSAMPLE",

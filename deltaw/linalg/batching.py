@@ -145,12 +145,11 @@ def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
     if isinstance(first, LowRankDelta):
         L, R = zip(*(d.factors(dtype) for d in group))
         scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
-        U, S, Vh = routes.factored_svd(torch.stack(L).to(device), torch.stack(R).to(device))
+        U, S, Vh, method = routes.factored_svd_routes(torch.stack(L).to(device), torch.stack(R).to(device))
         S = S * scales.reshape(-1, 1).abs()
         # A negative scale flips the sign of one side; keep σ ≥ 0.
         U = U * torch.sign(scales)
         energy = (S.double() ** 2).sum(-1)
-        method = "factored"
     else:
         m, n = first.matrix_shape
         M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
@@ -163,6 +162,8 @@ def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
         else:
             U, S, Vh = routes.robust_svd(M)
         del M
+        method = [method] * len(group)
     if k is not None:
         U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
-    return [SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method) for i in range(len(group))]
+    return [SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method[i])
+            for i in range(len(group))]
