@@ -23,7 +23,9 @@ __version__ = "0.1.0"
 # The one export list: public name → the module that defines it. No public name is also the name of
 # a submodule (tests/test_exports.py), so ``import deltaw.<module>`` never shadows an export.
 _EXPORTS = {
-    "deltaw.delta": ["Delta", "DenseDelta", "DoraDelta", "LowRankDelta"],
+    "deltaw.delta": ["Delta", "DenseDelta", "DoraDelta", "LowRankDelta", "HadamardDelta", "KroneckerDelta",
+                     "ComputedDelta"],
+    "deltaw.linalg.structured": ["kronecker_svd", "hadamard_factors"],
     "deltaw.deltas": ["Deltas", "Skipped"],
     "deltaw.linalg": ["SVD", "svd", "svd_many", "factored_svd", "randomized_svd", "resolve_device", "base_svd"],
     "deltaw.load": ["load_deltas", "detect_format"],

@@ -1,8 +1,8 @@
 """PEFT OFT adapters: a block-diagonal orthogonal rotation of each layer's input space.
 
 PEFT merges W' = W Rᵀ with W the (out, in·kh·kw) weight and R = diag(R₁, …, R_b) (in·kh·kw square),
-so ΔW = W (Rᵀ − I) is dense and needs the base (Qiu et al. 2023, "OFT", eq. 2; Liu et al. 2024,
-"BOFT"). Each block Rᵢ comes from the skew-symmetric Qᵢ whose upper triangle ``oft_R.weight``
+so ΔW = W (Rᵀ − I) is dense and needs the base (Qiu et al. 2023, "Controlling text-to-image
+diffusion by orthogonal finetuning", eq. 2). Each block Rᵢ comes from the skew-symmetric Qᵢ whose upper triangle ``oft_R.weight``
 stores (one row per block; one shared row with ``block_share``), exactly as the config says:
 
 - ``coft``: Q is first projected to ‖Q‖_F ≤ eps / √b (b = number of stored rows), PEFT's
