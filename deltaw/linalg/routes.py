@@ -9,6 +9,8 @@
 - Dense, top-k: the randomized range finder with power iterations (Halko, Martinsson & Tropp
   2011, Alg. 4.4 + 5.1). ‖ΔW‖²_F is summed exactly, so captured energy and tail are exact.
 - Dense, full: LAPACK / cuSOLVER ``gesdd`` with fallbacks (float64, ``gesvd``, CPU) on failure.
+- The base weight W (:func:`gram_svd`): the symmetric eigendecomposition (``syevd``) of its
+  smaller Gram in float64, ``gesdd`` where W is (nearly) rank deficient.
 - Top-k left singular vectors of one matrix (intruder dimensions): Lanczos bidiagonalisation
   (ARPACK) where it pays, else the full SVD.
 
@@ -366,6 +368,73 @@ def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
         return robust_svd(M)[0][:, :k]
     order = np.argsort(-S)
     return torch.from_numpy(np.ascontiguousarray(U[:, order]))
+
+
+#: The Gram bar of :func:`gram_svd`: the smallest σ_min / σ₁ for which the thin SVD comes from the
+#: eigendecomposition of the smaller Gram; below it (rank-deficient or nearly so) ``gesdd`` runs.
+GRAM_MIN_SIGMA_RATIO = 1e-4
+
+# Columns of X converted to float64 at a time for its Gram and its right vectors.
+_GRAM_BLOCK_COLS = 256
+
+
+def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """Thin SVD of one float32 matrix ``W`` (m, n) from the symmetric eigendecomposition of its
+    smaller Gram, with ``gesdd`` where W fails the bar.
+
+    Parameters
+    ----------
+    W : Tensor, (m, n), float32
+
+    Returns
+    -------
+    U : (m, q), S : (q,), Vh : (q, n) with q = min(m, n), in W's dtype and device
+    gram : bool
+        True when the Gram route ran; False when σ_min / σ₁ < :data:`GRAM_MIN_SIGMA_RATIO` and
+        :func:`robust_svd` (``gesdd``) ran instead.
+
+    Notes
+    -----
+    With X = W (m ≤ n) or Wᵀ, X of shape (p, q), p ≤ q: G = X Xᵀ = E Λ Eᵀ in float64
+    (``syevd``, accumulated over blocks of columns so no float64 copy of W is made), σ = √λ, the
+    left vectors of X are E and its right vectors Σ⁻¹ Eᵀ X (float64 products, rounded once).
+    It does p²q + O(p³) work against gesdd's bidiagonalisation and two back-transformations.
+
+    Accuracy, in float64 arithmetic on exact float32 data: λ carries an absolute error of
+    O(eps64 · σ₁²), so σᵢ is relatively accurate to O(eps64 · (σ₁/σᵢ)²) ≤ 10⁻⁸ above the bar;
+    a subspace of singular vectors separated from the rest by a gap δ in σ is accurate to
+    O(eps64 · σ₁² / (δ (σᵢ + σⱼ))) (Davis–Kahan), against O(eps32 · σ₁ / δ) for float32 gesdd:
+    more accurate whenever σᵢ > 10⁻⁹ σ₁. Individual vectors inside a cluster of nearly equal σ
+    are not determined by W (any rotation within the cluster is an SVD), with this route or any
+    other; only the cluster's subspace is (tests/test_base_gram.py states both).
+    """
+    with policy_threads(W):
+        return _gram_svd(W)
+
+
+def _gram_svd(W: torch.Tensor):
+    m, n = W.shape
+    X = W if m <= n else W.mT  # (p, q), p ≤ q
+    p, q = X.shape
+    G = torch.zeros((p, p), dtype=torch.float64, device=W.device)
+    for start in range(0, q, _GRAM_BLOCK_COLS):
+        block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
+        G += block @ block.mT
+    lam, E = torch.linalg.eigh(G)  # ascending
+    lam, E = lam.flip(0), E.flip(1)
+    S = lam.clamp_min(0).sqrt()
+    if not bool(torch.isfinite(S).all()) or not S[-1] >= GRAM_MIN_SIGMA_RATIO * S[0] or not S[0] > 0:
+        U, S, Vh = _robust_svd(W)
+        return U, S, Vh, False
+    scaled = E.mT / S[:, None]  # Σ⁻¹ Eᵀ, (p, p)
+    right = torch.empty((p, q), dtype=W.dtype, device=W.device)  # Σ⁻¹ Eᵀ X: X's right vectors as rows
+    for start in range(0, q, _GRAM_BLOCK_COLS):
+        block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
+        right[:, start:start + _GRAM_BLOCK_COLS] = (scaled @ block).to(W.dtype)
+    E, S = E.to(W.dtype), S.to(W.dtype)
+    if m <= n:
+        return E, S, right, True
+    return right.mT.contiguous(), S, E.mT.contiguous(), True
 
 
 def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:

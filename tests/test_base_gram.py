@@ -1,0 +1,87 @@
+"""W's thin SVD from the eigendecomposition of its smaller Gram (deltaw.linalg.routes.gram_svd)
+against numpy's float64 SVD, on both sides of its bar, and what near-degenerate σ leave defined."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deltaw.linalg import base_svd
+from deltaw.linalg.routes import GRAM_MIN_SIGMA_RATIO, gram_svd
+
+
+def with_spectrum(m, n, sigma, seed):
+    """A float32 (m, n) matrix with singular values ``sigma`` (len min(m, n)) and random vectors."""
+    g = np.random.default_rng(seed)
+    q = min(m, n)
+    U = np.linalg.qr(g.standard_normal((m, q)))[0]
+    V = np.linalg.qr(g.standard_normal((n, q)))[0]
+    return torch.from_numpy(((U * sigma) @ V.T).astype(np.float32))
+
+
+def projector(vectors):
+    return vectors @ vectors.T
+
+
+@pytest.mark.parametrize("m,n", [(96, 160), (160, 96), (128, 128)])
+@pytest.mark.parametrize("cond", [10.0, 1e3])
+def test_gram_route_matches_float64_above_its_bar(m, n, cond):
+    q = min(m, n)
+    W = with_spectrum(m, n, np.logspace(0, -np.log10(cond), q), seed=m + n)
+    U, S, Vh, gram = gram_svd(W)
+    assert gram and U.shape == (m, q) and S.shape == (q,) and Vh.shape == (q, n)
+    U_ref, S_ref, Vh_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)
+    # σ: float32 output rounding (the float64 Gram's own error is eps64 · cond² ≤ 1e-10 here)
+    np.testing.assert_allclose(S.double().numpy(), S_ref, rtol=1e-6)
+    U, Vh = U.double().numpy(), Vh.double().numpy()
+    assert np.abs(U.T @ U - np.eye(q)).max() < 1e-5 and np.abs(Vh @ Vh.T - np.eye(q)).max() < 1e-5
+    # log-spaced σ are well separated here, so each vector is defined up to sign: compare them.
+    signs = np.sign(np.sum(U * U_ref, axis=0))
+    assert np.abs(U * signs - U_ref).max() < 1e-5
+    assert np.abs(Vh * signs[:, None] - Vh_ref).max() < 1e-5
+
+
+def test_near_degenerate_sigma_define_a_subspace_not_vectors():
+    # σ 1.0 and 1.0 + 1e-9 (closer than float32 can tell) span a 2-D subspace in which any rotation
+    # is an SVD: individual vectors are not determined by W, with this route or numpy's. The
+    # intruder cosine test is therefore stated on that subspace: ‖P_cluster y‖ for any unit y.
+    sigma = np.array([3.0, 1.0 + 1e-9, 1.0, 0.5, 0.25, 0.1] + list(np.linspace(0.04, 0.01, 58)))
+    W = with_spectrum(64, 200, sigma, seed=5)
+    U, S, _, gram = gram_svd(W)
+    assert gram
+    U_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)[0]
+    U = U.double().numpy()
+    cluster = slice(1, 3)
+    np.testing.assert_allclose(projector(U[:, cluster]), projector(U_ref[:, cluster]), atol=1e-5)
+    y = np.random.default_rng(0).standard_normal(64)
+    y /= np.linalg.norm(y)
+    assert abs(np.linalg.norm(U[:, cluster].T @ y) - np.linalg.norm(U_ref[:, cluster].T @ y)) < 1e-5
+    # outside the cluster each vector is defined (up to sign) and agrees
+    for i in (0, 3, 4, 5):
+        assert abs(abs(U[:, i] @ U_ref[:, i]) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("case", ["rank deficient", "below the bar"])
+def test_below_the_bar_gesdd_runs(case):
+    sigma = np.logspace(0, -2, 48)
+    sigma[-4:] = 0.0 if case == "rank deficient" else GRAM_MIN_SIGMA_RATIO / 100
+    W = with_spectrum(48, 80, sigma, seed=7)
+    U, S, Vh, gram = gram_svd(W)
+    assert not gram
+    U_ref, S_ref, Vh_ref = torch.linalg.svd(W, full_matrices=False)  # what the fallback runs
+    torch.testing.assert_close(S, S_ref)
+    np.testing.assert_allclose(S.double().numpy(), np.linalg.svd(W.double().numpy(), compute_uv=False),
+                               atol=1e-6)
+
+
+def test_base_svd_takes_the_gram_route_in_float32_only():
+    W = with_spectrum(40, 70, np.logspace(0, -1, 40), seed=9)
+    S_ref = np.linalg.svd(W.double().numpy(), compute_uv=False)
+    f32, f64 = base_svd(W, device="cpu"), base_svd(W, dtype=torch.float64, device="cpu")
+    np.testing.assert_allclose(f32.S.double().numpy(), S_ref, rtol=1e-6)
+    np.testing.assert_allclose(f64.S.numpy(), S_ref, rtol=1e-12)
+    assert f32.energy == pytest.approx(float((W.double() ** 2).sum()), rel=1e-12)
+    # the Gram route's vectors reconstruct W to float32 rounding
+    approx = (f32.U.double() * f32.S.double()) @ f32.Vh.double()
+    assert float((approx - W.double()).abs().max()) < 1e-6
