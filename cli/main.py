@@ -70,8 +70,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    # Commands register themselves here; each module holds one command. Every command that is not
-    # a group of subcommands takes --threads (cli/options.py), added here so none can miss it.
+    # Commands register themselves here; each module holds one command. Every command that runs
+    # torch work takes --threads (cli/options.py), added here so none can miss it; `report` only
+    # draws saved results and stays torch-free, and a group's subcommands are its own.
     from importlib import import_module
 
     from deltaw.cli.options import threads_option
@@ -79,7 +80,8 @@ def _register() -> None:
     for name in ("info", "analyze", "compare", "report", "train", "reproduce", "resize", "merge",
                  "extract", "survey", "trajectory", "cache"):
         command = import_module(f"deltaw.cli.{name}").command
-        cli.add_command(command if isinstance(command, click.Group) else threads_option(command))
+        torch_free = isinstance(command, click.Group) or name == "report"
+        cli.add_command(command if torch_free else threads_option(command))
 
 
 _register()
