@@ -28,15 +28,18 @@ LOW_RANK, HIGH_RANK = 4, 64  # the paper's two columns
 NOT_TOP = 0.2
 #: Share of modules whose proj_delta must exceed their own random 99th percentile.
 MAJORITY = 0.5
+#: The paper calls its factor of 21.5 at r = 4 "rather huge": at least an order of magnitude.
+HUGE = 10.0
 
 RULE = (f"on W_q (the paper's module), every layer: (a) ΔW's directions hold more of W than random ones — "
         f"the median enrichment proj_delta / (r‖W‖_F/√(mn)) at r = {LOW_RANK} has its 95 % bootstrap interval "
         f"above 1 and more than {MAJORITY:.0%} of modules exceed their own random 99th percentile; (b) not W's "
         f"top directions — median proj_delta / proj_base_top below {NOT_TOP} (interval's upper end); (c) the "
-        f"factor ‖ΔW‖_F / proj_delta at r = {LOW_RANK} above 1 (interval) — depends on the training budget; "
-        f"(d) stronger at r = {LOW_RANK} than at r = {HIGH_RANK} beyond what random frames give — the mean over "
-        f"layers of log(enrichment r = {LOW_RANK} / enrichment r = {HIGH_RANK}) above 0 (interval). "
-        f"Reproduced when (a)–(d) hold; partly when (a) holds; not reproduced otherwise")
+        f"factor ‖ΔW‖_F / proj_delta at r = {LOW_RANK} is 'rather huge', at least {HUGE:g} (interval; the paper "
+        f"21.5) and (e) still above 1 at r = {HIGH_RANK} (the paper 1.9) — both grow with ‖ΔW‖_F, i.e. depend on "
+        f"the training budget; (d) stronger at r = {LOW_RANK} than at r = {HIGH_RANK} beyond what random frames "
+        f"give — the mean over layers of log(enrichment r = {LOW_RANK} / enrichment r = {HIGH_RANK}) above 0 "
+        f"(interval). Reproduced when (a)–(e) hold; partly when (a) holds; not reproduced otherwise")
 
 
 def amplification_rows(analysis: Analysis, run: str, rank: int, base_weight: Callable[[str], np.ndarray],
@@ -103,10 +106,12 @@ def rule(rows: Sequence[AmplificationRow], target: str = "query") -> Finding:
               f"enrichment {show(enrich)}; {sum(beats)} of {len(beats)} modules above their random 99th percentile"),
         check(f"(b) not W's top directions: proj_delta / proj_base_top < {NOT_TOP}", upper_below(top_ratio, NOT_TOP),
               show(top_ratio, ".3f")),
-        check(f"(c) amplification factor > 1 at r = {LOW_RANK} (depends on the training budget: "
-              f"‖ΔW‖_F/‖W‖_F = {show(relative, '.3f')}, paper 0.11)", lower_above(factor, 1.0), show(factor)),
+        check(f"(c) amplification factor ≥ {HUGE:g} at r = {LOW_RANK} (depends on the training budget: "
+              f"‖ΔW‖_F/‖W‖_F = {show(relative, '.3f')}, paper 0.11)", lower_above(factor, HUGE - 1e-9), show(factor)),
         check(f"(d) stronger at r = {LOW_RANK} than r = {HIGH_RANK}, beyond random frames", lower_above(stronger, 0.0),
               f"log ratio {show(stronger, '+.2f')}"),
+        check(f"(e) amplification factor > 1 at r = {HIGH_RANK} (depends on the training budget)",
+              lower_above(factor_high, 1.0), show(factor_high)),
     ]
     if all(c.holds for c in checks):
         verdict, reason = "reproduced", "every check held"
