@@ -49,7 +49,7 @@ def _facts(a: Analysis) -> list[tuple[str, str]]:
         facts.append(("Layers", f"{layers[0]}–{layers[-1]} ({len(layers)} layers)" if len(layers) > 1
                       else (str(layers[0]) if layers else "no layer indices")))
         if any(m.lora_rank is not None for m in mods):
-            facts.append(("LoRA rank", text.rank_summary(mods)))
+            facts.append((text.rank_label(mods), text.rank_summary(mods)))
             facts.append(("Scaling", text.scale_summary(mods)))
         shapes = sorted({m.shape for m in mods}, key=lambda s: (-s[0] * s[1], s))
         facts.append(("Shapes", ", ".join(f"{r} × {c}" for r, c in shapes[:6])

@@ -117,7 +117,19 @@ def scale_summary(modules: list[ModuleRecord]) -> str:
         return "none (dense updates have no LoRA scale)"
     text = ", ".join(f"s = {num(s, 4)}" + (f" ({n} modules)" if len(scales) > 1 else "")
                      for s, n in sorted(scales.items()))
-    return text + "  (ΔW = s·BA, s = α/r or α/√r)"
+    kinds = {m.kind for m in modules if m.scale is not None}
+    formulas = dict.fromkeys(SCALE_FORMULAS[k] for k in KIND_LABELS if k in kinds and k in SCALE_FORMULAS)
+    return text + "  (" + "; ".join(formulas) + ")"
+
+
+#: What the scale s multiplies, per kind of ΔW (the title page's "Scaling" line).
+SCALE_FORMULAS = {"lora": "ΔW = s·BA, s = α/r or α/√r", "dora": "ΔW = s·BA, s = α/r or α/√r",
+                  "loha": "LoHa ΔW = s·(W1a W1b) ⊙ (W2a W2b)", "lokr": "LoKr ΔW = s·(W₁ ⊗ W₂)"}
+
+
+def rank_label(modules: list[ModuleRecord]) -> str:
+    """ "LoRA rank", or "Rank bound" where LoHa (r₁r₂) or LoKr (rank W₁ · rank W₂) modules are listed."""
+    return "Rank bound" if any(m.kind in ("loha", "lokr") for m in modules) else "LoRA rank"
 
 
 #: How each kind of ΔW is named in sentences, in the order they are summarised.
