@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from deltaw.atomic import write_text_atomic
+from deltaw.linalg import resolve_device
 from deltaw.records import Analysis, Record
 from deltaw.records.reproduction import ModuleCount, Reproduction, RunSummary
 from deltaw.reproduce import fig3, fig4, fig8, full_rank, intruders, rank_sweep, table7
@@ -143,7 +144,7 @@ def reproduce(out: str | os.PathLike, *, quick: bool = False, device: str = "aut
         rank_sweep.rule(runs),
     ]
     summary = Reproduction(
-        quick=quick, device=device, base=base,
+        quick=quick, device=str(resolve_device(device)), base=base,
         data={k: str(v) for k, v in manifest["data"].items()}, budget=budget_of(config),
         analysis_seconds=round(time.monotonic() - started, 1), runs=runs, table7=amp_rows,
         energy_ranks=[c for n, a in analyses.items() for c in _module_counts(
