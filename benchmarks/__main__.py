@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="the issue's shapes with fewer layers and repeats (~2 min)")
     size.add_argument("--smoke", action="store_const", const="smoke", dest="mode",
                       help="tiny shapes, seconds: checks the runner works (numbers mean nothing)")
+    size.add_argument("--gpu", action="store_const", const="gpu", dest="mode",
+                      help="the GPU run (CUDA tests, 7B LoRA, batching, 1B pair with base; < 8 min) → "
+                           "results-cuda.json; with --device cpu a dry run on tiny shapes (seconds)")
     run.add_argument("--out", type=Path, default=None,
                      help="results file (default benchmarks/results.json; results-quick/-smoke.json)")
     run.add_argument("--data", type=Path, default=HERE / "_data", help="scratch folder for generated checkpoints")
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--ww-python", default=None,
                      help="interpreter with weightwatcher installed (default: $DELTAW_BENCH_WW_PYTHON, then this one)")
     run.add_argument("--only", default=None,
-                     help="comma-separated parts: lora,ww,dense,memory,scaling,batching,structured,profile")
+                     help="comma-separated parts: lora,ww,dense,dense_analyze,memory,scaling,batching,structured,"
+                          "threads,base,report,profile,gputests")
     table = sub.add_parser("table", help="markdown table + scaling plot from a results file")
     table.add_argument("--results", type=Path, default=HERE / "results.json")
     table.add_argument("--readme", type=Path, default=HERE / "README.md",
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
         mode = args.mode or "full"
         only = set(args.only.split(",")) if args.only else None
-        run_all(mode=mode, out=args.out or default_out(mode), data_dir=args.data, device=args.device,
+        run_all(mode=mode, out=args.out or default_out(mode, args.device), data_dir=args.data, device=args.device,
                 ww_python=args.ww_python, only=only)
         return 0
     if args.cmd == "table":

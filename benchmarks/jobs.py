@@ -463,3 +463,4 @@ def ww_run(args):
 from benchmarks import structured  # noqa: E402,F401
 from benchmarks import act  # noqa: E402,F401
 from benchmarks import base_cache  # noqa: E402,F401
+from benchmarks import speed  # noqa: E402,F401

@@ -85,3 +85,15 @@ def test_base_svd_takes_the_gram_route_in_float32_only():
     # the Gram route's vectors reconstruct W to float32 rounding
     approx = (f32.U.double() * f32.S.double()) @ f32.Vh.double()
     assert float((approx - W.double()).abs().max()) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gram_route_matches_float64():
+    W = with_spectrum(160, 96, np.logspace(0, -2, 96), seed=13)
+    U, S, Vh, gram = gram_svd(W.cuda())
+    assert gram and U.is_cuda
+    np.testing.assert_allclose(S.double().cpu().numpy(), np.linalg.svd(W.double().numpy(), compute_uv=False),
+                               rtol=1e-6)
+    approx = (U.double() * S.double()) @ Vh.double()
+    assert float((approx.cpu() - W.double()).abs().max()) < 1e-6

@@ -122,3 +122,32 @@ def test_benchmark_modules_import_no_cycle():
 
     assert not [name for name in graph if reaches(name, name)]
     assert not reaches("child", "jobs") and not reaches("measure", "jobs")
+
+
+def test_gpu_run_dry_mode_on_the_cpu(tmp_path):
+    """``benchmarks/gpu.sh --device cpu``'s run: the GPU plan's parts on tiny shapes, in seconds."""
+    out = tmp_path / "gpu-dry.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "run", "--gpu", "--device", "cpu", "--out", str(out),
+         "--data", str(tmp_path / "data")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["mode"] == "gpu-dry" and r["device"] == "cpu"
+    assert {"lora", "batching", "dense_analyze", "base_routes", "gpu_tests"} <= set(r)
+    assert "dense" not in r and "memory" not in r and "scaling" not in r  # only the GPU plan's parts
+    # on a CPU the CUDA tests are collected and skipped, never failed
+    assert r["gpu_tests"]["returncode"] == 0 and r["gpu_tests"].get("skipped", 0) >= 1
+    assert r["gpu_tests"].get("failed", 0) == 0
+    assert _finite_positive(r["dense_analyze"]["ratio"]) and r["dense_analyze"]["layers"] == 1
+    for case in ("lora", "dense_topk"):
+        assert all(_finite_positive(r["batching"][f"{case}/{dt}/{how}"]) for dt in ("float32", "float64")
+                   for how in ("batched", "per_module"))
+    shapes = r["base_routes"]["shapes"]
+    assert len(shapes) == 4 and all(_finite_positive(s["gram"]) and _finite_positive(s["gesdd"]) for s in shapes)
+    from benchmarks.table import gpu_rows, markdown
+
+    assert "not run" in gpu_rows(None)[0]
+    table = markdown(r)
+    assert "W's SVD" in table and "analyze" in table

@@ -214,11 +214,24 @@ def test_resolve_device():
             deltaw.resolve_device("cuda")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu():
     deltas = [lowrank(256, 128, 16, seed=i) for i in range(3)] + [dense(low_rank_plus_noise(128, 96, 8).float())]
     for (d, cpu), (_, gpu) in zip(deltaw.svd_many(deltas, device="cpu"), deltaw.svd_many(deltas, device="cuda")):
         np.testing.assert_allclose(gpu.S.numpy(), cpu.S.numpy(), rtol=1e-4, atol=1e-5 * float(cpu.S[0]))
+        assert gpu.method == cpu.method
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("which", ["gram", "beyond the bar"])
+def test_cuda_factored_routes_meet_the_float64_oracle(which):
+    L = conditioned(300, 16, 30.0 if which == "gram" else 1e6, 11)
+    R = conditioned(200, 16, 10.0, 12).mT
+    U, S, Vh, routes = deltaw.linalg.factored_svd_routes(L.cuda(), R.cuda())
+    assert routes == (["factored-gram"] if which == "gram" else ["factored"])
+    assert_float64_oracle(L, R, U.cpu(), S.cpu(), Vh.cpu(), sigma_rtol=1e-6, vector_tol=1e-5)
 
 
 @pytest.mark.parametrize("m,n,dtype", [(640, 520, torch.float32), (520, 700, torch.float64), (100, 90, torch.float32)])

