@@ -306,7 +306,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
                         notes=list(deltas.notes))
     if top_k is not None and any(not d.structured for d in selected):
         analysis.notes.append(
-            f"dense ΔW: only the top {top_k} singular values, by randomized SVD (svd_method "
+            f"dense ΔW: top-{top_k} singular values only, by randomized SVD (svd_method "
             "'randomized'; each estimate is at most the true value). Exact: ‖ΔW‖_F and the total "
             "energy the fractions divide by. An energy rank the listed values do not reach is a "
             "bound, > k (energy_rank_above); effective rank and Gavish–Donoho rank need the whole "

@@ -23,7 +23,8 @@ MODULE_FIELDS = {
     "lora_rank": (int, type(None)), "scale": (float, type(None)), "fro_norm": (float,),
     "singular_values": (list,), "svd_method": (str,), "energy_captured": (float,), "energy_rank": (dict,),
     "energy_rank_above": (dict, type(None)),  # top-k: τ → k where the rank is > k
-    "effective_rank": (float, type(None)),  # None for a top-k spectrum "stable_rank": (float,), "numerical_rank": (int,),
+    "effective_rank": (float, type(None)),  # None for a top-k spectrum
+    "stable_rank": (float,), "numerical_rank": (int,),
     "gavish_donoho_rank": (int, type(None)), "base_fro_norm": (float, type(None)),
     "amplification": (dict, type(None)), "intruders": (dict, type(None)),
     "magnitude_direction": (dict, type(None)), "base_overlap": (list, type(None)), "nonfinite": (int,),
