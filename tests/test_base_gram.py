@@ -35,11 +35,19 @@ def test_gram_route_matches_float64_above_its_bar(m, n, cond):
     # σ: float32 output rounding (the float64 Gram's own error is eps64 · cond² ≤ 1e-10 here)
     np.testing.assert_allclose(S.double().numpy(), S_ref, rtol=1e-6)
     U, Vh = U.double().numpy(), Vh.double().numpy()
-    assert np.abs(U.T @ U - np.eye(q)).max() < 1e-5 and np.abs(Vh @ Vh.T - np.eye(q)).max() < 1e-5
+    assert np.abs(U.T @ U - np.eye(q)).max() < 1e-4 and np.abs(Vh @ Vh.T - np.eye(q)).max() < 1e-4
     # log-spaced σ are well separated here, so each vector is defined up to sign: compare them.
-    signs = np.sign(np.sum(U * U_ref, axis=0))
-    assert np.abs(U * signs - U_ref).max() < 1e-5
-    assert np.abs(Vh * signs[:, None] - Vh_ref).max() < 1e-5
+    # The eigenvector side is float64-accurate; the other side (Σ⁻¹EᵀX, a float32 product) carries
+    # O(eps32 · σ₁/σᵢ): never worse than float32 gesdd (the route it replaces) on the same W.
+    def errors(U, Vh):
+        signs = np.sign(np.sum(U * U_ref, axis=0))
+        return np.abs(U * signs - U_ref).max(), np.abs(Vh * signs[:, None] - Vh_ref).max()
+
+    u_err, v_err = errors(U, Vh)
+    u_gesdd, v_gesdd = errors(*(x.double().numpy() for x in torch.linalg.svd(W, full_matrices=False)[::2]))
+    eigen_side, other_side = (u_err, v_err) if m <= n else (v_err, u_err)
+    assert eigen_side < 1e-6
+    assert other_side <= max(u_gesdd, v_gesdd) and other_side < 1e-4
 
 
 def test_near_degenerate_sigma_define_a_subspace_not_vectors():

@@ -406,14 +406,15 @@ def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     -----
     With X = W (m ≤ n) or Wᵀ, X of shape (p, q), p ≤ q: G = X Xᵀ = E Λ Eᵀ in float64
     (``syevd``, accumulated over blocks of columns so no float64 copy of W is made), σ = √λ, the
-    left vectors of X are E and its right vectors Σ⁻¹ Eᵀ X (float64 products, rounded once).
+    left vectors of X are E and its right vectors Σ⁻¹ Eᵀ X (a float32 product).
     It does p²q + O(p³) work against gesdd's bidiagonalisation and two back-transformations.
 
     Accuracy, in float64 arithmetic on exact float32 data: λ carries an absolute error of
     O(eps64 · σ₁²), so σᵢ is relatively accurate to O(eps64 · (σ₁/σᵢ)²) ≤ 10⁻⁸ above the bar;
     a subspace of singular vectors separated from the rest by a gap δ in σ is accurate to
     O(eps64 · σ₁² / (δ (σᵢ + σⱼ))) (Davis–Kahan), against O(eps32 · σ₁ / δ) for float32 gesdd:
-    more accurate whenever σᵢ > 10⁻⁹ σ₁. Individual vectors inside a cluster of nearly equal σ
+    more accurate whenever σᵢ > 10⁻⁹ σ₁. The other side's vectors Σ⁻¹ Eᵀ X, a float32 product,
+    add O(eps32 · σ₁ / σᵢ), as float32 gesdd's do. Individual vectors inside a cluster of nearly equal σ
     are not determined by W (any rotation within the cluster is an SVD), with this route or any
     other; only the cluster's subspace is (tests/test_base_gram.py states both).
     """
@@ -435,11 +436,8 @@ def _gram_svd(W: torch.Tensor):
     if not bool(torch.isfinite(S).all()) or not S[-1] >= GRAM_MIN_SIGMA_RATIO * S[0] or not S[0] > 0:
         U, S, Vh = _robust_svd(W)
         return U, S, Vh, False
-    scaled = E.mT / S[:, None]  # Σ⁻¹ Eᵀ, (p, p)
-    right = torch.empty((p, q), dtype=W.dtype, device=W.device)  # Σ⁻¹ Eᵀ X: X's right vectors as rows
-    for start in range(0, q, _GRAM_BLOCK_COLS):
-        block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
-        right[:, start:start + _GRAM_BLOCK_COLS] = (scaled @ block).to(W.dtype)
+    # Σ⁻¹ Eᵀ X: X's right vectors as rows, one float32 product (Σ⁻¹Eᵀ rounded once)
+    right = (E.mT / S[:, None]).to(W.dtype) @ X  # (p, q)
     E, S = E.to(W.dtype), S.to(W.dtype)
     if m <= n:
         return E, S, right, True
