@@ -22,7 +22,8 @@ from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.linalg import check_memory_for, resolve_device
 from deltaw.load import load_deltas
-from deltaw.records import Comparison, PairResult, PhiRecord, parse_module_name
+from deltaw.naming import parse_module_name
+from deltaw.records import Comparison, PairResult, PhiRecord
 from deltaw.subspace import _check_basis, phi_grid, random_subspace_similarity, subspace_bases
 
 
@@ -46,7 +47,7 @@ def _shared_names(loaded: list[Deltas], modules: str | None) -> list[str]:
     if not shared:
         what = f" matching {modules!r}" if modules is not None else ""
         raise DeltawError(f"the checkpoints share no module{what}; are they adapters of the same base model? "
-                          "(a full fine-tune is named by its base: pass --base for all of them)")
+                          "(a full fine-tune needs --base; module names follow deltaw.load.module_name)")
     return shared
 
 
@@ -109,7 +110,7 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
             _check_factors(deltas, names, basis)
     comparison = Comparison(checkpoints=[d.checkpoint for d in loaded], basis=basis, side=side,
                             top_k=top_k if basis == "delta" else None, seed=seed)
-    pairs = {(a, b): PairResult(a, b) for a, b in itertools.combinations(range(len(loaded)), 2)}
+    pairs = {(a, b): PairResult(a=a, b=b) for a, b in itertools.combinations(range(len(loaded)), 2)}
     modules = [[deltas[n] for n in names if n in deltas] for deltas in loaded]
     if basis == "delta":  # dense ΔWs are decomposed: refuse up front what cannot fit
         for selected in modules:

@@ -46,7 +46,8 @@ class Delta:
     Attributes
     ----------
     name : str
-        Module name: the base model's parameter name without ``.weight`` (see the README).
+        Module name: the checkpoint's own module path without PEFT's ``base_model.model.`` and
+        an encoder's task wrapper, the same with or without a base (:func:`deltaw.load.module_name`).
     shape : tuple of int
         Shape of ΔW in the layout of the base tensor.
     read_base : callable or None

@@ -188,12 +188,10 @@ def test_comparison_json_round_trip_and_contract():
         assert set(module) >= {"name", "phi", "random_phi"}
         assert len(module["phi"]) == 8 and all(len(row) == 2 for row in module["phi"])
         assert all(0 <= x <= 1 for row in module["phi"] + module["random_phi"] for x in row)
-    assert deltaw.Comparison.from_json(doc).to_json() == doc
-    from deltaw.reports._data import parse_comparison
-
-    parsed = parse_comparison(doc)
+    parsed = deltaw.Comparison.from_json(doc)
+    assert parsed.to_json() == doc
     assert parsed.pairs[0].modules[0].phi.shape == (8, 2)
-    with pytest.raises(deltaw.DeltawError, match="schema"):
+    with pytest.raises(deltaw.DeltawError, match="deltaw.analysis/1 document, expected deltaw.comparison/1"):
         deltaw.Comparison.from_json({**doc, "schema": "deltaw.analysis/1"})
 
 
