@@ -148,7 +148,8 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
         proj_base_top = float(sigma_W[:r].pow(2).sum().sqrt())
         U_rand, V_rand = _random_frames(*W.shape, r, seed)
         proj_random = projection_norm(U_rand.to(W), W, V_rand.to(W))
-        base_fro = float(W.double().pow(2).sum().sqrt())
+        # ‖W‖_F: from W's SVD record when given (summed there in float64), else summed here
+        base_fro = math.sqrt(W_svd.energy) if W_svd is not None else float(W.double().pow(2).sum().sqrt())
     delta_fro = math.sqrt(delta_svd.energy)
     return Amplification(r=r, proj_delta=proj_delta, proj_base_top=proj_base_top, proj_random=proj_random,
                          delta_fro=delta_fro, base_fro=base_fro,

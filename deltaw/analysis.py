@@ -107,7 +107,9 @@ class _FormedDelta(DenseDelta):
 
 
 def _nonfinite(*tensors: torch.Tensor | None) -> int:
-    return sum(int((~torch.isfinite(t)).sum()) for t in tensors if t is not None and t.is_floating_point())
+    # One pass (isfinite + all) for the usual all-finite tensor; counting only when some are not.
+    return sum(0 if bool(torch.isfinite(t).all()) else int((~torch.isfinite(t)).sum())
+               for t in tensors if t is not None and t.is_floating_point())
 
 
 def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
