@@ -62,8 +62,12 @@ def base_routes(args):
 @job
 def report_time(args):
     """``deltaw analyze --pdf``'s two parts, timed apart: the analysis, then the PDF of it."""
+    import matplotlib.pyplot  # noqa: F401  (imports are not timed, on either side)
+
     import deltaw
+    import deltaw.analysis  # noqa: F401
     import reports
+    import reports.pdf  # noqa: F401
 
     folder, base, pdf = args["folder"], args.get("base"), Path(args["pdf"])
     start = time.perf_counter()
