@@ -14,7 +14,7 @@ from deltaw.cli.main import cli  # noqa: E402
 from deltaw.records import Analysis, Comparison, read_document  # noqa: E402
 from deltaw.records.reproduction import VERDICTS, Reproduction  # noqa: E402
 from deltaw.reproduce import PAPER, reproduce  # noqa: E402
-from deltaw.reproduce.readme import END, START, main as readme_main, markdown, summary_sentence  # noqa: E402
+from deltaw.reproduce.readme import END, START, main as readme_main, markdown, read, summary_sentence  # noqa: E402
 from test_training import tiny_base, tiny_data  # noqa: E402,F401  (shared fixtures)
 
 TINY = dict(steps=4, batch_size=8, max_length=16, eval_fraction=0.2, max_eval=None, threads=1)
@@ -60,14 +60,15 @@ def test_report_renders_the_reproduction_json(reproduced, tmp_path):
 
 
 def test_readme_table_is_regenerated_from_the_json(reproduced, tmp_path):
-    out, docs = reproduced
+    out, _ = reproduced
+    rec = read(out / "reproduction.json")  # the file as the last call wrote it
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{START}\nold typed table\n{END}\n\nrest\n")
     assert readme_main([str(out / "reproduction.json"), "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert "old typed table" not in text and text.endswith("\n\nrest\n")
-    assert summary_sentence(docs[0]) in text and markdown(docs[0]) in text
-    for f in docs[0].findings:
+    assert summary_sentence(rec) in text and markdown(rec) in text
+    for f in rec.findings:
         assert f"| {f.id} |" in text
     readme.write_text("no markers\n")
     assert readme_main([str(out / "reproduction.json"), "--readme", str(readme)]) == 1
