@@ -12,7 +12,17 @@ intervals over modules, per-module random baselines with their own seeds beside 
 expected random value, seeds for what is about training variability.
 """
 
-from deltaw.reproduce.pipeline import FULL_BUDGET, RANKS, SEEDS, TARGETS, reproduce
 from deltaw.reproduce.verdict import PAPER
 
 __all__ = ["reproduce", "PAPER", "RANKS", "SEEDS", "TARGETS", "FULL_BUDGET"]
+_PIPELINE = {"reproduce", "RANKS", "SEEDS", "TARGETS", "FULL_BUDGET"}
+
+
+def __getattr__(name: str):
+    # The pipeline (and torch with it) loads on first use: `deltaw report` renders a reproduction
+    # through deltaw.reproduce.readme without importing torch.
+    if name in _PIPELINE:
+        from deltaw.reproduce import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'deltaw.reproduce' has no attribute {name!r}")
