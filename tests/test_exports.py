@@ -46,3 +46,18 @@ def test_the_cli_start_does_not_import_torch():
     startup = subprocess.run([sys.executable, "-c", "import sys, deltaw.cli.main; print('torch' in sys.modules)"],
                              capture_output=True, text=True)
     assert startup.stdout.strip() == "False", startup.stderr
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists packages by hand (cli/ and reports/ install under deltaw.*): a new
+    subpackage missing there would work in an editable install and vanish from a wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"deltaw.cli": "cli", "deltaw.reports": "reports"}
+    found = {".".join(("deltaw",) + p.parent.relative_to(root / "deltaw").parts) for p in root.glob("deltaw/**/__init__.py")}
+    found |= {name for name, folder in folders.items() if (root / folder / "__init__.py").exists()}
+    assert set(config["packages"]) == found
+    assert all(config["package-dir"][name] == folder for name, folder in folders.items())
