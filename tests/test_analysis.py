@@ -28,6 +28,7 @@ MODULE_FIELDS = {
     "gavish_donoho_rank": (int, type(None)), "base_fro_norm": (float, type(None)),
     "amplification": (dict, type(None)), "intruders": (dict, type(None)),
     "magnitude_direction": (dict, type(None)), "base_overlap": (list, type(None)), "nonfinite": (int,),
+    "base_svd_cached": (bool, type(None)),  # None without a base: no base SVD to cache
 }
 TOP_FIELDS = {"schema", "checkpoint", "base", "format", "deltaw_version", "created", "notes", "modules", "skipped",
               "rank_suggestion"}
