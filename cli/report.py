@@ -21,13 +21,9 @@ def read_result(path: str) -> list:
     except (OSError, ValueError, UnicodeDecodeError) as err:
         raise DeltawError(f"{path}: not a JSON result file ({err})") from err
     from deltaw.records import read_document
-    from deltaw.reports import REPRODUCTION_SCHEMA
 
     records = []
     for doc in data if isinstance(data, list) else [data]:
-        if isinstance(doc, dict) and doc.get("schema") == REPRODUCTION_SCHEMA:
-            records.append(doc)  # rendered from its JSON form by the reproduction pages
-            continue
         try:
             records.append(read_document(doc))
         except DeltawError as err:

@@ -28,15 +28,13 @@ from __future__ import annotations
 import os
 
 from deltaw.errors import DeltawError
-from deltaw.records import Analysis, Comparison, Record, read_document
-from deltaw.records.survey import Survey
-from deltaw.records.trajectory import Trajectory
+from deltaw.records import Analysis, Comparison, Record, Reproduction, Survey, Trajectory, read_document
 
 from .analysis_report import add_analysis
 from .comparison_report import add_comparison
 from .pdf import Document
 from .title import one_contents
-from .reproduction_report import SCHEMA as REPRODUCTION_SCHEMA, add_reproduction
+from .reproduction_report import add_reproduction
 from .survey_report import add_survey
 from .trajectory_report import add_trajectory
 
@@ -54,8 +52,6 @@ def _as_list(docs, what: str) -> list:
 def _record(doc, i: int):
     """A record from a record or its JSON document; every document is checked before drawing."""
     if isinstance(doc, Record):
-        return doc
-    if isinstance(doc, dict) and doc.get("schema") == REPRODUCTION_SCHEMA:
         return doc
     try:
         return read_document(doc)
@@ -135,8 +131,11 @@ def render(docs, path: str | os.PathLike) -> None:
             add_survey(doc, part)
         elif isinstance(part, Trajectory):
             add_trajectory(doc, part)
-        else:
+        elif isinstance(part, Reproduction):
             add_reproduction(doc, part)
+        else:
+            raise DeltawError(f"cannot render a {part.SCHEMA} document in a report "
+                              f"(its figure is written by the command that made it, with --pdf)")
     one_contents(doc)  # several parts: one contents list on a first page, not one per part
     doc.write(path)
 

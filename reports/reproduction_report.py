@@ -118,10 +118,8 @@ def _intruders_table(rec: Reproduction) -> list[Block]:
                                "They found them in LoRA and almost never in full fine-tuning.")
 
 
-def add_reproduction(doc: Document, rec: Reproduction | dict) -> None:
-    """Add the reproduction's pages to ``doc`` (a record, or its ``deltaw.reproduction/2`` document)."""
-    if not isinstance(rec, Reproduction):
-        rec = Reproduction.from_json(rec)
+def add_reproduction(doc: Document, rec: Reproduction) -> None:
+    """Add the reproduction's pages to ``doc``."""
     doc.section("Reproducing the LoRA paper, Section 7", part="reproduction", heading=False)
     doc.add(title_block("Reproducing LoRA (Hu et al. 2021), Section 7", summary_sentence(rec),
                         "Trained and analysed by " + budget_line(rec) + "."))

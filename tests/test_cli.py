@@ -237,15 +237,15 @@ def test_a_base_other_than_the_declared_one_is_noted(adapter_pair, tmp_path):
 
 
 def test_threads_on_every_command(adapter_pair):
-    """--threads N: on every command that is not a group; applied before the command runs."""
+    """--threads N: on every command that runs torch work; applied before the command runs."""
     import click
     import torch
 
     from deltaw.linalg import resources
 
     for name, command in cli.commands.items():
-        if not isinstance(command, click.Group):
-            assert "--threads" in run(name, "--help").output, name
+        if not isinstance(command, click.Group):  # report draws saved results: no torch, no threads
+            assert ("--threads" in run(name, "--help").output) == (name != "report"), name
     assert run("analyze", adapter_pair / "r2-s0", "--threads", "0").exit_code == 2  # usage error
     before = torch.get_num_threads()
     try:
@@ -365,3 +365,19 @@ def test_top_k_of_an_unchanged_module_is_not_a_broken_one(tmp_path):
     assert not analysis.not_finite
     zero = analysis["encoder.layer.1.attention.self.query"]
     assert zero.fro_norm == 0 and zero.effective_rank == 0 and zero.energy_rank_above is None
+
+
+def test_report_renders_without_importing_torch(tmp_path):
+    """`report` draws saved results only: it must work where torch is slow to import or absent."""
+    import subprocess
+    import sys
+
+    from test_records import analysis
+
+    (tmp_path / "a.json").write_text(json.dumps(analysis().to_json()))
+    code = ("import sys\nfrom deltaw.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, "report", str(tmp_path / "a.json"), "--pdf",
+                          str(tmp_path / "a.pdf")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False" and (tmp_path / "a.pdf").exists()

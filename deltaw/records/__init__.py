@@ -25,6 +25,7 @@ from deltaw.records._base import DOCUMENTS, Record, check_schema, finite_or_none
 from deltaw.records.analysis import (Amplification, Analysis, Intruders, MagnitudeDirection, ModuleRecord,
                                      Skipped, SpectralSummary)
 from deltaw.records.comparison import Comparison, PairResult, PhiRecord
+from deltaw.records.reproduction import Reproduction
 from deltaw.records.resize import KeptModule, Resize
 from deltaw.records.survey import Survey
 from deltaw.records.trajectory import Trajectory
@@ -32,4 +33,4 @@ from deltaw.records.trajectory import Trajectory
 __all__ = ["Record", "DOCUMENTS", "read_document", "check_schema", "finite_or_none", "utc_now",
            "Analysis", "ModuleRecord", "SpectralSummary", "Skipped", "Amplification", "Intruders",
            "MagnitudeDirection", "Comparison", "PairResult", "PhiRecord", "parse_module_name", "Resize",
-           "KeptModule", "Survey", "Trajectory"]
+           "KeptModule", "Survey", "Trajectory", "Reproduction"]
