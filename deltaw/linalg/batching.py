@@ -130,6 +130,10 @@ def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Del
         if fit is not None:  # a smaller batch, not a refusal: each one fits
             batch = max(1, min(batch, fit))
     rank = group[0].rank if group[0].structured else None
+    if isinstance(group[0], LowRankDelta):
+        # The factored routes' work is GEMMs with the tall factors (their r × r steps run on one
+        # thread inside the route): sized by min(m, n), not by r.
+        rank = None
     for start in range(0, len(group), batch):
         chunk = group[start:start + batch]
         with exact_math(), threads(svd_threads(min(*group[0].matrix_shape, rank or math.inf))):
@@ -145,10 +149,8 @@ def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
     if isinstance(first, LowRankDelta):
         L, R = zip(*(d.factors(dtype) for d in group))
         scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
-        U, S, Vh, method = routes.factored_svd_routes(torch.stack(L).to(device), torch.stack(R).to(device))
-        S = S * scales.reshape(-1, 1).abs()
-        # A negative scale flips the sign of one side; keep σ ≥ 0.
-        U = U * torch.sign(scales)
+        # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
+        U, S, Vh, method = routes.factored_svd_routes(torch.stack(L).to(device), torch.stack(R).to(device), scales)
         energy = (S.double() ** 2).sum(-1)
     else:
         m, n = first.matrix_shape

@@ -146,8 +146,11 @@ def factored_svd(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
     return factored_svd_routes(L, R, scale)[:3]
 
 
-def factored_svd_routes(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+def factored_svd_routes(L: torch.Tensor, R: torch.Tensor, scale: float | torch.Tensor = 1.0):
     """:func:`factored_svd` and, per matrix of the batch, the route taken.
+
+    ``scale`` may be a tensor (..., 1, 1), one scale per matrix: it multiplies the r × r core, so
+    S = σ(s·L@R) ≥ 0 and a negative s flips U (through U_c) at no cost on the tall factors.
 
     Returns
     -------
@@ -213,15 +216,32 @@ def _diag_spread(C: torch.Tensor) -> torch.Tensor:
 
 
 def _gram64(X: torch.Tensor) -> torch.Tensor:
-    """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype, a block of rows at a time."""
-    if X.dtype == torch.float64 or X.is_cuda:
+    """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype.
+
+    On the CPU one matrix at a time (its float64 copy stays in cache, and MKL's batched GEMM on
+    these tall-thin shapes measured slower than a loop of single GEMMs on one thread)."""
+    if X.dtype == torch.float64 or X.is_cuda or X.dim() == 2:
         X = X.to(torch.float64)
         return X.mT @ X
-    G = torch.zeros((*X.shape[:-2], X.shape[-1], X.shape[-1]), dtype=torch.float64)
-    for start in range(0, X.shape[-2], _GRAM_BLOCK_ROWS):
-        block = X[..., start:start + _GRAM_BLOCK_ROWS, :].to(torch.float64)
-        G += block.mT @ block
-    return G
+    flat = X.reshape(-1, *X.shape[-2:])
+    G = torch.empty((flat.shape[0], X.shape[-1], X.shape[-1]), dtype=torch.float64)
+    for i, x in enumerate(flat):
+        x = x.to(torch.float64)
+        torch.mm(x.mT, x, out=G[i])
+    return G.reshape(*X.shape[:-2], X.shape[-1], X.shape[-1])
+
+
+def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """X @ Y for batches (..., a, b) @ (..., b, c); a loop of single GEMMs on the CPU (see _gram64)."""
+    if X.is_cuda or X.dim() == 2:
+        return X @ Y
+    shape = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
+    X, Y = X.expand(*shape, *X.shape[-2:]).reshape(-1, *X.shape[-2:]), Y.expand(*shape, *Y.shape[-2:]).reshape(
+        -1, *Y.shape[-2:])
+    out = torch.empty((X.shape[0], X.shape[-2], Y.shape[-1]), dtype=X.dtype)
+    for i in range(X.shape[0]):
+        torch.mm(X[i], Y[i], out=out[i])
+    return out.reshape(*shape, out.shape[-2], out.shape[-1])
 
 
 def _cholesky_qr(X: torch.Tensor):
@@ -273,8 +293,8 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
         inv_r = torch.linalg.solve_triangular(T_r, eye, upper=True)
         gram = ok_l & ok_r & (_cond_f(T_l, inv_l) <= GRAM_MAX_COND) & (_cond_f(T_r, inv_r) <= GRAM_MAX_COND)
     if bool(gram.all()):
-        U = left @ (inv_l @ U_core).to(dtype)  # (.., m, r), float32
-        Vh = (inv_r @ Vh_core.mT).to(dtype).mT @ right.mT  # (.., r, n), float32
+        U = _times(left, (inv_l @ U_core).to(dtype))  # (.., m, r), float32
+        Vh = _times((inv_r @ Vh_core.mT).to(dtype).mT, right.mT)  # (.., r, n), float32
         return U, S.to(dtype), Vh, gram
     with one_thread(T_l):
         X_l = torch.linalg.solve_triangular(tri_l, U_core, upper=True)  # T_basis⁻¹ U_c
@@ -291,7 +311,8 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
     if bool(bad.any()):
         if bad.dim() == 0:
             return (*_factored_svd_householder(L, R, scale), gram)
-        U_h, S_h, Vh_h = _factored_svd_householder(L[bad], R[bad], scale)
+        part = scale[bad] if torch.is_tensor(scale) and scale.dim() > 0 else scale
+        U_h, S_h, Vh_h = _factored_svd_householder(L[bad], R[bad], part)
         U[bad], S[bad], Vh[bad] = U_h, S_h, Vh_h
     return U, S, Vh, gram
 
