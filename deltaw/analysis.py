@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 
@@ -36,7 +35,7 @@ from deltaw.errors import DeltawError
 from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
 from deltaw.linalg import SVD, base_svd, check_memory, check_memory_for, resolve_device, svd_many
 from deltaw.load import load_deltas
-from deltaw.naming import parse_module_name
+from deltaw.naming import module_filter, parse_module_name
 from deltaw.records import Analysis, ModuleRecord, SpectralSummary
 from deltaw.spectrum import (effective_rank, energy_ranks, gavish_donoho_rank, numerical_rank,
                              stable_rank)
@@ -215,12 +214,9 @@ def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> N
 
 
 def _select(deltas: Deltas, modules: str | None) -> list[Delta]:
-    if modules is None:
+    pattern = module_filter(modules)
+    if pattern is None:
         return list(deltas.values())
-    try:
-        pattern = re.compile(modules)
-    except re.error as err:
-        raise DeltawError(f"--modules {modules!r} is not a valid regular expression ({err})") from err
     selected = [d for name, d in deltas.items() if pattern.search(name)]
     if not selected and len(deltas):
         examples = ", ".join(list(deltas)[:3])

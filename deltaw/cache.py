@@ -27,10 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from deltaw.errors import DeltawError
+
+if TYPE_CHECKING:  # annotations only: the cache stores SVDs, it does not compute them
+    from deltaw.linalg import SVD
 
 KINDS = ("base", "analyses")
 # Bumped when an entry's layout or the meaning of its numbers changes: old entries become misses.
@@ -164,7 +168,7 @@ class Cache:
 
     # -- base SVDs ------------------------------------------------------------------------------
 
-    def base_svd(self, W: torch.Tensor, compute: Callable[[], "SVD"]) -> tuple["SVD", bool | None]:
+    def base_svd(self, W: torch.Tensor, compute: Callable[[], SVD]) -> tuple[SVD, bool | None]:
         """W's SVD from the cache, or ``compute()`` stored for next time.
 
         Parameters

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import zlib
 from collections.abc import Sequence
 
@@ -22,7 +21,7 @@ from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.linalg import check_memory_for, resolve_device
 from deltaw.load import load_deltas
-from deltaw.naming import parse_module_name
+from deltaw.naming import parse_module_name, shared_names
 from deltaw.records import Comparison, PairResult, PhiRecord
 from deltaw.subspace import _check_basis, phi_grid, random_subspace_similarity, subspace_bases
 
@@ -30,25 +29,6 @@ from deltaw.subspace import _check_basis, phi_grid, random_subspace_similarity, 
 def _module_seed(seed: int, name: str) -> int:
     """A seed per module, so a module's random baseline does not depend on which others are run."""
     return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
-
-
-def _shared_names(loaded: list[Deltas], modules: str | None) -> list[str]:
-    """Modules held by at least two checkpoints, in order of first appearance, filtered by regex."""
-    try:
-        pattern = re.compile(modules) if modules is not None else None
-    except re.error as err:
-        raise DeltawError(f"--modules {modules!r} is not a valid regular expression ({err})") from err
-    counts: dict[str, int] = {}
-    for deltas in loaded:
-        for name in deltas:
-            if pattern is None or pattern.search(name):
-                counts[name] = counts.get(name, 0) + 1
-    shared = [name for name, count in counts.items() if count >= 2]
-    if not shared:
-        what = f" matching {modules!r}" if modules is not None else ""
-        raise DeltawError(f"the checkpoints share no module{what}; are they adapters of the same base model? "
-                          "(a full fine-tune needs --base; module names follow deltaw.load.module_name)")
-    return shared
 
 
 def _check_factors(deltas: Deltas, names: list[str], basis: str) -> None:
@@ -104,7 +84,7 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
         raise DeltawError(f"top_k must be ≥ 1, got {top_k}")
     device = resolve_device(device)
     loaded = [c if isinstance(c, Deltas) else load_deltas(c, base, scale=scale) for c in checkpoints]
-    names = _shared_names(loaded, modules)
+    names = shared_names(loaded, modules)
     if basis != "delta":
         for deltas in loaded:
             _check_factors(deltas, names, basis)

@@ -7,6 +7,9 @@ module is grouped the same way everywhere.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+
+from deltaw.errors import DeltawError
 
 #: Containers whose next dotted component is the block (layer) index.
 LAYER_CONTAINERS = ("layers", "layer", "h", "blocks", "block", "resblocks")
@@ -75,3 +78,42 @@ def type_sort_key(module_type: str) -> tuple[int, str]:
     role = role_of(module_type)
     order = [r for r, _ in ROLES]
     return (order.index(role) if role in order else len(order), module_type)
+
+
+def module_filter(modules: str | None):
+    """The compiled ``--modules`` regular expression (None keeps every module).
+
+    Raises
+    ------
+    DeltawError
+        When ``modules`` is not a valid regular expression.
+    """
+    if modules is None:
+        return None
+    try:
+        return re.compile(modules)
+    except re.error as err:
+        raise DeltawError(f"--modules {modules!r} is not a valid regular expression ({err})") from err
+
+
+def shared_names(name_lists: Iterable[Iterable[str]], modules: str | None = None) -> list[str]:
+    """Module names that at least two of ``name_lists`` hold and ``--modules`` matches, in order
+    of first appearance.
+
+    Raises
+    ------
+    DeltawError
+        When no module is shared: almost always checkpoints of different base models.
+    """
+    pattern = module_filter(modules)
+    counts: dict[str, int] = {}
+    for names in name_lists:
+        for name in names:
+            if pattern is None or pattern.search(name):
+                counts[name] = counts.get(name, 0) + 1
+    shared = [name for name, count in counts.items() if count >= 2]
+    if not shared:
+        what = f" matching {modules!r}" if modules is not None else ""
+        raise DeltawError(f"the checkpoints share no module{what}; are they adapters or fine-tunes of the same "
+                          "base model? (full fine-tunes need --base)")
+    return shared

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from deltaw.formats import peft
 from deltaw.pairwise import ModuleBlock, module_block, whole_model_cosine
 from deltaw.records import Analysis
 from deltaw.records.survey import CheckpointSummary, ModulePairs, NullPair, Survey
+from deltaw.naming import shared_names
 
 Progress = Callable[[int, int, str], None]
 
@@ -156,23 +156,6 @@ def summarize(analysis: Analysis, cached: bool) -> CheckpointSummary:
         cached=cached)
 
 
-def _shared_names(analyses: list[Analysis], modules: str | None) -> list[str]:
-    try:
-        pattern = re.compile(modules) if modules is not None else None
-    except re.error as err:
-        raise DeltawError(f"--modules {modules!r} is not a valid regular expression ({err})") from err
-    counts: dict[str, int] = {}
-    for analysis in analyses:
-        for record in analysis.modules:
-            if pattern is None or pattern.search(record.name):
-                counts[record.name] = counts.get(record.name, 0) + 1
-    shared = [name for name, count in counts.items() if count >= 2]
-    if not shared:
-        raise DeltawError("the checkpoints share no module; are they adapters or fine-tunes of the same base? "
-                          "(full fine-tunes need --base)")
-    return shared
-
-
 def _chunks(names: list[str], parts: int) -> list[list[str]]:
     size = max(1, math.ceil(len(names) / max(1, parts)))
     return [names[i:i + size] for i in range(0, len(names), size)]
@@ -231,7 +214,7 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
     results = engine.map(analyze_checkpoint, [(p, base, options, cache_dir) for p in paths], gpu=True,
                          progress=step("analysing checkpoints"))
     analyses = [Analysis.from_json(doc) for doc, _ in results]
-    names = _shared_names(analyses, modules)
+    names = shared_names(([m.name for m in a.modules] for a in analyses), modules)
     parallelism = getattr(engine, "parallelism", 1)
     calls = [(paths, base, chunk, dtype_name, scale) for chunk in _chunks(names, parallelism)]
     blocks = [b for chunk in engine.map(pair_blocks, calls, progress=step("comparing modules")) for b in chunk]

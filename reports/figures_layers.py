@@ -14,10 +14,10 @@ import numpy as np
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from deltaw.naming import type_sort_key
+from deltaw.bounds import Bounded, median_bounded
 from deltaw.records import Analysis, ModuleRecord
 
 from . import style, text
-from .wording import Bounded, median_bounded
 from .heatmap import colorbar, heatmap
 from .layout import Region, line_height, text_width, type_labels
 from .pdf import Block
@@ -49,7 +49,7 @@ def layer_grid(analysis: Analysis,
                value: Callable[[ModuleRecord], float | Bounded | None]) -> Grid | None:
     """The median of ``value`` per (module type, layer) cell; None when no module has a value.
 
-    ``value`` may return a :class:`~reports.wording.Bounded` (a top-k energy rank "> k"); a
+    ``value`` may return a :class:`~deltaw.bounds.Bounded` (a top-k energy rank "> k"); a
     cell's median is then a bound when the bounds decide it (:func:`median_bounded`).
     """
     cells: dict[tuple[str, object], list[Bounded]] = {}

@@ -19,7 +19,7 @@ from deltaw.records import Analysis, ModuleRecord
 
 from . import style, text
 from .heatmap import colorbar
-from .layout import abbreviate, plain, text_width
+from .layout import abbreviate, text_width
 from .pdf import Block
 
 HEIGHT = 2.75

@@ -13,12 +13,12 @@ from collections import Counter
 
 import numpy as np
 
+from deltaw.bounds import Bounded, median_bounded
 from deltaw.naming import role_of
 from deltaw.records import Analysis, Comparison, ModuleRecord, PairResult
 
 from .layout import plain
-from .wording import (Bounded, difference, median_bounded, more_or_fewer,
-                      placement, scaling_verb, with_noise_rule)
+from .wording import difference, more_or_fewer, placement, scaling_verb, with_noise_rule
 
 NORM_DW = r"$‖\Delta W‖_F$"
 NORM_DW2 = r"$‖\Delta W‖_F^2$"
@@ -502,7 +502,7 @@ def caption_layer_grid(metric: str, how_to_read: str, values: list[float], fmt, 
                  f"singular values computed hold less than 90% of the energy, so the rank "
                  f"exceeds k; coloured at k + 1 (a median over such bounds is a bound too).")
     if no_layer:
-        text += f" Column “none” holds modules without a layer index."
+        text += " Column “none” holds modules without a layer index."
     if missing:
         text += " Light grey: no such module."
     if not_finite:

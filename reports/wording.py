@@ -21,8 +21,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from deltaw.bounds import Bounded, median_bounded  # noqa: F401  (re-exported for the report)
-
 #: The noise rule of :func:`difference`, quoted in the report where it is applied.
 NOISE_RULE = ("“About” equal or as many: apart by less than two standard errors of the "
               "difference, or by less than one direction for ranks.")

@@ -15,7 +15,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import deltaw
 from adapters import family
 from deltaw.cache import Cache, default_cache_dir
 from deltaw.cli.main import cli

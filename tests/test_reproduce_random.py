@@ -8,7 +8,6 @@ as the adapters. No finding may come out "reproduced" or "partly".
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

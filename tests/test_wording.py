@@ -12,8 +12,8 @@ import pytest
 
 from deltaw.records import Amplification, Analysis, ModuleRecord
 from deltaw.reports import text
-from deltaw.reports.wording import (difference, median_bounded, more_or_fewer, placement,
-                                    scaling_verb)
+from deltaw.bounds import median_bounded
+from deltaw.reports.wording import difference, more_or_fewer, placement, scaling_verb
 
 # ---------------------------------------------------------------------------------------------
 # the rules
