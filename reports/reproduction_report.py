@@ -120,7 +120,7 @@ def _intruders_table(rec: Reproduction) -> list[Block]:
 
 def add_reproduction(doc: Document, rec: Reproduction) -> None:
     """Add the reproduction's pages to ``doc``."""
-    doc.section("Reproducing the LoRA paper, Section 7", part="reproduction", heading=False)
+    doc.section("Overview", part="reproduction of Section 7", heading=False)
     doc.add(title_block("Reproducing LoRA (Hu et al. 2021), Section 7", summary_sentence(rec),
                         "Trained and analysed by " + budget_line(rec) + "."))
     data = rec.data
@@ -131,14 +131,14 @@ def add_reproduction(doc: Document, rec: Reproduction) -> None:
                          ("Written", rec.created)]))
     doc.add(findings_block([f"{f.id}: {f.verdict}. {plain(f.reason)}" for f in rec.findings],
                            heading="Verdicts"))
-    doc.section("Findings: the paper and ours", part="reproduction")
+    doc.section("Findings: the paper and ours", part="reproduction of Section 7")
     doc.add(*_findings_table(rec))
-    doc.section("Rules and checks", part="reproduction")
+    doc.section("Rules and checks", part="reproduction of Section 7")
     doc.add(*_rules_table(rec))
-    doc.section("The runs and the head-only control", part="reproduction")
+    doc.section("The runs and the head-only control", part="reproduction of Section 7")
     doc.add(*_runs_table(rec))
-    doc.section("ΔW versus W (Table 7) beside random baselines", part="reproduction")
+    doc.section("ΔW versus W (Table 7) beside random baselines", part="reproduction of Section 7")
     doc.add(*_table7(rec))
-    doc.section("Intrinsic rank and intruders: LoRA vs full fine-tuning", part="reproduction")
+    doc.section("Intrinsic rank and intruders: LoRA vs full fine-tuning", part="reproduction of Section 7")
     doc.add(_energy_figure(rec))
     doc.add(*_intruders_table(rec))

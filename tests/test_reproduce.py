@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -57,6 +59,10 @@ def test_report_renders_the_reproduction_json(reproduced, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(out / "reproduction.json"), "--pdf", str(tmp_path / "r.pdf")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
+    if shutil.which("pdftotext"):  # the reproduction is the first part the one contents page lists
+        words = subprocess.run(["pdftotext", "-l", "3", str(tmp_path / "r.pdf"), "-"], capture_output=True,
+                               text=True).stdout
+        assert "Part 1: reproduction of Section 7" in words
 
 
 def test_readme_table_is_regenerated_from_the_json(reproduced, tmp_path):
