@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
                           "threads,base,report,profile,gputests")
     table = sub.add_parser("table", help="markdown table + scaling plot from a results file")
     table.add_argument("--results", type=Path, default=HERE / "results.json")
-    table.add_argument("--readme", type=Path, default=HERE / "README.md",
-                       help="README whose results markers get the table ('' for none)")
+    table.add_argument("--readme", type=Path, action="append", default=None,
+                       help="README whose results markers get the table (repeatable; default benchmarks/README.md "
+                            "and the project README; '' for none)")
     table.add_argument("--plot", type=Path, default=HERE / "scaling.png", help="scaling plot PNG ('' for none)")
     clean = sub.add_parser("clean", help="delete the generated checkpoints")
     clean.add_argument("--data", type=Path, default=HERE / "_data")
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "table":
         from benchmarks.table import main as table_main
 
-        readme = Path(args.readme) if str(args.readme) else None
+        readmes = [HERE / "README.md", HERE.parent / "README.md"] if args.readme is None else [
+            Path(r) for r in args.readme if str(r)]
         png = Path(args.plot) if str(args.plot) else None
-        print(table_main(args.results, readme, png))
+        print(table_main(args.results, readmes, png))
         return 0
     if args.cmd == "clean":
         from benchmarks.run import clean as clean_data

@@ -7,6 +7,7 @@ The table is printed, and written into ``benchmarks/README.md`` between the mark
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 GiB = 2**30
@@ -283,7 +284,7 @@ def write_readme(readme: Path, text: str) -> bool:
     return True
 
 
-def main(results: Path, readme: Path | None, png: Path | None) -> str:
+def main(results: Path, readmes: list[Path], png: Path | None) -> str:
     r = json.loads(results.read_text())
     cuda_file = results.parent / "results-cuda.json"
     cuda = json.loads(cuda_file.read_text()) if cuda_file.is_file() and cuda_file != results else None
@@ -295,8 +296,8 @@ def main(results: Path, readme: Path | None, png: Path | None) -> str:
     if goals:
         text += "\nGoals: " + "; ".join(
             f"{g['id']} {'holds' if g['holds'] else 'misses' if g['holds'] is False else 'n/a'}" for g in goals) + "\n"
-    if png is not None and plot(r, png):
-        text += f"\n![scaling]({png.name})\n"
-    if readme is not None:
-        write_readme(readme, text)
+    drawn = png is not None and plot(r, png)
+    for readme in readmes:  # benchmarks/README.md and the project README: one table, one command
+        image = f"\n![scaling]({os.path.relpath(png, readme.parent)})\n" if drawn else ""
+        write_readme(readme, text + image)
     return text
