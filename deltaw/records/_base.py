@@ -19,7 +19,7 @@ Annotation → JSON:
 a Record subclass       a nested object
 ======================  ==================================================================
 
-A *document* is a record with a ``SCHEMA`` (``"deltaw.analysis/1"``): its JSON carries
+A *document* is a record with a ``SCHEMA`` (``deltaw.<kind>/<version>``): its JSON carries
 ``"schema"`` and :meth:`Record.from_json` refuses a document of another kind or version with a
 message that says what to do. :func:`read_document` dispatches on the schema name.
 """
