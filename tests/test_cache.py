@@ -118,15 +118,27 @@ def test_disabled_cache_stores_nothing(tmp_path):
 
 
 def test_analyze_cli_second_run_reads_every_base_svd(tmp_path):
+    import torch
+
+    from deltaw.linalg import resources
+
     fam = family()
     runner = CliRunner()
-    args = ["analyze", str(fam.lora[(8, 0)].path), "--base", str(fam.base), "--cache-dir", str(tmp_path / "c")]
+    # one thread: without --threads the count follows the machine's load, and a different count
+    # changes the float rounding of the (uncached) ΔW SVD between the two runs
+    args = ["analyze", str(fam.lora[(8, 0)].path), "--base", str(fam.base), "--cache-dir", str(tmp_path / "c"),
+            "--threads", "1"]
     docs = []
-    for i in range(2):
-        out = tmp_path / f"run{i}.json"
-        result = runner.invoke(cli, [*args, "--json", str(out)])
-        assert result.exit_code == 0, result.output
-        docs.append(json.loads(out.read_text()))
+    before = torch.get_num_threads()
+    try:
+        for i in range(2):
+            out = tmp_path / f"run{i}.json"
+            result = runner.invoke(cli, [*args, "--json", str(out)])
+            assert result.exit_code == 0, result.output
+            docs.append(json.loads(out.read_text()))
+    finally:
+        resources.set_thread_limit(None)
+        torch.set_num_threads(before)
     assert [m["base_svd_cached"] for m in docs[0]["modules"]] == [False] * len(docs[0]["modules"])
     assert [m["base_svd_cached"] for m in docs[1]["modules"]] == [True] * len(docs[1]["modules"])
     n = len(docs[1]["modules"])
