@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 import deltaw
-from builders import save_model, tiny_llama
+from builders import tiny_llama
+from test_formats_peft import llama_base  # noqa: F401  (the shared tiny-Llama base fixture)
 
 LLAMA_TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -35,12 +36,6 @@ def peft_adapter(model, folder, config):
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
 
 
-@pytest.fixture(scope="module")
-def llama_base(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama-base")
-    model = tiny_llama()
-    save_model(model, folder)
-    return folder, {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
