@@ -54,7 +54,7 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
         close()
     to_stderr = "-" in (json_path, csv_path)  # stdout holds the JSON or CSV alone
     click.echo(f"{checkpoint}: {analysis.format}, {len(analysis.modules)} modules"
-               + (f", base {base}" if base else ""), err=to_stderr)
+               + (f", base {analysis.base}" if analysis.base else ""), err=to_stderr)
     click.echo(summary_table(analysis, json_written=json_path is not None), err=to_stderr, nl=False)
     from deltaw.act.suggest import describe
 

@@ -8,6 +8,7 @@ import numpy as np
 import deltaw
 from deltaw.cli.options import base_option, check_outputs, device_option, dtype_option, scale_option
 from deltaw.cli.writers import write_outputs
+from deltaw.hub import DECLARED
 
 
 SHARED = 0.5  # φ(k,k) at or above this: the top-k subspaces overlap more than half
@@ -97,6 +98,9 @@ def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path,
     out = json_path == "-"
     for line in summary_lines(comparison):
         click.echo(line, err=out)
+    for note in comparison.notes:
+        if DECLARED in note:  # which base was used, where the adapter config chose it
+            click.echo(f"note: {note}", err=True)
     write_outputs([comparison], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
         if path and path != "-":

@@ -7,6 +7,7 @@ import click
 from deltaw.cli.options import (base_option, cache_options, check_outputs, device_option, dtype_option,
                                 open_cache, progress_bar, scale_option)
 from deltaw.cli.writers import write_outputs
+from deltaw.hub import DECLARED
 
 #: Up to this many checkpoints the whole-model cosine matrix is printed; beyond, the closest pairs.
 PRINT_MATRIX_UP_TO = 8
@@ -110,6 +111,9 @@ def command(checkpoints, base, from_list, json_path, pdf_path, engine, ray_addre
     click.echo(f"{len(paths)} checkpoints, {len(result.modules)} shared modules, engine {runner.name}",
                err=to_stderr)
     click.echo(_terminal_text(result), err=to_stderr, nl=False)
+    for note in result.notes:
+        if DECLARED in note:  # which base was used, where the adapter config chose it
+            click.echo(f"note: {note}", err=True)
     write_outputs([result], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
         if path and path != "-":

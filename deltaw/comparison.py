@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from deltaw import hub
 from deltaw._inputs import check_dtype
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
@@ -90,6 +91,7 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
             _check_factors(deltas, names, basis)
     comparison = Comparison(checkpoints=[d.checkpoint for d in loaded], basis=basis, side=side,
                             top_k=top_k if basis == "delta" else None, seed=seed)
+    comparison.notes += [note for d in loaded for note in hub.declared_base_notes(d.checkpoint, d.notes)]
     pairs = {(a, b): PairResult(a=a, b=b) for a, b in itertools.combinations(range(len(loaded)), 2)}
     modules = [[deltas[n] for n in names if n in deltas] for deltas in loaded]
     if basis == "delta":  # dense ΔWs are decomposed: refuse up front what cannot fit

@@ -8,7 +8,8 @@ deltaw reads are fetched: safetensors weights and JSON configs and indexes. Pick
 ``torch.load(weights_only=True)``.
 
 ``--base auto`` takes the base from the adapter's ``adapter_config.json``
-(``base_model_name_or_path``), as a local path or a Hub id.
+(``base_model_name_or_path``), as a local path or a Hub id; so does any load of a checkpoint
+whose ΔW needs the base (OFT, BOFT, VeRA, DoRA) when no base is given (:func:`default_base`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w.
 SAFE_PATTERNS = ["*.safetensors", "*.json"]
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth"]
 AUTO = "auto"
+
+
+#: How the notes of a load (and of the analyses, comparisons and surveys made from it) say that
+#: the base came from the adapter config: ``base <label>: DECLARED (--base auto | DEFAULTED)``.
+DECLARED = "the adapter_config.json's base_model_name_or_path"
+DEFAULTED = "used by default: ΔW needs the base and no --base was given"
+
+
+class BaseRequired(DeltawError):
+    """A checkpoint whose ΔW needs the base weights was loaded without one.
+
+    Raised by the format readers (OFT, BOFT, VeRA, DoRA, dora_scale, full fine-tunes);
+    :func:`deltaw.load_deltas` then takes the base the adapter config declares
+    (:func:`default_base`) before giving up.
+    """
 
 
 @dataclass(frozen=True)
@@ -96,6 +112,19 @@ def resolve(name: str | os.PathLike, *, pickles: bool = False) -> Resolved:
     return Resolved(folder, f"{repo}@{folder.name}")
 
 
+def _config_of(checkpoint: Path) -> Path:
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "adapter_config.json"
+
+
+def _declared(config: Path) -> str | None:
+    """The config's ``base_model_name_or_path``; None when unreadable or not a non-empty string."""
+    try:
+        declared = json.loads(config.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return declared if isinstance(declared, str) and declared.strip() else None
+
+
 def declared_base(checkpoint: Path) -> str:
     """``base_model_name_or_path`` from the adapter config next to (or in) ``checkpoint``.
 
@@ -104,19 +133,52 @@ def declared_base(checkpoint: Path) -> str:
     DeltawError
         When there is no ``adapter_config.json`` or it names no base.
     """
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    config = folder / "adapter_config.json"
-    try:
-        declared = json.loads(config.read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        declared = None
-        if not config.is_file():
-            raise DeltawError(f"{checkpoint}: --base auto reads base_model_name_or_path from an "
-                              "adapter_config.json, and there is none; give the base (--base PATH)") from None
-    if not isinstance(declared, str) or not declared.strip():
+    config = _config_of(checkpoint)
+    if not config.is_file():
+        raise DeltawError(f"{checkpoint}: --base auto reads base_model_name_or_path from an "
+                          "adapter_config.json, and there is none; give the base (--base PATH)")
+    declared = _declared(config)
+    if declared is None:
         raise DeltawError(f"{config}: --base auto: the config names no base_model_name_or_path; "
                           "give the base (--base PATH or Hub id)")
     return declared
+
+
+def default_base(checkpoint: Path, missing: BaseRequired) -> Resolved:
+    """The base to use when ``checkpoint`` needs one and none was given: the adapter config's
+    declared ``base_model_name_or_path``, resolved as a local path or Hub id.
+
+    Parameters
+    ----------
+    checkpoint : Path
+        The (resolved, local) adapter folder or file.
+    missing : BaseRequired
+        What the format reader raised without a base; raised again when the adapter declares none.
+
+    Raises
+    ------
+    DeltawError
+        One line naming the adapter, the declared base and why it cannot be read, when it cannot.
+    """
+    declared = _declared(_config_of(checkpoint))
+    if declared is None:
+        raise missing
+    try:
+        resolved = resolve(declared)
+        why = None if resolved.path.exists() else "no such local path, and not a Hub id (org/name)"
+    except DeltawError as err:
+        why = str(err).removeprefix(f"{declared}: ")
+    if why is not None:
+        raise DeltawError(f"{checkpoint}: its ΔW needs the base weights and no --base was given; the base its "
+                          f"adapter_config.json declares, {declared}, cannot be read here ({why}); "
+                          "pass the base: --base PATH (or Hub id)")
+    return resolved
+
+
+def declared_base_notes(checkpoint: str, notes: list[str]) -> list[str]:
+    """The ``notes`` of a load that say its base came from the adapter config, naming ``checkpoint``
+    (for the comparisons and surveys of several checkpoints)."""
+    return [f"{checkpoint}: {note}" for note in notes if DECLARED in note]
 
 
 def resolve_pair(checkpoint: str | os.PathLike, base: str | os.PathLike | None) -> tuple[Resolved, Resolved | None]:

@@ -67,8 +67,10 @@ def load_deltas(
     base : path, Hub id or "auto", optional
         The pretrained model the checkpoint was trained from (same forms as a full fine-tune);
         ``"auto"``: the adapter config's ``base_model_name_or_path``.
-        Optional for LoRA (spectra, ranks and subspaces don't need it); required for DoRA
-        and full fine-tunes, and for amplification and intruder dimensions.
+        Optional for LoRA (spectra, ranks and subspaces don't need it); required for DoRA, OFT,
+        BOFT, VeRA and full fine-tunes (where it is not given, an adapter's declared
+        ``base_model_name_or_path`` is used, and a note says so), and for amplification and
+        intruder dimensions.
     scale : float, optional
         The LoRA scale α/r for loralib state dicts, which do not store it.
     require_base : bool
@@ -88,15 +90,23 @@ def load_deltas(
     >>> U, S, Vh = deltaw.svd(d)                                       # doctest: +SKIP
     """
     resolved, resolved_base = hub.resolve_pair(checkpoint, base)
-    deltas = _load_local(resolved.path, None if resolved_base is None else resolved_base.path, base, scale,
-                         require_base)
+    defaulted = False
+    try:
+        deltas = _load_local(resolved.path, None if resolved_base is None else resolved_base.path, base, scale,
+                             require_base)
+    except hub.BaseRequired as missing:
+        if resolved_base is not None:
+            raise
+        # ΔW needs W and none was given: the base the adapter declares, or this one line.
+        resolved_base, base, defaulted = hub.default_base(resolved.path, missing), hub.AUTO, True
+        deltas = _load_local(resolved.path, resolved_base.path, base, scale, require_base)
     if hub.is_hub_id(checkpoint):
         deltas.checkpoint = resolved.label
     if resolved_base is not None and (hub.is_hub_id(base) or str(base) == hub.AUTO):
         deltas.base = resolved_base.label
         if str(base) == hub.AUTO:
-            deltas.notes.append(f"base {resolved_base.label}: the adapter_config.json's base_model_name_or_path "
-                                "(--base auto)")
+            deltas.notes.append(f"base {resolved_base.label}: {hub.DECLARED} "
+                                f"({hub.DEFAULTED if defaulted else '--base auto'})")
     return deltas
 
 
@@ -134,7 +144,7 @@ def _load(path: Path, fmt: str, base_store: TensorStore | None, scale, require_b
         return Deltas(str(path), None, "full", notes=["a full model: ΔW needs the base model (--base)"],
                       details={"tensors": len(store.keys()), "weight_matrices": matrices})
     if base_store is None:
-        raise DeltawError(
+        raise hub.BaseRequired(
             f"{path}: a full model checkpoint; its ΔW = W_ft − W_base needs the base model (--base)"
         )
     return full.load_full(store, base_store)

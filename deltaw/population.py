@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from deltaw import hub
 from deltaw._inputs import check_dtype
 from deltaw.cache import Cache
 from deltaw.errors import DeltawError
@@ -106,7 +107,7 @@ def analyze_checkpoint(checkpoint: str, base: str | None, options: dict, cache_d
     from deltaw.analysis import analyze
 
     cache = Cache.disabled() if cache_dir is None else Cache.at(cache_dir)
-    key = cache.analysis_key(checkpoint, base, options) if cache.enabled else None
+    key = cache.analysis_key(*_read_paths(checkpoint, base, options.get("scale")), options) if cache.enabled else None
     doc = cache.load_analysis(key) if key else None
     if doc is not None:
         try:
@@ -119,6 +120,20 @@ def analyze_checkpoint(checkpoint: str, base: str | None, options: dict, cache_d
     if key:
         cache.store_analysis(key, doc)
     return doc, False
+
+
+def _read_paths(checkpoint: str, base: str | None, scale) -> tuple[str, str | None]:
+    """The local checkpoint and base an analysis reads, for its cache key (their bytes, not their
+    names): Hub ids and ``auto`` resolved, and without a base, the adapter's declared base where
+    ΔW needs it (:func:`deltaw.hub.default_base`), found by a lazy load (file headers only)."""
+    from deltaw.load import load_deltas
+
+    resolved, resolved_base = hub.resolve_pair(checkpoint, base)
+    if resolved_base is None:
+        deltas = load_deltas(resolved.path, scale=scale)
+        if any(hub.DEFAULTED in note for note in deltas.notes):
+            resolved_base = hub.resolve(deltas.base)
+    return str(resolved.path), None if resolved_base is None else str(resolved_base.path)
 
 
 def pair_blocks(checkpoints: Sequence[str], base: str | None, names: Sequence[str], dtype: str,
@@ -228,4 +243,5 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
                              reasons=b.reasons) for b in blocks],
         summaries=[summarize(a, cached) for a, (_, cached) in zip(analyses, results)],
         notes=[f"{len(names)} modules held by at least two checkpoints compared; the whole-model cosine "
-               "sums inner products and norms over the modules each pair shares"])
+               "sums inner products and norms over the modules each pair shares"]
+        + [note for path, a in zip(paths, analyses) for note in hub.declared_base_notes(path, a.notes)])

@@ -19,6 +19,7 @@ from deltaw.errors import DeltawError
 from deltaw.formats import lycoris, structured
 from deltaw.formats.names import PEFT_PREFIX
 from deltaw.formats.tensors import TensorStore
+from deltaw.hub import BaseRequired
 
 _KEY = re.compile(rf"^(?P<module>.+)\.(?P<part>{'|'.join(map(re.escape, lycoris.PARTS))})$")
 _PREFIX = re.compile(r"^(?:lora_(?:unet|te\d?|transformer)|lycoris)_")
@@ -113,6 +114,6 @@ def _module(path, module, keys, store, base, index, out, require_base):
     if "dora_scale" not in keys:
         return delta
     if read_base is None and require_base:
-        raise DeltawError(f"{path}: {module} has a dora_scale (LyCORIS weight decomposition): its ΔW "
-                          "depends on the base weights; pass the base model (--base)")
+        raise BaseRequired(f"{path}: {module} has a dora_scale (LyCORIS weight decomposition): its ΔW "
+                           "depends on the base weights; pass the base model (--base)")
     return lycoris.dora_delta(delta, store.reader(keys["dora_scale"]))

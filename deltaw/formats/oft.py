@@ -26,6 +26,7 @@ from deltaw.delta import ComputedDelta
 from deltaw.deltas import Deltas, Skipped
 from deltaw.errors import DeltawError
 from deltaw.formats.names import PEFT_PREFIX
+from deltaw.hub import BaseRequired
 
 _KEY = re.compile(r"^(?P<module>.+)\.oft_R(?:\.[^.]+)?\.weight$")
 
@@ -53,9 +54,9 @@ def rotations(vectors: torch.Tensor, b: int, config: dict) -> torch.Tensor:
         eps = config.get("eps", 6e-5) / math.sqrt(Q.shape[0])
         norm = torch.linalg.matrix_norm(Q, keepdim=True)
         Q = torch.where(norm <= eps, Q, eps * Q / norm)
-    eye = torch.eye(b, dtype=Q.dtype).expand_as(Q)
     if not config.get("use_cayley_neumann", True):
-        return torch.linalg.solve(eye + Q, eye - Q, left=False)
+        return cayley(Q)
+    eye = torch.eye(b, dtype=Q.dtype).expand_as(Q)
     terms = int(config.get("num_cayley_neumann_terms", 5))
     R = eye.clone()
     if terms > 1:  # PEFT's loop, step by step: its last power gets weight 1, the others 2
@@ -70,20 +71,38 @@ def rotations(vectors: torch.Tensor, b: int, config: dict) -> torch.Tensor:
     return R
 
 
-def rotated_delta(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    """ΔW = W Rᵀ − W for W (m, nb·b) and blocks R (nb, b, b), without forming diag(R)."""
+def cayley(Q: torch.Tensor) -> torch.Tensor:
+    """The exact Cayley transform R = (I − Q)(I + Q)⁻¹ of skew-symmetric Q (k, b, b), orthogonal,
+    solved as PEFT solves it (``torch.linalg.solve(I + Q, I − Q, left=False)``)."""
+    eye = torch.eye(Q.shape[-1], dtype=Q.dtype).expand_as(Q)
+    return torch.linalg.solve(eye + Q, eye - Q, left=False)
+
+
+def rotate(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """W·diag(R₁, …, R_nb)ᵀ for W (m, nb·b) and blocks R (nb, b, b), without forming diag(R)."""
     m = W.shape[0]
     blocks = W.reshape(m, R.shape[0], R.shape[1])  # (m, nb, b)
-    return (torch.einsum("mrk,rck->mrc", blocks, R) - blocks).reshape(W.shape)
+    return torch.einsum("mrk,rck->mrc", blocks, R).reshape(W.shape)
+
+
+def rotated_delta(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """ΔW = W Rᵀ − W for W (m, nb·b) and blocks R (nb, b, b), without forming diag(R)."""
+    return rotate(W, R) - W
+
+
+def without_base(store, base, require_base: bool, out: Deltas, adapter: str, formula: str) -> None:
+    """Without a base, a rotation's ΔW = ``formula`` is unknown: raise :class:`BaseRequired`, or
+    (``require_base=False``, for ``deltaw info``) note it in ``out``."""
+    if base is None:
+        if require_base:
+            raise BaseRequired(f"{store.source}: {adapter}: ΔW = {formula} rotates the base weights; "
+                               "pass the base model (--base)")
+        out.notes.append(f"{adapter}: its modules' ΔW = {formula} are known only with the base (--base)")
 
 
 def read(store, config: dict, base, matcher, out: Deltas, require_base: bool) -> None:
     """Add every OFT module of ``store`` to ``out`` (without a base, for ``deltaw info``: none)."""
-    if base is None:
-        if require_base:
-            raise DeltawError(f"{store.source}: an OFT adapter: ΔW = W (Rᵀ − I) rotates the base weights; "
-                              "pass the base model (--base)")
-        out.notes.append("an OFT adapter: its modules' ΔW = W (Rᵀ − I) are known only with the base (--base)")
+    without_base(store, base, require_base, out, "an OFT adapter", "W (Rᵀ − I)")
     for key in store.keys():
         match = _KEY.match(key)
         module = (match["module"] if match else key).removeprefix(PEFT_PREFIX)
@@ -96,7 +115,8 @@ def read(store, config: dict, base, matcher, out: Deltas, require_base: bool) ->
         except ValueError:
             raise DeltawError(f"{store.source}: {key} has {stored[1]} entries per block, not the upper "
                               "triangle of a square block; the adapter is malformed") from None
-        paired = None if base is None else _pair(module, base, matcher, stored, b, config, out)
+        blocks = None if config.get("block_share") else stored[0]
+        paired = None if base is None else pair_rotation(module, base, matcher, blocks, b, out)
         if paired is None:
             continue
         name, read_base, shape = paired
@@ -104,14 +124,20 @@ def read(store, config: dict, base, matcher, out: Deltas, require_base: bool) ->
                                          compute=_compute(store.reader(key), read_base, b, config))
 
 
-def _pair(module, base, matcher, stored, b, config, out):
+def pair_rotation(module: str, base, matcher, blocks: int | None, b: int, out: Deltas):
+    """(name, read_base, shape) of the base weight that ``blocks`` rotation blocks of size ``b``
+    act on (``blocks`` None: one shared block repeated), its input columns being in·kh·kw.
+
+    None when the base has no such weight or the blocks do not cover its columns; the module is
+    then listed in ``out.skipped`` with the reason.
+    """
     base_key = matcher.match(module + ".weight")
     if base_key is None:
         out.skipped.append(Skipped(module, "no module of this name in the base"))
         return None
     shape = tuple(base.shape(base_key))
     cols = math.prod(shape[1:])
-    blocks = stored[0] if not config.get("block_share") else cols // b
+    blocks = cols // b if blocks is None else blocks
     if blocks * b != cols:
         out.skipped.append(Skipped(module, f"{blocks} rotation blocks of size {b} do not cover the base "
                                            f"weight's {cols} input columns"))

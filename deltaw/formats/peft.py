@@ -24,6 +24,7 @@ from deltaw.errors import DeltawError
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
 from deltaw.formats.structured import fit_base_shape
 from deltaw.formats.tensors import TensorStore
+from deltaw.hub import BaseRequired
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -46,6 +47,7 @@ NUMERIC_FIELDS = {
     "LOKR": ("r", "alpha"),
     "VERA": ("r",),
     "OFT": ("r", "oft_block_size"),
+    "BOFT": (),  # the stored boft_R's shape gives the factors, blocks and block size
 }
 
 
@@ -117,7 +119,7 @@ def adapter_weights_file(folder: Path) -> Path:
 
 def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True) -> Deltas:
     """Read a PEFT adapter folder into :class:`Deltas`: LoRA, DoRA and AdaLoRA here; LoHa, LoKr,
-    VeRA and OFT through their modules (see the module docstring)."""
+    VeRA, OFT and BOFT through their modules (see the module docstring)."""
     config = read_config(folder, tuple(NUMERIC_FIELDS))
     if config["peft_type"] not in ("LORA", "ADALORA"):
         from deltaw.formats import peft_methods  # imports this module
@@ -217,7 +219,7 @@ def _module_delta(module, keys, store, config, base, matcher, out, require_base)
     if magnitude_key is None:
         return lowrank
     if base is None and require_base:
-        raise DeltawError(
+        raise BaseRequired(
             f"{out.checkpoint}: a DoRA adapter (use_dora): its ΔW depends on the base weights; "
             "pass the base model (--base)"
         )

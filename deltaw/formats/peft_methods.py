@@ -1,4 +1,4 @@
-"""PEFT adapters beyond LoRA: LoHa, LoKr (``peft_type`` LOHA / LOKR) and VeRA, OFT.
+"""PEFT adapters beyond LoRA: LoHa, LoKr (``peft_type`` LOHA / LOKR) and VeRA, OFT, BOFT.
 
 ΔW is what PEFT's ``get_delta_weight`` adds when it merges (``merge_and_unload()``, the oracle of
 the tests):
@@ -6,7 +6,8 @@ the tests):
 - LoHa / LoKr: see :mod:`deltaw.formats.structured`; s = α/r with ``r`` and ``alpha`` from the
   config's ``rank_pattern`` / ``alpha_pattern`` (first match), also where both LoKr halves are
   stored full and r appears in no tensor shape.
-- VeRA: see :mod:`deltaw.formats.vera`. OFT: see :mod:`deltaw.formats.oft`.
+- VeRA: see :mod:`deltaw.formats.vera`. OFT: see :mod:`deltaw.formats.oft`. BOFT: see
+  :mod:`deltaw.formats.boft`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _key_pattern(parts: tuple[str, ...]) -> re.Pattern:
 
 
 def load(folder: Path, config: dict, base: TensorStore | None, require_base: bool = True) -> Deltas:
-    """A PEFT LoHa, LoKr, VeRA or OFT adapter folder as :class:`Deltas`."""
+    """A PEFT LoHa, LoKr, VeRA, OFT or BOFT adapter folder as :class:`Deltas`."""
     store = TensorStore([adapter_weights_file(folder)], folder)
     out = Deltas(checkpoint=str(folder), base=None if base is None else str(base.source), format="peft")
     matcher = NameMatcher(base.keys()) if base is not None else None
@@ -44,6 +45,10 @@ def load(folder: Path, config: dict, base: TensorStore | None, require_base: boo
         from deltaw.formats import oft
 
         oft.read(store, config, base, matcher, out, require_base)
+    elif method == "BOFT":
+        from deltaw.formats import boft
+
+        boft.read(store, config, base, matcher, out, require_base)
     else:
         _read_lycoris(store, config, base, matcher, out)
     if base is not None and not out.deltas and store.keys():
@@ -58,6 +63,7 @@ def load(folder: Path, config: dict, base: TensorStore | None, require_base: boo
         "target_modules": config.get("target_modules"),
         "kinds": sorted({d.kind for d in out.deltas.values()}),
         "dtype": str(store.get(store.keys()[0]).dtype) if store.keys() else None,
+        **out.details,  # what a reader found in the tensors (BOFT: the stored layouts)
     }
     return out
 
@@ -68,19 +74,27 @@ _DETAILS = {
              "use_effective_conv2d"),
     "VERA": ("r", "projection_prng_key", "save_projection", "fan_in_fan_out"),
     "OFT": ("r", "oft_block_size", "coft", "eps", "block_share", "use_cayley_neumann", "num_cayley_neumann_terms"),
+    "BOFT": ("boft_block_size", "boft_block_num", "boft_n_butterfly_factor"),
 }
 
 
-def _read_lycoris(store: TensorStore, config: dict, base, matcher, out: Deltas) -> None:
-    pattern = _key_pattern(_PARTS[config["peft_type"]])
-    parts: dict[str, dict[str, str]] = defaultdict(dict)
+def module_parts(store: TensorStore, parts: tuple[str, ...], out: Deltas,
+                 other: str = "replaced whole (modules_to_save) or not an adapter tensor") -> dict[str, dict[str, str]]:
+    """module → {part: key} for the keys ``<module>.<part>[.<adapter>][.weight]`` of ``store``;
+    every other key is listed in ``out.skipped`` with the reason ``other``."""
+    pattern = _key_pattern(parts)
+    found: dict[str, dict[str, str]] = defaultdict(dict)
     for key in store.keys():
         match = pattern.match(key)
         if match is None:
-            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX),
-                                       "replaced whole (modules_to_save) or not an adapter tensor"))
+            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), other))
             continue
-        parts[match["module"].removeprefix(PEFT_PREFIX)][match["part"]] = key
+        found[match["module"].removeprefix(PEFT_PREFIX)][match["part"]] = key
+    return found
+
+
+def _read_lycoris(store: TensorStore, config: dict, base, matcher, out: Deltas) -> None:
+    parts = module_parts(store, _PARTS[config["peft_type"]], out)
     for module, keys in parts.items():
         delta = _module(module, keys, store, config, base, matcher, out)
         if delta is not None:

@@ -19,9 +19,9 @@ import torch
 
 from deltaw.delta import LowRankDelta
 from deltaw.deltas import Deltas, Skipped
-from deltaw.errors import DeltawError
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
 from deltaw.formats.tensors import TensorStore
+from deltaw.hub import BaseRequired
 
 _LAMBDA = re.compile(r"^(?P<module>.+)\.(?P<part>vera_lambda_b|vera_lambda_d)(?:\.[^.]+)?$")
 _PROJECTION = re.compile(r"^base_model\.vera_(?P<which>A|B)(?:\.[^.]+)?$")
@@ -39,8 +39,8 @@ def read(store: TensorStore, config: dict, base: TensorStore | None, matcher: Na
     (``require_base=False``, for ``deltaw info``) none, with a note."""
     if base is None:
         if require_base:
-            raise DeltawError(f"{store.source}: a VeRA adapter: its shared projections are cut to each "
-                              "module's in_features, which only the base model tells; pass the base (--base)")
+            raise BaseRequired(f"{store.source}: a VeRA adapter: its shared projections are cut to each "
+                               "module's in_features, which only the base model tells; pass the base (--base)")
         out.notes.append("a VeRA adapter: its modules' shapes (in_features) are known only with the base (--base)")
         return
     lambdas: dict[str, dict[str, str]] = {}
