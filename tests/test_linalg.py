@@ -247,15 +247,58 @@ def test_top_left_singular_vectors_match_numpy(m, n, dtype):
     np.testing.assert_allclose(cos, 1.0, atol=1e-9 if dtype == torch.float64 else 1e-5)
 
 
-def test_top_left_singular_vectors_fall_back_when_lanczos_fails(monkeypatch, caplog):
+def _no_convergence(*args, **kwargs):
+    import scipy.sparse.linalg
+
+    raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+
+@pytest.mark.parametrize("m,n,dtype", [(640, 520, torch.float32), (520, 700, torch.float32),
+                                       (600, 600, torch.float64)])
+def test_top_left_singular_vectors_gram_route_meets_its_bar(monkeypatch, m, n, dtype):
+    """Below the residual bar the Gram route answers alone (Lanczos on M, made to fail here, is
+    never asked), with numpy float64's vectors, on both orientations."""
     import scipy.sparse.linalg
 
     from deltaw.linalg import top_left_singular_vectors
 
-    def no_convergence(*args, **kwargs):
-        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", _no_convergence)
+    M = low_rank_plus_noise(m, n, rank=12, noise=1e-4, seed=6)
+    got = top_left_singular_vectors(M.to(dtype), 10)
+    cos = np.abs(np.sum(got.double().numpy() * np.linalg.svd(M.numpy())[0][:, :10], axis=0))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-9 if dtype == torch.float64 else 1e-5)
 
-    monkeypatch.setattr(scipy.sparse.linalg, "svds", no_convergence)
+
+def test_top_left_singular_vectors_above_the_bar_go_to_lanczos(caplog):
+    """σ₂…σ₁₁ a thousand times below σ₁ and 1e-5 apart: the float32 Gram's error O(eps·σ₁²) leaves
+    their vectors off by far more than a float32 SVD's O(eps·σ₁/gap); the residual bar sees it and
+    Lanczos on M answers, with numpy float64's vectors to a float32 SVD's accuracy."""
+    from deltaw.linalg import top_left_singular_vectors
+    from deltaw.linalg.routes import TOP_RESIDUAL_TOL, _gram_top_left
+
+    g = np.random.default_rng(8)
+    m, n = 600, 560
+    U = np.linalg.qr(g.standard_normal((m, n)))[0]
+    V = np.linalg.qr(g.standard_normal((n, n)))[0]
+    sigma = np.concatenate([[1.0], 1e-3 - 1e-4 * np.arange(10) / 10, np.geomspace(5e-4, 1e-6, n - 11)])
+    M = torch.from_numpy((U * sigma) @ V.T).float()
+    assert _gram_top_left(M, 10) is None  # above the bar
+    with caplog.at_level("INFO", logger="deltaw"):
+        got = top_left_singular_vectors(M, 10)
+    assert "above its bar" in caplog.text and TOP_RESIDUAL_TOL > 0
+    want = np.linalg.svd(M.double().numpy())[0][:, :10]
+    cos = np.abs(np.sum(got.double().numpy() * want, axis=0))
+    np.testing.assert_allclose(cos, 1.0, atol=1e-3)  # gaps of 1e-5·σ₁: float32 resolves ~1e-7·σ₁/gap
+
+
+def test_top_left_singular_vectors_fall_back_when_lanczos_fails(monkeypatch, caplog):
+    import scipy.sparse.linalg
+
+    import deltaw.linalg.routes
+    from deltaw.linalg import top_left_singular_vectors
+
+    monkeypatch.setattr(deltaw.linalg.routes, "_gram_top_left", lambda M, k: None)  # Lanczos' turn
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", _no_convergence)
     M = low_rank_plus_noise(600, 560, rank=12, seed=4)
     with caplog.at_level("WARNING", logger="deltaw"):
         got = top_left_singular_vectors(M, 10)

@@ -216,19 +216,34 @@ def _diag_spread(C: torch.Tensor) -> torch.Tensor:
 
 
 def _gram64(X: torch.Tensor) -> torch.Tensor:
-    """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype.
+    """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype and either memory layout.
 
-    On the CPU one matrix at a time (its float64 copy stays in cache, and MKL's batched GEMM on
-    these tall-thin shapes measured slower than a loop of single GEMMs on one thread)."""
-    if X.dtype == torch.float64 or X.is_cuda or X.dim() == 2:
+    On the CPU one matrix at a time, :data:`_GRAM_BLOCK_ROWS` rows at a time: each block is
+    converted into one reused float64 workspace that stays in cache, so no float64 copy of a
+    whole factor is allocated (its fresh pages would be faulted in and zeroed on every call)
+    and written out to memory. A factor stored transposed (X = Rᵀ with R (r, m) row-major, a
+    LoRA A) is read by column blocks of R: no transposing copy.
+    """
+    if X.dtype == torch.float64 or X.is_cuda:
         X = X.to(torch.float64)
         return X.mT @ X
-    flat = X.reshape(-1, *X.shape[-2:])
-    G = torch.empty((flat.shape[0], X.shape[-1], X.shape[-1]), dtype=torch.float64)
-    for i, x in enumerate(flat):
-        x = x.to(torch.float64)
-        torch.mm(x.mT, x, out=G[i])
-    return G.reshape(*X.shape[:-2], X.shape[-1], X.shape[-1])
+    m, r = X.shape[-2:]
+    flat = X.reshape(-1, m, r)
+    G = torch.zeros((flat.shape[0], r, r), dtype=torch.float64)
+    work = torch.empty(min(m, _GRAM_BLOCK_ROWS) * r, dtype=torch.float64)
+    for x, g in zip(flat, G):
+        by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: R's layout
+        for start in range(0, m, _GRAM_BLOCK_ROWS):
+            rows = min(_GRAM_BLOCK_ROWS, m - start)
+            if by_columns:
+                block = work[:rows * r].view(r, rows)
+                block.copy_(x.mT[:, start:start + rows])
+                g.addmm_(block, block.mT)
+            else:
+                block = work[:rows * r].view(rows, r)
+                block.copy_(x[start:start + rows])
+                g.addmm_(block.mT, block)
+    return G.reshape(*X.shape[:-2], r, r)
 
 
 def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -362,6 +377,12 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE, n_i
 #: Below this min(rows, cols) a full SVD takes milliseconds and Lanczos buys nothing.
 LANCZOS_MIN_DIM = 512
 
+#: The residual bar of the Gram route of :func:`top_left_singular_vectors`: each returned triplet
+#: must satisfy ‖M vⱼ − σⱼ uⱼ‖ ≤ TOP_RESIDUAL_TOL · √max(m, n) · eps · σ₁ (eps of M's dtype), the
+#: backward error a float32 (float64) ``gesdd`` of M attains; a triplet above it sends the
+#: matrix to Lanczos on M itself.
+TOP_RESIDUAL_TOL = 4.0
+
 
 def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
     """The top-``k`` left singular vectors of one matrix, exact to float tolerance.
@@ -378,18 +399,68 @@ def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
     Notes
     -----
     A full SVD costs O(mn·min(m, n)) to keep k vectors. On the CPU, for k ≤ min(m, n)/8 and
-    min(m, n) ≥ :data:`LANCZOS_MIN_DIM`, Lanczos bidiagonalisation (ARPACK through
-    ``scipy.sparse.linalg.svds`` with ``tol=0``: iterated to the machine precision of ``M``'s
-    dtype) needs a few hundred products with M instead. Its vectors agree with numpy's float64
-    SVD as closely as a full SVD in that dtype does (tests/test_linalg.py). CUDA tensors, small
-    matrices and larger k take the full SVD, as does a Lanczos run that fails to converge (logged).
+    min(m, n) ≥ :data:`LANCZOS_MIN_DIM`, the vectors come from the smaller Gram G = X Xᵀ
+    (X = M or Mᵀ, p = min(m, n) rows; one ``syrk`` in M's dtype, half the flops of a product and
+    a single pass over M), its top-k eigenvectors (ARPACK on the p × p G, cache-resident, instead
+    of a few hundred matrix–vector products with M) and one Rayleigh–Ritz step on M itself: with
+    Y the Gram's vectors on M's left side, B = Yᵀ M = Û Σ Vᵀ (float64, k × n) gives u = Y Û,
+    v = V, σ, so that Mᵀ u = σ v holds to rounding. The route is accepted when every residual
+    ‖M vⱼ − σⱼ uⱼ‖ ≤ :data:`TOP_RESIDUAL_TOL` · √max(m, n) · eps · σ₁: (u, v, σ) are then exact
+    singular triplets of a matrix within that distance of M, the backward error of a ``gesdd``
+    of M in the same dtype (the Gram's own error, O(eps · σ₁²), would let the vectors of a σⱼ ≪ σ₁
+    drift by σ₁/σⱼ more; the bar catches that). Otherwise, and when the Gram eigensolver fails,
+    Lanczos bidiagonalisation of M (ARPACK through ``scipy.sparse.linalg.svds``, ``tol=0``:
+    iterated to the machine precision of M's dtype) runs (logged). CUDA tensors, small matrices
+    and larger k take the full SVD, as does a Lanczos run that fails to converge (logged).
+    Individual vectors inside a cluster of nearly equal σ are not determined by M (any rotation
+    within the cluster is an SVD); with every route only the cluster's span is.
     """
     m, n = M.shape
     k = min(k, m, n)
     if M.is_cuda or min(m, n) < LANCZOS_MIN_DIM or 8 * k > min(m, n):
         return robust_svd(M)[0][:, :k]
+    found = _gram_top_left(M, k)
+    return found if found is not None else _lanczos_top_left(M, k)
+
+
+def _gram_top_left(M: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Top-k left singular vectors of M (CPU) from its smaller Gram, or None when a triplet fails
+    the residual bar (see :func:`top_left_singular_vectors`)."""
+    from scipy.linalg import eigh
+    from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+
+    m, n = M.shape
+    A = M.detach().contiguous().numpy()  # (m, n), M's dtype
+    X = A if m <= n else A.T  # (p, q), p ≤ q
+    G = X @ X.T  # numpy's matmul runs syrk for a product with its own transpose
+    p = G.shape[0]
+    try:
+        start = torch.randn(p, generator=torch.Generator().manual_seed(0), dtype=M.dtype).numpy()
+        _, E = eigsh(G, k=k, tol=0, v0=start)  # (p, k)
+    except (ArpackNoConvergence, ArpackError):
+        _, E = eigh(G, subset_by_index=[p - k, p - 1])
+    E = torch.from_numpy(np.ascontiguousarray(E))
+    del G
+    with one_thread(M):  # the k-column products and k × n SVD: small next to the Gram
+        Y = E if m <= n else M @ E  # (m, k): M's left side spanned by the Gram's vectors
+        Y = Y / torch.linalg.vector_norm(Y, dim=0).clamp_min(torch.finfo(M.dtype).tiny)
+        B = (Y.mT @ M).double()  # (k, n)
+        U_small, S, Vh = torch.linalg.svd(B, full_matrices=False)
+        U = (Y.double() @ U_small).to(M.dtype)  # (m, k), by decreasing σ
+        residual = torch.linalg.vector_norm(M @ Vh.mT.to(M.dtype) - U * S.to(M.dtype), dim=0)  # (k,)
+    bar = TOP_RESIDUAL_TOL * math.sqrt(max(m, n)) * torch.finfo(M.dtype).eps * float(S[0])
+    if not bool(torch.isfinite(residual).all()) or float(residual.max()) > bar:
+        log.info("top-%d vectors of a %d×%d matrix: Gram route residual %.3g above its bar %.3g; "
+                 "using Lanczos on the matrix", k, m, n, float(residual.max()), bar)
+        return None
+    return U
+
+
+def _lanczos_top_left(M: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k left singular vectors of M (CPU) by ARPACK's Lanczos on MᵀM, the full SVD on failure."""
     from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, svds
 
+    m, n = M.shape
     start = torch.randn(min(m, n), generator=torch.Generator().manual_seed(0), dtype=M.dtype)
     try:
         U, S, _ = svds(M.detach().numpy(), k=k, tol=0, v0=start.numpy())
@@ -426,7 +497,7 @@ def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     Notes
     -----
     With X = W (m ≤ n) or Wᵀ, X of shape (p, q), p ≤ q: G = X Xᵀ = E Λ Eᵀ in float64
-    (``syevd``, accumulated over blocks of columns so no float64 copy of W is made), σ = √λ, the
+    (``syevd``; G accumulated by ``syrk`` over blocks of columns so no float64 copy of W is made), σ = √λ, the
     left vectors of X are E and its right vectors Σ⁻¹ Eᵀ X (a float32 product).
     It does p²q + O(p³) work against gesdd's bidiagonalisation and two back-transformations.
 
@@ -450,7 +521,11 @@ def _gram_svd(W: torch.Tensor):
     G = torch.zeros((p, p), dtype=torch.float64, device=W.device)
     for start in range(0, q, _GRAM_BLOCK_COLS):
         block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
-        G += block @ block.mT
+        if W.is_cuda:
+            G += block @ block.mT
+        else:  # numpy runs syrk for a product with its own transpose: half the flops of torch's gemm
+            b = block.numpy()
+            G.numpy().__iadd__(b @ b.T)
     lam, E = torch.linalg.eigh(G)  # ascending
     lam, E = lam.flip(0), E.flip(1)
     S = lam.clamp_min(0).sqrt()
