@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -105,6 +106,7 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
         width = 0.9 if len(mods) <= 24 else 0.6
         alpha = 0.9 if len(mods) <= 24 else 0.6
         normalised, smallest = [], 1.0
+        curves_s, curves_c, colors, dots, dot_colors = [], [], [], [], []
         for m in mods:
             s = m.singular_values / m.singular_values[0]
             normalised.append(s)
@@ -113,13 +115,23 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
             positive = s[idx] > 0
             if np.any(positive):
                 smallest = min(smallest, float(s[idx][positive].min()))
-            ax_s.plot(x[positive], s[idx][positive], color=color(m), lw=width, alpha=alpha)
+            curves_s.append(np.column_stack([x[positive], s[idx][positive]]))
             cum = np.cumsum(m.singular_values ** 2) / m.fro_norm ** 2
-            ax_c.plot(x, cum[idx], color=color(m), lw=width, alpha=alpha)
+            curves_c.append(np.column_stack([x, cum[idx]]))
+            colors.append(color(m))
             k90 = m.energy_rank_90
             if 1 <= k90 <= cum.size:
-                ax_c.plot([k90], [cum[k90 - 1]], "o", ms=2.6, color=color(m), mec="white",
-                          mew=0.3, zorder=3)
+                dots.append((k90, cum[k90 - 1]))
+                dot_colors.append(color(m))
+        # one collection per panel, not a Line2D per module: the same strokes in the same
+        # order, drawn in one call (200+ modules made this figure slow to write)
+        for ax, curves in ((ax_s, curves_s), (ax_c, curves_c)):
+            ax.add_collection(LineCollection(curves, colors=colors, linewidths=width, alpha=alpha,
+                                             capstyle="projecting", joinstyle="round", zorder=2),
+                              autolim=False)
+        if dots:
+            ax_c.scatter(*np.transpose(dots), s=2.6 ** 2, c=dot_colors, edgecolors="white",
+                         linewidths=0.3, zorder=3)
         if many:
             med = _median_curve(normalised)
             idx = _sample(med.size)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from . import style
 from .layout import Region, _words, is_math, line_height, text_width, wrap
 from .pdf import Block
+from .strings import Strings
 
 PAD = 0.07  # inches either side of a cell's text
 ROW_PAD = 0.045  # inches above and below a row's text
@@ -100,21 +101,27 @@ def table_height(table: Table, width: float = style.CONTENT_W) -> float:
 
 
 def draw_table(region: Region, table: Table) -> None:
-    """Draw ``table`` from the top of ``region``, full width (or ``table.max_width``)."""
+    """Draw ``table`` from the top of ``region``, full width (or ``table.max_width``).
+
+    The cells are one :class:`~reports.strings.Strings` artist, the rules and zebra stripes
+    plain figure artists, all in inches: no axes, no ``Text`` per cell (see :mod:`.strings`)."""
+    from matplotlib.collections import LineCollection, PatchCollection
+    from matplotlib.transforms import Affine2D
+
     widths, cells, heights = _layout(table, region.w)
     total_w = sum(widths)
-    ax = region.axes()
-    ax.set_axis_off()
-    ax.set_xlim(0, region.w)
-    ax.set_ylim(0, region.h)
+    fig = region.fig
+    inches = Affine2D().translate(region.x, region.y) + fig.dpi_scale_trans
+    strings = Strings(inches, table.size)
     step = line_height(table.size)
     y = region.h - 0.02
-    ax.plot([0, total_w], [y, y], color=style.INK, lw=0.8)
+    rules = [([0, y], [total_w, y], 0.8)]
+    stripes = []
     for r, (row_cells, height) in enumerate(zip(cells, heights)):
         is_header = bool(table.header) and r == 0
         body_index = r - (1 if table.header else 0)
         if table.zebra and not is_header and body_index % 2 == 1:
-            ax.add_patch(_rect(0, y - height, total_w, height, style.ZEBRA))
+            stripes.append(_rect(0, y - height, total_w, height, style.ZEBRA))
         x = 0.0
         for c, lines in enumerate(row_cells):
             align = table.align[c]
@@ -122,13 +129,19 @@ def draw_table(region: Region, table: Table) -> None:
             weight = "bold" if is_header or (c == 0 and table.bold_first_column) else "normal"
             for n, line in enumerate(lines):
                 ty = y - table.row_pad - (n + 1) * step + 0.24 * step
-                ax.text(tx, ty, line, fontsize=table.size, weight=weight, color=style.INK,
-                        ha={"l": "left", "r": "right", "c": "center"}[align], va="baseline")
+                strings.add(tx, ty, line, weight=weight, color=style.INK,
+                            ha={"l": "left", "r": "right", "c": "center"}[align])
             x += widths[c]
         y -= height
         if is_header:
-            ax.plot([0, total_w], [y, y], color=style.INK, lw=0.5)
-    ax.plot([0, total_w], [y, y], color=style.INK, lw=0.8)
+            rules.append(([0, y], [total_w, y], 0.5))
+    rules.append(([0, y], [total_w, y], 0.8))
+    if stripes:
+        fig.add_artist(PatchCollection(stripes, match_original=True, transform=inches, zorder=0))
+    fig.add_artist(LineCollection([[a, b] for a, b, _ in rules], linewidths=[w for *_, w in rules],
+                                  colors=style.INK, capstyle="projecting", transform=inches,
+                                  zorder=1))  # the caps plot() gave the rules
+    fig.add_artist(strings)
 
 
 def _rect(x, y, w, h, color):
