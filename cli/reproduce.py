@@ -16,7 +16,7 @@ from deltaw.cli.options import device_option
               help="Folder for the trained runs, reproduction.json and report.pdf (finished runs are reused).")
 @click.option("--quick", is_flag=True,
               help="A small real configuration (150 steps a run): ~8 minutes on an idle 2-core CPU. "
-                   "Without it: the full budget (600 steps a run), ~30 minutes.")
+                   "Without it: the full budget (600 steps a run), ~37 minutes there.")
 @device_option
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Another local Hugging Face model folder instead of the embedded all-MiniLM-L6-v2.")

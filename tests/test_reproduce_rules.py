@@ -163,6 +163,9 @@ def test_table7_partly_when_not_stronger_at_low_rank_beyond_random():
 def test_table7_not_reproduced_for_random_directions():
     f = table7.rule(_rows(jitter(1.0, 6, 0.05), jitter(1.0, 6, 0.05, 1)))
     assert f.verdict == "not reproduced" and "(a)" in f.reason
+    # the other failures are named too, not only the one that decided the verdict
+    f = table7.rule(_rows(jitter(1.0, 6, 0.05), jitter(1.0, 6, 0.05, 1), factor_low=2.4, factor_high=0.17))
+    assert f.verdict == "not reproduced" and "(a)" in f.reason and "(c)" in f.reason and "(e)" in f.reason
 
 
 def test_table7_partly_when_the_factor_is_not_huge_or_below_one_at_r64():

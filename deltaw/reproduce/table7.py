@@ -118,7 +118,8 @@ def rule(rows: Sequence[AmplificationRow], target: str = "query") -> Finding:
     elif a:
         verdict, reason = "partly", f"ΔW's directions are aligned with W beyond random; {failed(checks[1:])}"
     else:
-        verdict, reason = "not reproduced", failed(checks[:1]) or "W_q's amplification could not be measured"
+        # every failed check, not only (a): a reader should see that (c) and (e) failed too
+        verdict, reason = "not reproduced", failed(checks) or "W_q's amplification could not be measured"
     random_low = bootstrap([r.random_expected for r in low], what="median closed form")
     ours = (f"W_q, median over {len(low)} layers: r = {LOW_RANK}: ‖UᵀWV‖_F {show(bootstrap([r.proj_delta for r in low]), '.3g')} "
             f"(from ΔW) vs {show(bootstrap([r.proj_base_top for r in low]), '.3g')} (from W) vs {show(random_low, '.3g')} "
