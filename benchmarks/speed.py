@@ -61,23 +61,26 @@ def base_routes(args):
 
 @job
 def report_time(args):
-    """``deltaw analyze --pdf``'s two parts, timed apart: the analysis, then the PDF of it."""
-    import matplotlib.pyplot  # noqa: F401  (imports are not timed, on either side)
+    """``deltaw analyze --pdf``'s two parts, timed apart: the analysis, then the PDF of it.
 
+    The PDF's time counts what ``--pdf`` adds to an analysis: importing the report package
+    (matplotlib with it; the analysis imports neither) and drawing the pages. The import alone
+    is returned too, as ``import_s``."""
     import deltaw
-    import deltaw.analysis  # noqa: F401
-    import reports
-    import reports.pdf  # noqa: F401
+    import deltaw.analysis  # noqa: F401  (the analysis's own imports are not timed)
 
     folder, base, pdf = args["folder"], args.get("base"), Path(args["pdf"])
     start = time.perf_counter()
     analysis = deltaw.analyze(folder, base=base, device=args.get("device", "cpu"))
     analyze_s = time.perf_counter() - start
     start = time.perf_counter()
+    import reports  # first import in this process: matplotlib is not loaded yet
+
+    import_s = time.perf_counter() - start
     reports.render([analysis], pdf)
     pdf_s = time.perf_counter() - start
-    return {"analyze_s": analyze_s, "pdf_s": pdf_s, "ratio": pdf_s / analyze_s, "pdf_bytes": pdf.stat().st_size,
-            "modules": len(analysis.modules)}
+    return {"analyze_s": analyze_s, "pdf_s": pdf_s, "import_s": import_s, "ratio": pdf_s / analyze_s,
+            "pdf_bytes": pdf.stat().st_size, "modules": len(analysis.modules)}
 
 
 @job

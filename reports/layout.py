@@ -15,7 +15,8 @@ from matplotlib import rcParams
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
+from matplotlib.font_manager import FontProperties, fontManager, get_font
+from matplotlib.ft2font import LoadFlags
 
 from . import style
 
@@ -38,22 +39,29 @@ _DPI = 720
 
 @lru_cache(maxsize=1)
 def _renderer() -> RendererAgg:
-    # a high resolution, so hinting's rounding of glyph advances to whole pixels is negligible
+    # mathtext only: a high resolution, so hinting's rounding of glyph advances is negligible
     return RendererAgg(10, 10, _DPI)
 
 
 @lru_cache(maxsize=20000)
-def _width_px(text: str, size: float, weight: str, family: str) -> float:
+def _width_in(text: str, size: float, weight: str, family: str) -> float:
     prop = FontProperties(family=family, size=size, weight=weight)
-    width, _, _ = _renderer().get_text_width_height_descent(text, prop, ismath=is_math(text))
-    return width
+    if is_math(text):
+        width, _, _ = _renderer().get_text_width_height_descent(text, prop, ismath=True)
+        return width / _DPI
+    # unhinted outlines at 72 dpi: the glyph positions the PDF gets (its text is laid out
+    # unhinted), in 1/64 pt, and cheaper than hinting each glyph at a high resolution
+    font = get_font(fontManager._find_fonts_by_props(prop))
+    font.set_size(size, 72)
+    font.set_text(text, 0.0, flags=LoadFlags.NO_HINTING)
+    return font.get_width_height()[0] / 64 / 72
 
 
 def text_width(text: str, size: float, weight: str = "normal") -> float:
     """Width of ``text`` in inches when drawn at ``size`` points."""
     family = rcParams["font.family"]
     family = family[0] if isinstance(family, list) else family
-    return _width_px(text, size, weight, family) / _DPI
+    return _width_in(text, size, weight, family)
 
 
 def line_height(size: float) -> float:
