@@ -58,8 +58,10 @@ RC = {
     "lines.linewidth": 1.0,
     "mathtext.fontset": "dejavusans",
     "pdf.fonttype": 42,
-    "pdf.compression": 9,
-    "savefig.dpi": 300,  # only for the rare rasterised heatmap
+    "pdf.compression": 6,  # 9 took twice the time for 1.6 % less
+    # only for the colour bars' gradients, which matplotlib rasterises; each one renders the whole
+    # page into a buffer first, 4x larger (and slower) at 300 dpi, for a gradient that 150 shows
+    "savefig.dpi": 150,
     "image.interpolation": "nearest",
     "hatch.linewidth": 0.5,
     "hatch.color": "#7a7a7a",
