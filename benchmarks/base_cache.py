@@ -10,7 +10,7 @@ on the Llama-3.2-1B-shaped dense pair of :mod:`benchmarks.data`:
    module, and the same numbers as run 2).
 
 Goal of issue 12: run 3 ≤ 10 × the read. Run 3 still decomposes ΔW (top-64, randomized), finds
-the top-10 of W + ΔW (intruders, Lanczos) and hashes W's bytes for the key; only W's SVD is saved.
+the top-10 of W + ΔW (intruders, from its Gram) and hashes W's bytes for the key; only W's SVD is saved.
 
 Run: ``python -m benchmarks.base_cache [--layers N] [--data DIR]`` → ``benchmarks/results-cache.json``.
 """

@@ -84,7 +84,7 @@ def markdown(r: dict, cuda: dict | None = None) -> str:
     da = r.get("dense_analyze")
     if da and da.get("available"):
         lines.append(f"| dense ΔW: first `deltaw.analyze(tuned, base=…, top_k=64)` (spectra + amplification, overlap "
-                     f"and intruders: W's SVD, Lanczos top-10 of W+ΔW; no cache), {da['layers']} layer, 1 run | "
+                     f"and intruders: W's SVD, Gram top-10 of W+ΔW; no cache), {da['layers']} layer, 1 run | "
                      f"{_s(da['seconds'])} | {_s(da['read_f32'])} | {_x(da['ratio'])} | ≤ 40× | "
                      f"{_holds(da['ratio'] <= 40)} |")
         if "peak_rss_anon_bytes" in da and r.get("plan_largest_f32_bytes"):
