@@ -18,6 +18,9 @@ Jobs (registered in :data:`benchmarks.jobs.JOBS`, each run in a child interprete
   pair (flat in model size).
 
 Run: ``python -m benchmarks.act [--quick]`` → ``benchmarks/results-act.json`` and a markdown table.
+``python -m benchmarks.act --only extract [--repeats N]`` reruns the extract jobs alone (the
+1B-shaped pair, N interleaved pairs of runs, default 1; the memory views), replaces them in
+``results-act.json`` (its resize rows are kept, with their own date and load) and prints the table.
 """
 
 from __future__ import annotations
@@ -136,15 +139,29 @@ def main(argv: list[str]) -> dict:
     from benchmarks.measure import machine_info
 
     smoke, quick = "--smoke" in argv, "--quick" in argv
+    only_extract = argv[argv.index("--only") + 1:][:1] == ["extract"] if "--only" in argv else False
+    repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 1
+    if "--only" in argv and not only_extract:
+        raise SystemExit("--only takes one part: extract")
     lora_shape, dense_shape = (D.TINY, D.TINY) if smoke else (D.LLAMA2_7B, D.LLAMA32_1B)
     root = HERE / "_data" / ("act-smoke" if smoke else "act")
     root.mkdir(parents=True, exist_ok=True)
     layers = 4 if quick else lora_shape.layers
     k, extract_k = (4, 8) if smoke else (16, 64)
     counts_of = (1, 2) if smoke else (1, 4)
-    adapter = D.lora_adapter(root / f"lora-L{layers}", lora_shape, rank=64 if not smoke else 8, layers=layers)
     pairs = D.dense_pairs(root / "dense", dense_shape, list(counts_of))
     started = time.perf_counter()
+    if only_extract:
+        if smoke or not (HERE / "results-act.json").is_file():
+            raise SystemExit("--only extract updates benchmarks/results-act.json: run the full benchmark first "
+                             "(and not with --smoke)")
+        results = json.loads((HERE / "results-act.json").read_text())
+        _run_extract(results, pairs, extract_k, counts_of, repeats)
+        results["extract_wall_s"] = time.perf_counter() - started
+        (HERE / "results-act.json").write_text(json.dumps(results, indent=1) + "\n")
+        print(table(results))
+        return results
+    adapter = D.lora_adapter(root / f"lora-L{layers}", lora_shape, rank=64 if not smoke else 8, layers=layers)
     results = {"machine": machine_info("cpu"), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "resize": run_job("act_resize", {"folder": str(adapter), "rank": k, "repeats": 3}, timeout=3600),
                "resize_rank": k, "lora_layers": layers, "lora_shape": lora_shape.name, "dense_shape": dense_shape.name}
@@ -158,20 +175,31 @@ def main(argv: list[str]) -> dict:
                                "how": "one module of each shape timed once, times the module count: "
                                       "extrapolated, not run end to end"}
     results["resize_ratio"] = total / results["resize"]["median"]
-    results["extract_rank"] = extract_k
-    one, more = counts_of
-    results["extract"] = run_job("act_extract", {"base": str(pairs[one].base), "tuned": str(pairs[one].tuned),
-                                                 "rank": extract_k, "repeats": 1}, timeout=3600)
-    results["extract_memory"] = {str(n): run_job("act_extract_memory", {"base": str(pairs[n].base),
-                                                                       "tuned": str(pairs[n].tuned),
-                                                                       "rank": extract_k}, timeout=3600)
-                                 for n in counts_of}
-    results["memory_layers"] = list(counts_of)
+    _run_extract(results, pairs, extract_k, counts_of, repeats)
     results["wall_s"] = time.perf_counter() - started
     if not smoke:
         (HERE / "results-act.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return results
+
+
+def _run_extract(results: dict, pairs: dict, k: int, counts_of: tuple[int, int], repeats: int = 1) -> None:
+    """The extract jobs (1-layer timing, ``repeats`` interleaved pairs; 1- and N-layer memory) into
+    ``results``, with their own machine facts (load average at start) and date."""
+    from benchmarks.child import run_job
+    from benchmarks.measure import machine_info
+
+    one = counts_of[0]
+    results["extract_machine"] = machine_info("cpu")
+    results["extract_date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results["extract_rank"] = k
+    results["extract"] = run_job("act_extract", {"base": str(pairs[one].base), "tuned": str(pairs[one].tuned),
+                                                 "rank": k, "repeats": repeats}, timeout=3600)
+    results["extract_memory"] = {str(n): run_job("act_extract_memory", {"base": str(pairs[n].base),
+                                                                       "tuned": str(pairs[n].tuned),
+                                                                       "rank": k}, timeout=3600)
+                                 for n in counts_of}
+    results["memory_layers"] = list(counts_of)
 
 
 def table(r: dict) -> str:
@@ -190,7 +218,7 @@ def table(r: dict) -> str:
         f"{naive['extrapolated_total_s']:.0f} s | {r['resize_ratio']:,.0f}× | ≥ 1000× | "
         f"{'✅ holds' if r['resize_ratio'] >= 1000 else '❌ misses'} |",
         f"| extract: {r['dense_shape']}-shaped pair, 1 layer ({ex['modules']} modules, bf16), top-{r['extract_rank']}: "
-        f"converged randomized SVD vs ΔW + full SVD per module, both end to end, interleaved | "
+        f"top-k SVD ({' + '.join(ex['methods'])}) vs ΔW + full SVD per module, both end to end, interleaved | "
         f"{ex['deltaw']['median']:.2f} s | {ex['naive']['median']:.2f} s | {ex['ratio']:.1f}× | ≥ 5× | "
         f"{'✅ holds' if ex['ratio'] >= 5 else '❌ misses'} |",
         f"| extract: error ‖ΔW − ΔW'‖_F vs the Eckart–Young optimum (full SVD), worst module | "
@@ -202,7 +230,11 @@ def table(r: dict) -> str:
         f"{(mem[more]['peak_rss_anon_bytes'] - mem[one]['peak_rss_anon_bytes']) / GiB:.2f} GiB | flat | |",
     ]
     load = r["machine"].get("load_average")
-    return "\n".join(rows) + f"\n\nLoad average at start: {load}; {r['date']}; wall {r['wall_s'] / 60:.1f} min.\n"
+    text = "\n".join(rows) + f"\n\nLoad average at start: {load}; {r['date']}; wall {r['wall_s'] / 60:.1f} min.\n"
+    if "extract_machine" in r:
+        text += (f"extract rows: load average at start {r['extract_machine'].get('load_average')}; "
+                 f"{r['extract_date']}.\n")
+    return text
 
 
 if __name__ == "__main__":

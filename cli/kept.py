@@ -38,7 +38,7 @@ def rule_kwargs(rank, energy, sv_ratio, max_rank) -> dict:
 
 
 _METHOD = {"factored": "exact (factored)", "factored-gram": "exact (factored)", "full": "exact (full SVD)",
-           "randomized": "randomized top-k"}
+           "randomized": "randomized top-k", "gram-eigh": "top-k (Gram eigh)"}
 
 
 def percent(share: float) -> str:

@@ -15,6 +15,7 @@ from act_oracles import best_rank_k, peft_delta
 from builders import save_model, tiny_bert_config, tiny_gpt2
 from deltaw.act.extract import extract, top_svd
 from deltaw.errors import DeltawError
+from deltaw.linalg.gram_topk import certified_loss, gram_top_svd, rounding_estimate
 
 
 def _perturb(model, seed: int, rank: int = 3, noise: float = 3e-3):
@@ -129,19 +130,103 @@ SPECTRA = {
 }
 
 
+def _top_k_error(M: np.ndarray, k: int, dtype=torch.float32, **options):
+    """(method, true error ‖M − U S Vh‖_F, stated error √(‖M‖² − Σ S²), S) of top_svd on ``M``."""
+    U, S, Vh, method, _ = top_svd(torch.tensor(M, dtype=dtype), k, generator=torch.Generator().manual_seed(0),
+                                  **options)
+    approx = (U.double().numpy() * S.double().numpy()) @ Vh.double().numpy()
+    stated = np.sqrt(max((M**2).sum() - (S.double().numpy() ** 2).sum(), 0.0))
+    return method, np.linalg.norm(M - approx), stated, S.double().numpy()
+
+
+@pytest.mark.parametrize("wide", [False, True], ids=["tall", "wide"])
+@pytest.mark.parametrize("gram", [True, False], ids=["gram-eigh", "randomized"])
 @pytest.mark.parametrize("spectrum", SPECTRA, ids=list(SPECTRA))
 @pytest.mark.parametrize("k", [8, 32, 64])
-def test_randomized_error_within_a_thousandth_of_the_optimum(spectrum, k):
+def test_top_k_error_within_a_thousandth_of_the_optimum(spectrum, k, gram, wide):
     M = _with_spectrum(SPECTRA[spectrum], 400, 300)
-    U, S, Vh, method, _ = top_svd(torch.tensor(M, dtype=torch.float32), k, generator=torch.Generator().manual_seed(0))
-    assert method == "randomized"
-    approx = (U.double().numpy() * S.double().numpy()) @ Vh.double().numpy()
+    M = M.T if wide else M
+    method, error, stated, _ = _top_k_error(M, k, gram=gram)
+    # these spectra hold most of ‖M‖² beyond k: the Gram route's rounding estimate fits the promise
+    # (but inside the 168-fold cluster syevr may return fewer than k: see the test below)
+    if spectrum != "a gap right after k" or not gram:
+        assert method == ("gram-eigh" if gram else "randomized")
     _, optimum, _ = best_rank_k(M, k)
-    error = np.linalg.norm(M - approx)
     assert error <= 1.001 * optimum
     # the error the report states (exact energy minus the kept σ²) is the true error
-    stated = np.sqrt((M**2).sum() - (S.double().numpy() ** 2).sum())
     assert stated == pytest.approx(error, rel=1e-4)
+
+
+# σᵢ = 0.8ⁱ: at k = 32 the optimum tail² is 6·10⁻⁷ of ‖M‖²_F, below what the Gram route's float32
+# rounding (estimate ~10⁻⁴·‖M‖²_F) can promise; 0.98ⁱ keeps 28 % of ‖M‖² beyond k = 32.
+FAST, MODERATE = 0.8 ** np.arange(200), 0.98 ** np.arange(200)
+
+
+@pytest.mark.parametrize("dtype, sigma, method", [
+    (torch.float32, FAST, "randomized"),  # over the bar: the randomized route
+    (torch.float64, FAST, "gram-eigh"),  # float64 rounding is 10⁹ times smaller: within it
+    (torch.float32, MODERATE, "gram-eigh"),
+], ids=["fast-float32", "fast-float64", "moderate-float32"])
+def test_the_gram_route_is_taken_only_where_its_rounding_fits_the_promise(dtype, sigma, method):
+    M = _with_spectrum(sigma, 400, 300, seed=1)
+    got, error, stated, _ = _top_k_error(M, 32, dtype=dtype)
+    assert got == method
+    _, optimum, _ = best_rank_k(M, 32)
+    assert error <= 1.001 * optimum
+    assert stated == pytest.approx(error, rel=1e-3)
+
+
+def test_the_bar_refuses_where_the_gram_route_would_break_the_promise():
+    """σᵢ = 0.7ⁱ, k = 32: the optimum tail is 10⁻⁵·‖M‖_F, and the float32 Gram's rounding (10⁻⁷ of
+    ‖M‖²_F, so ~3·10⁻⁴·‖M‖_F in the directions it mixes up) swamps it: the bar must say no."""
+    X = torch.tensor(_with_spectrum(0.7 ** np.arange(200), 400, 300, seed=1), dtype=torch.float32)
+    exact = X.double().numpy()
+    U, S, Vh, eigenvalues = gram_top_svd(X, 32)
+    approx = (U.double().numpy() * S.double().numpy()) @ Vh.double().numpy()
+    _, optimum, _ = best_rank_k(exact, 32)
+    assert np.linalg.norm(exact - approx) > 2 * optimum  # the Gram route alone: far off
+    tail = (exact**2).sum() - (S.double().numpy() ** 2).sum()
+    energy = float((exact**2).sum())
+    assert rounding_estimate(X.shape, 32, energy, float(eigenvalues[0]), torch.float32) > tail * (1 - 1 / 1.001**2)
+    assert top_svd(X, 32, generator=torch.Generator().manual_seed(0))[3] == "randomized"
+
+
+@pytest.mark.parametrize("spectrum", ["flat around k", "noise"])
+def test_the_rounding_estimate_bounds_the_measured_loss(spectrum):
+    """The Gram route's loss of captured energy against numpy's float64 SVD stays under the
+    estimate that decides the route (it is far under: the estimate is the usual size of the
+    rounding errors, the loss is second order in them)."""
+    M = _with_spectrum(SPECTRA[spectrum], 400, 300)
+    X = torch.tensor(M, dtype=torch.float32)
+    exact = X.double().numpy()  # the float32 data the route saw, exactly
+    U, S, Vh, eigenvalues = gram_top_svd(X, 32)
+    sigma = np.linalg.svd(exact, compute_uv=False)
+    captured = ((U.double().numpy().T @ exact) ** 2).sum()  # the projection's energy, in float64
+    loss = (sigma[:32] ** 2).sum() - captured
+    assert loss <= certified_loss(X.shape, S, eigenvalues, float((exact**2).sum()), torch.float32)
+    np.testing.assert_allclose(eigenvalues.numpy(), sigma[:32] ** 2, rtol=1e-5)
+
+
+def test_a_cluster_of_equal_values_stays_within_the_promise(monkeypatch):
+    """168 equal σ after a gap, k = 64: float32 ``syevr`` may return fewer than the 64
+    eigenpairs asked inside the cluster (it returned 62 on two threads here, 64 on one); the
+    Gram route then refuses and the randomized route runs. Either way the error is within 0.1 %."""
+    import scipy.linalg
+
+    M = _with_spectrum(SPECTRA["a gap right after k"], 400, 300)
+    method, error, _, _ = _top_k_error(M, 64)
+    _, optimum, _ = best_rank_k(M, 64)
+    assert method in ("gram-eigh", "randomized") and error <= 1.001 * optimum
+    eigh = scipy.linalg.eigh
+
+    def short(*args, **kwargs):  # what syevr did on two threads: 2 of the asked eigenpairs missing
+        lam, E = eigh(*args, **kwargs)
+        return lam[2:], E[:, 2:]
+    monkeypatch.setattr(scipy.linalg, "eigh", short)
+    with pytest.raises(np.linalg.LinAlgError, match="62 of the top 64"):
+        gram_top_svd(torch.tensor(M, dtype=torch.float32), 64)
+    method, error, _, _ = _top_k_error(M, 64)
+    assert method == "randomized" and error <= 1.001 * optimum
 
 
 def test_without_a_config_every_matrix_is_linear_and_said_so(tmp_path):
@@ -174,7 +259,7 @@ def test_extract_refuses_before_work(bert, tmp_path):
 
 def test_an_unconverged_randomized_svd_takes_the_full_svd():
     M = torch.tensor(_with_spectrum(SPECTRA["slower decay"], 400, 300), dtype=torch.float32)
-    *_, method, iterations = top_svd(M, 32, max_iter=2)
+    *_, method, iterations = top_svd(M, 32, gram=False, max_iter=2)
     assert (method, iterations) == ("full", 2)
-    *_, method, iterations = top_svd(M, 32)
+    *_, method, iterations = top_svd(M, 32, gram=False)
     assert method == "randomized" and 2 < iterations <= 30

@@ -21,6 +21,10 @@ from deltaw.act.rules import RankRule, retained
 from deltaw.spectrum import numerical_rank
 
 
+#: The routes that compute only the top singular values (the error then comes from ‖ΔW‖²_F).
+TOP_ONLY = ("randomized", "gram-eigh")
+
+
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The 2-D shape ΔW is decomposed in: a conv kernel (out, in, kh, kw) as (out, in·kh·kw)."""
     return (shape[0], math.prod(shape[1:])) if len(shape) > 1 else (shape[0], 1)
@@ -51,7 +55,7 @@ class Cut:
     error : float
         ‖ΔW − ΔW_k‖_F, from the discarded σ (or ‖ΔW‖²_F − Σ_{i≤k} σᵢ² for a top-k SVD).
     method : str
-        ``"factored"``, ``"full"`` or ``"randomized"``: how σ were computed.
+        ``"factored"``, ``"full"``, ``"gram-eigh"`` or ``"randomized"``: how σ were computed.
     new_rank : int
         k (set from ``S``; kept once the triplets are freed after writing).
     notes : list of str
@@ -103,7 +107,8 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     energy : float
         ‖ΔW‖²_F, exact.
     method : str
-        ``"randomized"`` when S holds only the top values; the error then comes from ``energy``.
+        ``"randomized"`` or ``"gram-eigh"`` when S holds only the top values (:data:`TOP_ONLY`);
+        the error then comes from ``energy``.
     math_dtype : torch.dtype
         Precision the SVD ran in: σ below σ₁ · max(rows, cols) · eps are its rounding noise, so
         the rank of ΔW counts only the σ above it (numpy's ``matrix_rank`` rule).
@@ -117,7 +122,7 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     """
     sigma = S.double().numpy()
     rows, cols = matrix_shape(shape)
-    top_only = method == "randomized"
+    top_only = method in TOP_ONLY
     limit = min(numerical_rank(sigma, (rows, cols), float(torch.finfo(math_dtype).eps)),
                 int((sigma > floor).sum()))
     k = rule.choose(sigma, energy if top_only else None, rank_limit=limit)
@@ -128,6 +133,6 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     elif rule.rank is not None and rule.rank > limit and not top_only:
         notes.append(f"rank {rule.rank} asked, ΔW has rank {limit}: kept whole")
     elif top_only and rule.rank is None and k == len(sigma) and share < 1.0:
-        notes.append(f"the top {k} of a randomized SVD were computed (--max-rank); all are kept")
+        notes.append(f"the top {k} of a top-k SVD ({method}) were computed (--max-rank); all are kept")
     return Cut(name, tuple(shape), old_rank, U[:, :k].contiguous(), S[:k].contiguous(),
                Vh[:k].contiguous(), sigma, float(energy), share, error, method, notes=notes)

@@ -1,13 +1,22 @@
 """``extract``: a LoRA from a full fine-tune, ΔW = W_ft − W_base read one module at a time.
 
 With a rank known up front (``--rank R``, or ``--max-rank`` as the bound of ``--energy`` /
-``--sv-ratio``) the top triplets come from the randomized range finder with power iterations
-(Halko, Martinsson & Tropp 2011, Alg. 4.4 + 5.1), with a wide sketch (oversampling p = max(10, k/2))
-and power iterations repeated until the error has converged (:func:`top_svd`), so the written
-error stays within 0.1 % of the Eckart–Young optimum even where the spectrum decays slowly or is
-flat around k (tests/test_act_extract.py measures it). The written ΔW' is the projection of ΔW onto the span of its top-k left vectors, so its
-error² = ‖ΔW‖²_F − Σ_{i≤k} σᵢ² is exact whatever the sketch. ``full=True`` (or a rule needing
-the whole spectrum) takes the full SVD instead.
+``--sv-ratio``) the top triplets come from :func:`top_svd`, which tries two routes in turn:
+
+1. ``"gram-eigh"`` (:mod:`deltaw.linalg.gram_topk`): the top-k eigenpairs of ΔW's smaller Gram
+   (``syrk`` + LAPACK ``syevr`` for a subset of eigenpairs), ΔW projected onto their span. No
+   iteration, so a spectrum flat around k costs nothing extra. Kept when the estimated loss of
+   captured energy from rounding fits in the 0.1 % promise for the error it reached.
+2. ``"randomized"``, where it does not (an optimum tail near the rounding of ‖ΔW‖²_F, as with a
+   fast-decaying spectrum in float32): the randomized range finder with power iterations (Halko,
+   Martinsson & Tropp 2011, Alg. 4.4 + 5.1), a wide sketch (oversampling p = max(10, k/2)),
+   repeated until the error has converged, else the full SVD.
+
+Either way the written ΔW' is the projection of ΔW onto the span of its kept left (or right)
+vectors, so its error² = ‖ΔW‖²_F − Σ_{i≤k} σᵢ² is exact, and it stays within 0.1 % of the
+Eckart–Young optimum even where the spectrum is flat around k (tests/test_act_extract.py
+measures both routes against numpy's float64 SVD). ``full=True`` (or a rule needing the whole
+spectrum) takes the full SVD instead.
 
 Which modules can carry a LoRA is read from the fine-tune's model class (its ``config.json``, the
 model built on the meta device, no weights): ``nn.Linear``, ``nn.Embedding``, ``nn.Conv1d/2d/3d``
@@ -17,6 +26,7 @@ whole as PEFT ``modules_to_save``.
 References
 ----------
 Halko, Martinsson & Tropp 2011, SIAM Review 53(2). Eckart & Young 1936, Psychometrika 1.
+Golub & Van Loan 2013, "Matrix Computations", 4th ed., §8.6.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deltaw.act.adapter import Plan, Target, check_format, check_outputs, kept_modules, output_dtype, write_adapter
@@ -39,6 +50,7 @@ from deltaw.formats.names import PEFT_PREFIX, NameMatcher
 from deltaw.formats.tensors import TensorStore
 from deltaw.linalg import (check_memory, dense_method, exact_math, one_thread, orthonormal_basis, resolve_device,
                            robust_svd)
+from deltaw.linalg.gram_topk import certified_loss, gram_top_svd
 from deltaw.linalg.routes import energy as frobenius_energy
 
 log = logging.getLogger("deltaw")
@@ -65,10 +77,21 @@ def oversample(k: int) -> int:
 
 
 def top_svd(M: torch.Tensor, k: int | None, *, energy: float | None = None, full: bool = False,
-            tolerance: float = TOLERANCE, max_iter: int = MAX_ITER, generator: torch.Generator | None = None):
+            gram: bool = True, tolerance: float = TOLERANCE, max_iter: int = MAX_ITER,
+            generator: torch.Generator | None = None):
     """(U, S, Vh, method, iterations) of one dense matrix: its top-``k`` triplets.
 
-    The randomized range finder with power iterations (Halko et al. 2011, Alg. 4.4), iterated
+    First the Gram route (:func:`~deltaw.linalg.gram_topk.gram_top_svd`, ``"gram-eigh"``): the
+    top-k eigenpairs of the smaller Gram, ΔW projected onto them. Its error is exact (a
+    projection); it is kept when the loss of captured energy it may have suffered
+    (:func:`~deltaw.linalg.gram_topk.certified_loss`: the projection's measured shortfall against
+    the computed eigenvalues plus the estimated rounding) fits in the 0.1 % promise:
+    δ ≤ t²(1 − 1/1.001²), t the error it reached, so that the optimum tail
+    t_opt² ≥ t² − δ ≥ (t / 1.001)². Where it does not (an optimum tail near the rounding of
+    ‖ΔW‖²_F: a fast-decaying spectrum, an almost low-rank ΔW; eigenvectors lost inside a large
+    cluster of equal σ), the randomized route runs:
+
+    the randomized range finder with power iterations (Halko et al. 2011, Alg. 4.4), iterated
     until the error converges rather than a fixed number of times. After each iteration
     B = QᵀM (which the next half-step needs anyway, as Bᵀ = MᵀQ) gives the error of the current
     approximation exactly, tₙ² = ‖M‖²_F − Σ_{i≤k} σᵢ(B)² (Pythagoras: QQᵀM is a projection).
@@ -84,10 +107,13 @@ def top_svd(M: torch.Tensor, k: int | None, *, energy: float | None = None, full
         None (or ``full``): the full SVD.
     energy : float, optional
         ‖M‖²_F (float64), when the caller has it.
+    gram : bool
+        Try the Gram route first (False: the randomized route directly).
 
     Returns
     -------
-    U : (m, k), S : (k,), Vh : (k, n), method : "randomized" or "full", iterations : int
+    U : (m, k), S : (k,), Vh : (k, n), method : "gram-eigh", "randomized" or "full",
+    iterations : int (power iterations; 0 for the other routes)
 
     Notes
     -----
@@ -99,6 +125,18 @@ def top_svd(M: torch.Tensor, k: int | None, *, energy: float | None = None, full
         U, S, Vh = robust_svd(M)
         return U, S, Vh, "full", 0
     total = float(frobenius_energy(M)) if energy is None else energy
+    if gram:
+        try:
+            U, S, Vh, eigenvalues = gram_top_svd(M, k)
+        except (np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:  # the eigensolver failed (non-finite ΔW)
+            log.warning("%d×%d: Gram route failed (%s); randomized SVD instead", m, n, str(err).splitlines()[0])
+        else:
+            tail = total - float((S.double() ** 2).sum())
+            loss = certified_loss((m, n), S, eigenvalues, total, M.dtype)
+            if loss <= tail * (1 - 1 / (1 + PROMISE) ** 2):
+                return U, S, Vh, "gram-eigh", 0
+            log.debug("%d×%d: the Gram route may have lost %.3g of captured energy, more than the promise allows "
+                      "of its tail² %.3g; randomized SVD instead", m, n, loss, tail)
     width = min(k + oversample(k), m, n)
     omega = torch.randn((n, width), generator=generator, dtype=M.dtype, device="cpu").to(M.device)
     Q = orthonormal_basis(M @ omega)  # (m, l)
@@ -239,7 +277,7 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     for name, shape, tuned_key, base_key in pairs:
         rows = shape[0]
         check_memory(name, (rows, max(1, torch.Size(shape[1:]).numel())), k, math_dtype, device,
-                     alternative="--rank K or --max-rank K (a randomized top-k SVD)")
+                     alternative="--rank K or --max-rank K (a top-k SVD)")
         with exact_math():
             M = (tuned_store.get(tuned_key).to(device, math_dtype)
                  - base_store.get(base_key).to(device, math_dtype)).reshape(rows, -1)
