@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from deltaw import hub
 from deltaw.cache import Cache
 from deltaw.errors import DeltawError
 from deltaw.pairwise import ModuleForm, module_form, overlap
@@ -150,8 +151,10 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
         by_type.setdefault(record.module_type, []).append(record)
     saturations = [saturation(t, steps, [_median(m.energy_rank["0.9"][i] for m in ms) for i in range(len(steps))])
                    for t, ms in by_type.items()]
+    # the base actually used: the declared one where ΔW needed a base and none was given
+    used_base = final.base if final.base is not None else (None if base is None else str(base))
     return Trajectory(run="" if not isinstance(run, (str, os.PathLike)) else str(run),
-                      base=None if base is None else str(base), steps=steps,
+                      base=used_base, steps=steps,
                       checkpoints=[p for _, p in pairs], modules=records, saturation=saturations,
                       notes=[f"overlap_with_final: top-k left singular vectors against step {final_step}, "
-                             "k = min(8, both ranks)"])
+                             "k = min(8, both ranks)", *hub.declared_base_notes(final_path, final.notes)])

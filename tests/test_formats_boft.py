@@ -230,6 +230,12 @@ def test_commands_say_which_base_they_defaulted_to(declaring, tmp_path):
     assert run.exit_code == 0, run.output
     notes = json.loads((tmp_path / "s.json").read_text())["notes"]
     assert [n.split(": base ")[0] for n in notes[1:]] == [str(a), str(b)] and f"note: {notes[1]}" in run.output
+    # trajectory: the record's base is the one used, and a note says it came from the config
+    run_dir = tmp_path / "run"
+    for step in (1, 2):
+        shutil.copytree(a, run_dir / f"checkpoint-{step}")
+    result = deltaw.trajectory(run_dir, device="cpu", modules="layer.0.attention")
+    assert result.base == label and any("used by default" in n for n in result.notes)
 
 
 def test_survey_cache_follows_the_defaulted_base(declaring, tmp_path):
