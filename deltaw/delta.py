@@ -141,6 +141,22 @@ class LowRankDelta(Delta):
         B = self.read_B().to(dtype).flatten(1)  # (out, r)
         return (A.T, B.T) if self.transposed else (B, A)
 
+    def write_factors(self, L: torch.Tensor, R: torch.Tensor) -> None:
+        """Write :meth:`factors` in ``L``'s dtype into ``L`` (rows, r) and ``R`` (r, cols).
+
+        For slots of a batch: the stored tensors (bf16 as read) are converted in the copy
+        itself, one pass over the data, where ``factors`` followed by a copy into the batch
+        would make two. Subclasses that compute their factors (LoHa, merged stacks) go through
+        their own :meth:`factors`.
+        """
+        if type(self).factors is not LowRankDelta.factors:
+            L_read, R_read = self.factors(L.dtype)
+        else:
+            A, B = self.read_A().flatten(1), self.read_B().flatten(1)  # as stored
+            L_read, R_read = (A.T, B.T) if self.transposed else (B, A)
+        L.copy_(L_read)
+        R.copy_(R_read)
+
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         L, R = self.factors(dtype)
         return (self.scale * (L @ R)).reshape(self.shape)

@@ -171,6 +171,45 @@ def test_svd_many_batches_and_keeps_order():
         np.testing.assert_allclose(result.S.numpy(), alone.S.numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("transposed", [False, True])
+def test_write_factors_converts_stored_bf16_as_factors_does(transposed):
+    # One conversion straight into a batch slot must give exactly factors()'s values and layout.
+    g = torch.Generator().manual_seed(3)
+    A, B = torch.randn(4, 9, generator=g).bfloat16(), torch.randn(7, 4, generator=g).bfloat16()
+    d = LowRankDelta(name="m", shape=(9, 7) if transposed else (7, 9), read_A=lambda: A, read_B=lambda: B,
+                     rank=4, transposed=transposed)
+    L_ref, R_ref = d.factors(torch.float32)
+    L, R = torch.full(L_ref.shape, torch.nan), torch.full(R_ref.shape, torch.nan)
+    d.write_factors(L, R)
+    assert torch.equal(L, L_ref) and torch.equal(R, R_ref)
+
+
+def test_svd_many_results_survive_the_next_batch():
+    # The factors' workspace is reused by the next batch: results already yielded must not alias it.
+    deltas = [lowrank(300, 200, 16, seed=i, name=f"a{i}") for i in range(3)]
+    deltas += [lowrank(200, 300, 16, seed=10 + i, name=f"b{i}") for i in range(2)]
+    deltas += [lowrank(300, 200, 16, seed=20, name="c")]
+    results = list(deltaw.svd_many(deltas))  # every batch computed before any result is checked
+    assert [r.method for _, r in results] == ["factored-gram"] * len(deltas)
+    for d, r in results:
+        L, R = d.factors()
+        assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["rows", "transposed"])
+def test_blocked_float64_gram_matches_numpy(layout):
+    # More rows than one block, the last one partial; a transposed factor (a LoRA A) is read by
+    # column blocks of its row-major storage.
+    from deltaw.linalg import routes
+
+    g = torch.Generator().manual_seed(4)
+    rows = 2 * routes._GRAM_BLOCK_ROWS + 37
+    X = torch.randn(3, rows, 8, generator=g) if layout == "rows" else torch.randn(3, 8, rows, generator=g).mT
+    G = routes._gram64(X)
+    X64 = X.double().numpy()
+    np.testing.assert_allclose(G.numpy(), np.swapaxes(X64, -1, -2) @ X64, rtol=1e-13, atol=1e-10)
+
+
 def test_zero_update_has_zero_spectrum():
     zero = torch.zeros(5, 7)
     d = LowRankDelta(name="z", shape=(5, 7), read_A=lambda: zero[:2], read_B=lambda: zero[:, :2], rank=2)

@@ -101,14 +101,15 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     """
     device = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
+    workspace = _Workspace()
     group: list[Delta] = []
     for delta in deltas:
         if group and (_group_key(delta) != _group_key(group[0]) or _chunk_full(group)):
-            yield from _run_group(group, k, device, dtype, n_iter, generator)
+            yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
             group = []
         group.append(delta)
     if group:
-        yield from _run_group(group, k, device, dtype, n_iter, generator)
+        yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
 
 
 def _group_key(delta: Delta):
@@ -122,7 +123,7 @@ def _chunk_full(group: list[Delta]) -> bool:
     return (len(group) + 1) * per > CHUNK_ELEMENTS
 
 
-def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Delta, SVD]]:
+def _run_group(group, k, device, dtype, n_iter, generator, workspace) -> Iterator[tuple[Delta, SVD]]:
     """One group of same-shape ΔWs, in batches that fit in memory; results yielded in order."""
     batch = len(group)
     if not group[0].structured:
@@ -137,20 +138,20 @@ def _run_group(group, k, device, dtype, n_iter, generator) -> Iterator[tuple[Del
     for start in range(0, len(group), batch):
         chunk = group[start:start + batch]
         with exact_math(), threads(svd_threads(min(*group[0].matrix_shape, rank or math.inf))):
-            results = _decompose(chunk, k, device, dtype, n_iter, generator)
+            results = _decompose(chunk, k, device, dtype, n_iter, generator, workspace)
         yield from zip(chunk, results)
 
 
-def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
+def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SVD]:
     """The SVDs of one batch of same-shape ΔWs, as one batched computation."""
     first = group[0]
     if isinstance(first, KroneckerDelta):  # exact from the factors' SVDs, one module at a time
         return [structured.kronecker_delta_svd(d, k, dtype, device) for d in group]
     if isinstance(first, LowRankDelta):
-        L, R = zip(*(d.factors(dtype) for d in group))
+        L, R = _stacked_factors(group, dtype, device, workspace)
         scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
         # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
-        U, S, Vh, method = routes.factored_svd_routes(torch.stack(L).to(device), torch.stack(R).to(device), scales)
+        U, S, Vh, method = routes.factored_svd_routes(L, R, scales)
         energy = (S.double() ** 2).sum(-1)
     else:
         m, n = first.matrix_shape
@@ -169,3 +170,42 @@ def _decompose(group, k, device, dtype, n_iter, generator) -> list[SVD]:
         U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
     return [SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method[i])
             for i in range(len(group))]
+
+
+class _Workspace:
+    """One flat buffer reused by every batch of an :func:`svd_many` run for its LoRA factors.
+
+    A fresh (g, m, r) batch per group would have its pages faulted in and zeroed by the kernel
+    each time (the allocator hands large blocks back to the system when freed); the factors are
+    dead once their batch's SVDs are computed (U and Vh are new tensors), so the next batch
+    overwrites them. The buffer grows to the largest batch of the run (≤ 2 ·
+    :data:`CHUNK_ELEMENTS` values).
+    """
+
+    def __init__(self):
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A flat tensor of ``count`` values of ``dtype`` on ``device`` (contents undefined)."""
+        buf = self.buffer
+        if buf is None or buf.numel() < count or buf.dtype != dtype or buf.device != device:
+            buf = self.buffer = torch.empty(count, dtype=dtype, device=device)
+        return buf[:count]
+
+
+def _stacked_factors(group: list[LowRankDelta], dtype: torch.dtype, device: torch.device, workspace: _Workspace):
+    """The factors of same-shape LoRA ΔWs as batches L (g, m, r) and R (g, r, n) in ``dtype``.
+
+    Each stored factor is converted straight into its slot of the reused ``workspace``
+    (:meth:`LowRankDelta.write_factors`): the bf16 → float32 conversion is the only pass over
+    the data, no per-module float32 copies are stacked afterwards, no fresh pages are faulted in.
+    """
+    m, n = group[0].matrix_shape
+    r = group[0].rank
+    g = len(group)
+    flat = workspace.take(g * (m + n) * r, dtype, device)
+    L = flat[:g * m * r].view(g, m, r)
+    R = flat[g * m * r:].view(g, r, n)
+    for i, d in enumerate(group):
+        d.write_factors(L[i], R[i])
+    return L, R
