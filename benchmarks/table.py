@@ -204,8 +204,9 @@ def profile_markdown(r: dict) -> str:
     groups = {
         "QR (geqrf + orgqr)": ("linalg_qr", "geqrf", "orgqr", "householder"),
         "small SVD of the r×r core": ("linalg_svd", "_linalg_svd"),
-        "matmuls (core, U = Q·U_c, V)": ("matmul", "bmm", "mm", "mul"),
-        "bf16 → float32 conversion": ("_to_copy", "to", "copy_"),
+        "float64 Grams BᵀB, AAᵀ (blocked addmm)": ("addmm", "addmm_"),
+        "other matmuls (U = B·T⁻¹U_c, V, r×r products)": ("matmul", "bmm", "mm", "mul"),
+        "conversions (bf16 → float32 into the batch, Gram blocks → float64)": ("_to_copy", "to", "copy_"),
         "stacking same-shape factors": ("stack", "cat"),
     }
     taken, rows = set(), []
