@@ -44,13 +44,12 @@ eigenvectors of symmetric tridiagonal matrices", Linear Algebra Appl. 387. Higha
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
-from deltaw.linalg.resources import one_thread, policy_threads, svd_threads
+from deltaw.linalg.resources import numpy_blas_threads, one_thread, policy_threads, svd_threads
 from deltaw.linalg.routes import orthonormal_basis, robust_svd
 
 
@@ -110,9 +109,9 @@ def _cpu_top_eigenpairs(M: torch.Tensor, k: int, wide: bool) -> tuple[torch.Tens
     # scipy's BLAS keeps its own threads: the thread policy is applied to them here. The
     # eigensolver runs on one: 2048 × 2048, float32, load 8 on 2 cores, measured 0.34 s on one
     # thread against 2.9–22 s on two (the tridiagonal reduction is half BLAS-2, memory-bound).
-    with _blas().limit(limits=svd_threads(p), user_api="blas"):
+    with numpy_blas_threads(svd_threads(p)):
         G = syrk(1.0, A, trans=1 if wide else 0, lower=0)  # upper triangle of AᵀA = MMᵀ, or of AAᵀ = MᵀM
-    with _blas().limit(limits=1, user_api="blas"):
+    with numpy_blas_threads(1):
         lam, E = eigh(G, lower=False, subset_by_index=[p - k, p - 1], driver="evr", overwrite_a=True,
                       check_finite=False)
     if len(lam) < k:  # syevr may return fewer than asked inside a large cluster of equal eigenvalues
@@ -145,14 +144,6 @@ def certified_loss(shape: tuple[int, int], S: torch.Tensor, eigenvalues: torch.T
     shortfall = float(eigenvalues.sum()) - float((S.double() ** 2).sum())
     top = float(eigenvalues[0]) if eigenvalues.numel() else 0.0
     return max(shortfall, 0.0) + rounding_estimate(shape, len(eigenvalues), energy, top, dtype)
-
-
-@functools.cache
-def _blas():
-    """One threadpoolctl controller per process (finding the loaded BLAS libraries takes ~6 ms)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
 
 
 def rounding_estimate(shape: tuple[int, int], k: int, energy: float, top_eigenvalue: float,

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from pathlib import Path
@@ -156,6 +157,24 @@ def one_thread(tensor: torch.Tensor | None = None):
 def policy_threads(M: torch.Tensor):
     """:func:`threads` as :func:`svd_threads` decides for decomposing ``M`` (..., m, n)."""
     return threads(svd_threads(min(M.shape[-2:])), M)
+
+
+@functools.cache
+def _numpy_blas():
+    """One threadpoolctl controller per process (finding the loaded BLAS libraries takes ~6 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def numpy_blas_threads(count: int):
+    """Run numpy's and scipy's BLAS and LAPACK on ``count`` threads for the duration.
+
+    They keep their own thread pool (OpenBLAS), deaf to ``torch.set_num_threads``: left alone it
+    spins one thread per core beside torch's, and on a loaded 2-core machine a float64 Gram took
+    59.5 s that way against 2.2 s limited (benchmarks/README.md, "The SVD core").
+    """
+    return _numpy_blas().limit(limits=count, user_api="blas")
 
 
 def available_memory(device: torch.device) -> int | None:

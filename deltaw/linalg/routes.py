@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from deltaw.errors import DeltawError
-from deltaw.linalg.resources import one_thread, policy_threads
+from deltaw.linalg.resources import numpy_blas_threads, one_thread, policy_threads, svd_threads
 
 log = logging.getLogger("deltaw")
 
@@ -432,14 +432,15 @@ def _gram_top_left(M: torch.Tensor, k: int) -> torch.Tensor | None:
     m, n = M.shape
     A = M.detach().contiguous().numpy()  # (m, n), M's dtype
     X = A if m <= n else A.T  # (p, q), p ≤ q
-    G = X @ X.T  # numpy's matmul runs syrk for a product with its own transpose
-    p = G.shape[0]
-    try:
-        start = torch.randn(p, generator=torch.Generator().manual_seed(0), dtype=M.dtype).numpy()
-        # ncv ≥ 4k: fewer implicit restarts on a clustered top (fewer passes over G)
-        _, E = eigsh(G, k=k, tol=0, v0=start, ncv=min(p, max(4 * k, 40)))  # (p, k)
-    except (ArpackNoConvergence, ArpackError):
-        _, E = eigh(G, subset_by_index=[p - k, p - 1])
+    p = X.shape[0]
+    with numpy_blas_threads(svd_threads(p)):
+        G = X @ X.T  # numpy's matmul runs syrk for a product with its own transpose
+        try:
+            start = torch.randn(p, generator=torch.Generator().manual_seed(0), dtype=M.dtype).numpy()
+            # ncv ≥ 4k: fewer implicit restarts on a clustered top (fewer passes over G)
+            _, E = eigsh(G, k=k, tol=0, v0=start, ncv=min(p, max(4 * k, 40)))  # (p, k)
+        except (ArpackNoConvergence, ArpackError):
+            _, E = eigh(G, subset_by_index=[p - k, p - 1])
     E = torch.from_numpy(np.ascontiguousarray(E))
     del G
     with one_thread(M):  # the k-column products and k × n SVD: small next to the Gram
@@ -464,7 +465,8 @@ def _lanczos_top_left(M: torch.Tensor, k: int) -> torch.Tensor:
     m, n = M.shape
     start = torch.randn(min(m, n), generator=torch.Generator().manual_seed(0), dtype=M.dtype)
     try:
-        U, S, _ = svds(M.detach().numpy(), k=k, tol=0, v0=start.numpy())
+        with numpy_blas_threads(svd_threads(min(m, n))):
+            U, S, _ = svds(M.detach().numpy(), k=k, tol=0, v0=start.numpy())
     except (ArpackNoConvergence, ArpackError) as err:
         log.warning("Lanczos SVD of a %d×%d matrix did not converge (%s); using the full SVD", m, n, err)
         return robust_svd(M)[0][:, :k]
@@ -520,13 +522,14 @@ def _gram_svd(W: torch.Tensor):
     X = W if m <= n else W.mT  # (p, q), p ≤ q
     p, q = X.shape
     G = torch.zeros((p, p), dtype=torch.float64, device=W.device)
-    for start in range(0, q, _GRAM_BLOCK_COLS):
-        block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
-        if W.is_cuda:
-            G += block @ block.mT
-        else:  # numpy runs syrk for a product with its own transpose: half the flops of torch's gemm
-            b = block.numpy()
-            G.numpy().__iadd__(b @ b.T)
+    with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for numpy's BLAS too
+        for start in range(0, q, _GRAM_BLOCK_COLS):
+            block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
+            if W.is_cuda:
+                G += block @ block.mT
+            else:  # numpy runs syrk for a product with its own transpose: half the flops of torch's gemm
+                b = block.numpy()
+                G.numpy().__iadd__(b @ b.T)
     lam, E = torch.linalg.eigh(G)  # ascending
     lam, E = lam.flip(0), E.flip(1)
     S = lam.clamp_min(0).sqrt()
