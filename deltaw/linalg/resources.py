@@ -172,7 +172,7 @@ def numpy_blas_threads(count: int):
 
     They keep their own thread pool (OpenBLAS), deaf to ``torch.set_num_threads``: left alone it
     spins one thread per core beside torch's, and on a loaded 2-core machine a float64 Gram took
-    59.5 s that way against 2.2 s limited (benchmarks/README.md, "The SVD core").
+    59.5 s that way against 2.2 s limited (224 LoRA Grams, interleaved runs at load 2–4).
     """
     return _numpy_blas().limit(limits=count, user_api="blas")
 
