@@ -137,9 +137,8 @@ class LowRankDelta(Delta):
         L: (rows, r), R: (r, cols). For a transposed layout L = Aᵀ and R = Bᵀ, so callers
         never need to know the layout.
         """
-        A = self.read_A().to(dtype).flatten(1)  # (r, in)
-        B = self.read_B().to(dtype).flatten(1)  # (out, r)
-        return (A.T, B.T) if self.transposed else (B, A)
+        L, R = self._stored_factors()
+        return L.to(dtype), R.to(dtype)
 
     def write_factors(self, L: torch.Tensor, R: torch.Tensor) -> None:
         """Write :meth:`factors` in ``L``'s dtype into ``L`` (rows, r) and ``R`` (r, cols).
@@ -149,13 +148,15 @@ class LowRankDelta(Delta):
         would make two. Subclasses that compute their factors (LoHa, merged stacks) go through
         their own :meth:`factors`.
         """
-        if type(self).factors is not LowRankDelta.factors:
-            L_read, R_read = self.factors(L.dtype)
-        else:
-            A, B = self.read_A().flatten(1), self.read_B().flatten(1)  # as stored
-            L_read, R_read = (A.T, B.T) if self.transposed else (B, A)
+        computed = type(self).factors is not LowRankDelta.factors
+        L_read, R_read = self.factors(L.dtype) if computed else self._stored_factors()
         L.copy_(L_read)
         R.copy_(R_read)
+
+    def _stored_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R) of :meth:`factors` in the dtype as read: views of A (r, in) and B (out, r)."""
+        A, B = self.read_A().flatten(1), self.read_B().flatten(1)
+        return (A.T, B.T) if self.transposed else (B, A)
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         L, R = self.factors(dtype)

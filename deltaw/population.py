@@ -29,10 +29,10 @@ from deltaw._inputs import check_dtype
 from deltaw.cache import Cache
 from deltaw.errors import DeltawError
 from deltaw.formats import peft
+from deltaw.naming import shared_names
 from deltaw.pairwise import ModuleBlock, module_block, whole_model_cosine
 from deltaw.records import Analysis
 from deltaw.records.survey import CheckpointSummary, ModulePairs, NullPair, Survey
-from deltaw.naming import shared_names
 
 Progress = Callable[[int, int, str], None]
 

@@ -130,11 +130,9 @@ def _run_group(group, k, device, dtype, n_iter, generator, workspace) -> Iterato
         fit = check_memory(group[0].name, group[0].matrix_shape, k, dtype, device)
         if fit is not None:  # a smaller batch, not a refusal: each one fits
             batch = max(1, min(batch, fit))
-    rank = group[0].rank if group[0].structured else None
-    if isinstance(group[0], LowRankDelta):
-        # The factored routes' work is GEMMs with the tall factors (their r × r steps run on one
-        # thread inside the route): sized by min(m, n), not by r.
-        rank = None
+    # A LoRA's factored route works in GEMMs with the tall factors (its r × r steps run on one
+    # thread inside the route): its threads are sized by min(m, n), not by r.
+    rank = group[0].rank if group[0].structured and not isinstance(group[0], LowRankDelta) else None
     for start in range(0, len(group), batch):
         chunk = group[start:start + batch]
         with exact_math(), threads(svd_threads(min(*group[0].matrix_shape, rank or math.inf))):

@@ -247,7 +247,8 @@ def _gram64(X: torch.Tensor) -> torch.Tensor:
 
 
 def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """X @ Y for batches (..., a, b) @ (..., b, c); a loop of single GEMMs on the CPU (see _gram64)."""
+    """X @ Y for batches (..., a, b) @ (..., b, c); on the CPU a loop of single GEMMs, which MKL
+    runs faster than its batched GEMM on these tall-thin shapes (measured, torch 2.13)."""
     if X.is_cuda or X.dim() == 2:
         return X @ Y
     shape = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
