@@ -200,12 +200,12 @@ def test_svd_many_results_survive_the_next_batch():
 def test_blocked_float64_gram_matches_numpy(layout):
     # More rows than one block, the last one partial; a transposed factor (a LoRA A) is read by
     # column blocks of its row-major storage.
-    from deltaw.linalg import routes
+    from deltaw.linalg import factored
 
     g = torch.Generator().manual_seed(4)
-    rows = 2 * routes._GRAM_BLOCK_ROWS + 37
+    rows = 2 * factored._GRAM_BLOCK_ROWS + 37
     X = torch.randn(3, rows, 8, generator=g) if layout == "rows" else torch.randn(3, 8, rows, generator=g).mT
-    G = routes._gram64(X)
+    G = factored._gram64(X)
     X64 = X.double().numpy()
     np.testing.assert_allclose(G.numpy(), np.swapaxes(X64, -1, -2) @ X64, rtol=1e-13, atol=1e-10)
 

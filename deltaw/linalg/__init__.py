@@ -1,7 +1,8 @@
 """The SVD core, one job per module.
 
-- :mod:`~deltaw.linalg.routes`: the :class:`SVD` record and the decompositions themselves
-  (factored for LoRA, randomized top-k and full for dense ΔW, Lanczos top-k vectors).
+- :mod:`~deltaw.linalg.routes`: the :class:`SVD` record and the dense decompositions
+  (randomized top-k and full for dense ΔW, Lanczos top-k vectors).
+- :mod:`~deltaw.linalg.factored`: the exact SVD of a low-rank ΔW = s·L@R (LoRA), never formed.
 - :mod:`~deltaw.linalg.batching`: :func:`svd` / :func:`svd_many`, grouping by shape, batches
   sized to memory (:func:`check_memory`).
 - :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.
@@ -17,8 +18,9 @@ from deltaw.linalg.batching import CHUNK_ELEMENTS, check_memory, check_memory_fo
 from deltaw.linalg.resources import (SMALL_SVD_MAX_DIM, available_memory, cgroup_headroom, exact_math,
                                      highest_precision, one_thread, policy_threads, resolve_device, set_thread_limit,
                                      svd_threads)
-from deltaw.linalg.routes import (GRAM_MAX_COND, LANCZOS_MIN_DIM, OVERSAMPLE, SVD, dense_method, dense_svd_bytes,
-                                  factored_svd, factored_svd_routes, orthonormal_basis, randomized_svd, robust_svd, top_left_singular_vectors)
+from deltaw.linalg.factored import GRAM_MAX_COND, factored_svd, factored_svd_routes
+from deltaw.linalg.routes import (LANCZOS_MIN_DIM, OVERSAMPLE, SVD, dense_method, dense_svd_bytes, orthonormal_basis,
+                                  randomized_svd, robust_svd, top_left_singular_vectors)
 
 __all__ = [
     "SVD", "svd", "svd_many", "factored_svd", "factored_svd_routes", "GRAM_MAX_COND", "randomized_svd", "robust_svd",

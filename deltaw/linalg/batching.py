@@ -1,5 +1,6 @@
 """The batching driver: :func:`svd` / :func:`svd_many` group ΔWs by shape and run each group as
-one batched decomposition (:mod:`deltaw.linalg.routes`) on the chosen device.
+one batched decomposition (:mod:`deltaw.linalg.factored` for LoRA,
+:mod:`deltaw.linalg.routes` for dense ΔW) on the chosen device.
 
 Groups are cut into chunks of at most :data:`CHUNK_ELEMENTS` values, and a dense chunk shrinks
 further to what :func:`check_memory` says fits, so memory stays bounded however many modules a
@@ -17,7 +18,7 @@ import torch
 
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
-from deltaw.linalg import resources, routes, structured
+from deltaw.linalg import factored, resources, routes, structured
 from deltaw.linalg.resources import exact_math, resolve_device, svd_threads, threads
 from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
 
@@ -149,7 +150,7 @@ def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SV
         L, R = _stacked_factors(group, dtype, device, workspace)
         scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
         # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
-        U, S, Vh, method = routes.factored_svd_routes(L, R, scales)
+        U, S, Vh, method = factored.factored_svd_routes(L, R, scales)
         energy = (S.double() ** 2).sum(-1)
     else:
         m, n = first.matrix_shape

@@ -12,7 +12,7 @@
   Σₐ L₁[i,a]R₁[a,j] · Σ_b L₂[i,b]R₂[b,j] = Σ_(a,b) (L₁[i,a]L₂[i,b]) (R₁[a,j]R₂[b,j]), so
   ΔW = s·(L₁ • L₂)(R₁ᵀ • R₂ᵀ)ᵀ with • the face-splitting (row-wise Kronecker) product
   (Slyusar 1999): a rank-(r₁r₂) factorisation, on which the factored SVD of
-  :func:`~deltaw.linalg.routes.factored_svd` is exact (LoHa: Hyeon-Woo et al. 2022, eq. 3).
+  :func:`~deltaw.linalg.factored.factored_svd` is exact (LoHa: Hyeon-Woo et al. 2022, eq. 3).
 
 References
 ----------

@@ -1,0 +1,236 @@
+"""The exact SVD of a low-rank ΔW = s·L@R (LoRA and its kin) without forming the product.
+
+Thin QR L = Q_L T_L and Rᵀ = Q_R T_R, the r × r core C = s·T_L T_Rᵀ = U_c Σ V_cᵀ, then
+U = Q_L U_c and V = Q_R V_c: exact, O((m + n)r² + r³). For float32 math the thin QRs are
+Cholesky QRs of float64 Gram matrices (Q never formed; CholeskyQR2 where one pass is not
+accurate enough), Householder QR for float64 requests and for factors Cholesky cannot take.
+Factors within the Gram bar (κ_F ≤ :data:`GRAM_MAX_COND`) get U and V from float32 products
+(``"factored-gram"``), the others from float64 ones (``"factored"``).
+
+References
+----------
+Hu et al. 2021, "LoRA", Section 7. Fukaya et al. 2014, "CholeskyQR2: a simple and
+communication-avoiding algorithm for computing a tall-skinny QR factorization".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from deltaw.linalg.resources import one_thread
+from deltaw.linalg.routes import robust_svd
+
+
+def factored_svd(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """Exact thin SVD of ``scale · L @ R`` without forming the product.
+
+    Parameters
+    ----------
+    L : Tensor, (..., m, r)
+    R : Tensor, (..., r, n)
+    scale : float
+
+    Returns
+    -------
+    U : (..., m, q), S : (..., q), Vh : (..., q, n) with q = min(m, n, r) … the rank bound of
+        the core; trailing σ may be 0 when B or A is rank deficient.
+
+    Notes
+    -----
+    See :func:`factored_svd_routes`, which also says which route each matrix took.
+    """
+    return factored_svd_routes(L, R, scale)[:3]
+
+
+def factored_svd_routes(L: torch.Tensor, R: torch.Tensor, scale: float | torch.Tensor = 1.0):
+    """:func:`factored_svd` and, per matrix of the batch, the route taken.
+
+    ``scale`` may be a tensor (..., 1, 1), one scale per matrix: it multiplies the r × r core, so
+    S = σ(s·L@R) ≥ 0 and a negative s flips U (through U_c) at no cost on the tall factors.
+
+    Returns
+    -------
+    U, S, Vh
+        As :func:`factored_svd`.
+    routes : list of str, one per matrix of the batch (``[route]`` for one unbatched matrix)
+        ``"factored-gram"``: float32 input whose factors both pass the Gram bar
+        (:data:`GRAM_MAX_COND`): the Grams, their Cholesky factors and the r × r core in float64,
+        the products U = L·(T_L⁻¹U_c) and V = Rᵀ·(T_R⁻¹V_c) in float32.
+        ``"factored"``: the accurate route, every product with a tall factor in float64
+        (Cholesky QR, two passes where needed) or Householder QR (float64 requests, r > min(m, n),
+        rank-deficient or ill-conditioned factors, e.g. the nearly zero B of an early checkpoint).
+
+    Notes
+    -----
+    Accuracy of ``"factored-gram"`` (tests/test_linalg.py checks both sides of the bar against
+    numpy float64): σ come from the float64 core, whose error is O(κ² · eps64) with κ the
+    factors' condition number, far below float32 rounding for κ ≤ 10³. The float32 products
+    add an error of O(κ · eps32) to the vectors (the rounding of T⁻¹U_c, of norm ≤ κ/‖L‖, is
+    multiplied back by L): with κ bounded by κ_F = ‖T‖_F ‖T⁻¹‖_F ≤ :data:`GRAM_MAX_COND` this is
+    ≤ 10⁻⁴ in UᵀU − I. A factor beyond the bar takes the ``"factored"`` route.
+    """
+    m, r = L.shape[-2:]
+    n = R.shape[-1]
+    count = math.prod(L.shape[:-2])
+    if L.dtype == torch.float32 and 0 < r <= min(m, n):
+        U, S, Vh, gram = _factored_svd_cholesky(L, R, scale)
+        routes = ["factored-gram" if g else "factored" for g in gram.reshape(-1).tolist()]
+        return U, S, Vh, routes
+    return (*_factored_svd_householder(L, R, scale), ["factored"] * count)
+
+
+def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """:func:`factored_svd` by Householder QR of both factors, in their dtype."""
+    Q_left, R_left = torch.linalg.qr(L)  # (.., m, a), (.., a, r)
+    Q_right, R_right = torch.linalg.qr(R.mT)  # (.., n, b), (.., b, r)
+    core = scale * (R_left @ R_right.mT)  # (.., a, b)
+    with one_thread(core):
+        U_core, S, Vh_core = robust_svd(core)
+    return Q_left @ U_core, S, Vh_core @ Q_right.mT
+
+
+# Cholesky QR in float64 loses accuracy as cond(X)² · eps64. The spread max|diag R| / min|diag R|
+# (a lower bound of cond(X)) decides: up to _ONE_PASS_SPREAD one pass is accurate to far below
+# float32 rounding; up to _TWO_PASS_SPREAD a second pass on the first pass's Q (CholeskyQR2,
+# Fukaya et al. 2014) restores it; beyond, or when Cholesky fails (a rank-deficient factor), the
+# module goes to Householder QR.
+_ONE_PASS_SPREAD = 1e3
+_TWO_PASS_SPREAD = 1e7
+
+#: The Gram bar of :func:`factored_svd_routes`: the largest κ_F = ‖T‖_F ‖T⁻¹‖_F (an upper bound
+#: of a factor's condition number, T its Cholesky R factor) whose U or V is formed in float32.
+GRAM_MAX_COND = 1e3
+
+# Rows of a tall factor converted to float64 at a time for its Gram: the block stays in cache,
+# so no float64 copy of the whole factor is written to memory and read back.
+_GRAM_BLOCK_ROWS = 1024
+
+
+def _diag_spread(C: torch.Tensor) -> torch.Tensor:
+    d = C.diagonal(dim1=-2, dim2=-1).abs()
+    return d.amax(-1) / d.amin(-1)  # inf for a zero pivot, nan for nan input
+
+
+def _gram64(X: torch.Tensor) -> torch.Tensor:
+    """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype and either memory layout.
+
+    On the CPU one matrix at a time, :data:`_GRAM_BLOCK_ROWS` rows at a time: each block is
+    converted into one reused float64 workspace that stays in cache, so no float64 copy of a
+    whole factor is allocated (its fresh pages would be faulted in and zeroed on every call)
+    and written out to memory. A factor stored transposed (X = Rᵀ with R (r, m) row-major, a
+    LoRA A) is read by column blocks of R: no transposing copy.
+    """
+    if X.dtype == torch.float64 or X.is_cuda:
+        X = X.to(torch.float64)
+        return X.mT @ X
+    m, r = X.shape[-2:]
+    flat = X.reshape(-1, m, r)
+    G = torch.zeros((flat.shape[0], r, r), dtype=torch.float64)
+    work = torch.empty(min(m, _GRAM_BLOCK_ROWS) * r, dtype=torch.float64)
+    for x, g in zip(flat, G):
+        by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: R's layout
+        for start in range(0, m, _GRAM_BLOCK_ROWS):
+            rows = min(_GRAM_BLOCK_ROWS, m - start)
+            if by_columns:
+                block = work[:rows * r].view(r, rows)
+                block.copy_(x.mT[:, start:start + rows])
+                g.addmm_(block, block.mT)
+            else:
+                block = work[:rows * r].view(rows, r)
+                block.copy_(x[start:start + rows])
+                g.addmm_(block.mT, block)
+    return G.reshape(*X.shape[:-2], r, r)
+
+
+def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """X @ Y for batches (..., a, b) @ (..., b, c); on the CPU a loop of single GEMMs, which MKL
+    runs faster than its batched GEMM on these tall-thin shapes (measured, torch 2.13)."""
+    if X.is_cuda or X.dim() == 2:
+        return X @ Y
+    shape = torch.broadcast_shapes(X.shape[:-2], Y.shape[:-2])
+    X, Y = X.expand(*shape, *X.shape[-2:]).reshape(-1, *X.shape[-2:]), Y.expand(*shape, *Y.shape[-2:]).reshape(
+        -1, *Y.shape[-2:])
+    out = torch.empty((X.shape[0], X.shape[-2], Y.shape[-1]), dtype=X.dtype)
+    for i in range(X.shape[0]):
+        torch.mm(X[i], Y[i], out=out[i])
+    return out.reshape(*shape, out.shape[-2], out.shape[-1])
+
+
+def _cholesky_qr(X: torch.Tensor):
+    """X = Q T (thin QR) of ``X`` (..., m, r) from its float64 Gram, without forming Q unless a
+    second pass needs it.
+
+    Returns ``(basis, T_basis, T, ok)`` with Q = basis · T_basis⁻¹ (basis: ``X`` itself, in its
+    dtype, or float64 after a second pass) and T the float64 upper-triangular R factor of X;
+    ``ok`` (...,) is False where the factor must go to Householder QR instead (its triangles are
+    replaced by the identity so that the batch stays finite). Products with the tall X run on
+    all threads, the r × r steps on one.
+    """
+    G = _gram64(X)  # (.., r, r)
+    with one_thread(G):
+        eye = torch.eye(X.shape[-1], dtype=G.dtype, device=G.device)
+        C, info = torch.linalg.cholesky_ex(G)  # XᵀX = C Cᵀ, T = Cᵀ
+        spread = _diag_spread(C)
+        ok = (info == 0) & (spread <= _TWO_PASS_SPREAD)  # nan compares False
+        T = torch.where(ok[..., None, None], C, eye).mT
+        if not bool((ok & (spread > _ONE_PASS_SPREAD)).any()):
+            return X, T, T, ok
+        T_inv = torch.linalg.solve_triangular(T, eye, upper=True)
+    Q1 = X.to(torch.float64) @ T_inv  # (.., m, r)
+    G2 = Q1.mT @ Q1
+    with one_thread(G2):
+        C2, info2 = torch.linalg.cholesky_ex(G2)
+        ok = ok & (info2 == 0)
+        T2 = torch.where(ok[..., None, None], C2, eye).mT
+        return Q1, T2, T2 @ T, ok
+
+
+def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """:func:`factored_svd_routes` by Cholesky QR of float64 Grams; float32, r ≤ min(m, n).
+
+    With L = Q_L T_L and Rᵀ = Q_R T_R, the core C = s · T_L T_Rᵀ (r × r) = U_c Σ V_cᵀ and
+    U = Q_L U_c = L · T_L⁻¹ U_c, V = Rᵀ · T_R⁻¹ V_c: only products with the tall factors.
+    Returns ``U, S, Vh, gram`` with ``gram`` (...,) True where both factors pass the Gram bar
+    and those products ran in float32; elsewhere they ran in float64 (on the second pass's
+    basis where there was one) and results were rounded to float32 once at the end.
+    """
+    dtype = L.dtype
+    left, right = L, R.mT  # (.., m, r), (.., n, r)
+    base_l, tri_l, T_l, ok_l = _cholesky_qr(left)
+    base_r, tri_r, T_r, ok_r = _cholesky_qr(right)
+    with one_thread(T_l):
+        U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))  # (.., r, r)
+        eye = torch.eye(T_l.shape[-1], dtype=T_l.dtype, device=T_l.device)
+        inv_l = torch.linalg.solve_triangular(T_l, eye, upper=True)
+        inv_r = torch.linalg.solve_triangular(T_r, eye, upper=True)
+        gram = ok_l & ok_r & (_cond_f(T_l, inv_l) <= GRAM_MAX_COND) & (_cond_f(T_r, inv_r) <= GRAM_MAX_COND)
+    if bool(gram.all()):
+        U = _times(left, (inv_l @ U_core).to(dtype))  # (.., m, r), float32
+        Vh = _times((inv_r @ Vh_core.mT).to(dtype).mT, right.mT)  # (.., r, n), float32
+        return U, S.to(dtype), Vh, gram
+    with one_thread(T_l):
+        X_l = torch.linalg.solve_triangular(tri_l, U_core, upper=True)  # T_basis⁻¹ U_c
+        X_r = torch.linalg.solve_triangular(tri_r, Vh_core.mT, upper=True)
+    # Uᵀ = X_lᵀ · base_lᵀ: MKL's float64 GEMM runs this (r × r)·(r × m) shape about twice as fast
+    # as (m × r)·(r × r); the transpose back is a float32 copy.
+    U = (X_l.mT @ base_l.to(torch.float64).mT).to(dtype).mT.contiguous()  # (.., m, r)
+    Vh = (X_r.mT @ base_r.to(torch.float64).mT).to(dtype)  # (.., r, n)
+    S = S.to(dtype)
+    if bool(gram.any()):  # a mixed batch: the matrices that pass the bar get their float32 products
+        U[gram] = left[gram] @ (inv_l[gram] @ U_core[gram]).to(dtype)
+        Vh[gram] = (inv_r[gram] @ Vh_core[gram].mT).to(dtype).mT @ right[gram].mT
+    bad = ~(ok_l & ok_r)
+    if bool(bad.any()):
+        if bad.dim() == 0:
+            return (*_factored_svd_householder(L, R, scale), gram)
+        part = scale[bad] if torch.is_tensor(scale) and scale.dim() > 0 else scale
+        U_h, S_h, Vh_h = _factored_svd_householder(L[bad], R[bad], part)
+        U[bad], S[bad], Vh[bad] = U_h, S_h, Vh_h
+    return U, S, Vh, gram
+
+
+def _cond_f(T: torch.Tensor, T_inv: torch.Tensor) -> torch.Tensor:
+    """κ_F = ‖T‖_F ‖T⁻¹‖_F (...,), an upper bound of the 2-norm condition number of T."""
+    return torch.linalg.matrix_norm(T) * torch.linalg.matrix_norm(T_inv)
