@@ -5,10 +5,23 @@ box each; a 224-module appendix holds over 2000 cells, and drawing them was the 
 a report's time. :class:`Strings` hands every string straight to the renderer's ``draw_text``,
 at the position a ``Text`` with the same alignment would give it: the glyphs in the PDF are the
 same, only the bookkeeping around them is gone.
+
+Into a PDF, plain strings skip ``draw_text`` too (:func:`_draw_pdf`): each distinct string is
+laid out once per process and its glyphs registered once per file, and all strings of one
+colour go into one PDF text object (``BT … ET``), one ``Tm`` and ``TJ`` each. ``draw_text``
+lays out every string anew and wraps each in its own ``q cm BT … ET Q``; for the ~3,000 strings
+of a 224-module report that bookkeeping, not the glyphs, was the time. The operators are those
+``draw_text`` writes for a Type 3 font (PDF 1.7 §9.4), so the page shows the same glyphs at the
+same places; tests/test_report_strings.py compares the two renderings.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections import defaultdict
+from weakref import WeakKeyDictionary
+
+from matplotlib import _text_helpers, rcParams
 from matplotlib.artist import Artist
 from matplotlib.font_manager import FontProperties
 from matplotlib.text import Text
@@ -80,7 +93,11 @@ class Strings(Artist):
         points = self.get_transform().transform([(x, y) for x, y, *_ in self._items])
         renderer.open_group("strings", gid=self.get_gid())
         gc = renderer.new_gc()
-        for (px, py), (_, _, s, ha, va, weight, color) in zip(points, self._items):
+        items = zip(points, self._items)
+        pdf_renderer = _pdf_renderer(renderer)
+        if pdf_renderer is not None:
+            items = _draw_pdf(pdf_renderer, gc, self, items, props)
+        for (px, py), (_, _, s, ha, va, weight, color) in items:
             dx, dy = self._offset(renderer, s, props[weight], ha, va, weight)
             gc.set_foreground(color)
             text, ismath = _math(s)
@@ -88,6 +105,106 @@ class Strings(Artist):
         gc.restore()
         renderer.close_group("strings")
         self.stale = False
+
+
+def _pdf_renderer(renderer):
+    """The PDF renderer behind ``renderer`` when it writes Type 3 fonts, the case
+    :func:`_draw_pdf` reproduces; None otherwise (another backend, or a rasterised part)."""
+    from matplotlib.backends.backend_mixed import MixedModeRenderer
+    from matplotlib.backends.backend_pdf import RendererPdf
+
+    if isinstance(renderer, MixedModeRenderer):  # how savefig hands the PDF renderer over
+        renderer = renderer._renderer
+    if (isinstance(renderer, RendererPdf) and rcParams["pdf.fonttype"] == 3
+            and not rcParams["pdf.use14corefonts"]):
+        return renderer
+    return None
+
+
+#: (font files, size in points, string) → the string's glyphs as laid out by matplotlib
+_LAYOUTS: dict = {}
+#: PDF file → {(font files, size, string) → [(x offset, font resource name, TJ operand)]}
+_ENCODED: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def _segments(renderer, prop: FontProperties, files: tuple, s: str) -> list[tuple[float, bytes, bytes]]:
+    """The string as ``draw_text`` writes it: runs of glyphs in one font subset, each with its
+    start (points from the origin), the subset's font resource and the ``TJ`` array (glyph
+    codes with the kerning between them in 1/1000 text space units, PDF 1.7 §9.4.3)."""
+    from matplotlib.backends.backend_pdf import pdfRepr
+    from matplotlib.font_manager import FontPath
+
+    pdf = renderer.file
+    size = prop.get_size_in_points()
+    key = (files, size, s)
+    per_file = _ENCODED.setdefault(pdf, {})
+    if key in per_file:
+        return per_file[key]
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) > 100_000:  # a long-lived process: bounded memory, rebuilt on demand
+            _LAYOUTS.clear()
+        font = renderer._get_font_ttf(prop)
+        _LAYOUTS[key] = [(i.ft_object, i.char, i.glyph_index, i.x, i.prev_kern, i.y)
+                         for i in _text_helpers.layout(s, font)]
+    segments, chunk, current, start = [], [], None, 0.0
+
+    def close():
+        if chunk:
+            parts = [pdfRepr(-1000 * next(group) / size) if kind is float else
+                     pdfRepr(bytes(group)) for kind, group in itertools.groupby(chunk, type)]
+            segments.append((start, current, b"[" + b" ".join(parts) + b"]"))
+            chunk.clear()
+
+    for ft_object, char, glyph, x, kern, y in _LAYOUTS[key]:
+        if y:  # a raised glyph needs Ts: not in the strings reports draw
+            per_file[key] = None
+            return None
+        subset, code = pdf._character_tracker.track_glyph(ft_object, char, glyph)
+        name = pdf.fontName(FontPath(ft_object.fname, ft_object.face_index), subset)
+        if name != current:
+            close()
+            current, start = name, x
+        if kern:
+            chunk.append(kern)
+        chunk.append(code)
+    close()
+    per_file[key] = [(x, pdfRepr(name), tj) for x, name, tj in segments]
+    return per_file[key]
+
+
+def _draw_pdf(renderer, gc, artist: "Strings", items, props: dict) -> list:
+    """Write the plain strings among ``items`` into ``renderer``'s PDF, one text object per
+    colour; return the items left for ``draw_text`` (mathtext)."""
+    from matplotlib.backends.backend_pdf import pdfRepr
+
+    from matplotlib.font_manager import fontManager
+
+    by_color, rest = defaultdict(list), []
+    # looked up once per weight here, not per string (hashing the properties was a cost)
+    files = {w: tuple(fontManager._find_fonts_by_props(p)) for w, p in props.items()}
+    for item in items:
+        (px, py), (_, _, s, ha, va, weight, color) = item
+        text, ismath = _math(s)
+        segments = None if ismath else _segments(renderer, props[weight], files[weight], text)
+        if segments is None:
+            rest.append(item)
+            continue
+        dx, dy = artist._offset(renderer, s, props[weight], ha, va, weight)
+        by_color[color].append((px + dx, py + dy, props[weight].get_size_in_points(), segments))
+    pdf = renderer.file
+    for color, strings in by_color.items():
+        gc.set_foreground(color)
+        renderer.check_gc(gc, gc._rgb)
+        out, font = [b"BT"], None
+        for x, y, size, segments in strings:
+            for start, name, tj in segments:
+                if name != font:
+                    out.append(b"%s %s Tf" % (name, pdfRepr(size)))
+                    font = name
+                out.append(b"1 0 0 1 %s %s Tm %s TJ" % (pdfRepr(x + start), pdfRepr(y), tj))
+        out.append(b"ET\n")
+        pdf.write(b"\n".join(out))
+    return rest
 
 
 def _math(s: str) -> tuple[str, bool]:

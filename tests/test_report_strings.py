@@ -1,0 +1,99 @@
+"""The reports' many-strings artist writes into a PDF what matplotlib's ``draw_text`` writes.
+
+The oracle is matplotlib itself: the same strings drawn through ``RendererPdf.draw_text`` (the
+fast path switched off) must give the same pixels and the same extracted text.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from matplotlib import rc_context
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
+
+from reports import strings as strings_module
+from reports import style
+from reports.strings import Strings
+
+needs_poppler = pytest.mark.skipif(not (shutil.which("pdftoppm") and shutil.which("pdftotext")),
+                                   reason="poppler-utils (pdftoppm, pdftotext) not installed")
+
+# ASCII, Latin-1 and beyond (Δ, σ, ‖, subscripts: a second Type 3 subset, so a font switch inside
+# one string), kerning pairs (AV, To), a repeated string, mathtext (left to draw_text) and an
+# escaped dollar
+ITEMS = [
+    (0.3, 5.0, "AVATAR To Wa 0.5 ×4096", "left", "baseline", "normal", "#1a1a1a"),
+    (7.5, 4.6, "‖ΔW‖/‖W‖ = 3.2 %", "right", "baseline", "bold", "#1a1a1a"),
+    (4.0, 4.2, "σ₁/σ₂ in layers 0–31", "center", "center", "normal", "white"),
+    (4.0, 3.8, "σ₁/σ₂ in layers 0–31", "center", "baseline", "normal", "#c00000"),
+    (1.0, 3.4, r"$\|\Delta W\|_F^2$ and k90", "left", "baseline", "normal", "#1a1a1a"),
+    (6.0, 3.0, r"cost \$5 é ü ß", "right", "center", "bold", "#1f4e79"),
+    (2.0, 2.6, "model.layers.31.mlp.down_proj", "left", "center", "normal", "#1a1a1a"),
+]
+
+
+def _write(path, fast: bool, monkeypatch) -> None:
+    if not fast:
+        monkeypatch.setattr(strings_module, "_pdf_renderer", lambda renderer: None)
+    with rc_context(style.RC), PdfPages(path) as pdf:
+        fig = Figure(figsize=(8.0, 5.5))
+        fig.patch.set_facecolor("#808080")  # white text must show
+        for size in (style.TINY, style.BODY):
+            strings = Strings(fig.dpi_scale_trans, size)
+            for x, y, s, ha, va, weight, color in ITEMS:
+                strings.add(x, y - (2.3 if size == style.BODY else 0.0), s, ha=ha, va=va,
+                            weight=weight, color=color)
+            fig.add_artist(strings)
+        pdf.savefig(fig)
+    monkeypatch.undo()
+
+
+def _pixels(path) -> np.ndarray:
+    from PIL import Image
+
+    png = subprocess.run(["pdftoppm", "-r", "150", "-png", str(path)], capture_output=True,
+                         check=True).stdout
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+
+
+@needs_poppler
+def test_fast_pdf_strings_match_draw_text(tmp_path, monkeypatch):
+    fast, slow = tmp_path / "fast.pdf", tmp_path / "slow.pdf"
+    _write(fast, True, monkeypatch)
+    _write(slow, False, monkeypatch)
+    a, b = _pixels(fast), _pixels(slow)
+    assert a.shape == b.shape
+    assert (a < 250).sum() > 5000  # the page does hold text
+    # anti-aliasing may differ by a level where a position is rounded differently in the last
+    # digit written; a glyph out of place differs by far more
+    assert np.abs(a - b).max() <= 8
+    text = [subprocess.run(["pdftotext", "-raw", str(p), "-"], capture_output=True, text=True,
+                           check=True).stdout.split() for p in (fast, slow)]
+    assert sorted(text[0]) == sorted(text[1])
+    assert "‖ΔW‖/‖W‖" in text[0] and "model.layers.31.mlp.down_proj" in text[0]
+
+
+def test_fast_path_is_taken_for_pdf_and_not_for_other_backends(tmp_path, monkeypatch):
+    calls = []
+    original = strings_module._draw_pdf
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(strings_module, "_draw_pdf", spy)
+    fig = Figure(figsize=(2, 1))
+    strings = Strings(fig.dpi_scale_trans, 8)
+    strings.add(0.1, 0.5, "k90 = 56")
+    fig.add_artist(strings)
+    with rc_context(style.RC):
+        fig.savefig(tmp_path / "x.png")
+        assert not calls
+        fig.savefig(tmp_path / "x.pdf")
+        assert calls
