@@ -22,6 +22,7 @@ from . import style, text
 from .heatmap import colorbar
 from .layout import abbreviate, text_width
 from .pdf import Block
+from .ticks import set_log_ticks
 
 HEIGHT = 2.75
 LEGEND_H = 0.22  # a strip under the panels for the legend, so it never covers a curve
@@ -158,12 +159,14 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
             ax_c.axhline(level, color=style.RULE, lw=0.5, ls=(0, (2, 2)), zorder=1)
         ax_s.set_yscale("log")
         ax_s.set_ylim(max(smallest, 1e-7) * 0.6, 1.6)
+        set_log_ticks(ax_s.yaxis, *ax_s.get_ylim())
         ax_c.set_ylim(0, 1.02)
         ax_c.set_yticks([0, 0.25, 0.5, 0.75, 0.9, 1.0], ["0", "25%", "50%", "75%", "90%", "100%"])
         for ax in (ax_s, ax_c):
             if log_x:
                 ax.set_xscale("log")
                 ax.set_xlim(0.9, x_max * 1.1)
+                set_log_ticks(ax.xaxis, *ax.get_xlim())
             else:
                 ax.set_xlim(0.5, x_max + 0.5)
                 ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=2))

@@ -233,12 +233,20 @@ def paragraph(region: Region, lines: list[str], *, size: float, y_top: float | N
               first_x: float | None = None) -> float:
     """Draw pre-wrapped ``lines`` downward from ``y_top`` (inches in ``region``); return the y
     below the last line."""
+    from matplotlib.transforms import Affine2D
+
+    from .strings import Strings  # imports this module: imported here, where it is needed
+
     y = region.h if y_top is None else y_top
     step = line_height(size)
+    # one artist for the lines, placed where a left/baseline Text would put each (captions and
+    # findings are most of a report's lines; see reports.strings)
+    strings = Strings(Affine2D().translate(region.x, region.y) + region.fig.dpi_scale_trans, size)
     for n, line in enumerate(lines):
         y -= step
-        region.text(first_x if (n == 0 and first_x is not None) else x, y + 0.22 * step, line,
-                    fontsize=size, color=color, weight=weight, va="baseline", ha="left")
+        strings.add(first_x if (n == 0 and first_x is not None) else x, y + 0.22 * step, line,
+                    color=color, weight=weight)
+    region.fig.add_artist(strings)
     return y
 
 
