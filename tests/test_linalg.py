@@ -196,6 +196,32 @@ def test_svd_many_results_survive_the_next_batch():
         assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
 
 
+def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch):
+    # Three workers over five modules (shares of 2, 1, 2), one of them with a rank-deficient B that
+    # takes the Householder fallback: each module's numbers must equal the one-thread run's, bit
+    # for bit, since every module is computed on one thread either way.
+    import deltaw.linalg.batching as batching
+
+    deltas = [lowrank(300, 200, 16, seed=i, name=f"a{i}") for i in range(5)]
+    B = torch.zeros(300, 16)
+    B[:, 0] = 1.0  # rank 1: Cholesky of its Gram fails
+    A = torch.randn(16, 200, generator=torch.Generator().manual_seed(9))
+    deltas[3] = LowRankDelta(name="deficient", shape=(300, 200), read_A=lambda: A, read_B=lambda: B, rank=16,
+                             scale=0.5)
+    results = {}
+    for count in (1, 3):
+        monkeypatch.setattr(batching, "svd_threads", lambda *args, count=count, **kw: count)
+        results[count] = [r for _, r in deltaw.svd_many(deltas)]
+    assert [r.method for r in results[3]] == ["factored-gram"] * 3 + ["factored", "factored-gram"]
+    for one, split in zip(results[1], results[3]):
+        assert one.method == split.method and one.energy == split.energy
+        for a, b in zip(one, split):
+            assert torch.equal(a, b)
+    L, R = deltas[3].factors()
+    r = results[3][3]
+    np.testing.assert_allclose(r.S[0].double(), torch.linalg.svdvals(0.5 * L.double() @ R.double())[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("layout", ["rows", "transposed"])
 def test_blocked_float64_gram_matches_numpy(layout):
     # More rows than one block, the last one partial; a transposed factor (a LoRA A) is read by

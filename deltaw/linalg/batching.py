@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import factored, resources, routes, structured
-from deltaw.linalg.resources import exact_math, resolve_device, svd_threads, threads
+from deltaw.linalg.resources import exact_math, numpy_blas_threads, resolve_device, svd_threads, threads
 from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
 
 # Elements per batched chunk: bounds the memory of one batch (64 Mi float32 = 256 MiB).
@@ -147,28 +148,58 @@ def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SV
     if isinstance(first, KroneckerDelta):  # exact from the factors' SVDs, one module at a time
         return [structured.kronecker_delta_svd(d, k, dtype, device) for d in group]
     if isinstance(first, LowRankDelta):
-        L, R = _stacked_factors(group, dtype, device, workspace)
-        scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
-        # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
-        U, S, Vh, method = factored.factored_svd_routes(L, R, scales)
-        energy = (S.double() ** 2).sum(-1)
+        return _lowrank_svds(group, k, dtype, device, workspace)
+    m, n = first.matrix_shape
+    M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
+    for i, d in enumerate(group):
+        M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
+    energy = routes.energy(M)
+    method = dense_method((m, n), k)
+    if method == "randomized":
+        U, S, Vh = routes.randomized_svd(M, k, n_iter=n_iter, generator=generator)
     else:
-        m, n = first.matrix_shape
-        M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
-        for i, d in enumerate(group):
-            M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
-        energy = routes.energy(M)
-        method = dense_method((m, n), k)
-        if method == "randomized":
-            U, S, Vh = routes.randomized_svd(M, k, n_iter=n_iter, generator=generator)
-        else:
-            U, S, Vh = routes.robust_svd(M)
-        del M
-        method = [method] * len(group)
+        U, S, Vh = routes.robust_svd(M)
+    del M
+    return _records(U, S, Vh, energy, [method] * len(group), k)
+
+
+def _lowrank_svds(group: list[LowRankDelta], k, dtype, device, workspace) -> list[SVD]:
+    """Exact factored SVDs of same-shape LoRA ΔWs; on the CPU split between the threads.
+
+    Each thread converts its share of the factors and decomposes them on one thread of its own
+    (:func:`~deltaw.linalg.factored.factored_svd_routes`): every step of one matrix is a small
+    GEMM (inner or outer dimension r), an r × r LAPACK call or a conversion, which a second
+    OpenMP thread speeds up by 1.6× at best (the float64 Grams, measured), while independent
+    matrices on separate threads keep both cores busy with all of it. A matrix's numbers do not
+    depend on the thread count (GEMM blocking would follow it inside one matrix).
+    """
+    workers = min(torch.get_num_threads(), len(group)) if device.type == "cpu" else 1
+    per = sum(group[0].matrix_shape) * group[0].rank  # values of one module's L and R
+    flat = workspace.take(len(group) * per, dtype, device)
+    edges = [round(i * len(group) / workers) for i in range(workers + 1)]
+
+    def part(a: int, b: int) -> list[SVD]:
+        with exact_math():  # grad mode is per thread
+            L, R = _stacked_factors(group[a:b], flat[a * per:b * per])
+            scales = torch.tensor([d.scale for d in group[a:b]], dtype=dtype, device=device).reshape(-1, 1, 1)
+            # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
+            U, S, Vh, method = factored.factored_svd_routes(L, R, scales)
+            return _records(U, S, Vh, (S.double() ** 2).sum(-1), method, k)
+
+    if workers == 1:
+        return part(0, len(group))
+    # Both limits are set here, before the threads start, so the threads' own limit contexts
+    # (one thread each) change nothing while another thread computes.
+    with threads(1), numpy_blas_threads(1), ThreadPoolExecutor(workers) as pool:
+        shares = [pool.submit(part, a, b) for a, b in zip(edges, edges[1:])]
+        return [svd for share in shares for svd in share.result()]
+
+
+def _records(U, S, Vh, energy, method: list[str], k: int | None) -> list[SVD]:
+    """One :class:`SVD` per matrix of a batch (U (g, m, q), S (g, q), Vh (g, q, n)), top-k kept."""
     if k is not None:
         U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
-    return [SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method[i])
-            for i in range(len(group))]
+    return [SVD(U[i].cpu(), S[i].cpu(), Vh[i].cpu(), float(energy[i]), method[i]) for i in range(len(method))]
 
 
 class _Workspace:
@@ -192,17 +223,17 @@ class _Workspace:
         return buf[:count]
 
 
-def _stacked_factors(group: list[LowRankDelta], dtype: torch.dtype, device: torch.device, workspace: _Workspace):
-    """The factors of same-shape LoRA ΔWs as batches L (g, m, r) and R (g, r, n) in ``dtype``.
+def _stacked_factors(group: list[LowRankDelta], flat: torch.Tensor):
+    """The factors of same-shape LoRA ΔWs as batches L (g, m, r) and R (g, r, n) in ``flat``'s
+    dtype and device, written into ``flat`` (g · (m + n) · r values, from the reused workspace).
 
-    Each stored factor is converted straight into its slot of the reused ``workspace``
-    (:meth:`LowRankDelta.write_factors`): the bf16 → float32 conversion is the only pass over
-    the data, no per-module float32 copies are stacked afterwards, no fresh pages are faulted in.
+    Each stored factor is converted straight into its slot (:meth:`LowRankDelta.write_factors`):
+    the bf16 → float32 conversion is the only pass over the data, no per-module float32 copies
+    are stacked afterwards, no fresh pages are faulted in.
     """
     m, n = group[0].matrix_shape
     r = group[0].rank
     g = len(group)
-    flat = workspace.take(g * (m + n) * r, dtype, device)
     L = flat[:g * m * r].view(g, m, r)
     R = flat[g * m * r:].view(g, r, n)
     for i, d in enumerate(group):

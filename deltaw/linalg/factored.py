@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from deltaw.linalg.resources import one_thread
+from deltaw.linalg.resources import numpy_blas_threads, one_thread
 from deltaw.linalg.routes import robust_svd
 
 
@@ -75,7 +76,8 @@ def factored_svd_routes(L: torch.Tensor, R: torch.Tensor, scale: float | torch.T
     n = R.shape[-1]
     count = math.prod(L.shape[:-2])
     if L.dtype == torch.float32 and 0 < r <= min(m, n):
-        U, S, Vh, gram = _factored_svd_cholesky(L, R, scale)
+        with numpy_blas_threads(1 if L.is_cuda else torch.get_num_threads()):  # the Grams' syrk
+            U, S, Vh, gram = _factored_svd_cholesky(L, R, scale)
         routes = ["factored-gram" if g else "factored" for g in gram.reshape(-1).tolist()]
         return U, S, Vh, routes
     return (*_factored_svd_householder(L, R, scale), ["factored"] * count)
@@ -117,31 +119,34 @@ def _gram64(X: torch.Tensor) -> torch.Tensor:
     """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype and either memory layout.
 
     On the CPU one matrix at a time, :data:`_GRAM_BLOCK_ROWS` rows at a time: each block is
-    converted into one reused float64 workspace that stays in cache, so no float64 copy of a
-    whole factor is allocated (its fresh pages would be faulted in and zeroed on every call)
-    and written out to memory. A factor stored transposed (X = Rᵀ with R (r, m) row-major, a
-    LoRA A) is read by column blocks of R: no transposing copy.
+    converted into one reused float64 workspace that stays in cache (no float64 copy of a whole
+    factor is allocated, faulted in and written out to memory), and its Gram is one BLAS
+    ``syrk`` (numpy's matmul of an array with its own transpose), half the flops of a GEMM. A
+    factor stored transposed (X = Rᵀ with R (r, m) row-major, a LoRA A) is read by column
+    blocks of R: no transposing copy. numpy's BLAS threads are the caller's to set
+    (:func:`~deltaw.linalg.resources.numpy_blas_threads`).
     """
     if X.dtype == torch.float64 or X.is_cuda:
         X = X.to(torch.float64)
         return X.mT @ X
     m, r = X.shape[-2:]
     flat = X.reshape(-1, m, r)
-    G = torch.zeros((flat.shape[0], r, r), dtype=torch.float64)
-    work = torch.empty(min(m, _GRAM_BLOCK_ROWS) * r, dtype=torch.float64)
+    G = np.zeros((flat.shape[0], r, r))
+    work = np.empty(min(m, _GRAM_BLOCK_ROWS) * r)
     for x, g in zip(flat, G):
         by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: R's layout
+        stored = (x.mT if by_columns else x).numpy()  # (r, m) or (m, r), a view
         for start in range(0, m, _GRAM_BLOCK_ROWS):
             rows = min(_GRAM_BLOCK_ROWS, m - start)
             if by_columns:
-                block = work[:rows * r].view(r, rows)
-                block.copy_(x.mT[:, start:start + rows])
-                g.addmm_(block, block.mT)
+                block = work[:rows * r].reshape(r, rows)
+                np.copyto(block, stored[:, start:start + rows])
+                g += block @ block.T
             else:
-                block = work[:rows * r].view(rows, r)
-                block.copy_(x[start:start + rows])
-                g.addmm_(block.mT, block)
-    return G.reshape(*X.shape[:-2], r, r)
+                block = work[:rows * r].reshape(rows, r)
+                np.copyto(block, stored[start:start + rows])
+                g += block.T @ block
+    return torch.from_numpy(G).reshape(*X.shape[:-2], r, r)
 
 
 def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
