@@ -229,3 +229,24 @@ def test_lora_lists_every_sigma_its_factors_define_and_the_amplification_uses_th
     assert amp.r == 64
     U, _, Vt = svd64(2.0 * B.double().numpy() @ A.double().numpy())
     assert amp.proj_delta == pytest.approx(np.linalg.norm(U[:, :64].T @ W.double().numpy() @ Vt[:64].T), rel=1e-4)
+
+
+def test_random_frames_are_drawn_once_per_shape_with_the_same_numbers():
+    """The frames kept for a (shape, r, seed) are the numbers a fresh draw gives, shared read-only."""
+    from deltaw.amplify import _random_frames
+
+    _random_frames.cache_clear()
+    U, V = _random_frames(300, 200, 7, 3)
+    fresh_U, fresh_V = _random_frames.__wrapped__(300, 200, 7, 3)
+    assert torch.equal(U, fresh_U) and torch.equal(V, fresh_V)
+    again = _random_frames(300, 200, 7, 3)
+    assert again[0] is U and again[1] is V and _random_frames.cache_info().hits == 1
+    assert not torch.equal(_random_frames(300, 200, 7, 4)[0], U)  # another seed, other frames
+    for Q in (U, V):
+        assert torch.allclose(Q.mT @ Q, torch.eye(7, dtype=torch.float64), atol=1e-13)
+    g = torch.Generator().manual_seed(4)
+    W, B, A = torch.randn(300, 200, generator=g), torch.randn(300, 7, generator=g), torch.randn(7, 200, generator=g)
+    warm = deltaw.amplification(lowrank(B, A), W, seed=3)
+    _random_frames.cache_clear()
+    assert deltaw.amplification(lowrank(B, A), W, seed=3) == warm
+    assert float(U.sum()) == float(fresh_U.sum())  # the amplification left the kept frames untouched

@@ -326,3 +326,58 @@ def test_analysis_on_cuda_matches_cpu():
             for key in ("proj_delta", "proj_base_top", "proj_random", "factor"):
                 assert g["amplification"][key] == pytest.approx(c["amplification"][key], rel=1e-3), key
             np.testing.assert_allclose(g["intruders"]["max_cos"], c["intruders"]["max_cos"], atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# the reading step: NaN/Inf counts by a sum first, a dense ΔW formed from one conversion of W
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_nonfinite_counts_exactly_wherever_the_values_sit(dtype):
+    from deltaw.analysis import _nonfinite
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(257, 129, generator=g).to(dtype)  # odd sizes: the vectorised sum's tails
+    assert _nonfinite(clean) == 0
+    for positions, values in (([0], ["nan"]), ([-1], ["inf"]), ([5000], ["-inf"]),
+                              ([3, 20000], ["inf", "-inf"]),  # the sum of +Inf and −Inf is NaN
+                              ([7, 8, 33152], ["nan", "inf", "nan"])):
+        t = clean.clone().reshape(-1)
+        for p, v in zip(positions, values):
+            t[p] = float(v)
+        t = t.reshape(clean.shape)
+        assert _nonfinite(t) == int((~np.isfinite(t.double().numpy())).sum()) == len(positions)
+    # finite values whose sum overflows: counted value by value, none is NaN/Inf
+    big = torch.full((64,), torch.finfo(dtype).max / 2, dtype=dtype)
+    assert not torch.isfinite(big.sum()) and _nonfinite(big) == 0
+    assert _nonfinite(clean, None, torch.arange(3), big, t) == 3  # non-float and missing tensors skipped
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_dense_delta_is_formed_as_to_dense_forms_it(stored, dtype):
+    """ΔW and W from _read are DenseDelta.to_dense's and base's numbers to the bit, inputs untouched."""
+    from deltaw.analysis import _read
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64).to(stored)  # a conv kernel
+    tuned = (base.double() + 1e-3 * torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)).to(stored)
+    kept = tuned.clone(), base.clone()
+    d = _dense("conv", tuned, base)
+    view, bad = _read(d, dtype)
+    assert bad == 0
+    assert torch.equal(view.matrix(dtype), d.matrix(dtype)) and view.matrix(dtype).dtype == dtype
+    assert torch.equal(view.base(dtype), d.base(dtype))
+    assert torch.equal(tuned, kept[0]) and torch.equal(base, kept[1])
+
+
+def test_a_difference_that_overflows_is_counted():
+    from deltaw.analysis import _read
+
+    base = torch.zeros(4, 5)
+    base[1, 2], base[3, 3] = -3e38, 2e38
+    tuned = base.clone()
+    tuned[1, 2], tuned[3, 3] = 3e38, -3e38  # both finite; ΔW = ±Inf in float32 at the two places
+    view, bad = _read(_dense("m", tuned, base), torch.float32)
+    assert bad == 2 and view.name == "m"
+    assert _read(_dense("m", tuned, base), torch.float64)[1] == 0  # float64 holds the difference

@@ -128,3 +128,33 @@ def test_magnitude_direction_on_cuda_matches_cpu():
         on_gpu, on_cpu = deltaw.magnitude_direction(d, device="cuda"), deltaw.magnitude_direction(d, device="cpu")
         assert on_gpu.delta_m == pytest.approx(on_cpu.delta_m, rel=1e-9)
         assert on_gpu.delta_d == pytest.approx(on_cpu.delta_d, rel=1e-9)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_dense_row_terms_by_blocks_are_the_float64_sums(monkeypatch, transposed):
+    """Row terms converted a block of rows at a time: the whole-matrix float64 numbers (to the bit
+    in the stored layout), and float64 references; a bf16 base gives what its float64 copy gives."""
+    import deltaw.direction as direction
+
+    monkeypatch.setattr(direction, "_BLOCK_VALUES", 3 * 50)  # 3 rows a block, a ragged last block
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(50, 50, generator=g).to(torch.bfloat16)
+    delta = 1e-3 * torch.randn(50, 50, generator=g)
+    W_rows = W.float().mT if transposed else W.float()
+    delta_rows = delta.mT if transposed else delta
+    terms = direction._row_terms_dense(W_rows, delta_rows)
+    W64, delta64 = W_rows.double(), delta_rows.double()
+    whole = (W64.pow(2).sum(1), (W64 * delta64).sum(1), delta64.pow(2).sum(1))
+    for got, want in zip(terms, whole):
+        assert got.dtype == torch.float64
+        if not transposed:
+            assert torch.equal(got, want)
+        assert got.numpy() == pytest.approx(want.numpy(), rel=1e-13)
+    d = DenseDelta(name="d", shape=(50, 50), read_base=lambda: W, read_tuned=lambda: W.float() + delta)
+    expected_m, expected_d = reference(W.double().numpy(), delta.double().numpy(), transposed=transposed)
+    for base in (W, W.double()):
+        result = deltaw.magnitude_direction(d, base, delta=delta, transposed=transposed)
+        assert result.delta_m == pytest.approx(expected_m, rel=1e-9)
+        assert result.delta_d == pytest.approx(expected_d, rel=1e-6)
+    assert deltaw.magnitude_direction(d, W, delta=delta, transposed=transposed) == \
+        deltaw.magnitude_direction(d, W.double(), delta=delta.double(), transposed=transposed)
