@@ -22,7 +22,7 @@ from . import style, text
 from .heatmap import colorbar
 from .layout import abbreviate, text_width
 from .pdf import Block
-from .ticks import set_log_ticks
+from .ticks import fixed_ticks, set_log_ticks
 
 HEIGHT = 2.75
 LEGEND_H = 0.22  # a strip under the panels for the legend, so it never covers a curve
@@ -159,26 +159,26 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
             ax_c.axhline(level, color=style.RULE, lw=0.5, ls=(0, (2, 2)), zorder=1)
         ax_s.set_yscale("log")
         ax_s.set_ylim(max(smallest, 1e-7) * 0.6, 1.6)
-        set_log_ticks(ax_s.yaxis, *ax_s.get_ylim())
+        set_log_ticks(ax_s, "y", label=r"$\sigma_i\,/\,\sigma_1$")
         ax_c.set_ylim(0, 1.02)
-        ax_c.set_yticks([0, 0.25, 0.5, 0.75, 0.9, 1.0], ["0", "25%", "50%", "75%", "90%", "100%"])
+        fixed_ticks(ax_c, "y", [0, 0.25, 0.5, 0.75, 0.9, 1.0],
+                    ["0", "25%", "50%", "75%", "90%", "100%"], label=f"share of {text.NORM_DW2}")
         for ax in (ax_s, ax_c):
+            x_label = "index i" if ax is ax_s else "k (leading directions)"
             if log_x:
                 ax.set_xscale("log")
                 ax.set_xlim(0.9, x_max * 1.1)
-                set_log_ticks(ax.xaxis, *ax.get_xlim())
+                set_log_ticks(ax, "x", label=x_label)
             else:
                 ax.set_xlim(0.5, x_max + 0.5)
-                ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True, min_n_ticks=2))
-            ax.set_xlabel("index i" if ax is ax_s else "k (leading directions)", labelpad=2)
-        ax_s.set_ylabel(r"$\sigma_i\,/\,\sigma_1$", labelpad=2)
+                ticks = MaxNLocator(nbins=8, integer=True, min_n_ticks=2).tick_values(0.5, x_max + 0.5)
+                fixed_ticks(ax, "x", ticks, [str(int(t)) for t in ticks], label=x_label)
         # the module type abbreviated by the report's rule (the same in both titles), never cut
         width = min(left.w - text_width(": singular values", style.BODY, "bold"),
                     right.w - text_width(": cumulative energy", style.BODY, "bold"))
         name = abbreviate(module_type, list(others), width, style.BODY, weight="bold").replace("\n", "")
         for ax, what in ((ax_s, ": singular values"), (ax_c, ": cumulative energy")):
             ax.set_title(name + what, loc="left")
-        ax_c.set_ylabel(f"share of {text.NORM_DW2}", labelpad=2)
         region.fig.legend(handles=handles, loc="upper left", ncol=ncol,
                           bbox_to_anchor=strip.inset(left=0.55).frac(), handlelength=2.2,
                           columnspacing=1.2, borderaxespad=0.0, borderpad=0.0,

@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from . import style
 from .layout import Region, line_height, text_width
 from .strings import Strings
+from .ticks import fixed_ticks
 
 MAX_VECTOR_CELLS = 1200  # larger maps (φ over 64 × 64) get no cell edges: they would hide the cells
 _STEPS = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
@@ -69,12 +70,15 @@ def heatmap(
     cell_edges: bool = False,
     x_label: str | None = None,
     y_label: str | None = None,
+    x_rotation: float = 0.0,
 ):
     """Draw ``values`` (rows × columns) on ``ax``; return the mappable for a colour bar.
 
     ``annotate`` formats a value for display inside its cell, or ``texts`` gives each cell's
     text (skipped when cells are too small for ``style.TINY`` text). ``not_finite`` marks cells
     to hatch as NaN/Inf; ``bound`` marks cells whose value is only a lower bound (dotted).
+    ``x_rotation`` turns the column labels (degrees).
+    Ticks are drawn by :func:`reports.ticks.fixed_ticks`.
     """
     values = np.asarray(values, dtype=float)
     nrows, ncols = values.shape
@@ -97,19 +101,21 @@ def heatmap(
     for spine in ax.spines.values():
         spine.set_visible(True)
         spine.set_linewidth(0.5)
-    ax.tick_params(length=2, pad=1.5)
-
     width, height = _axes_inches(ax)
     cell_w, cell_h = width / ncols, height / nrows
+    ys = _thin(list(y_labels), cell_h, line_height(style.SMALL))
+    fixed_ticks(ax, "y", [i + 0.5 for i in ys], [str(y_labels[i]) for i in ys], label=y_label,
+                length=2, pad=1.5)
     label_w = max((text_width(str(l), style.SMALL) for l in x_labels), default=0.1)
     xs = _thin(list(x_labels), cell_w, label_w + 0.06)
-    ys = _thin(list(y_labels), cell_h, line_height(style.SMALL))
-    ax.set_xticks([i + 0.5 for i in xs], [x_labels[i] for i in xs])
-    ax.set_yticks([i + 0.5 for i in ys], [y_labels[i] for i in ys])
-    if x_label:
-        ax.set_xlabel(x_label, labelpad=2)
-    if y_label:
-        ax.set_ylabel(y_label, labelpad=2)
+    if x_rotation:  # turned labels: matplotlib's ticks (Strings draws level text only)
+        ax.tick_params(axis="x", length=2, pad=1.5, labelrotation=x_rotation)
+        ax.set_xticks([i + 0.5 for i in xs], [x_labels[i] for i in xs])
+        if x_label:
+            ax.set_xlabel(x_label, labelpad=2)
+    else:
+        fixed_ticks(ax, "x", [i + 0.5 for i in xs], [str(x_labels[i]) for i in xs],
+                    label=x_label, length=2, pad=1.5)
 
     flagged = np.zeros_like(values, dtype=bool) if not_finite is None else np.asarray(not_finite)
     for r, c in zip(*np.nonzero(flagged)):

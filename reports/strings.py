@@ -21,6 +21,7 @@ import itertools
 from collections import defaultdict
 from weakref import WeakKeyDictionary
 
+import numpy as np
 from matplotlib import _text_helpers, rcParams
 from matplotlib.artist import Artist
 from matplotlib.font_manager import FontProperties
@@ -43,9 +44,9 @@ class Strings(Artist):
     Notes
     -----
     :meth:`add` takes the alignment of :class:`~matplotlib.text.Text`: ``ha`` in left, right,
-    center; ``va`` in baseline, center. A centred string is placed as ``Text`` places it (its
-    box from the font's ascent and descent, or the glyphs' where they reach further), measured
-    once per distinct string with a probe ``Text``.
+    center; ``va`` in baseline, center, center_baseline, top. Such a string is placed as
+    ``Text`` places it (its box from the font's ascent and descent, or the glyphs' where they
+    reach further), measured once per distinct string with a probe ``Text``.
     """
 
     def __init__(self, transform, size: float):
@@ -54,12 +55,15 @@ class Strings(Artist):
         self.set_zorder(3)  # as Text: above lines and patches
         self.size = size
         self._items: list[tuple[float, float, str, str, str, str, str]] = []
+        self._rise: list[float] = []  # points, after the transform
         self._offsets: dict = {}
 
     def add(self, x: float, y: float, s: str, *, ha: str = "left", va: str = "baseline",
-            weight: str = "normal", color: str = "black") -> None:
+            weight: str = "normal", color: str = "black", dy: float = 0.0) -> None:
+        """Add ``s`` at (x, y) of the transform, ``dy`` points higher (a line of a block)."""
         if s:
             self._items.append((x, y, s, ha, va, weight, color))
+            self._rise.append(dy)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -82,7 +86,10 @@ class Strings(Artist):
                 probe.set_figure(self.get_figure(root=True))
                 box = probe.get_window_extent(renderer)
                 dx = {"left": 0.0, "right": -box.width, "center": -box.width / 2}[ha]
-                self._offsets[key] = (dx, -(box.y0 + box.y1) / 2)
+                # Text's rules: centre_baseline halves the top-to-baseline height
+                dy = {"top": -box.y1, "center": -(box.y0 + box.y1) / 2,
+                      "center_baseline": -box.y1 / 2}[va]
+                self._offsets[key] = (dx, dy)
         return self._offsets[key]
 
     def draw(self, renderer):
@@ -91,17 +98,21 @@ class Strings(Artist):
         props = {w: FontProperties(size=self.size, weight=w)
                  for w in {item[5] for item in self._items}}
         points = self.get_transform().transform([(x, y) for x, y, *_ in self._items])
+        if any(self._rise):
+            points[:, 1] += renderer.points_to_pixels(np.asarray(self._rise))
         renderer.open_group("strings", gid=self.get_gid())
         gc = renderer.new_gc()
         items = zip(points, self._items)
         pdf_renderer = _pdf_renderer(renderer)
         if pdf_renderer is not None:
             items = _draw_pdf(pdf_renderer, gc, self, items, props)
+        height = renderer.get_canvas_width_height()[1] if renderer.flipy() else None
         for (px, py), (_, _, s, ha, va, weight, color) in items:
             dx, dy = self._offset(renderer, s, props[weight], ha, va, weight)
             gc.set_foreground(color)
             text, ismath = _math(s)
-            renderer.draw_text(gc, px + dx, py + dy, text, props[weight], 0.0, ismath=ismath)
+            y = py + dy if height is None else height - (py + dy)  # as Text: y down for Agg
+            renderer.draw_text(gc, px + dx, y, text, props[weight], 0.0, ismath=ismath)
         gc.restore()
         renderer.close_group("strings")
         self.stale = False

@@ -73,8 +73,7 @@ def _clustered_block(survey: Survey, matrix: np.ndarray, order, Z, *, vmin: floa
         ax = left.inset(left=1.3, bottom=1.2).axes()
         mesh = heatmap(ax, values, x_labels=labels, y_labels=labels, vmin=vmin, vmax=1.0, cmap=cmap,
                        annotate=(lambda v: f"{v:.2f}") if len(order) <= 12 else None,
-                       not_finite=None)
-        ax.tick_params(axis="x", labelrotation=90)
+                       not_finite=None, x_rotation=90)
         colorbar(right.inset(bottom=1.2), mesh)
 
     return Block(height=7.4, draw=draw, caption=caption)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from reports.ticks import MAX_TICKS, log_label, log_ticks
@@ -46,3 +47,62 @@ def test_labels():
                                                                         "10000"]
     assert log_label(1e-5) == "10⁻⁵" and log_label(2e-5) == "2×10⁻⁵"
     assert log_label(1e6) == "10⁶"
+
+
+def _axes(fixed: bool, which: str):
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from reports import style
+    from reports.ticks import fixed_ticks
+
+    fig = Figure(figsize=(4, 3), dpi=200)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes([0.25, 0.25, 0.6, 0.6])
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 1)
+    positions = [0, 2.5, 5, 7.5, 10] if which == "x" else [0, 0.25, 0.5, 0.75, 1.0]
+    labels = ["0", "2.5", "5", "7.5", "10"] if which == "x" else ["0", "25%", "50%", "75%", "100%"]
+    for other in ("x", "y"):
+        if other != which:
+            getattr(ax, f"set_{other}ticks")([])
+    if fixed:
+        fixed_ticks(ax, which, positions, labels, label="share of k", length=2.5, width=0.6,
+                    pad=3.5, size=style.SMALL)
+    else:
+        ax.tick_params(axis=which, length=2.5, width=0.6, pad=3.5, labelsize=style.SMALL)
+        getattr(ax, f"set_{which}ticks")(positions, labels)
+        getattr(ax, f"set_{which}label")("share of k", labelpad=2.0)
+    return fig, ax
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_fixed_ticks_draw_what_matplotlib_ticks_draw(which):
+    """matplotlib's own ticks are the oracle: the same marks, labels and axis label place."""
+    from matplotlib import rc_context
+
+    from reports import style
+
+    with rc_context(style.RC):
+        images, label_boxes = [], []
+        for fixed in (False, True):
+            fig, ax = _axes(fixed, which)
+            fig.canvas.draw()
+            images.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].min(axis=2).astype(int))
+            axis = ax.xaxis if which == "x" else ax.yaxis
+            label_boxes.append(axis.label.get_window_extent(fig.canvas.get_renderer()))
+            # a mark 1.5 points outside the spine at every tick (rows counted from the top)
+            height = images[-1].shape[0]
+            for v in ([0, 2.5, 5, 7.5, 10] if which == "x" else [0, 0.25, 0.5, 0.75, 1.0]):
+                px, py = ax.transData.transform((v, 0) if which == "x" else (0, v))
+                dx, dy = (0, -1.5 * 200 / 72) if which == "x" else (-1.5 * 200 / 72, 0)
+                row, col = int(round(height - (py + dy))), int(round(px + dx))
+                assert images[-1][row - 1:row + 2, col - 1:col + 2].min() < 128, (fixed, v)
+    ink = [(img < 128) for img in images]
+    assert ink[0].sum() > 500
+    # the same dark pixels up to anti-aliasing (sub-pixel differences in the placement); a
+    # missing tick or a label a line off differs by far more
+    assert (ink[0] ^ ink[1]).sum() <= 0.1 * ink[0].sum()
+    # the axis label where matplotlib's automatic placement puts it, within 1.5 points
+    a, b = label_boxes
+    assert abs(a.x0 - b.x0) <= 1.5 * 200 / 72 and abs(a.y0 - b.y0) <= 1.5 * 200 / 72
