@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from deltaw.naming import type_sort_key
 from deltaw.bounds import Bounded, median_bounded
@@ -131,12 +130,9 @@ def grid_block(grid: Grid, *, title: str, caption: str,
             cell_edges=len(grid.columns) <= 48, x_label="layer",
         )
         ax.set_title(title, loc="left")
-        bar_ = colorbar(bar.inset(left=0.05, right=0.58, top=0.30, bottom=0.45), mesh, None)
-        if fmt is text.pct:  # the bar speaks the cells' unit; other formats round too hard
-            bar_.formatter = FuncFormatter(lambda v, _: text.pct(v))
-        if integer:
-            bar_.locator = MaxNLocator(integer=True, nbins=max(2, int((height - 0.75) / 0.3)))
-        bar_.update_ticks()
+        # the bar speaks the cells' unit for percentages; other formats round too hard
+        colorbar(bar.inset(left=0.05, right=0.58, top=0.30, bottom=0.45), mesh, None,
+                 integer=integer, formatter=text.pct if fmt is text.pct else None)
 
     return Block(height=height, draw=draw, caption=caption)
 

@@ -187,11 +187,8 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
             mappable = ScalarMappable(norm=layer_norm, cmap=cmap)
             span = layer_norm.vmax - layer_norm.vmin
             ticks = None if span > 12 else list(range(int(layer_norm.vmin), int(layer_norm.vmax) + 1))
-            bar_ = colorbar(bar.inset(left=0.06, right=0.44, top=0.28, bottom=0.42), mappable,
-                            "layer", ticks=ticks)
-            if ticks is None:
-                bar_.locator = MaxNLocator(integer=True)
-                bar_.update_ticks()
+            colorbar(bar.inset(left=0.06, right=0.44, top=0.28, bottom=0.42), mappable, "layer",
+                     ticks=ticks, integer=True)
 
     caption = text.caption_spectra(module_type, mods, many_layers=many)
     if layer_norm is not None and any(m.layer is None for m in mods):

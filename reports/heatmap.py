@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from . import style
 from .layout import Region, line_height, text_width
 from .strings import Strings
-from .ticks import fixed_ticks
+from .ticks import fixed_ticks, linear_labels
 
 MAX_VECTOR_CELLS = 1200  # larger maps (φ over 64 × 64) get no cell edges: they would hide the cells
 _STEPS = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
@@ -148,15 +148,35 @@ def heatmap(
     return mesh
 
 
-def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None):
-    """A slim vertical colour bar filling ``region``."""
+def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None,
+             integer: bool = False, formatter: Callable[[float], str] | None = None):
+    """A slim vertical colour bar filling ``region``, its ticks on the right.
+
+    Parameters
+    ----------
+    region : Region
+        Where the bar goes.
+    mappable : matplotlib.cm.ScalarMappable
+        What it shows (norm and colour map).
+    label : str, optional
+        The bar's axis label.
+    ticks : sequence of float, optional
+        Tick values; by default about one per 0.3 inch of bar (MaxNLocator), integers only
+        when ``integer``.
+    formatter : callable, optional
+        A tick value's label (e.g. a percentage); by default the fewest decimals that write
+        every tick exactly (:func:`reports.ticks.linear_labels`).
+    """
     cax = region.axes()
-    bar = region.fig.colorbar(mappable, cax=cax, ticks=ticks)
-    if ticks is None:  # about one tick per 0.3 inch of bar
-        bar.locator = MaxNLocator(nbins=max(2, int(region.h / 0.3)))
-        bar.update_ticks()
+    bar = region.fig.colorbar(mappable, cax=cax)
     bar.outline.set_linewidth(0.4)
-    cax.tick_params(labelsize=style.SMALL, length=2, width=0.5, pad=1.5)
+    low, high = mappable.norm.vmin, mappable.norm.vmax
+    if ticks is None:
+        ticks = MaxNLocator(nbins=max(2, int(region.h / 0.3)), integer=integer).tick_values(low, high)
+    ticks = [t for t in ticks if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]
+    labels = [formatter(t) for t in ticks] if formatter else linear_labels(ticks)
+    fixed_ticks(cax, "y", ticks, labels, side="right", label=label, labelpad=3, length=2,
+                width=0.5, pad=1.5)
     if label:
-        bar.set_label(label, fontsize=style.SMALL, labelpad=3)
+        cax.yaxis.label.set_fontsize(style.SMALL)
     return bar

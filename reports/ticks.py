@@ -66,13 +66,18 @@ def log_ticks(low: float, high: float) -> list[float]:
 
 def linear_labels(ticks) -> list[str]:
     """Plain labels for linear ``ticks``: the fewest decimals (up to 6) that write every tick
-    exactly (to 1e-9 of the largest), the same for all, as matplotlib's ScalarFormatter does."""
+    exactly (to 1e-9 of the largest), the same for all, as matplotlib's ScalarFormatter does;
+    beyond 6 decimals, the fewest significant digits that do. Minus signs are U+2212."""
     scale = max((abs(t) for t in ticks), default=1.0) or 1.0
-    for decimals in range(7):
-        if all(abs(float(f"{t:.{decimals}f}") - t) <= 1e-9 * scale for t in ticks):
-            break
-    return [f"{t:.{decimals}f}".replace("-", "−") if round(t, decimals) != 0 else
-            f"{0:.{decimals}f}" for t in ticks]
+
+    def exact(fmt: str) -> bool:
+        return all(abs(float(format(t, fmt)) - t) <= 1e-9 * scale for t in ticks)
+
+    fmt = next((f".{d}f" for d in range(7) if exact(f".{d}f")), None)
+    if fmt is None:  # tiny or huge values: significant digits (e.g. 2.5e-07), still exact
+        fmt = next((f".{d}g" for d in range(1, 16) if exact(f".{d}g")), ".15g")
+    return [format(0.0 if float(format(t, fmt)) == 0 else t, fmt).replace("-", "−")
+            for t in ticks]
 
 
 def _lp_height(size: float) -> float:

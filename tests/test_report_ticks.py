@@ -106,3 +106,14 @@ def test_fixed_ticks_draw_what_matplotlib_ticks_draw(which):
     # the axis label where matplotlib's automatic placement puts it, within 1.5 points
     a, b = label_boxes
     assert abs(a.x0 - b.x0) <= 1.5 * 200 / 72 and abs(a.y0 - b.y0) <= 1.5 * 200 / 72
+
+
+def test_linear_labels_are_exact_and_uniform():
+    from reports.ticks import linear_labels
+
+    assert linear_labels([0.0, 1.5, 3.0, 4.5]) == ["0.0", "1.5", "3.0", "4.5"]
+    assert linear_labels([0, 4, 8]) == ["0", "4", "8"]
+    assert linear_labels([-0.5, 0.0, 0.5]) == ["−0.5", "0.0", "0.5"]
+    tiny = [0.0, 2.5e-7, 5e-7]
+    for value, label in zip(tiny, linear_labels(tiny)):
+        assert float(label.replace("−", "-")) == pytest.approx(value, abs=1e-15)
