@@ -1,9 +1,11 @@
 """An on-disk cache of what is expensive and derived: base SVDs and per-checkpoint analyses.
 
 - ``base/``: the thin SVD of a base weight W (:func:`deltaw.linalg.base_svd`), the most expensive
-  step of the base analyses on dense models. The key is the SHA-256 of W's bytes exactly as the
-  SVD consumes them (in the analysis dtype), with the shape and the dtype: a changed file gives
-  other bytes and so another key; it can never be served a stale entry.
+  step of the base analyses on dense models: σ and the singular vectors it holds (those of W's
+  Gram side; the other side is formed from W on demand). The key is the SHA-256 of W's bytes
+  exactly as the SVD consumes them (in the analysis dtype), with the shape, the dtype and the
+  stored layout's version: a changed file gives other bytes and so another key; it can never be
+  served a stale entry, nor one of another layout.
 - ``analyses/``: a checkpoint's ``deltaw.analysis/1`` document, keyed by the SHA-256 of every
   file of the checkpoint and of the base, the analysis options and the deltaw version, so that
   ``deltaw survey`` re-analyses only what changed.
@@ -176,29 +178,29 @@ class Cache:
         W : Tensor (rows, cols)
             The base weight exactly as the SVD will consume it (analysis dtype).
         compute : callable
-            Returns the :class:`~deltaw.linalg.SVD` of W when the cache has none.
+            Returns the :class:`~deltaw.linalg.base.BaseSVD` of W when the cache has none.
 
         Returns
         -------
-        SVD
+        BaseSVD
             On W's device, in W's dtype.
         cached : bool or None
             True when it was read from the cache; None when the cache is disabled.
         """
-        from deltaw.linalg import SVD
+        from deltaw.linalg.base import BASE_LAYOUT, BaseSVD
 
         if not self.enabled:
             return compute(), None
-        key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "bytes": tensor_digest(W),
+        key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "layout": BASE_LAYOUT,
+                                         "bytes": tensor_digest(W),
                                          "shape": list(W.shape), "dtype": str(W.dtype)}).encode()).hexdigest()
         path = self._entry("base", key, ".safetensors")
         found = self._read_svd(path, key)
         if found is not None:
-            U, S, Vh, energy = found
-            return SVD(U.to(W.device), S.to(W.device), Vh.to(W.device), energy=energy, method="full"), True
+            tensors, energy = found
+            return BaseSVD.from_tensors(W, tensors, energy), True
         result = compute()
-        tensors = {"U": result.U.detach().cpu().contiguous(), "S": result.S.detach().cpu().contiguous(),
-                   "Vh": result.Vh.detach().cpu().contiguous()}
+        tensors = {name: t.detach().cpu().contiguous() for name, t in result.tensors().items()}
         metadata = {"key": key, "energy": repr(float(result.energy)), "digest": _payload_digest(tensors)}
 
         def write(tmp: Path) -> None:
@@ -217,14 +219,15 @@ class Cache:
 
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in ("U", "S", "Vh")}
-            if metadata.get("key") != key or metadata.get("digest") != _payload_digest(tensors):
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            if metadata.get("key") != key or metadata.get("digest") != _payload_digest(tensors) \
+                    or "S" not in tensors or not {"U", "Vh"} & set(tensors):
                 raise ValueError("digest mismatch")
             energy = float(metadata["energy"])
         except Exception:  # noqa: BLE001 - any unreadable entry is a miss, whatever the reader raised
             self._drop(path)
             return None
-        return tensors["U"], tensors["S"], tensors["Vh"], energy
+        return tensors, energy
 
     # -- per-checkpoint analyses ----------------------------------------------------------------
 

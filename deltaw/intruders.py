@@ -9,7 +9,17 @@ fine-tuning almost never; their number tracks forgetting.
 "Left" is the column space of the matrix in the base tensor's layout (the output space of an
 ``nn.Linear`` (out, in); the input space of a GPT-2 ``Conv1D``, stored (in, out)). W's thin SVD
 supplies min(rows, cols) vectors x_i. W + ΔW is dense even for LoRA; only its top k left
-singular vectors are computed (:func:`deltaw.linalg.top_left_singular_vectors`).
+singular vectors are computed (:func:`deltaw.linalg.top_left_singular_vectors`). The cosines
+xᵢᵀ y_j are W's left-coordinates of the y_j (:meth:`deltaw.linalg.base.BaseSVD.left_coordinates`):
+for a tall W, whose Gram gives the right vectors vᵢ, xᵢ = W vᵢ / σᵢ is never formed, the
+cosines are Σ⁻¹ Vᵀ (Wᵀ Y).
+
+Accuracy: the vectors x_i of W's Gram side carry O(eps64 · σ₁² / (δᵢ σᵢ)) (δᵢ: σᵢ's gap to its
+neighbours; Davis–Kahan on the float64 Gram), those of the other side O(eps32 · σ₁ / σᵢ), y_j
+the float32 backward error of its route; each cosine is off by at most the sum. Where σ's of W
+are nearly equal (δᵢ below those bounds) the individual x_i are not determined by W, and neither
+is max_i |cos|: only ‖P y_j‖ on the cluster's span is (tests/test_base_gram.py). The count can
+then differ from another exact SVD's only for a y_j whose max_cos lies within that error of ε.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ import torch
 from deltaw._inputs import base_matrix, check_dtype
 from deltaw.delta import Delta
 from deltaw.errors import DeltawError
-from deltaw.linalg import SVD, base_svd, exact_math, resolve_device, top_left_singular_vectors
+from deltaw.linalg import base_svd, exact_math, resolve_device, top_left_singular_vectors
+from deltaw.linalg.base import BaseSVD
 from deltaw.records import Intruders
 
 DEFAULT_K = 10
@@ -27,7 +38,7 @@ DEFAULT_EPS = 0.5
 
 
 def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAULT_EPS, *,
-                        delta=None, W_svd: SVD | None = None, device="auto",
+                        delta=None, W_svd: BaseSVD | None = None, device="auto",
                         dtype: torch.dtype = torch.float32) -> Intruders:
     """Count the intruder dimensions of W + ΔW among its top-k left singular vectors.
 
@@ -43,7 +54,7 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
         A vector y_j is an intruder when max_i |cos(y_j, x_i)| < eps.
     delta : Tensor (rows, cols), optional
         ΔW already formed (saves reading it again); default ``d.matrix()``.
-    W_svd : SVD, optional
+    W_svd : BaseSVD, optional
         W's SVD from :func:`deltaw.linalg.base_svd`; computed here otherwise.
 
     Returns
@@ -66,8 +77,9 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
         tuned = W + delta.to(W).reshape(W.shape)  # (rows, cols)
         k = min(k, min(W.shape))
         Y = top_left_singular_vectors(tuned, k)  # (rows, k), of W + ΔW
-        X = W_svd.U.to(W)  # (rows, min(rows, cols)): W's left singular vectors
-        max_cos = (Y.mT @ X).abs().amax(dim=1).double().cpu()  # (k,)
+        # (min(rows, cols), k): cos(y_j, x_i) for every left singular vector x_i of W
+        cosines = W_svd.left_coordinates(Y)
+        max_cos = cosines.abs().amax(dim=0).double().cpu()  # (k,)
     intruders = torch.nonzero(max_cos < eps).flatten().tolist()
     return Intruders(k=k, eps=float(eps), count=len(intruders), indices=intruders,
                      max_cos=[float(c) for c in max_cos])

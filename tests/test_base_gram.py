@@ -1,5 +1,6 @@
 """W's thin SVD from the eigendecomposition of its smaller Gram (deltaw.linalg.routes.gram_svd)
-against numpy's float64 SVD, on both sides of its bar, and what near-degenerate σ leave defined."""
+against numpy's float64 SVD, on both sides of its bar, and what near-degenerate σ leave defined;
+the side its Gram does not give, formed on demand (deltaw.linalg.base.BaseSVD)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from deltaw.errors import DeltawError
 from deltaw.linalg import base_svd
+from deltaw.linalg.base import BaseSVD
 from deltaw.linalg.routes import GRAM_MIN_SIGMA_RATIO, gram_svd
 
 
@@ -30,7 +33,11 @@ def test_gram_route_matches_float64_above_its_bar(m, n, cond):
     q = min(m, n)
     W = with_spectrum(m, n, np.logspace(0, -np.log10(cond), q), seed=m + n)
     U, S, Vh, gram = gram_svd(W)
-    assert gram and U.shape == (m, q) and S.shape == (q,) and Vh.shape == (q, n)
+    # the route returns its Gram's side only: U for m ≤ n, Vᵀ for m > n
+    assert gram and S.shape == (q,) and (Vh is None if m <= n else U is None)
+    result = base_svd(W, device="cpu")  # forms the other side on demand from W
+    U, Vh = result.U, result.Vh
+    assert U.shape == (m, q) and Vh.shape == (q, n) and torch.equal(result.S, S)
     U_ref, S_ref, Vh_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)
     # σ: float32 output rounding (the float64 Gram's own error is eps64 · cond² ≤ 1e-10 here)
     np.testing.assert_allclose(S.double().numpy(), S_ref, rtol=1e-6)
@@ -56,8 +63,8 @@ def test_near_degenerate_sigma_define_a_subspace_not_vectors():
     # intruder cosine test is therefore stated on that subspace: ‖P_cluster y‖ for any unit y.
     sigma = np.array([3.0, 1.0 + 1e-9, 1.0, 0.5, 0.25, 0.1] + list(np.linspace(0.04, 0.01, 58)))
     W = with_spectrum(64, 200, sigma, seed=5)
-    U, S, _, gram = gram_svd(W)
-    assert gram
+    U, S, Vh, gram = gram_svd(W)
+    assert gram and Vh is None
     U_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)[0]
     U = U.double().numpy()
     cluster = slice(1, 3)
@@ -76,9 +83,10 @@ def test_below_the_bar_gesdd_runs(case):
     sigma[-4:] = 0.0 if case == "rank deficient" else GRAM_MIN_SIGMA_RATIO / 100
     W = with_spectrum(48, 80, sigma, seed=7)
     U, S, Vh, gram = gram_svd(W)
-    assert not gram
+    assert not gram and U is not None and Vh is not None  # gesdd gives both sides
     U_ref, S_ref, Vh_ref = torch.linalg.svd(W, full_matrices=False)  # what the fallback runs
     torch.testing.assert_close(S, S_ref)
+    assert set(base_svd(W, device="cpu").tensors()) == {"U", "S", "Vh"}
     np.testing.assert_allclose(S.double().numpy(), np.linalg.svd(W.double().numpy(), compute_uv=False),
                                atol=1e-6)
 
@@ -95,13 +103,49 @@ def test_base_svd_takes_the_gram_route_in_float32_only():
     assert float((approx - W.double()).abs().max()) < 1e-6
 
 
+@pytest.mark.parametrize("m,n", [(120, 200), (200, 120)])
+def test_the_other_side_on_demand_matches_float64(m, n):
+    """Top-j columns of the side not held, and the left coordinates Uᵀ Y (intruders' cosines),
+    against numpy's float64 SVD, on a W whose σ are separated (each vector defined up to sign)."""
+    q, j = min(m, n), 12
+    W = with_spectrum(m, n, np.logspace(0, -2, min(m, n)), seed=m)
+    result = base_svd(W, device="cpu")
+    held = set(result.tensors())
+    assert held == ({"S", "U"} if m <= n else {"S", "Vh"})  # what the cache stores
+    U_ref, _, Vh_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)
+    signs = np.sign(np.sum(result.top_left().double().numpy() * U_ref, axis=0))  # (q,)
+    top_left, top_right = result.top_left(j).double().numpy(), result.top_right(j).double().numpy()
+    assert top_left.shape == (m, j) and top_right.shape == (j, n)
+    # the formed side: O(eps32 · σ₁/σᵢ) ≤ 1e-7 · 100 (float32 products, as float32 gesdd)
+    assert np.abs(top_left * signs[:j] - U_ref[:, :j]).max() < 1e-4
+    assert np.abs(top_right * signs[:j, None] - Vh_ref[:j]).max() < 1e-4
+    Y = np.linalg.qr(np.random.default_rng(1).standard_normal((m, 5)))[0]
+    coords = result.left_coordinates(torch.from_numpy(Y).float()).double().numpy()  # (q, 5)
+    assert coords.shape == (q, 5)
+    np.testing.assert_allclose(coords * signs[:, None], U_ref.T @ Y, atol=2e-4)
+    # the same numbers as forming all of U first, to float32 rounding
+    np.testing.assert_allclose(coords, result.U.double().numpy().T @ Y, atol=1e-5)
+
+
+def test_stored_side_rebuilds_the_same_result():
+    W = with_spectrum(90, 50, np.logspace(0, -1, 50), seed=3)
+    result = base_svd(W, device="cpu")
+    again = BaseSVD.from_tensors(W, result.tensors(), result.energy)
+    for a, b in zip(result, again):
+        assert torch.equal(a, b)
+    with pytest.raises(DeltawError, match="one side"):
+        BaseSVD(W, result.S, None, None, energy=result.energy)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_gram_route_matches_float64():
-    W = with_spectrum(160, 96, np.logspace(0, -2, 96), seed=13)
-    U, S, Vh, gram = gram_svd(W.cuda())
-    assert gram and U.is_cuda
-    np.testing.assert_allclose(S.double().cpu().numpy(), np.linalg.svd(W.double().numpy(), compute_uv=False),
+    W = with_spectrum(160, 96, np.logspace(0, -2, 96), seed=13).cuda()
+    result = base_svd(W, device="cuda")
+    U, S, Vh = result
+    assert result.right is not None and U.is_cuda
+    np.testing.assert_allclose(S.double().cpu().numpy(), np.linalg.svd(W.double().cpu().numpy(), compute_uv=False),
                                rtol=1e-6)
+    W = W.cpu()
     approx = (U.double() * S.double()) @ Vh.double()
     assert float((approx.cpu() - W.double()).abs().max()) < 1e-6

@@ -260,13 +260,13 @@ def _lanczos_top_left(M: torch.Tensor, k: int) -> torch.Tensor:
 #: eigendecomposition of the smaller Gram; below it (rank-deficient or nearly so) ``gesdd`` runs.
 GRAM_MIN_SIGMA_RATIO = 1e-4
 
-# Columns of X converted to float64 at a time for its Gram and its right vectors.
+# Columns of X converted to float64 at a time for its Gram.
 _GRAM_BLOCK_COLS = 256
 
 
-def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, bool]:
     """Thin SVD of one float32 matrix ``W`` (m, n) from the symmetric eigendecomposition of its
-    smaller Gram, with ``gesdd`` where W fails the bar.
+    smaller Gram: σ and the vectors of that side only; ``gesdd`` where W fails the bar.
 
     Parameters
     ----------
@@ -274,16 +274,24 @@ def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 
     Returns
     -------
-    U : (m, q), S : (q,), Vh : (q, n) with q = min(m, n), in W's dtype and device
+    U : (m, q) or None
+        W's left singular vectors when m ≤ n (the Gram's side), or from ``gesdd``; else None.
+    S : (q,)
+        σ, descending, q = min(m, n).
+    Vh : (q, n) or None
+        W's right singular vectors (rows) when m > n, or from ``gesdd``; else None.
     gram : bool
         True when the Gram route ran; False when σ_min / σ₁ < :data:`GRAM_MIN_SIGMA_RATIO` and
-        :func:`robust_svd` (``gesdd``) ran instead.
+        :func:`robust_svd` (``gesdd``) ran instead, with both sides.
 
     Notes
     -----
     With X = W (m ≤ n) or Wᵀ, X of shape (p, q), p ≤ q: G = X Xᵀ = E Λ Eᵀ in float64
-    (``syevd``; G accumulated by ``syrk`` over blocks of columns so no float64 copy of W is made), σ = √λ, the
-    left vectors of X are E and its right vectors Σ⁻¹ Eᵀ X (a float32 product).
+    (``syevd``; G accumulated in place by ``syrk`` over blocks of columns, so no float64 copy
+    of W is made), σ = √λ, and E are X's left vectors. The other side, Σ⁻¹ Eᵀ X, is not formed
+    here: it is a (p × p)·(p × q) product (242 GFLOP for one Llama-3.2-1B layer) of which the
+    analyses need a few columns or k projections (:class:`deltaw.linalg.base.BaseSVD` forms
+    them on demand, with the same float32 product restricted to them).
     It does p²q + O(p³) work against gesdd's bidiagonalisation and two back-transformations.
 
     Accuracy, in float64 arithmetic on exact float32 data: λ carries an absolute error of
@@ -291,9 +299,9 @@ def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     a subspace of singular vectors separated from the rest by a gap δ in σ is accurate to
     O(eps64 · σ₁² / (δ (σᵢ + σⱼ))) (Davis–Kahan), against O(eps32 · σ₁ / δ) for float32 gesdd:
     more accurate whenever σᵢ > 10⁻⁹ σ₁. The other side's vectors Σ⁻¹ Eᵀ X, a float32 product,
-    add O(eps32 · σ₁ / σᵢ), as float32 gesdd's do. Individual vectors inside a cluster of nearly equal σ
-    are not determined by W (any rotation within the cluster is an SVD), with this route or any
-    other; only the cluster's subspace is (tests/test_base_gram.py states both).
+    carry O(eps32 · σ₁ / σᵢ), as float32 gesdd's do. Individual vectors inside a cluster of nearly
+    equal σ are not determined by W (any rotation within the cluster is an SVD), with this route
+    or any other; only the cluster's subspace is (tests/test_base_gram.py states both).
     """
     with policy_threads(W):
         return _gram_svd(W)
@@ -302,28 +310,40 @@ def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 def _gram_svd(W: torch.Tensor):
     m, n = W.shape
     X = W if m <= n else W.mT  # (p, q), p ≤ q
-    p, q = X.shape
-    G = torch.zeros((p, p), dtype=torch.float64, device=W.device)
-    with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for numpy's BLAS too
-        for start in range(0, q, _GRAM_BLOCK_COLS):
-            block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
-            if W.is_cuda:
-                G += block @ block.mT
-            else:  # numpy runs syrk for a product with its own transpose: half the flops of torch's gemm
-                b = block.numpy()
-                G.numpy().__iadd__(b @ b.T)
-    lam, E = torch.linalg.eigh(G)  # ascending
+    lam, E = torch.linalg.eigh(_gram64(X), UPLO="L")  # ascending; reads the lower triangle
     lam, E = lam.flip(0), E.flip(1)
     S = lam.clamp_min(0).sqrt()
     if not bool(torch.isfinite(S).all()) or not S[-1] >= GRAM_MIN_SIGMA_RATIO * S[0] or not S[0] > 0:
         U, S, Vh = _robust_svd(W)
         return U, S, Vh, False
-    # Σ⁻¹ Eᵀ X: X's right vectors as rows, one float32 product (Σ⁻¹Eᵀ rounded once)
-    right = (E.mT / S[:, None]).to(W.dtype) @ X  # (p, q)
     E, S = E.to(W.dtype), S.to(W.dtype)
-    if m <= n:
-        return E, S, right, True
-    return right.mT.contiguous(), S, E.mT.contiguous(), True
+    return (E, S, None, True) if m <= n else (None, S, E.mT.contiguous(), True)
+
+
+def _gram64(X: torch.Tensor) -> torch.Tensor:
+    """The lower triangle of X Xᵀ (p × p, float64; the strict upper triangle is not referenced)
+    of a float32 X (p, q), summed over blocks of columns converted to float64 one at a time (no
+    float64 copy of X)."""
+    p, q = X.shape
+    if X.is_cuda:
+        G = torch.zeros((p, p), dtype=torch.float64, device=X.device)
+        for start in range(0, q, _GRAM_BLOCK_COLS):
+            block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
+            G += block @ block.mT
+        return G
+    from scipy.linalg.blas import dsyrk
+
+    # dsyrk accumulates each block into the lower triangle in place (beta = 1): half a product's
+    # flops and no p × p temporary, sum or symmetrisation per block (numpy's `b @ b.T` does all
+    # three; measured 1.7× slower for 2048 × 8192, same bits).
+    G = np.zeros((p, p), dtype=np.float64, order="F")
+    with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for numpy's BLAS too
+        for start in range(0, q, _GRAM_BLOCK_COLS):
+            block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64).numpy()  # (p, b)
+            # handed over in the Fortran order it has (Wᵀ's blocks are; W's are as their transpose)
+            a, trans = (block, 0) if block.flags.f_contiguous else (block.T, 1)
+            G = dsyrk(1.0, a, beta=1.0, c=G, trans=trans, lower=1, overwrite_c=1)
+    return torch.from_numpy(G)
 
 
 def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
@@ -336,6 +356,8 @@ def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
     m, l = Y.shape[-2:]
     if Y.dtype != torch.float32 or not 0 < l <= m:
         return torch.linalg.qr(Y).Q
+    from deltaw.linalg.factored import _cholesky_qr  # factored imports this module
+
     basis, tri, _, ok = _cholesky_qr(Y.to(torch.float64))
     with one_thread(tri):
         tri_inv = torch.linalg.solve_triangular(tri, torch.eye(l, dtype=tri.dtype, device=tri.device), upper=True)
