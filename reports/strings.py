@@ -22,13 +22,13 @@ from collections import defaultdict
 from weakref import WeakKeyDictionary
 
 import numpy as np
-from matplotlib import _text_helpers, rcParams
+from matplotlib import rcParams
 from matplotlib.artist import Artist
 from matplotlib.font_manager import FontProperties
 from matplotlib.text import Text
 from matplotlib.transforms import IdentityTransform
 
-from .layout import is_math
+from .layout import font_family, is_math, shaped
 
 
 class Strings(Artist):
@@ -132,31 +132,25 @@ def _pdf_renderer(renderer):
     return None
 
 
-#: (font files, size in points, string) → the string's glyphs as laid out by matplotlib
-_LAYOUTS: dict = {}
-#: PDF file → {(font files, size, string) → [(x offset, font resource name, TJ operand)]}
+#: PDF file → {(weight, size, string) → [(x offset, font resource name, TJ operand)]}
 _ENCODED: WeakKeyDictionary = WeakKeyDictionary()
 
 
-def _segments(renderer, prop: FontProperties, files: tuple, s: str) -> list[tuple[float, bytes, bytes]]:
+def _segments(renderer, prop: FontProperties, s: str) -> list[tuple[float, bytes, bytes]] | None:
     """The string as ``draw_text`` writes it: runs of glyphs in one font subset, each with its
     start (points from the origin), the subset's font resource and the ``TJ`` array (glyph
-    codes with the kerning between them in 1/1000 text space units, PDF 1.7 §9.4.3)."""
+    codes with the kerning between them in 1/1000 text space units, PDF 1.7 §9.4.3); None for
+    a string with raised glyphs, which ``draw_text`` writes."""
     from matplotlib.backends.backend_pdf import pdfRepr
     from matplotlib.font_manager import FontPath
 
     pdf = renderer.file
     size = prop.get_size_in_points()
-    key = (files, size, s)
+    key = (prop.get_weight(), size, s)
     per_file = _ENCODED.setdefault(pdf, {})
     if key in per_file:
         return per_file[key]
-    if key not in _LAYOUTS:
-        if len(_LAYOUTS) > 100_000:  # a long-lived process: bounded memory, rebuilt on demand
-            _LAYOUTS.clear()
-        font = renderer._get_font_ttf(prop)
-        _LAYOUTS[key] = [(i.ft_object, i.char, i.glyph_index, i.x, i.prev_kern, i.y)
-                         for i in _text_helpers.layout(s, font)]
+    glyphs, _ = shaped(s, size, prop.get_weight(), font_family())  # laid out once, see layout
     segments, chunk, current, start = [], [], None, 0.0
 
     def close():
@@ -166,7 +160,7 @@ def _segments(renderer, prop: FontProperties, files: tuple, s: str) -> list[tupl
             segments.append((start, current, b"[" + b" ".join(parts) + b"]"))
             chunk.clear()
 
-    for ft_object, char, glyph, x, kern, y in _LAYOUTS[key]:
+    for ft_object, char, glyph, x, kern, y in glyphs:
         if y:  # a raised glyph needs Ts: not in the strings reports draw
             per_file[key] = None
             return None
@@ -188,15 +182,11 @@ def _draw_pdf(renderer, gc, artist: "Strings", items, props: dict) -> list:
     colour; return the items left for ``draw_text`` (mathtext)."""
     from matplotlib.backends.backend_pdf import pdfRepr
 
-    from matplotlib.font_manager import fontManager
-
     by_color, rest = defaultdict(list), []
-    # looked up once per weight here, not per string (hashing the properties was a cost)
-    files = {w: tuple(fontManager._find_fonts_by_props(p)) for w, p in props.items()}
     for item in items:
         (px, py), (_, _, s, ha, va, weight, color) = item
         text, ismath = _math(s)
-        segments = None if ismath else _segments(renderer, props[weight], files[weight], text)
+        segments = None if ismath else _segments(renderer, props[weight], text)
         if segments is None:
             rest.append(item)
             continue

@@ -97,3 +97,25 @@ def test_fast_path_is_taken_for_pdf_and_not_for_other_backends(tmp_path, monkeyp
         assert not calls
         fig.savefig(tmp_path / "x.pdf")
         assert calls
+
+
+@pytest.mark.parametrize("text", ["k90", "27.self_attn.o_proj", "difference, AVATAR", "‖ΔW‖/‖W‖ σ₁ ×",
+                                  "Effective rank (Roy & Vetterli 2007)"])
+@pytest.mark.parametrize("weight", ["normal", "bold"])
+def test_shaped_width_is_freetypes_measure(text, weight):
+    """One layout serves measuring and writing: its advance width agrees with FreeType's own
+    measure of the unhinted string (set_text, rounded to 1/64 pt) to that rounding."""
+    from matplotlib.font_manager import FontProperties, fontManager, get_font
+    from matplotlib.ft2font import LoadFlags
+
+    from reports.layout import shaped
+
+    size = 8.5
+    font = get_font(fontManager._find_fonts_by_props(FontProperties(family="DejaVu Sans",
+                                                                    size=size, weight=weight)))
+    font.set_size(size, 72)
+    font.set_text(text, 0.0, flags=LoadFlags.NO_HINTING)
+    reference = font.get_width_height()[0] / 64
+    glyphs, width = shaped(text, size, weight, "DejaVu Sans")
+    assert abs(width - reference) <= 1 / 64 + 1e-9
+    assert "".join(g[1] for g in glyphs) == text
