@@ -18,6 +18,7 @@ same places; tests/test_report_strings.py compares the two renderings.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from weakref import WeakKeyDictionary
 
@@ -28,7 +29,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.text import Text
 from matplotlib.transforms import IdentityTransform
 
-from .layout import font_family, is_math, shaped
+from .layout import font_family, is_math, plain, shaped
 
 
 class Strings(Artist):
@@ -184,14 +185,34 @@ def _draw_pdf(renderer, gc, artist: "Strings", items, props: dict) -> list:
 
     by_color, rest = defaultdict(list), []
     for item in items:
-        (px, py), (_, _, s, ha, va, weight, color) = item
+        (px, py), (x0, y0, s, ha, va, weight, color) = item
+        prop = props[weight]
         text, ismath = _math(s)
-        segments = None if ismath else _segments(renderer, props[weight], text)
+        if (ismath and ha == "left" and va == "baseline"
+                and any(run and not is_formula for run, is_formula in _math_runs(s))):
+            # a line of prose with a formula in it: the prose as plain strings, each formula
+            # by mathtext, side by side (mathtext parsing a whole caption line was a tenth of
+            # a report's time; the formula alone is short and repeats)
+            x = px
+            for run, run_is_math in _math_runs(s):
+                if run_is_math:
+                    rest.append(((x, py), (x0, y0, run, "left", "baseline", weight, color)))
+                    x += renderer.get_text_width_height_descent(run, prop, ismath=True)[0]
+                elif run:
+                    segments = _segments(renderer, prop, run)
+                    if segments is None:
+                        rest.append(((x, py), (x0, y0, plain(run), "left", "baseline", weight,
+                                               color)))
+                    else:
+                        by_color[color].append((x, py, prop.get_size_in_points(), segments))
+                    x += shaped(run, prop.get_size_in_points(), weight, font_family())[1]
+            continue
+        segments = None if ismath else _segments(renderer, prop, text)
         if segments is None:
             rest.append(item)
             continue
-        dx, dy = artist._offset(renderer, s, props[weight], ha, va, weight)
-        by_color[color].append((px + dx, py + dy, props[weight].get_size_in_points(), segments))
+        dx, dy = artist._offset(renderer, s, prop, ha, va, weight)
+        by_color[color].append((px + dx, py + dy, prop.get_size_in_points(), segments))
     pdf = renderer.file
     for color, strings in by_color.items():
         gc.set_foreground(color)
@@ -206,6 +227,14 @@ def _draw_pdf(renderer, gc, artist: "Strings", items, props: dict) -> list:
         out.append(b"ET\n")
         pdf.write(b"\n".join(out))
     return rest
+
+
+def _math_runs(s: str) -> list[tuple[str, bool]]:
+    """``s`` cut into prose and formulas, in order: (text, False) with ``\\$`` unescaped, and
+    (``$…$``, True). An unpaired ``$`` is not a formula (see :func:`reports.layout.is_math`)."""
+    parts = re.split(r"(?<!\\)\$", s)
+    return [(f"${part}$", True) if i % 2 else (part.replace(r"\$", "$"), False)
+            for i, part in enumerate(parts)]
 
 
 def _math(s: str) -> tuple[str, bool]:
