@@ -43,6 +43,13 @@ def _renderer() -> RendererAgg:
     return RendererAgg(10, 10, _DPI)
 
 
+@lru_cache(maxsize=64)
+def _font_files(family: str, weight: str) -> tuple:
+    """The font files matplotlib draws a family and weight with (the first, then fallbacks);
+    looked up once, not once per string (hashing FontProperties is itself a cost)."""
+    return tuple(fontManager._find_fonts_by_props(FontProperties(family=family, weight=weight)))
+
+
 @lru_cache(maxsize=50000)
 def shaped(text: str, size: float, weight: str, family: str) -> tuple[tuple, float]:
     """``text`` laid out as matplotlib's PDF backend lays it out: unhinted, at 72 dpi.
@@ -62,8 +69,7 @@ def shaped(text: str, size: float, weight: str, family: str) -> tuple[tuple, flo
     (:mod:`reports.strings`): one cached layout serves both. The width is the advance, not
     FreeType's 1/64-point rounded box, and differs from it by under 0.01 pt.
     """
-    prop = FontProperties(family=family, size=size, weight=weight)
-    font = get_font(fontManager._find_fonts_by_props(prop))
+    font = get_font(_font_files(family, weight))
     font.set_size(size, 72)
     glyphs = tuple((g.ft_object, g.char, g.glyph_index, g.x, g.prev_kern, g.y)
                    for g in font._layout(text, LoadFlags.NO_HINTING))

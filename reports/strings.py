@@ -32,6 +32,10 @@ from matplotlib.transforms import IdentityTransform
 from .layout import font_family, is_math, plain, shaped
 
 
+#: (string, alignment, weight, size, family, dpi, renderer) → (dx, dy): see Strings._offset
+_OFFSETS: dict = {}
+
+
 class Strings(Artist):
     """Strings at points of ``transform`` (e.g. ``fig.dpi_scale_trans`` for inches).
 
@@ -57,7 +61,6 @@ class Strings(Artist):
         self.size = size
         self._items: list[tuple[float, float, str, str, str, str, str]] = []
         self._rise: list[float] = []  # points, after the transform
-        self._offsets: dict = {}
 
     def add(self, x: float, y: float, s: str, *, ha: str = "left", va: str = "baseline",
             weight: str = "normal", color: str = "black", dy: float = 0.0) -> None:
@@ -70,17 +73,19 @@ class Strings(Artist):
         return len(self._items)
 
     def _offset(self, renderer, s: str, prop: FontProperties, ha: str, va: str, weight: str):
-        """(dx, dy) from the anchor to the string's baseline origin, in display units."""
-        key = (s, ha, va, weight, renderer.dpi if hasattr(renderer, "dpi") else None)
-        if key not in self._offsets:
+        """(dx, dy) from the anchor to the string's baseline origin, in display units; cached
+        for the process (tick labels and cell values repeat across artists and pages)."""
+        key = (s, ha, va, weight, self.size, font_family(), getattr(renderer, "dpi", None),
+               type(renderer).__name__)
+        if key not in _OFFSETS:
+            text, ismath = _math(s)
             if va == "baseline":
                 if ha == "left":
                     dx = 0.0
                 else:  # the width Text aligns by: the renderer's measure of the line
-                    text, ismath = _math(s)
                     width = renderer.get_text_width_height_descent(text, prop, ismath)[0]
                     dx = -width if ha == "right" else -width / 2
-                self._offsets[key] = (dx, 0.0)
+                _OFFSETS[key] = (dx, 0.0)
             else:  # a probe Text at the origin gives the box Text would centre
                 probe = Text(0, 0, s, fontproperties=prop, ha="left", va="baseline",
                              transform=IdentityTransform())
@@ -90,8 +95,8 @@ class Strings(Artist):
                 # Text's rules: centre_baseline halves the top-to-baseline height
                 dy = {"top": -box.y1, "center": -(box.y0 + box.y1) / 2,
                       "center_baseline": -box.y1 / 2}[va]
-                self._offsets[key] = (dx, dy)
-        return self._offsets[key]
+                _OFFSETS[key] = (dx, dy)
+        return _OFFSETS[key]
 
     def draw(self, renderer):
         if not self.get_visible() or not self._items:
