@@ -13,7 +13,6 @@ from functools import lru_cache
 
 from matplotlib import rcParams
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, fontManager, get_font
 from matplotlib.ft2font import LoadFlags
@@ -38,8 +37,10 @@ _DPI = 720
 
 
 @lru_cache(maxsize=1)
-def _renderer() -> RendererAgg:
+def _renderer():
     # mathtext only: a high resolution, so hinting's rounding of glyph advances is negligible
+    from matplotlib.backends.backend_agg import RendererAgg
+
     return RendererAgg(10, 10, _DPI)
 
 

@@ -1,4 +1,5 @@
-"""Many short strings drawn by one artist: table cells and heatmap annotations.
+"""Many short strings drawn by one artist: table cells, heatmap annotations, tick labels and
+the lines of a paragraph.
 
 A matplotlib :class:`~matplotlib.text.Text` per cell costs an object, a layout and a bounding
 box each; a 224-module appendix holds over 2000 cells, and drawing them was the largest part of
@@ -12,7 +13,9 @@ colour go into one PDF text object (``BT … ET``), one ``Tm`` and ``TJ`` each. 
 lays out every string anew and wraps each in its own ``q cm BT … ET Q``; for the ~3,000 strings
 of a 224-module report that bookkeeping, not the glyphs, was the time. The operators are those
 ``draw_text`` writes for a Type 3 font (PDF 1.7 §9.4), so the page shows the same glyphs at the
-same places; tests/test_report_strings.py compares the two renderings.
+same places; tests/test_report_strings.py compares the two renderings. A paragraph line of
+prose with a formula in it is written as prose runs and formula runs side by side (mathtext
+parses only the short, repeated formula, not the whole line).
 """
 
 from __future__ import annotations
