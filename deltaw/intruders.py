@@ -9,10 +9,11 @@ fine-tuning almost never; their number tracks forgetting.
 "Left" is the column space of the matrix in the base tensor's layout (the output space of an
 ``nn.Linear`` (out, in); the input space of a GPT-2 ``Conv1D``, stored (in, out)). W's thin SVD
 supplies min(rows, cols) vectors x_i. W + ΔW is dense even for LoRA; only its top k left
-singular vectors are computed (:func:`deltaw.linalg.top_left_singular_vectors`). The cosines
-xᵢᵀ y_j are W's left-coordinates of the y_j (:meth:`deltaw.linalg.base.BaseSVD.left_coordinates`):
-for a tall W, whose Gram gives the right vectors vᵢ, xᵢ = W vᵢ / σᵢ is never formed, the
-cosines are Σ⁻¹ Vᵀ (Wᵀ Y).
+singular vectors are computed (:func:`deltaw.linalg.top_left_singular_vectors`). The maxima
+come from :meth:`deltaw.linalg.base.BaseSVD.left_max_cosines`: over W's top vectors first, all
+of them only where Bessel's inequality leaves a later xᵢ able to exceed the top ones' maximum
+(the same numbers either way); for a tall W, whose Gram gives the right vectors vᵢ,
+xᵢ = W vᵢ / σᵢ is never formed, the cosines are Σ⁻¹ Vᵀ (Wᵀ Y).
 
 Accuracy: the vectors x_i of W's Gram side carry O(eps64 · σ₁² / (δᵢ σᵢ)) (δᵢ: σᵢ's gap to its
 neighbours; Davis–Kahan on the float64 Gram), those of the other side O(eps32 · σ₁ / σᵢ), y_j
@@ -77,9 +78,7 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
         tuned = W + delta.to(W).reshape(W.shape)  # (rows, cols)
         k = min(k, min(W.shape))
         Y = top_left_singular_vectors(tuned, k)  # (rows, k), of W + ΔW
-        # (min(rows, cols), k): cos(y_j, x_i) for every left singular vector x_i of W
-        cosines = W_svd.left_coordinates(Y)
-        max_cos = cosines.abs().amax(dim=0).double().cpu()  # (k,)
+        max_cos = W_svd.left_max_cosines(Y).cpu()  # (k,), over every left singular vector x_i of W
     intruders = torch.nonzero(max_cos < eps).flatten().tolist()
     return Intruders(k=k, eps=float(eps), count=len(intruders), indices=intruders,
                      max_cos=[float(c) for c in max_cos])

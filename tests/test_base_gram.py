@@ -32,10 +32,11 @@ def projector(vectors):
 def test_gram_route_matches_float64_above_its_bar(m, n, cond):
     q = min(m, n)
     W = with_spectrum(m, n, np.logspace(0, -np.log10(cond), q), seed=m + n)
-    U, S, Vh, gram = gram_svd(W)
+    U, S, Vh, gram, rest = gram_svd(W)
     # the route returns its Gram's side only: U for m ≤ n, Vᵀ for m > n
-    assert gram and S.shape == (q,) and (Vh is None if m <= n else U is None)
-    result = base_svd(W, device="cpu")  # forms the other side on demand from W
+    assert gram and rest is None and S.shape == (q,) and (Vh is None if m <= n else U is None)
+    result = base_svd(W, device="cpu")  # forms the rest and the other side on demand from W
+    assert result.held < q
     U, Vh = result.U, result.Vh
     assert U.shape == (m, q) and Vh.shape == (q, n) and torch.equal(result.S, S)
     U_ref, S_ref, Vh_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)
@@ -63,7 +64,7 @@ def test_near_degenerate_sigma_define_a_subspace_not_vectors():
     # intruder cosine test is therefore stated on that subspace: ‖P_cluster y‖ for any unit y.
     sigma = np.array([3.0, 1.0 + 1e-9, 1.0, 0.5, 0.25, 0.1] + list(np.linspace(0.04, 0.01, 58)))
     W = with_spectrum(64, 200, sigma, seed=5)
-    U, S, Vh, gram = gram_svd(W)
+    U, S, Vh, gram, rest = gram_svd(W)
     assert gram and Vh is None
     U_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)[0]
     U = U.double().numpy()
@@ -82,7 +83,7 @@ def test_below_the_bar_gesdd_runs(case):
     sigma = np.logspace(0, -2, 48)
     sigma[-4:] = 0.0 if case == "rank deficient" else GRAM_MIN_SIGMA_RATIO / 100
     W = with_spectrum(48, 80, sigma, seed=7)
-    U, S, Vh, gram = gram_svd(W)
+    U, S, Vh, gram, rest = gram_svd(W)
     assert not gram and U is not None and Vh is not None  # gesdd gives both sides
     U_ref, S_ref, Vh_ref = torch.linalg.svd(W, full_matrices=False)  # what the fallback runs
     torch.testing.assert_close(S, S_ref)
@@ -112,6 +113,7 @@ def test_the_other_side_on_demand_matches_float64(m, n):
     result = base_svd(W, device="cpu")
     held = set(result.tensors())
     assert held == ({"S", "U"} if m <= n else {"S", "Vh"})  # what the cache stores
+    assert result.held == 64 and result.rest is not None  # the top max(64, q/8) at first
     U_ref, _, Vh_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)
     signs = np.sign(np.sum(result.top_left().double().numpy() * U_ref, axis=0))  # (q,)
     top_left, top_right = result.top_left(j).double().numpy(), result.top_right(j).double().numpy()
@@ -120,7 +122,7 @@ def test_the_other_side_on_demand_matches_float64(m, n):
     assert np.abs(top_left * signs[:j] - U_ref[:, :j]).max() < 1e-4
     assert np.abs(top_right * signs[:j, None] - Vh_ref[:j]).max() < 1e-4
     Y = np.linalg.qr(np.random.default_rng(1).standard_normal((m, 5)))[0]
-    coords = result.left_coordinates(torch.from_numpy(Y).float()).double().numpy()  # (q, 5)
+    coords = result.left_coordinates(torch.from_numpy(Y).float()).double().numpy()  # (q, 5): all
     assert coords.shape == (q, 5)
     np.testing.assert_allclose(coords * signs[:, None], U_ref.T @ Y, atol=2e-4)
     # the same numbers as forming all of U first, to float32 rounding
@@ -128,13 +130,53 @@ def test_the_other_side_on_demand_matches_float64(m, n):
 
 
 def test_stored_side_rebuilds_the_same_result():
-    W = with_spectrum(90, 50, np.logspace(0, -1, 50), seed=3)
+    W = with_spectrum(900, 500, np.logspace(0, -1, 500), seed=3)
     result = base_svd(W, device="cpu")
     again = BaseSVD.from_tensors(W, result.tensors(), result.energy)
+    assert again.held == result.held == 64 and again.rest is None
+    # the rest: from the same tridiagonal (result) or recomputed from W (again), the same bits
     for a, b in zip(result, again):
         assert torch.equal(a, b)
     with pytest.raises(DeltawError, match="one side"):
         BaseSVD(W, result.S, None, None, energy=result.energy)
+
+
+@pytest.mark.parametrize("m,n", [(300, 520), (520, 300)])
+def test_top_vectors_then_the_rest_match_float64(m, n):
+    q = min(m, n)
+    W = with_spectrum(m, n, np.logspace(0, -2, q), seed=n)
+    U, S, Vh, gram, rest = gram_svd(W, 40)
+    held = U if m <= n else Vh.mT  # (p, 40), the Gram side's top vectors
+    assert gram and held.shape == (q, 40) and (Vh is None if m <= n else U is None)
+    U_ref, S_ref, Vh_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)
+    np.testing.assert_allclose(S.double().numpy(), S_ref, rtol=1e-6)  # every σ, not the top 40
+    ref = U_ref if m <= n else Vh_ref.T
+    everything = rest()
+    everything = everything if m <= n else everything.mT
+    # MRRR on indices 1..q or on the top 40 alone: the same vectors up to sign (every analysis
+    # reads them through |cos| or squared projections) and float64 rounding, not bit for bit
+    assert everything.shape == (q, q)
+    flip = torch.sign((everything[:, :40] * held).sum(dim=0))
+    torch.testing.assert_close(everything[:, :40] * flip, held, rtol=0, atol=1e-6)
+    signs = np.sign(np.sum(everything.double().numpy() * ref, axis=0))
+    assert np.abs(everything.double().numpy() * signs - ref).max() < 1e-6
+
+
+def test_max_cosines_settled_by_the_top_vectors_or_over_all():
+    """left_max_cosines against numpy's float64 max over all of W's left vectors: y near W's top
+    directions is settled by the held top (Bessel), a spread y needs all of them."""
+    m, n = 700, 300
+    W = with_spectrum(m, n, np.logspace(0, -1.5, n), seed=11)
+    U_ref = np.linalg.svd(W.double().numpy(), full_matrices=False)[0]
+    g = np.random.default_rng(2)
+    near = U_ref[:, [0, 3, 7]] + 0.05 * g.standard_normal((m, 3)) / np.sqrt(m)
+    spread = U_ref @ (g.standard_normal((n, 2)) / np.sqrt(n))  # in W's range, equal weights
+    for Y, settled in ((near, True), (spread, False)):
+        Y = Y / np.linalg.norm(Y, axis=0)
+        result = base_svd(W, device="cpu")
+        found = result.left_max_cosines(torch.from_numpy(Y).float()).numpy()
+        np.testing.assert_allclose(found, np.abs(U_ref.T @ Y).max(axis=0), atol=1e-5)
+        assert (result.held == 64) == settled  # all 300 computed only for the spread y
 
 
 @pytest.mark.gpu
@@ -149,3 +191,21 @@ def test_cuda_gram_route_matches_float64():
     W = W.cpu()
     approx = (U.double() * S.double()) @ Vh.double()
     assert float((approx.cpu() - W.double()).abs().max()) < 1e-6
+
+
+def test_scipys_own_openblas_follows_the_thread_limit():
+    """The Gram route's LAPACK calls (sytrd, stemr, ormqr) go to the OpenBLAS scipy bundles, apart
+    from numpy's; numpy_blas_threads must limit it too, even when scipy.linalg is first imported
+    after the limit's controller exists (a fresh interpreter: scipy not loaded yet)."""
+    import subprocess
+    import sys
+
+    code = ("from deltaw.linalg.resources import numpy_blas_threads\n"
+            "import threadpoolctl\n"
+            "with numpy_blas_threads(1):\n"
+            "    import scipy.linalg\n"
+            "    print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() "
+            "if i['user_api'] == 'blas'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert out.stdout.strip() == "[1]", out.stdout + out.stderr

@@ -2,14 +2,16 @@
 
 One function, :func:`base_svd`, gives W's thin SVD as a :class:`BaseSVD`. The analyses take it as
 ``W_svd``: amplification reads σ(W) and ‖W‖_F, the Fig. 8 overlap W's top right singular vectors
-(:meth:`BaseSVD.top_right`), intruder dimensions the coordinates of W + ΔW's top vectors in W's
-left singular basis (:meth:`BaseSVD.left_coordinates`). One W is decomposed once per module
+(:meth:`BaseSVD.top_right`), intruder dimensions the largest |cos| of W + ΔW's top vectors with
+W's left singular vectors (:meth:`BaseSVD.left_max_cosines`). One W is decomposed once per module
 however many analyses read it; :mod:`deltaw.cache` keeps its stored side across runs
 (``analyze --cache-dir``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -20,8 +22,18 @@ from deltaw.linalg.routes import gram_svd, robust_svd
 from deltaw.linalg.routes import energy as energy_of
 
 #: Version of what :meth:`BaseSVD.tensors` stores (the cache keys its entries with it, so an entry
-#: of another layout is recomputed, never misread). 2: σ and the Gram's side only.
-BASE_LAYOUT = 2
+#: of another layout is recomputed, never misread). 3: every σ and the Gram side's top vectors.
+BASE_LAYOUT = 3
+
+#: The fraction of its side's vectors the Gram route computes at first (at least
+#: :data:`HELD_MIN`): above the Fig. 8 overlap's top 10 % (Hu et al. 2021, App. H.3), and the top
+#: that settles max |cos| for the intruders of a fine-tune close to W.
+HELD_FRACTION = 0.125
+HELD_MIN = 64
+
+#: Added under the root of the Bessel bound in :meth:`BaseSVD.left_max_cosines`: Σ cos² carries
+#: a rounding error of about 2·√t·(error of one cosine) ≤ 2·√2048·1e-6 ≈ 1e-4 in float32.
+BESSEL_SLACK = 1e-4
 
 
 @dataclass(eq=False)
@@ -42,11 +54,16 @@ class BaseSVD:
     left : Tensor (rows, q) or None
         U, when held.
     right : Tensor (q, cols) or None
-        Vᵀ (rows are vectors), when held. At least one of ``left``, ``right`` is held.
+        Vᵀ (rows are vectors), when held. At least one of ``left``, ``right`` is held; the Gram
+        route holds the top t ≤ q vectors of its side (:data:`HELD_FRACTION`), the rest is
+        computed when a method needs it.
     energy : float
         ‖W‖²_F, summed in float64.
     method : str
         ``"full"``: every σ and vector is exact to the route's float tolerance.
+    rest : callable, optional
+        Returns all q vectors of the held side (the route's own continuation); without it they
+        are recomputed from W.
     """
 
     W: torch.Tensor = field(repr=False)
@@ -55,6 +72,7 @@ class BaseSVD:
     right: torch.Tensor | None
     energy: float
     method: str = "full"
+    rest: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.left is None and self.right is None:
@@ -64,6 +82,26 @@ class BaseSVD:
         self.left = None if self.left is None else self.left.contiguous()
         self.right = None if self.right is None else self.right.contiguous()
 
+    @property
+    def held(self) -> int:
+        """How many vectors of its side are held (q when both sides are)."""
+        return self.left.shape[1] if self.left is not None else self.right.shape[0]
+
+    def _hold(self, j: int) -> None:
+        """Make sure the top j vectors of the held side are held (all of them once more are needed)."""
+        if j <= self.held:
+            return
+        if self.rest is not None:
+            everything, self.rest = self.rest(), None
+        else:
+            with exact_math():
+                U, _, Vh, _, _ = gram_svd(self.W)
+            everything = U if self.left is not None else Vh
+        if self.left is not None:
+            self.left = everything.contiguous()
+        else:
+            self.right = everything.contiguous()
+
     def top_left(self, j: int | None = None) -> torch.Tensor:
         """U[:, :j] (rows, j), W's top-j left singular vectors (all for j = None).
 
@@ -72,6 +110,7 @@ class BaseSVD:
         """
         q = len(self.S)
         j = q if j is None else min(j, q)
+        self._hold(j)
         if self.left is not None:
             return self.left[:, :j]
         with exact_math(), policy_threads(self.W):
@@ -85,6 +124,7 @@ class BaseSVD:
         """
         q = len(self.S)
         j = q if j is None else min(j, q)
+        self._hold(j)
         if self.right is not None:
             return self.right[:j]
         with exact_math(), policy_threads(self.W):
@@ -103,19 +143,44 @@ class BaseSVD:
     def __iter__(self):
         return iter((self.U, self.S, self.Vh))
 
-    def left_coordinates(self, Y: torch.Tensor) -> torch.Tensor:
-        """Uᵀ Y (q, k): the coordinates of Y's columns (rows, k) in W's left singular basis.
+    def left_coordinates(self, Y: torch.Tensor, j: int | None = None) -> torch.Tensor:
+        """U[:, :j]ᵀ Y (j, k): the coordinates of Y's columns (rows, k) on W's top-j left singular
+        vectors (all q for j = None).
 
         With U held, one product. Otherwise uᵢ = W vᵢ / σᵢ gives Uᵀ Y = Σ⁻¹ Vᵀ (Wᵀ Y): k columns
         instead of U's q, the same division by σᵢ (the same O(eps · σ₁/σᵢ) on row i as forming
         uᵢ first), the small products in float64. Returned in W's dtype.
         """
+        q = len(self.S)
+        j = q if j is None else min(j, q)
+        self._hold(j)
         Y = Y.to(self.W)
         with exact_math(), policy_threads(self.W):
             if self.left is not None:
-                return self.left.mT @ Y
+                return self.left[:, :j].mT @ Y
             projected = (self.W.mT @ Y).double()  # (cols, k)
-            return ((self.right.double() @ projected) / self.S.double()[:, None]).to(self.W.dtype)
+            return ((self.right[:j].double() @ projected) / self.S[:j].double()[:, None]).to(self.W.dtype)
+
+    def left_max_cosines(self, Y: torch.Tensor) -> torch.Tensor:
+        """max_i |cos(y_j, uᵢ)| over all q left singular vectors uᵢ of W, for each column y_j of
+        Y (rows, k) (intruder dimensions, Shuttleworth et al. 2024); float64 (k,).
+
+        From the held top t first: by Bessel's inequality Σᵢ (uᵢᵀy)² ≤ ‖y‖², so no uᵢ beyond the
+        t-th has |cos| above τ_j = √(‖y_j‖² − Σ_{i≤t} (uᵢᵀy_j)²) (‖y_j‖ = 1 up to rounding). Where
+        every y_j's largest held |cos| exceeds τ_j (with :data:`BESSEL_SLACK` added under the root
+        for rounding) the maximum is settled, and it is the same number as over all q vectors.
+        Otherwise (a y_j spread over many of W's directions, as an intruder is) all q vectors are
+        computed and the maximum taken over them.
+        """
+        Y = Y.to(self.W)
+        cos = self.left_coordinates(Y, self.held).double()  # (t, k)
+        if self.held < len(self.S):
+            norms = torch.linalg.vector_norm(Y.double(), dim=0) ** 2  # (k,)
+            tail = (norms - cos.pow(2).sum(dim=0)).clamp_min(0).add(BESSEL_SLACK).sqrt()
+            if bool((cos.abs().amax(dim=0) > tail).all()):
+                return cos.abs().amax(dim=0)
+            cos = self.left_coordinates(Y).double()  # (q, k)
+        return cos.abs().amax(dim=0)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """What :meth:`from_tensors` needs, with W, to rebuild this result (layout :data:`BASE_LAYOUT`)."""
@@ -131,8 +196,9 @@ class BaseSVD:
 
 def base_svd(W, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "auto") -> BaseSVD:
     """Thin SVD of the base weight W, exact: float32 by :func:`~deltaw.linalg.routes.gram_svd`
-    (``syevd`` of the smaller Gram in float64, the vectors of that side; ``gesdd`` for a nearly
-    rank-deficient W), float64 by LAPACK / cuSOLVER ``gesdd`` with the retries of ``robust_svd``.
+    (the eigendecomposition of the smaller Gram in float64, the top vectors of that side;
+    ``gesdd`` for a nearly rank-deficient W), float64 by LAPACK / cuSOLVER ``gesdd`` with the
+    retries of ``robust_svd``.
 
     Parameters
     ----------
@@ -146,8 +212,10 @@ def base_svd(W, *, dtype: torch.dtype = torch.float32, device: str | torch.devic
     Returns
     -------
     BaseSVD
-        σ (q,), q = min(rows, cols), the vectors of the Gram's side (both sides from ``gesdd``),
-        the other side on demand; ``energy`` = ‖W‖²_F (summed in float64), ``method`` = "full".
+        Every σ (q,), q = min(rows, cols); float32: the top max(:data:`HELD_MIN`,
+        ⌈:data:`HELD_FRACTION` · q⌉) vectors of the Gram's side, the rest and the other side on
+        demand; float64 (and below the Gram bar): both sides from ``gesdd``. ``energy`` = ‖W‖²_F
+        (summed in float64), ``method`` = "full".
     """
     W = torch.as_tensor(W).to(device=resolve_device(device), dtype=dtype)
     if W.dim() != 2:
@@ -155,6 +223,10 @@ def base_svd(W, *, dtype: torch.dtype = torch.float32, device: str | torch.devic
     with exact_math():
         # float32: the eigendecomposition of the smaller Gram in float64 (more accurate than
         # float32 gesdd above its bar, and several times faster); float64: gesdd.
-        U, S, Vh = gram_svd(W)[:3] if dtype == torch.float32 else robust_svd(W)
+        if dtype == torch.float32:
+            top = max(HELD_MIN, math.ceil(HELD_FRACTION * min(W.shape)))
+            U, S, Vh, _, rest = gram_svd(W, top)
+        else:
+            (U, S, Vh), rest = robust_svd(W), None
         energy = float(energy_of(W))
-    return BaseSVD(W, S, U, Vh, energy=energy)
+    return BaseSVD(W, S, U, Vh, energy=energy, rest=rest)

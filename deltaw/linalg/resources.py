@@ -161,7 +161,14 @@ def policy_threads(M: torch.Tensor):
 
 @functools.cache
 def _numpy_blas():
-    """One threadpoolctl controller per process (finding the loaded BLAS libraries takes ~6 ms)."""
+    """One threadpoolctl controller per process (finding the loaded BLAS libraries takes ~6 ms).
+
+    It sees the libraries loaded when it is made, and scipy bundles an OpenBLAS of its own (for
+    ``scipy.linalg`` and ARPACK) apart from numpy's: scipy.linalg is loaded first, or its LAPACK
+    calls would keep their default thread count (a 384 × 384 ``dsytrd`` took 0.4–1.6 s on two
+    threads at load 3, 0.02 s on one).
+    """
+    import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS)
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()

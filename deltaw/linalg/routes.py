@@ -264,60 +264,136 @@ GRAM_MIN_SIGMA_RATIO = 1e-4
 _GRAM_BLOCK_COLS = 256
 
 
-def gram_svd(W: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None, bool]:
+def gram_svd(W: torch.Tensor, top: int | None = None):
     """Thin SVD of one float32 matrix ``W`` (m, n) from the symmetric eigendecomposition of its
-    smaller Gram: σ and the vectors of that side only; ``gesdd`` where W fails the bar.
+    smaller Gram: every σ, and the top vectors of that side only; ``gesdd`` where W fails the bar.
 
     Parameters
     ----------
     W : Tensor, (m, n), float32
+    top : int, optional
+        How many of the Gram side's vectors to compute (the top ones); None: all q = min(m, n).
+        On CUDA all are computed.
 
     Returns
     -------
-    U : (m, q) or None
-        W's left singular vectors when m ≤ n (the Gram's side), or from ``gesdd``; else None.
+    U : (m, t) or None
+        W's top-t left singular vectors when m ≤ n (the Gram's side), or all from ``gesdd``;
+        else None.
     S : (q,)
-        σ, descending, q = min(m, n).
-    Vh : (q, n) or None
-        W's right singular vectors (rows) when m > n, or from ``gesdd``; else None.
+        Every σ, descending.
+    Vh : (t, n) or None
+        W's top-t right singular vectors (rows) when m > n, or all from ``gesdd``; else None.
     gram : bool
         True when the Gram route ran; False when σ_min / σ₁ < :data:`GRAM_MIN_SIGMA_RATIO` and
         :func:`robust_svd` (``gesdd``) ran instead, with both sides.
+    rest : callable or None
+        Where fewer than q vectors were computed: returns all q vectors of the held side
+        (U (m, q) or Vh (q, n)) from the same tridiagonal reduction; the first t are the ones
+        returned. None otherwise.
 
     Notes
     -----
     With X = W (m ≤ n) or Wᵀ, X of shape (p, q), p ≤ q: G = X Xᵀ = E Λ Eᵀ in float64
-    (``syevd``; G accumulated in place by ``syrk`` over blocks of columns, so no float64 copy
-    of W is made), σ = √λ, and E are X's left vectors. The other side, Σ⁻¹ Eᵀ X, is not formed
-    here: it is a (p × p)·(p × q) product (242 GFLOP for one Llama-3.2-1B layer) of which the
-    analyses need a few columns or k projections (:class:`deltaw.linalg.base.BaseSVD` forms
-    them on demand, with the same float32 product restricted to them).
-    It does p²q + O(p³) work against gesdd's bidiagonalisation and two back-transformations.
+    (G accumulated in place by ``syrk`` over blocks of columns, so no float64 copy of W is made),
+    σ = √λ, and E are X's left vectors. On the CPU, G = Q T Qᵀ (``sytrd``, Householder), every
+    λ from T (``sterf``), T's top-t eigenvectors by MRRR (``stemr``, O(p t)) and E = Q Z
+    (``ormqr``, 2p²t): LAPACK's ``syevr`` with the vectors' subset chosen after the values. The
+    full ``syevd`` spends more than half its time on all p vectors (the divide-and-conquer on T
+    and the p × p back-transformation), of which the analyses need the top 10 % (Fig. 8) and,
+    for intruder dimensions, the rest only when the top ones do not settle max |cos|
+    (:meth:`deltaw.linalg.base.BaseSVD.left_max_cosines`). The other side, Σ⁻¹ Eᵀ X, is never
+    formed here (242 GFLOP for one Llama-3.2-1B layer): :class:`deltaw.linalg.base.BaseSVD`
+    forms the columns or projections asked for.
 
     Accuracy, in float64 arithmetic on exact float32 data: λ carries an absolute error of
     O(eps64 · σ₁²), so σᵢ is relatively accurate to O(eps64 · (σ₁/σᵢ)²) ≤ 10⁻⁸ above the bar;
     a subspace of singular vectors separated from the rest by a gap δ in σ is accurate to
     O(eps64 · σ₁² / (δ (σᵢ + σⱼ))) (Davis–Kahan), against O(eps32 · σ₁ / δ) for float32 gesdd:
-    more accurate whenever σᵢ > 10⁻⁹ σ₁. The other side's vectors Σ⁻¹ Eᵀ X, a float32 product,
-    carry O(eps32 · σ₁ / σᵢ), as float32 gesdd's do. Individual vectors inside a cluster of nearly
-    equal σ are not determined by W (any rotation within the cluster is an SVD), with this route
-    or any other; only the cluster's subspace is (tests/test_base_gram.py states both).
+    more accurate whenever σᵢ > 10⁻⁹ σ₁. MRRR's vectors are orthogonal to O(p · eps64) (Dhillon,
+    Parlett & Vömel 2006), far below float32's. The other side's vectors Σ⁻¹ Eᵀ X, a float32
+    product, carry O(eps32 · σ₁ / σᵢ), as float32 gesdd's do. Individual vectors inside a cluster
+    of nearly equal σ are not determined by W (any rotation within the cluster is an SVD), with
+    this route or any other; only the cluster's subspace is (tests/test_base_gram.py states both).
     """
     with policy_threads(W):
-        return _gram_svd(W)
+        return _gram_svd(W, top)
 
 
-def _gram_svd(W: torch.Tensor):
+def _gram_svd(W: torch.Tensor, top: int | None):
     m, n = W.shape
     X = W if m <= n else W.mT  # (p, q), p ≤ q
-    lam, E = torch.linalg.eigh(_gram64(X), UPLO="L")  # ascending; reads the lower triangle
-    lam, E = lam.flip(0), E.flip(1)
+    p = X.shape[0]
+    t = p if top is None or W.is_cuda else max(1, min(top, p))
+    if W.is_cuda:
+        lam, E = torch.linalg.eigh(_gram64(X), UPLO="L")  # ascending; reads the lower triangle
+        lam, E, eigen = lam.flip(0), E.flip(1), None
+    else:
+        with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for scipy's LAPACK too
+            eigen = _TridiagonalEigen(_gram64(X).numpy())
+        lam, E = torch.from_numpy(eigen.values[::-1].copy()), None
     S = lam.clamp_min(0).sqrt()
     if not bool(torch.isfinite(S).all()) or not S[-1] >= GRAM_MIN_SIGMA_RATIO * S[0] or not S[0] > 0:
         U, S, Vh = _robust_svd(W)
-        return U, S, Vh, False
+        return U, S, Vh, False, None
+    if E is None:
+        with numpy_blas_threads(torch.get_num_threads()):
+            E = torch.from_numpy(eigen.top_vectors(t))
     E, S = E.to(W.dtype), S.to(W.dtype)
-    return (E, S, None, True) if m <= n else (None, S, E.mT.contiguous(), True)
+
+    def held(vectors: torch.Tensor) -> torch.Tensor:  # (p, c) eigenvectors → the held side
+        return vectors if m <= n else vectors.mT.contiguous()
+
+    def rest() -> torch.Tensor:
+        with numpy_blas_threads(svd_threads(p)):
+            return held(torch.from_numpy(eigen.all_vectors()).to(W.dtype))
+
+    rest = None if t == p else rest
+    return (held(E), S, None, True, rest) if m <= n else (None, S, held(E), True, rest)
+
+
+class _TridiagonalEigen:
+    """Eigenvalues and chosen eigenvectors of a symmetric float64 G (p × p, lower triangle read)
+    through one Householder tridiagonalisation G = Q T Qᵀ (LAPACK ``syevr``'s steps, split so
+    that the vectors asked for are chosen after the values are known)."""
+
+    def __init__(self, G: np.ndarray):
+        from scipy.linalg import lapack
+
+        p = G.shape[0]
+        self.p = p
+        lwork = int(lapack.dsytrd_lwork(p, lower=1)[0])  # blocked: the default lwork runs unblocked
+        self._reflectors, self._d, e, self._tau, info = lapack.dsytrd(G, lower=1, lwork=lwork, overwrite_a=1)
+        if info != 0:
+            raise DeltawError(f"dsytrd failed (info {info})")
+        self._e = np.zeros(p)  # stemr's off-diagonal has one workspace entry at the end
+        self._e[:p - 1] = e
+        values, info = lapack.dsterf(self._d.copy(), e.copy())
+        self.values = values if info == 0 else np.full(p, np.nan)  # ascending
+
+    def top_vectors(self, t: int) -> np.ndarray:
+        """The eigenvectors of the t largest eigenvalues, (p, t), by descending eigenvalue."""
+        return np.ascontiguousarray(self._vectors(self.p - t + 1, self.p)[:, ::-1])
+
+    def all_vectors(self) -> np.ndarray:
+        """Every eigenvector, (p, p), by descending eigenvalue."""
+        return np.ascontiguousarray(self._vectors(1, self.p)[:, ::-1])
+
+    def _vectors(self, low: int, high: int) -> np.ndarray:
+        from scipy.linalg import lapack
+
+        p = self.p
+        # range "I" (indices low..high, 1-based, ascending); stemr overwrites its inputs
+        count, _, Z, info = lapack.dstemr(self._d.copy(), self._e.copy(), 3, 0.0, 0.0, low, high)
+        if info != 0 or count != high - low + 1:
+            raise DeltawError(f"dstemr failed (info {info})")
+        Z = np.asfortranarray(Z[:, :count])
+        if p > 1:  # E = Q Z; Q's reflectors sit below the subdiagonal (dormtr's uplo = "L" case)
+            Z[1:], _, info = lapack.dormqr(b"L", b"N", self._reflectors[1:, :p - 1], self._tau, Z[1:],
+                                           lwork=max(1, 64 * count), overwrite_c=1)
+            if info != 0:
+                raise DeltawError(f"dormqr failed (info {info})")
+        return Z
 
 
 def _gram64(X: torch.Tensor) -> torch.Tensor:
