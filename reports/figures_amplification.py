@@ -19,6 +19,7 @@ from . import style, text
 from .figures_layers import grid_block, grid_caption, grid_scale, layer_grid
 from .layout import plain, representative_layers, type_labels
 from .pdf import Block
+from .ticks import set_log_ticks
 from .tables import Table, natural_widths, table_blocks
 
 MAX_TYPE_LINES = 4  # more module types than this: aggregate the lines, add a grid
@@ -210,8 +211,6 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
         for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
             ax.set_xlabel("layer", labelpad=2)
-        ax_f.set_ylabel("amplification factor", labelpad=2)
-        ax_p.set_ylabel(f"{text.PROJ} relative to W's top r", labelpad=2)
         ax_f.set_title("Amplification factor per layer", loc="left")
         ax_p.set_title("W along ΔW's directions vs W's top", loc="left")
         # legends sit in headroom above the data, so they never cover a curve
@@ -223,6 +222,12 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
         ax_p.legend(handles=[Line2D([], [], color="#444", lw=1.0, label="U, V from ΔW"),
                              Line2D([], [], color="#444", lw=0.8, ls="--", label="U, V random")],
                     loc="upper center", ncol=2, borderaxespad=0.2)
+        for ax, label in ((ax_f, "amplification factor"),
+                          (ax_p, f"{text.PROJ} relative to W's top r")):
+            if ax.get_yscale() == "log":  # plain labels at fixed ticks, set once the view is
+                set_log_ticks(ax, "y", label=label)
+            else:
+                ax.set_ylabel(label, labelpad=2)
 
     caption = (
         f"Left: amplification factor {text.NORM_DW}/{text.PROJ} per layer, "
