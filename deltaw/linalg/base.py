@@ -51,10 +51,10 @@ class BaseSVD:
         The weight decomposed, in the analysis dtype and on its device.
     S : Tensor, (q,)
         σ, descending, q = min(rows, cols).
-    left : Tensor (rows, q) or None
-        U, when held.
-    right : Tensor (q, cols) or None
-        Vᵀ (rows are vectors), when held. At least one of ``left``, ``right`` is held; the Gram
+    left : Tensor (rows, t) or None
+        U's top t ≤ q columns, when held.
+    right : Tensor (t, cols) or None
+        Vᵀ's top t rows (rows are vectors), when held. At least one of ``left``, ``right`` is held; the Gram
         route holds the top t ≤ q vectors of its side (:data:`HELD_FRACTION`), the rest is
         computed when a method needs it.
     energy : float

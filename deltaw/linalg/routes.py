@@ -362,6 +362,9 @@ class _TridiagonalEigen:
 
         p = G.shape[0]
         self.p = p
+        if p == 1:  # G = [λ]: nothing to reduce (LAPACK's wrappers take no empty off-diagonal)
+            self.values = G[0, :1].copy()
+            return
         lwork = int(lapack.dsytrd_lwork(p, lower=1)[0])  # blocked: the default lwork runs unblocked
         self._reflectors, self._d, e, self._tau, info = lapack.dsytrd(G, lower=1, lwork=lwork, overwrite_a=1)
         if info != 0:
@@ -373,16 +376,18 @@ class _TridiagonalEigen:
 
     def top_vectors(self, t: int) -> np.ndarray:
         """The eigenvectors of the t largest eigenvalues, (p, t), by descending eigenvalue."""
-        return np.ascontiguousarray(self._vectors(self.p - t + 1, self.p)[:, ::-1])
+        return self._vectors(self.p - t + 1, self.p)[:, ::-1].copy()
 
     def all_vectors(self) -> np.ndarray:
         """Every eigenvector, (p, p), by descending eigenvalue."""
-        return np.ascontiguousarray(self._vectors(1, self.p)[:, ::-1])
+        return self._vectors(1, self.p)[:, ::-1].copy()
 
     def _vectors(self, low: int, high: int) -> np.ndarray:
         from scipy.linalg import lapack
 
         p = self.p
+        if p == 1:
+            return np.ones((1, 1))
         # range "I" (indices low..high, 1-based, ascending); stemr overwrites its inputs
         count, _, Z, info = lapack.dstemr(self._d.copy(), self._e.copy(), 3, 0.0, 0.0, low, high)
         if info != 0 or count != high - low + 1:
