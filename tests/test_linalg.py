@@ -197,9 +197,10 @@ def test_svd_many_results_survive_the_next_batch():
 
 
 def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch):
-    # Three workers over five modules (shares of 2, 1, 2), one of them with a rank-deficient B that
-    # takes the Householder fallback: each module's numbers must equal the one-thread run's, bit
-    # for bit, since every module is computed on one thread either way.
+    # Three threads over three groups (five modules, then two and one of other shapes), one module
+    # with a rank-deficient B that takes the Householder fallback: each module's numbers must equal
+    # the one-thread run's, bit for bit and in input order, since every module is computed on one
+    # thread either way.
     import deltaw.linalg.batching as batching
 
     deltas = [lowrank(300, 200, 16, seed=i, name=f"a{i}") for i in range(5)]
@@ -208,11 +209,14 @@ def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch)
     A = torch.randn(16, 200, generator=torch.Generator().manual_seed(9))
     deltas[3] = LowRankDelta(name="deficient", shape=(300, 200), read_A=lambda: A, read_B=lambda: B, rank=16,
                              scale=0.5)
+    deltas += [lowrank(200, 300, 8, seed=20 + i, name=f"b{i}") for i in range(2)] + [lowrank(300, 200, 4, seed=30)]
     results = {}
     for count in (1, 3):
         monkeypatch.setattr(batching, "svd_threads", lambda *args, count=count, **kw: count)
-        results[count] = [r for _, r in deltaw.svd_many(deltas)]
-    assert [r.method for r in results[3]] == ["factored-gram"] * 3 + ["factored", "factored-gram"]
+        pairs = list(deltaw.svd_many(deltas))
+        assert [d.name for d, _ in pairs] == [d.name for d in deltas]
+        results[count] = [r for _, r in pairs]
+    assert [r.method for r in results[3]] == ["factored-gram"] * 3 + ["factored"] + ["factored-gram"] * 4
     for one, split in zip(results[1], results[3]):
         assert one.method == split.method and one.energy == split.energy
         for a, b in zip(one, split):

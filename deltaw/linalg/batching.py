@@ -104,14 +104,32 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     device = resolve_device(device)
     generator = torch.Generator().manual_seed(seed)
     workspace = _Workspace()
+    lowrank: list[list[Delta]] = []  # consecutive LoRA groups, decomposed together on the CPU threads
+    for group in _groups(deltas):
+        if _threaded_lowrank(group, device):
+            if lowrank and _elements(lowrank) + _elements([group]) > CHUNK_ELEMENTS:
+                yield from _run_lowrank_groups(lowrank, k, dtype, device, workspace)
+                lowrank = []
+            lowrank.append(group)
+            continue
+        if lowrank:
+            yield from _run_lowrank_groups(lowrank, k, dtype, device, workspace)
+            lowrank = []
+        yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
+    if lowrank:
+        yield from _run_lowrank_groups(lowrank, k, dtype, device, workspace)
+
+
+def _groups(deltas: Iterable[Delta]) -> Iterator[list[Delta]]:
+    """Runs of consecutive same-shape ΔWs (same kind and rank), each at most one chunk."""
     group: list[Delta] = []
     for delta in deltas:
         if group and (_group_key(delta) != _group_key(group[0]) or _chunk_full(group)):
-            yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
+            yield group
             group = []
         group.append(delta)
     if group:
-        yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
+        yield group
 
 
 def _group_key(delta: Delta):
@@ -119,10 +137,17 @@ def _group_key(delta: Delta):
     return type(delta), delta.matrix_shape, rank
 
 
+def _per_matrix(delta: Delta) -> int:
+    m, n = delta.matrix_shape
+    return (m + n) * delta.rank if isinstance(delta, LowRankDelta) else m * n
+
+
 def _chunk_full(group: list[Delta]) -> bool:
-    m, n = group[0].matrix_shape
-    per = (m + n) * group[0].rank if isinstance(group[0], LowRankDelta) else m * n
-    return (len(group) + 1) * per > CHUNK_ELEMENTS
+    return (len(group) + 1) * _per_matrix(group[0]) > CHUNK_ELEMENTS
+
+
+def _elements(groups: list[list[Delta]]) -> int:
+    return sum(len(g) * _per_matrix(g[0]) for g in groups)
 
 
 def _run_group(group, k, device, dtype, n_iter, generator, workspace) -> Iterator[tuple[Delta, SVD]]:
@@ -164,35 +189,55 @@ def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SV
 
 
 def _lowrank_svds(group: list[LowRankDelta], k, dtype, device, workspace) -> list[SVD]:
-    """Exact factored SVDs of same-shape LoRA ΔWs; on the CPU split between the threads.
+    """Exact factored SVDs of same-shape LoRA ΔWs (:mod:`deltaw.linalg.factored`)."""
+    L, R = _stacked_factors(group, workspace.take(len(group) * _per_matrix(group[0]), dtype, device))
+    scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
+    # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
+    U, S, Vh, method = factored.factored_svd_routes(L, R, scales)
+    return _records(U, S, Vh, (S.double() ** 2).sum(-1), method, k)
 
-    Each thread converts its share of the factors and decomposes them on one thread of its own
-    (:func:`~deltaw.linalg.factored.factored_svd_routes`): every step of one matrix is a small
-    GEMM (inner or outer dimension r), an r × r LAPACK call or a conversion, which a second
-    OpenMP thread speeds up by 1.6× at best (the float64 Grams, measured), while independent
-    matrices on separate threads keep both cores busy with all of it. A matrix's numbers do not
-    depend on the thread count (GEMM blocking would follow it inside one matrix).
+
+def _threaded_lowrank(group: list[Delta], device: torch.device) -> bool:
+    """LoRA groups on the CPU whose threads policy gives more than one thread."""
+    return device.type == "cpu" and isinstance(group[0], LowRankDelta) and svd_threads(min(group[0].matrix_shape)) > 1
+
+
+def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, workspace) -> Iterator[tuple[Delta, SVD]]:
+    """Consecutive LoRA groups split between the CPU threads, each share on one thread.
+
+    Every step of one LoRA matrix is a small GEMM (inner or outer dimension r), an r × r LAPACK
+    call or a conversion, which a second OpenMP thread speeds up by 1.6× at best (the float64
+    Grams, measured); independent matrices on separate threads keep every core busy with all of
+    it. Groups are cut into pieces (at most ⌈g / threads⌉ matrices) and the pieces dealt to the
+    threads largest first; results are yielded in input order, after the computation (the
+    caller never runs inside the precision context). A matrix's numbers do not depend on the
+    thread count: each is computed on one thread either way.
     """
-    workers = min(torch.get_num_threads(), len(group)) if device.type == "cpu" else 1
-    per = sum(group[0].matrix_shape) * group[0].rank  # values of one module's L and R
-    flat = workspace.take(len(group) * per, dtype, device)
-    edges = [round(i * len(group) / workers) for i in range(workers + 1)]
+    count = svd_threads(min(groups[0][0].matrix_shape))
+    pieces = [g[i:i + -(-len(g) // count)] for g in groups for i in range(0, len(g), -(-len(g) // count))]
+    shares: list[list[int]] = [[] for _ in range(min(count, len(pieces)))]
+    load = [0] * len(shares)
+    for i in sorted(range(len(pieces)), key=lambda i: -_elements([pieces[i]])):
+        j = load.index(min(load))
+        shares[j].append(i)
+        load[j] += _elements([pieces[i]])
+    workspaces = [workspace] + [_Workspace() for _ in shares[1:]]
+    results: dict[int, list[SVD]] = {}
 
-    def part(a: int, b: int) -> list[SVD]:
-        with exact_math():  # grad mode is per thread
-            L, R = _stacked_factors(group[a:b], flat[a * per:b * per])
-            scales = torch.tensor([d.scale for d in group[a:b]], dtype=dtype, device=device).reshape(-1, 1, 1)
-            # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
-            U, S, Vh, method = factored.factored_svd_routes(L, R, scales)
-            return _records(U, S, Vh, (S.double() ** 2).sum(-1), method, k)
+    def run(share: list[int], space: _Workspace) -> None:
+        with exact_math():  # grad mode is per thread; the precision is already the caller's here
+            for i in share:
+                results[i] = _lowrank_svds(pieces[i], k, dtype, device, space)
 
-    if workers == 1:
-        return part(0, len(group))
-    # Both limits are set here, before the threads start, so the threads' own limit contexts
-    # (one thread each) change nothing while another thread computes.
-    with threads(1), numpy_blas_threads(1), ThreadPoolExecutor(workers) as pool:
-        shares = [pool.submit(part, a, b) for a, b in zip(edges, edges[1:])]
-        return [svd for share in shares for svd in share.result()]
+    # The thread limits are set here, before the threads start, so the routes' own limit contexts
+    # change nothing while another thread computes; OpenMP's count is per thread and not
+    # inherited, so each pool thread sets its own.
+    with exact_math(), threads(1), numpy_blas_threads(1), ThreadPoolExecutor(
+            len(shares), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        for done in [pool.submit(run, share, space) for share, space in zip(shares, workspaces)]:
+            done.result()  # a thread's exception is raised here
+    for i, piece in enumerate(pieces):
+        yield from zip(piece, results.pop(i))
 
 
 def _records(U, S, Vh, energy, method: list[str], k: int | None) -> list[SVD]:
