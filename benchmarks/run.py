@@ -369,7 +369,7 @@ def goals(r: dict) -> list[dict]:
     if da and da.get("available"):
         add("dense_analyze_vs_read", f"dense: deltaw.analyze(top_k, base) ÷ reading ({da['layers']} layer, 1 run)",
             da["ratio"], "≤ 40×", da["ratio"] <= 40,
-            "with a base, analyze also takes a full SVD of W and the top-k of W+ΔW (amplification, overlap, intruders)")
+            "with a base, analyze also decomposes W (every σ, its Gram side's top vectors) and takes the top-k of W+ΔW (amplification, overlap, intruders)")
         if "peak_rss_anon_bytes" in da and r.get("plan_largest_f32_bytes"):
             budget = GiB + 3 * r["plan_largest_f32_bytes"]
             add("dense_analyze_memory", "dense: analyze with the base, peak anonymous memory (GiB)",
