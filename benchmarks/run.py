@@ -236,7 +236,7 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
         _log("one SVD on one thread vs all threads")
         results["threads"] = run_job("svd_threads", {"sizes": plan.thread_sizes, "repeats": 3}, timeout=timeout)
 
-    # W's SVD: gesdd as stored, gesdd on the faster orientation, syevd of the smaller Gram
+    # W's SVD: gesdd as stored, gesdd on the faster orientation, the Gram route (eigendecomposition of the smaller Gram)
     if want("base"):
         _log("base: W's SVD per shape, gesdd vs the Gram route")
         results["base_routes"] = run_job("base_routes", {"base": str(pairs[plan.analyze_layers].base)},

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @job
 def base_routes(args):
     """W's thin SVD per shape of one dense layer: gesdd on W as stored, gesdd on the faster
-    orientation (what ``robust_svd`` runs), and the Gram route (``syevd`` of the smaller Gram in
+    orientation (what ``robust_svd`` runs), and the Gram route (the eigendecomposition of the smaller Gram in
     float64, :func:`deltaw.linalg.routes.gram_svd`), one run each after a warm-up of the smallest."""
     import torch
     from safetensors import safe_open

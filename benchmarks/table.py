@@ -142,7 +142,7 @@ def base_route_rows(r: dict) -> list[str]:
         return []
     total = {k: sum(s[k] for s in b["shapes"]) for k in ("gesdd_as_stored", "gesdd", "gram")}
     shapes = ", ".join("×".join(map(str, s["shape"])) for s in b["shapes"])
-    return [f"| W's SVD, one layer's shapes ({shapes}), float32: syevd of the smaller Gram in float64 vs gesdd "
+    return [f"| W's SVD, one layer's shapes ({shapes}), float32: the Gram route (eigendecomposition of the smaller Gram in float64, all vectors) vs gesdd "
             f"on W as stored (gesdd on the transposed wide ones: {_s(total['gesdd'])}) | {_s(total['gram'])} | "
             f"{_s(total['gesdd_as_stored'])} | {_x(total['gesdd_as_stored'] / total['gram'])} | — | |"]
 

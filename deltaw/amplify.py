@@ -28,6 +28,7 @@ import torch
 from deltaw._inputs import base_matrix, check_dtype
 from deltaw.delta import Delta, LowRankDelta
 from deltaw.linalg import SVD, base_svd, exact_math, resolve_device, svd
+from deltaw.linalg.base import BaseSVD
 from deltaw.linalg.resources import numpy_blas_threads, one_thread, policy_threads
 from deltaw.records import Amplification
 from deltaw.spectrum import energy_rank, numerical_rank
@@ -109,7 +110,7 @@ def projection_norm(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor) -> float:
 
 
 def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
-                  delta_svd: SVD | None = None, W_svd: SVD | None = None, device="auto",
+                  delta_svd: SVD | None = None, W_svd: BaseSVD | None = None, device="auto",
                   dtype: torch.dtype = torch.float32) -> Amplification | None:
     """Amplification of W's directions by ΔW (Hu et al. 2021, Section 7.3, Table 7).
 
@@ -127,7 +128,7 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
     delta_svd : SVD, optional
         ΔW's SVD when already computed (it must hold at least r vectors); else computed here
         (factored for LoRA, exact; for dense, top-r randomized when r is given, else full).
-    W_svd : SVD, optional
+    W_svd : BaseSVD, optional
         W's SVD from :func:`deltaw.linalg.base_svd`, reused for σ(W); else W's singular values are computed.
     device, dtype
         Where and in what precision W is projected.
@@ -171,7 +172,7 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
 
 
 def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None,
-                 delta_svd: SVD | None = None, W_svd: SVD | None = None, device="auto",
+                 delta_svd: SVD | None = None, W_svd: BaseSVD | None = None, device="auto",
                  dtype: torch.dtype = torch.float32) -> np.ndarray | None:
     """φ between ΔW's top-i and W's top-j right singular vectors (Hu et al. 2021, Fig. 8).
 

@@ -143,13 +143,10 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     if bad:
         return d, bad
     W = once.base(dtype)
-    if type(once) is DenseDelta and W is not None:
-        # DenseDelta.to_dense's tuned.to(dtype) − base.to(dtype), with the W just converted: the
-        # base is converted once, not twice, and the difference is taken in place in the tuned
-        # tensor's converted copy (a subtraction that converts bf16 as it reads ran 2× slower).
-        delta = tuned.reshape(W.shape).to(dtype, copy=True).sub_(W)
-    else:
-        delta = once.matrix(dtype)
+    if W is not None:  # ΔW is formed from the W just converted: the base is converted once
+        converted = W.reshape(base.shape)
+        once = replace(once, read_base=lambda: converted)
+    delta = once.matrix(dtype)
     # finite inputs can still overflow (a difference, or a narrowing conversion of W)
     bad = _nonfinite(delta, W)
     if bad:

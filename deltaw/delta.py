@@ -177,7 +177,9 @@ class DenseDelta(Delta):
         self.kind = "dense"
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return self.read_tuned().to(dtype) - self.read_base().to(dtype)
+        # in place in the tuned tensor's converted copy: a subtraction that converts bf16 as it
+        # reads ran 2× slower, and no third full-size tensor is allocated
+        return self.read_tuned().to(dtype, copy=True).sub_(self.read_base().to(dtype))
 
 
 @dataclass(eq=False)

@@ -31,7 +31,7 @@ import torch
 from deltaw._inputs import base_matrix, is_transposed
 from deltaw.delta import Delta, LowRankDelta
 from deltaw.linalg import exact_math, resolve_device
-from deltaw.linalg.resources import threads
+from deltaw.linalg.resources import one_thread
 from deltaw.records import MagnitudeDirection
 
 # Values of W, and as many of ΔW, converted to float64 at a time for the dense row terms: two
@@ -72,7 +72,7 @@ def _row_terms_dense(W_rows: torch.Tensor, delta_rows: torch.Tensor) -> tuple[to
     # One thread: each step is a few microseconds of cache-resident work, less than an OpenMP
     # fork/join, and on a busy machine every step waited for a core (10.5 s against 0.4 s on
     # two threads and on one for a 1B-shaped layer's seven modules at load 3–5).
-    with threads(1):
+    with one_thread():
         for start in range(0, out, rows):
             stop = min(out, start + rows)
             w, d = w_work[:stop - start], d_work[:stop - start]

@@ -224,7 +224,7 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
                     loc="upper center", ncol=2, borderaxespad=0.2)
         for ax, label in ((ax_f, "amplification factor"),
                           (ax_p, f"{text.PROJ} relative to W's top r")):
-            if ax.get_yscale() == "log":  # plain labels at fixed ticks, set once the view is
+            if ax.get_yscale() == "log":  # plain labels at fixed ticks, after the view is final
                 set_log_ticks(ax, "y", label=label)
             else:
                 ax.set_ylabel(label, labelpad=2)

@@ -119,11 +119,12 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
             curves_s.append(np.column_stack([x[positive], s[idx][positive]]))
             cum = np.cumsum(m.singular_values ** 2) / m.fro_norm ** 2
             curves_c.append(np.column_stack([x, cum[idx]]))
-            colors.append(color(m))
+            c = color(m)
+            colors.append(c)
             k90 = m.energy_rank_90
             if 1 <= k90 <= cum.size:
                 dots.append((k90, cum[k90 - 1]))
-                dot_colors.append(color(m))
+                dot_colors.append(c)
         # one collection per panel, not a Line2D per module: the same strokes in the same
         # order, drawn in one call (200+ modules made this figure slow to write)
         for ax, curves in ((ax_s, curves_s), (ax_c, curves_c)):

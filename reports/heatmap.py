@@ -2,7 +2,7 @@
 
 Row 0 is at the top, as in a matrix. Every map is one image at one pixel per cell, which PDF
 viewers show without smoothing; grids with cell edges (layer × module type, up to
-``MAX_VECTOR_CELLS`` cells) get white grid lines over it. A NaN value is a
+``MAX_EDGED_CELLS`` cells) get white grid lines over it. A NaN value is a
 cell with no data (light grey); cells flagged ``not_finite`` are hatched grey and read "NaN" —
 a module whose weights held NaN/Inf is never given a colour as if it were a number. Tick labels
 are thinned to what fits; values are written into cells when the cells are big enough to read.
@@ -25,7 +25,7 @@ from .layout import Region, line_height, text_width
 from .strings import Strings
 from .ticks import fixed_ticks, linear_labels
 
-MAX_VECTOR_CELLS = 1200  # larger maps (φ over 64 × 64) get no cell edges: they would hide the cells
+MAX_EDGED_CELLS = 1200  # larger maps (φ over 64 × 64) get no cell edges: they would hide the cells
 _STEPS = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
 _STEPS_2 = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # for ranks that are powers of two
 
@@ -78,7 +78,7 @@ def heatmap(
     text (skipped when cells are too small for ``style.TINY`` text). ``not_finite`` marks cells
     to hatch as NaN/Inf; ``bound`` marks cells whose value is only a lower bound (dotted).
     ``x_rotation`` turns the column labels (degrees).
-    Ticks are drawn by :func:`reports.ticks.fixed_ticks`.
+    Ticks are drawn by :func:`reports.ticks.fixed_ticks` (turned column labels by matplotlib).
     """
     values = np.asarray(values, dtype=float)
     nrows, ncols = values.shape
@@ -90,7 +90,7 @@ def heatmap(
     mesh = ax.imshow(np.ma.masked_invalid(values), cmap=colormap, norm=norm,
                      interpolation="none", aspect="auto", origin="upper",
                      extent=(0, ncols, nrows, 0))
-    if cell_edges and values.size <= MAX_VECTOR_CELLS:
+    if cell_edges and values.size <= MAX_EDGED_CELLS:
         # white cell edges as one set of grid lines over the image: what a mesh of edged
         # rectangles shows, at a fraction of its drawing time and file size
         segments = ([[(c, 0), (c, nrows)] for c in range(ncols + 1)]

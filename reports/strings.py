@@ -72,9 +72,6 @@ class Strings(Artist):
             self._items.append((x, y, s, ha, va, weight, color))
             self._rise.append(dy)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def _offset(self, renderer, s: str, prop: FontProperties, ha: str, va: str, weight: str):
         """(dx, dy) from the anchor to the string's baseline origin, in display units; cached
         for the process (tick labels and cell values repeat across artists and pages)."""
@@ -196,13 +193,13 @@ def _draw_pdf(renderer, gc, artist: "Strings", items, props: dict) -> list:
         (px, py), (x0, y0, s, ha, va, weight, color) = item
         prop = props[weight]
         text, ismath = _math(s)
-        if (ismath and ha == "left" and va == "baseline"
-                and any(run and not is_formula for run, is_formula in _math_runs(s))):
+        runs = _math_runs(s) if ismath and ha == "left" and va == "baseline" else []
+        if any(run and not is_formula for run, is_formula in runs):
             # a line of prose with a formula in it: the prose as plain strings, each formula
             # by mathtext, side by side (mathtext parsing a whole caption line was a tenth of
             # a report's time; the formula alone is short and repeats)
             x = px
-            for run, run_is_math in _math_runs(s):
+            for run, run_is_math in runs:
                 if run_is_math:
                     rest.append(((x, py), (x0, y0, run, "left", "baseline", weight, color)))
                     x += renderer.get_text_width_height_descent(run, prop, ismath=True)[0]

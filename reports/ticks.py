@@ -18,6 +18,7 @@ with Unicode superscripts), so every label reads as the exact value at its tick.
 
 from __future__ import annotations
 
+import functools
 import math
 
 from matplotlib.lines import Line2D
@@ -80,6 +81,7 @@ def linear_labels(ticks) -> list[str]:
             for t in ticks]
 
 
+@functools.lru_cache(maxsize=None)
 def _lp_height(size: float) -> float:
     """Height in points of a one-line label box (what Text measures for "lp")."""
     from matplotlib.font_manager import FontProperties
@@ -129,7 +131,8 @@ def fixed_ticks(ax, which: str, positions, labels, *, side: str | None = None,
                           markeredgewidth=width, linestyle="none", color=color, clip_on=False,
                           zorder=2.5))
     away = (length + pad) / 72
-    pitch = 1.2 * _lp_height(size) / 72  # Text's line spacing for a label of several lines
+    lp = _lp_height(size)
+    pitch = 1.2 * lp / 72  # Text's line spacing for a label of several lines
     lines = [text.split("\n") for _, text in kept]
     most = max((len(l) for l in lines), default=1)
     for k in range(most):  # one artist per line number: its offset is in inches, not data
@@ -149,7 +152,7 @@ def fixed_ticks(ax, which: str, positions, labels, *, side: str | None = None,
                             dy=((len(label_lines) - 1) / 2 - k) * pitch * 72)
         fig.add_artist(strings)
     if label is not None:
-        extent = (most * pitch * 72 - (pitch * 72 - _lp_height(size)) if which == "x"
+        extent = ((most - 1) * pitch * 72 + lp if which == "x"
                   else max((text_width(t, size) * 72 for l in lines for t in l), default=0.0))
         offset = (length + pad + extent + labelpad) / 72
         axis.set_label_text(label)

@@ -128,7 +128,7 @@ def top_svd(M: torch.Tensor, k: int | None, *, energy: float | None = None, full
     if gram:
         try:
             U, S, Vh, eigenvalues = gram_top_svd(M, k)
-        except (np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:  # the eigensolver failed (non-finite ΔW)
+        except (np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:  # the eigensolver failed or gave fewer than k pairs (non-finite ΔW, a large cluster)
             log.warning("%d×%d: Gram route failed (%s); randomized SVD instead", m, n, str(err).splitlines()[0])
         else:
             tail = total - float((S.double() ** 2).sum())

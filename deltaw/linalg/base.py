@@ -177,8 +177,9 @@ class BaseSVD:
         if self.held < len(self.S):
             norms = torch.linalg.vector_norm(Y.double(), dim=0) ** 2  # (k,)
             tail = (norms - cos.pow(2).sum(dim=0)).clamp_min(0).add(BESSEL_SLACK).sqrt()
-            if bool((cos.abs().amax(dim=0) > tail).all()):
-                return cos.abs().amax(dim=0)
+            best = cos.abs().amax(dim=0)
+            if bool((best > tail).all()):
+                return best
             cos = self.left_coordinates(Y).double()  # (q, k)
         return cos.abs().amax(dim=0)
 

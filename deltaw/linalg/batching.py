@@ -214,18 +214,22 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, work
     thread count: each is computed on one thread either way.
     """
     count = svd_threads(min(groups[0][0].matrix_shape))
-    pieces = [g[i:i + -(-len(g) // count)] for g in groups for i in range(0, len(g), -(-len(g) // count))]
+    pieces = []
+    for g in groups:
+        size = math.ceil(len(g) / count)
+        pieces += [g[i:i + size] for i in range(0, len(g), size)]
+    work = [_elements([piece]) for piece in pieces]
     shares: list[list[int]] = [[] for _ in range(min(count, len(pieces)))]
     load = [0] * len(shares)
-    for i in sorted(range(len(pieces)), key=lambda i: -_elements([pieces[i]])):
+    for i in sorted(range(len(pieces)), key=lambda i: -work[i]):
         j = load.index(min(load))
         shares[j].append(i)
-        load[j] += _elements([pieces[i]])
+        load[j] += work[i]
     workspaces = [workspace] + [_Workspace() for _ in shares[1:]]
     results: dict[int, list[SVD]] = {}
 
     def run(share: list[int], space: _Workspace) -> None:
-        with exact_math():  # grad mode is per thread; the precision is already the caller's here
+        with exact_math():  # grad mode is per thread (the precision is global: set below already)
             for i in share:
                 results[i] = _lowrank_svds(pieces[i], k, dtype, device, space)
 

@@ -142,8 +142,7 @@ def certified_loss(shape: tuple[int, int], S: torch.Tensor, eigenvalues: torch.T
         The dtype the route ran in.
     """
     shortfall = float(eigenvalues.sum()) - float((S.double() ** 2).sum())
-    top = float(eigenvalues[0]) if eigenvalues.numel() else 0.0
-    return max(shortfall, 0.0) + rounding_estimate(shape, len(eigenvalues), energy, top, dtype)
+    return max(shortfall, 0.0) + rounding_estimate(shape, len(eigenvalues), energy, float(eigenvalues[0]), dtype)
 
 
 def rounding_estimate(shape: tuple[int, int], k: int, energy: float, top_eigenvalue: float,

@@ -4,10 +4,10 @@
 - Dense, top-k: the randomized range finder with power iterations (Halko, Martinsson & Tropp
   2011, Alg. 4.4 + 5.1). ‖ΔW‖²_F is summed exactly, so captured energy and tail are exact.
 - Dense, full: LAPACK / cuSOLVER ``gesdd`` with fallbacks (float64, ``gesvd``, CPU) on failure.
-- The base weight W (:func:`gram_svd`): the symmetric eigendecomposition (``syevd``) of its
+- The base weight W (:func:`gram_svd`): the symmetric eigendecomposition (tridiagonal, MRRR) of its
   smaller Gram in float64, ``gesdd`` where W is (nearly) rank deficient.
-- Top-k left singular vectors of one matrix (intruder dimensions): Lanczos bidiagonalisation
-  (ARPACK) where it pays, else the full SVD.
+- Top-k left singular vectors of one matrix (intruder dimensions): the smaller Gram's top
+  eigenvectors under a residual bar, Lanczos bidiagonalisation (ARPACK) above it, else the full SVD.
 
 :func:`dense_method` is the one place where a dense ΔW's route is chosen; the batching driver
 and the memory estimate (:func:`dense_svd_bytes`) both ask it.
@@ -393,11 +393,11 @@ class _TridiagonalEigen:
         if info != 0 or count != high - low + 1:
             raise DeltawError(f"dstemr failed (info {info})")
         Z = np.asfortranarray(Z[:, :count])
-        if p > 1:  # E = Q Z; Q's reflectors sit below the subdiagonal (dormtr's uplo = "L" case)
-            Z[1:], _, info = lapack.dormqr(b"L", b"N", self._reflectors[1:, :p - 1], self._tau, Z[1:],
-                                           lwork=max(1, 64 * count), overwrite_c=1)
-            if info != 0:
-                raise DeltawError(f"dormqr failed (info {info})")
+        # E = Q Z; Q's reflectors sit below the subdiagonal (dormtr's uplo = "L" case)
+        Z[1:], _, info = lapack.dormqr(b"L", b"N", self._reflectors[1:, :p - 1], self._tau, Z[1:],
+                                       lwork=max(1, 64 * count), overwrite_c=1)
+        if info != 0:
+            raise DeltawError(f"dormqr failed (info {info})")
         return Z
 
 
