@@ -32,7 +32,7 @@ from deltaw.records import Analysis, Comparison, Record, Reproduction, Survey, T
 
 from .analysis_report import add_analysis
 from .comparison_report import add_comparison
-from .pdf import Document
+from .pdf import Document, collector_paused
 from .title import one_contents
 from .reproduction_report import add_reproduction
 from .survey_report import add_survey
@@ -66,6 +66,7 @@ def _only(kind, records: list, what: str) -> list:
     return records
 
 
+@collector_paused()
 def write_analysis_pdf(results, path: str | os.PathLike) -> None:
     """Write the report of one or more analyses to ``path``.
 
@@ -91,6 +92,7 @@ def write_analysis_pdf(results, path: str | os.PathLike) -> None:
     doc.write(path)
 
 
+@collector_paused()
 def write_comparison_pdf(comparison, path: str | os.PathLike, analyses=None) -> None:
     """Write the subspace-similarity report of a comparison to ``path``.
 
@@ -112,6 +114,7 @@ def write_comparison_pdf(comparison, path: str | os.PathLike, analyses=None) -> 
     doc.write(path)
 
 
+@collector_paused()
 def render(docs, path: str | os.PathLike) -> None:
     """Write every document in ``docs`` into one PDF, each as its own part, in the given order.
 

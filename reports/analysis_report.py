@@ -21,7 +21,7 @@ from .figures_layers import intruder_block, layer_grid_blocks
 from .figures_spectra import spectra_blocks
 from .layout import plain, wrap
 from .pdf import Document
-from .tables import Table, table_blocks
+from .tables import Table, table_blocks, without_constant_columns
 from .title import contents_block, facts_block, findings_block, title_block, today
 
 NAME_W = 2.3  # inches for a module name in the appendix tables
@@ -112,11 +112,14 @@ def _appendix_blocks(a: Analysis) -> list:
     for m in a.not_finite:
         row = [short(m.name), m.kind, "×".join(map(str, m.shape)), "NaN/Inf"]
         rows.append(row + ["NaN/Inf"] * (len(header) - len(row)))
-    table = Table(header=header, rows=rows, align="lllr" + "r" * (len(header) - 4), size=size,
-                  stretch=0, row_pad=0.03)
+    table, same = without_constant_columns(Table(
+        header=header, rows=rows, align="lllr" + "r" * (len(header) - 4), size=size, stretch=0,
+        row_pad=0.03))
     caption = (
         "Every analysed module in model order"
         + (f" (names without the common prefix “{plain(prefix)}”)" if prefix else "")
+        + (f". The same for every module, so not repeated in each row: {', '.join(same)}"
+           if same else "")
         + ". ‖ΔW‖: Frobenius norm; k50/k90/k99: directions holding 50/90/99% of ‖ΔW‖²; "
           "erank: effective rank; srank: stable rank ‖ΔW‖²/σ₁²"
         + ("; GD: Gavish–Donoho optimal hard-threshold rank" if any_gd else "")

@@ -51,7 +51,6 @@ def _font_files(family: str, weight: str) -> tuple:
     return tuple(fontManager._find_fonts_by_props(FontProperties(family=family, weight=weight)))
 
 
-@lru_cache(maxsize=50000)
 def shaped(text: str, size: float, weight: str, family: str) -> tuple[tuple, float]:
     """``text`` laid out as matplotlib's PDF backend lays it out: unhinted, at 72 dpi.
 
@@ -67,10 +66,18 @@ def shaped(text: str, size: float, weight: str, family: str) -> tuple[tuple, flo
     -----
     Shaping (HarfBuzz, through matplotlib's FT2Font) costs tens of microseconds a glyph, and
     a report both measures a string (to wrap and size tables) and writes it
-    (:mod:`reports.strings`): one cached layout serves both. The width is the advance, not
-    FreeType's 1/64-point rounded box, and differs from it by under 0.01 pt.
+    (:mod:`reports.strings`): one cached layout serves both. The cache is keyed by the font
+    files, not the family's name: blocks are measured before the report's style is in force
+    (``sans-serif``) and drawn under it (``DejaVu Sans``), the same files either way, and each
+    string is shaped once. The width is the advance, not FreeType's 1/64-point rounded box,
+    and differs from it by under 0.01 pt.
     """
-    font = get_font(_font_files(family, weight))
+    return _shaped(text, size, _font_files(family, weight))
+
+
+@lru_cache(maxsize=50000)
+def _shaped(text: str, size: float, files: tuple) -> tuple[tuple, float]:
+    font = get_font(files)
     font.set_size(size, 72)
     glyphs = tuple((g.ft_object, g.char, g.glyph_index, g.x, g.prev_kern, g.y)
                    for g in font._layout(text, LoadFlags.NO_HINTING))

@@ -35,6 +35,53 @@ class Table:
     row_pad: float = ROW_PAD
 
 
+def without_constant_columns(table: Table, keep: tuple[int, ...] = (0,)) -> tuple[Table, list[str]]:
+    """``table`` without the columns that hold one value in every row, and those values.
+
+    Parameters
+    ----------
+    table : Table
+        With a header: a moved column is named by it.
+    keep : tuple of int
+        Columns that stay whatever they hold (e.g. the names the rows are read by); the
+        ``stretch`` column always stays.
+
+    Returns
+    -------
+    table : Table
+        The columns that vary, and ``keep``; unchanged with fewer than two rows, where every
+        column would be "constant".
+    constants : list of str
+        ``"header value"`` per moved column, in column order, for the caption ("kind lora",
+        "r 64", "r n/a"): the value as its cells show it, so a missing one keeps its name.
+        A column of empty cells stays: it has no value to state.
+
+    Notes
+    -----
+    A column equal in every row says one thing; stated once it reads faster, and a 224-module
+    appendix lays out and draws hundreds of strings fewer.
+    """
+    if not table.header or len(table.rows) < 2:
+        return table, []
+    ncol = len(table.align)
+    keep = set(keep) | {table.stretch}
+    columns = [[_cell(row, c) for row in table.rows] for c in range(ncol)]
+    moved = [c for c in range(ncol)
+             if c not in keep and columns[c][0] and columns[c].count(columns[c][0]) == len(table.rows)]
+    if not moved:
+        return table, []
+    kept = [c for c in range(ncol) if c not in moved]
+    constants = [f"{table.header[c]} {columns[c][0]}" for c in moved]
+    return replace(table, header=[table.header[c] for c in kept],
+                   rows=[[row[c] for c in kept] for row in zip(*columns)],
+                   align="".join(table.align[c] for c in kept),
+                   stretch=kept.index(table.stretch)), constants
+
+
+def _cell(row: list[str], c: int) -> str:
+    return row[c] if c < len(row) else ""  # a short row: empty cells, as drawn
+
+
 def _lines(cell: str) -> list[str]:
     return str(cell).split("\n")
 

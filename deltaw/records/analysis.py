@@ -202,9 +202,19 @@ class ModuleRecord(SpectralSummary):
             return "NaN/Inf in weights"
         numbers = (self.fro_norm, self.stable_rank)
         missing_effective = self.effective_rank is None and not self.is_top_k  # top-k: none by design
-        if any(x is None for x in numbers) or missing_effective or not np.all(np.isfinite(self.singular_values)):
+        if any(x is None for x in numbers) or missing_effective or not self._values_finite():
             return "metrics not finite (NaN/Inf)"
         return None
+
+    def _values_finite(self) -> bool:
+        """Whether every listed singular value is finite, checked once per array: a report asks
+        each module's :attr:`problem` dozens of times (every ``Analysis.finite``), and the
+        check over the array was most of that. The values are replaced, never written into,
+        so the array's identity says whether the answer still holds."""
+        values = self.singular_values
+        if getattr(self, "_finite_for", None) is not values:
+            self._finite_for, self._finite = values, bool(np.isfinite(values).all())
+        return self._finite
 
     @property
     def rel_norm(self) -> float | None:
