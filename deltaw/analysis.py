@@ -1,8 +1,11 @@
 """``deltaw.analyze``: every module of a checkpoint through the SVD core and the analyses.
 
-The run streams: ΔWs are read lazily (:func:`~deltaw.load.load_deltas`), decomposed in order by
-:func:`~deltaw.linalg.svd_many` (batched by shape, on the device), measured, and turned into plain
-:class:`~deltaw.records.ModuleRecord` s; no more than one chunk of matrices is held at a time.
+The run streams: ΔWs are read lazily (:func:`~deltaw.load.load_deltas`), decomposed, measured,
+and turned into plain :class:`~deltaw.records.ModuleRecord` s, in checkpoint order. LoRA-like ΔWs,
+and any ΔW on a GPU, go through :func:`~deltaw.linalg.svd_many` (batched by shape; no more than
+one chunk of matrices is held at a time). Dense ΔWs on the CPU are read, decomposed and measured
+one module per thread, as many modules at once as there are free cores and memory for
+(:func:`_dense_on_cpu_threads`): their numbers then do not depend on the thread count.
 Per module:
 
 - the spectrum and rank estimators (:func:`spectral_summary`: energy ranks, Biderman et al. 2024;
@@ -17,6 +20,7 @@ metrics; NaN never becomes a number in the results.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -33,7 +37,8 @@ from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction
 from deltaw.errors import DeltawError
 from deltaw.intruders import DEFAULT_EPS, DEFAULT_K, intruder_dimensions
-from deltaw.linalg import SVD, base_svd, check_memory, check_memory_for, resolve_device, svd_many
+from deltaw.linalg import SVD, base_svd, check_memory, check_memory_for, resolve_device, svd, svd_many
+from deltaw.linalg.resources import cpu_threads, one_thread_workers
 from deltaw.load import load_deltas
 from deltaw.naming import module_filter, parse_module_name
 from deltaw.records import Analysis, ModuleRecord, SpectralSummary
@@ -215,17 +220,55 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
 # the runner
 
 
-def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> None:
-    """Refuse, before any work, a run with a module whose decompositions cannot fit in memory."""
+def _dense_on_cpu_threads(run: list[tuple[int, Delta]], top_k: int | None, opts: _Options, fit: int | None,
+                          finish: Callable[[int, ModuleRecord], None]) -> None:
+    """Dense ΔWs on the CPU, each read, decomposed and measured on one thread, modules side by side.
+
+    ``finish(index, record)`` is called in input order as records are done (in this thread,
+    while the pool computes the next ones). As many modules run at once as there are free cores
+    (or ``--threads N``), and no more than fit in memory (``fit``). Each module's numbers are
+    the same bits at any thread count and whichever other modules are selected: all its steps
+    run on one thread (:func:`~deltaw.linalg.resources.one_thread_workers`), and its randomized
+    SVD draws from a generator seeded by ``seed`` and its name alone (:func:`_module_seed`).
+    """
+    count = min(len(run), cpu_threads(), fit or len(run))
+
+    def one(item: tuple[int, Delta]) -> ModuleRecord:
+        i, d = item
+        view, bad = _read(d, opts.dtype)
+        if bad:
+            return ModuleRecord(**_identity(d), nonfinite=bad)
+        result = svd(view, top_k, device=opts.device, dtype=opts.dtype, seed=_module_seed(opts.seed, d.name))
+        return _measure(d, view, result, opts)
+
+    with one_thread_workers(count) as pool:
+        for (i, _), record in zip(run, pool.map(one, run)):
+            finish(i, record)
+
+
+def _module_seed(seed: int, name: str) -> int:
+    """The seed of one module's random draws: ``seed`` and the module's name, nothing else."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> int | None:
+    """Refuse, before any work, a run with a module whose decompositions cannot fit in memory.
+
+    Returns how many modules' base analyses fit in memory at once (None: memory unknown, or
+    no module has a base).
+    """
     check_memory_for(selected, top_k, opts.dtype, opts.device)
+    fits = []
     for d in selected:
         if d.read_base is not None:
             # Only a LoRA can be analysed without its base; a dense ΔW is W_ft − W.
             without_base = "analyze without --base (spectra and ranks need no base), or " \
                 if d.structured else ""
-            check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
-                         what="the base analyses (a full SVD of W, and W + ΔW formed)",
-                         alternative=f"{without_base}leave this module out with --modules")
+            fits.append(check_memory(d.name, d.matrix_shape, None, opts.dtype, opts.device,
+                                     what="the base analyses (a full SVD of W, and W + ΔW formed)",
+                                     alternative=f"{without_base}leave this module out with --modules"))
+    known = [f for f in fits if f is not None]
+    return min(known) if known else None
 
 
 def _select(deltas: Deltas, modules: str | None) -> list[Delta]:
@@ -313,7 +356,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     deltas = checkpoint if isinstance(checkpoint, Deltas) else load_deltas(checkpoint, base, scale=scale)
     selected = _select(deltas, modules)
     opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype, cache)
-    _check_memory(selected, top_k, opts)
+    fit = _check_memory(selected, top_k, opts)
     analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
                         skipped=list(deltas.skipped),
                         notes=list(deltas.notes))
@@ -337,9 +380,9 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
 
     originals: dict[int, tuple[int, Delta]] = {}
 
-    def finite_views():
+    def finite_views(run):
         """The Deltas to decompose, in order; modules with NaN/Inf are recorded on the way."""
-        for i, d in enumerate(selected):
+        for i, d in run:
             view, bad = _read(d, dtype)
             if bad:
                 finish(i, ModuleRecord(**_identity(d), nonfinite=bad))
@@ -348,8 +391,12 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
             yield view
 
     # LoRA keeps its exact, complete spectrum; dense ΔW gets top_k. One stream per run, in order.
-    for lowrank, run in itertools.groupby(finite_views(), key=lambda v: v.structured):
-        for view, result in svd_many(run, None if lowrank else top_k, device=device, dtype=dtype, seed=seed):
+    for structured, run in itertools.groupby(enumerate(selected), key=lambda item: item[1].structured):
+        if not structured and device.type == "cpu":
+            _dense_on_cpu_threads(list(run), top_k, opts, fit, finish)
+            continue
+        for view, result in svd_many(finite_views(run), None if structured else top_k, device=device,
+                                     dtype=dtype, seed=seed):
             i, original = originals.pop(id(view))
             finish(i, _measure(original, view, result, opts))
     analysis.modules = [r for r in records if r is not None]

@@ -381,3 +381,36 @@ def test_a_difference_that_overflows_is_counted():
     view, bad = _read(_dense("m", tuned, base), torch.float32)
     assert bad == 2 and view.name == "m"
     assert _read(_dense("m", tuned, base), torch.float64)[1] == 0  # float64 holds the difference
+
+
+def test_dense_modules_on_cpu_threads_give_the_same_bits_at_any_thread_count_and_selection():
+    # Dense ΔWs with their base run side by side on the CPU threads, each module on one thread and
+    # its randomized SVD seeded by its name: the records must not depend on the thread count, nor
+    # on which other modules were selected; they come back in checkpoint order, one NaN module
+    # among them.
+    from deltaw.linalg import resources
+
+    g = torch.Generator().manual_seed(3)
+    modules = []
+    for i, (m, n) in enumerate([(60, 40), (40, 60), (60, 40), (50, 50), (60, 40)]):
+        W = torch.randn(m, n, generator=g)
+        tuned = W + 0.05 * torch.randn(m, n, generator=g) + torch.outer(torch.randn(m, generator=g), torch.randn(n, generator=g))
+        if i == 3:
+            tuned[0, 0] = float("nan")
+        modules.append(_dense(f"layers.{i}.mlp", tuned, W))
+    deltas = Deltas("synthetic", "base", "full", {d.name: d for d in modules}, [])
+    docs = {}
+    try:
+        for count in (1, 3):
+            resources.set_thread_limit(count)
+            seen = []
+            analysis = deltaw.analyze(deltas, top_k=5, progress=lambda done, total, name: seen.append(name))
+            assert seen == [d.name for d in modules]
+            docs[count] = analysis.to_json()["modules"]
+        only = deltaw.analyze(deltas, top_k=5, modules=r"layers\.4\.").to_json()["modules"]
+    finally:
+        resources.set_thread_limit(None)
+    assert docs[1] == docs[3]
+    assert [m["nonfinite"] for m in docs[1]] == [0, 0, 0, 1, 0]
+    assert docs[1][0]["svd_method"] == "randomized" and docs[1][0]["intruders"] is not None
+    assert only == [docs[1][4]]

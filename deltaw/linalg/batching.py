@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import factored, resources, routes, structured
-from deltaw.linalg.resources import exact_math, numpy_blas_threads, resolve_device, svd_threads, threads
+from deltaw.linalg.resources import exact_math, resolve_device, svd_threads, threads
 from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
 
 # Elements per batched chunk: bounds the memory of one batch (64 Mi float32 = 256 MiB).
@@ -175,9 +174,12 @@ def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SV
     if isinstance(first, LowRankDelta):
         return _lowrank_svds(group, k, dtype, device, workspace)
     m, n = first.matrix_shape
-    M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
-    for i, d in enumerate(group):
-        M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
+    if len(group) == 1:  # no batch to copy into (the routes leave M as it is)
+        M = first.matrix(dtype).to(device).reshape(1, m, n)
+    else:
+        M = torch.empty((len(group), m, n), dtype=dtype, device=device)  # (g, m, n)
+        for i, d in enumerate(group):
+            M[i] = d.matrix(dtype)  # filled one at a time: no list of g matrices beside the batch
     energy = routes.energy(M)
     method = dense_method((m, n), k)
     if method == "randomized":
@@ -229,15 +231,11 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, work
     results: dict[int, list[SVD]] = {}
 
     def run(share: list[int], space: _Workspace) -> None:
-        with exact_math():  # grad mode is per thread (the precision is global: set below already)
+        with exact_math():  # grad mode is per thread
             for i in share:
                 results[i] = _lowrank_svds(pieces[i], k, dtype, device, space)
 
-    # The thread limits are set here, before the threads start, so the routes' own limit contexts
-    # change nothing while another thread computes; OpenMP's count is per thread and not
-    # inherited, so each pool thread sets its own.
-    with exact_math(), threads(1), numpy_blas_threads(1), ThreadPoolExecutor(
-            len(shares), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with resources.one_thread_workers(len(shares)) as pool:
         for done in [pool.submit(run, share, space) for share, space in zip(shares, workspaces)]:
             done.result()  # a thread's exception is raised here
     for i, piece in enumerate(pieces):

@@ -5,7 +5,8 @@
   left before any result is handed back, so callers never run inside it.
 - The thread policy: :func:`svd_threads` gives an SVD of smallest dimension ≤ 512 one thread
   and a larger one the free cores (or ``--threads N``, :func:`set_thread_limit`);
-  :func:`policy_threads` and :func:`one_thread` apply it around a computation.
+  :func:`policy_threads` and :func:`one_thread` apply it around a computation;
+  :func:`one_thread_workers` runs independent matrices side by side instead, one thread each.
 - :func:`available_memory` reads free device memory, or host memory capped by the container's
   cgroup limits (v1 and v2), for the up-front memory checks of :mod:`deltaw.linalg.batching`.
 """
@@ -16,6 +17,9 @@ import contextlib
 import functools
 import math
 import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -71,6 +75,7 @@ def exact_math():
 SMALL_SVD_MAX_DIM = 512
 
 _thread_limit: int | None = None  # set by --threads N (set_thread_limit)
+_worker = threading.local()  # .one_thread: True on the threads of :func:`one_thread_workers`
 
 
 def set_thread_limit(threads: int | None) -> None:
@@ -119,11 +124,20 @@ def svd_threads(min_dim: int, *, limit: int | None = None, cores: int | None = N
     Returns
     -------
     int
-        1 when ``min_dim`` ≤ :data:`SMALL_SVD_MAX_DIM` (fork/join costs more than the work);
-        else ``limit`` when set, else torch's thread count capped at the free cores, so that a
-        shared machine is not oversubscribed.
+        1 when ``min_dim`` ≤ :data:`SMALL_SVD_MAX_DIM` (fork/join costs more than the work) or
+        on a thread of :func:`one_thread_workers`; else ``limit`` when set, else torch's
+        thread count capped at the free cores, so that a shared machine is not oversubscribed.
     """
     if min_dim <= SMALL_SVD_MAX_DIM:
+        return 1
+    return cpu_threads(limit=limit, cores=cores, load=load)
+
+
+def cpu_threads(*, limit: int | None = None, cores: int | None = None, load: float | None = None) -> int:
+    """The CPU threads this process may use now: 1 on a thread of :func:`one_thread_workers`, else
+    ``--threads N`` when set, else torch's thread count capped at the free cores (arguments as
+    in :func:`svd_threads`)."""
+    if getattr(_worker, "one_thread", False):
         return 1
     limit = _thread_limit if limit is None else limit
     if limit is not None:
@@ -157,6 +171,39 @@ def one_thread(tensor: torch.Tensor | None = None):
 def policy_threads(M: torch.Tensor):
     """:func:`threads` as :func:`svd_threads` decides for decomposing ``M`` (..., m, n)."""
     return threads(svd_threads(min(M.shape[-2:])), M)
+
+
+@contextlib.contextmanager
+def one_thread_workers(count: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``count`` threads, each running all of its work on one CPU thread.
+
+    Independent matrices (modules) then share the cores instead of each matrix's products
+    sharing them: every step of one matrix runs on one thread, so its numbers are the same bits
+    whatever ``count`` is (multithreaded BLAS splits sums differently with the thread count),
+    and the single-threaded steps (LAPACK's tridiagonal reductions, eigensolvers, Python) no
+    longer leave cores idle. On a thread of the pool :func:`svd_threads` is 1, so the routes'
+    own thread contexts change nothing.
+
+    The limits are set here, before the threads start, and held until they are done: torch's
+    OpenMP count is per thread and not inherited, so each thread sets its own; numpy's and
+    scipy's OpenBLAS count is process-wide (:func:`numpy_blas_threads`). The precision context
+    (:func:`exact_math`) is held too: it is process-wide, and a thread leaving its own
+    ``exact_math`` restores what it found, the full precision set here. Work still pending when
+    the body raises is cancelled.
+    """
+    with exact_math(), threads(1), numpy_blas_threads(1):
+        pool = ThreadPoolExecutor(max(1, count), initializer=_start_one_thread_worker)
+        try:
+            yield pool
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _start_one_thread_worker() -> None:
+    torch.set_num_threads(1)
+    _worker.one_thread = True
 
 
 @functools.cache
