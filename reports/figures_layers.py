@@ -155,7 +155,7 @@ def layer_grid_blocks(analysis: Analysis) -> list[Block]:
          "Frobenius norm of ΔW; brighter cells need more directions.", (0.0, limit), limit_why),
         ("Effective rank (Roy & Vetterli 2007)",
          lambda m: m.effective_rank, lambda v: text.num(v, 2), "Effective rank",
-         r"Effective rank is exp of the entropy of $\sigma_i/\Sigma_j\sigma_j$: the number of directions the update "
+         "Effective rank is exp of the entropy of σᵢ/Σⱼσⱼ: the number of directions the update "
          "spreads over, counting weak ones fractionally.", (0.0, limit), limit_why),
     ]
     if any(m.rel_norm is not None for m in analysis.finite):

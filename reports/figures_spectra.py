@@ -160,7 +160,7 @@ def spectra_block(module_type: str, mods: list[ModuleRecord], layer_norm: Normal
             ax_c.axhline(level, color=style.RULE, lw=0.5, ls=(0, (2, 2)), zorder=1)
         ax_s.set_yscale("log")
         ax_s.set_ylim(max(smallest, 1e-7) * 0.6, 1.6)
-        set_log_ticks(ax_s, "y", label=r"$\sigma_i\,/\,\sigma_1$")
+        set_log_ticks(ax_s, "y", label="σᵢ / σ₁")
         ax_c.set_ylim(0, 1.02)
         fixed_ticks(ax_c, "y", [0, 0.25, 0.5, 0.75, 0.9, 1.0],
                     ["0", "25%", "50%", "75%", "90%", "100%"], label=f"share of {text.NORM_DW2}")

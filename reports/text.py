@@ -517,7 +517,7 @@ def caption_spectra(module_type: str, mods: list[ModuleRecord], *, many_layers: 
         f"Spectra of ΔW for {plain(module_type)} ({kinds}"
         + (f", {_ranks(mods)}" if _ranks(mods) else "")
         + (f", layers {layers[0]}–{layers[-1]}" if len(layers) > 1 else "") + ").",
-        r"Left: singular values $\sigma_i/\sigma_1$ on a log scale; right: cumulative energy, "
+        "Left: singular values σᵢ/σ₁ on a log scale; right: cumulative energy, "
         f"the share of {NORM_DW2} held by the first k directions, dots where each module "
         "reaches 90%.",
         "One line per module, coloured by layer"
