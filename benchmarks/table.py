@@ -215,11 +215,11 @@ def profile_markdown(r: dict) -> str:
         rows.append((label, t))
     other_ops = sum(v["self_s"] for k, v in ops.items() if k not in taken)
     total_ops = sum(v["self_s"] for v in ops.values())
-    # numpy's syrk is no torch op: the Grams' time is _gram64's own time in cProfile
-    gram = sum(f["tottime"] for f in p["python_top"] if "(_gram64)" in f["func"])
+    # BLAS dsyrk is no torch op: the Grams' time is cholesky_qr._gram64_cpu's own time in cProfile
+    gram = sum(f["tottime"] for f in p["python_top"] if "(_gram64_cpu)" in f["func"])
     one = p.get("wall_one_thread_s")
     wall = one if one is not None else p["wall_s"]
-    rows.append(("float64 Grams BᵀB, AAᵀ (numpy syrk on float64 blocks, with their conversion)", gram))
+    rows.append(("float64 Grams BᵀB, AAᵀ (BLAS dsyrk on float64 blocks, with their conversion)", gram))
     rows.append(("other torch ops", other_ops))
     rows.append(("reading (safetensors) + Python + outside torch ops", max(0.0, wall - total_ops - gram)))
     head = (f"wall {p['wall_s']:.2f} s on {p['threads']} threads, {one:.2f} s on the one thread profiled"

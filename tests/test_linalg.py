@@ -227,17 +227,23 @@ def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch)
 
 
 @pytest.mark.parametrize("layout", ["rows", "transposed"])
-def test_blocked_float64_gram_matches_numpy(layout):
-    # More rows than one block, the last one partial; a transposed factor (a LoRA A) is read by
-    # column blocks of its row-major storage.
-    from deltaw.linalg import factored
+@pytest.mark.parametrize("batch", [(3,), ()])
+@pytest.mark.parametrize("r", [8, 300])
+def test_blocked_float64_gram_matches_numpy(layout, batch, r):
+    # More rows than one block, the last one partial; a transposed X (a LoRA A, or Wᵀ for W's row
+    # Gram) is read by column blocks of its row-major storage. The lower triangle is XᵀX, the
+    # strict upper one zero, batched or not, with blocks of 8192 rows (r = 8) or 256 (r = 300).
+    from deltaw.linalg import cholesky_qr
 
     g = torch.Generator().manual_seed(4)
-    rows = 2 * factored._GRAM_BLOCK_ROWS + 37
-    X = torch.randn(3, rows, 8, generator=g) if layout == "rows" else torch.randn(3, 8, rows, generator=g).mT
-    G = factored._gram64(X)
+    block = max(cholesky_qr._MIN_BLOCK_ROWS, cholesky_qr._BLOCK_VALUES // r)
+    rows = 2 * block + 37
+    X = torch.randn(*batch, rows, r, generator=g) if layout == "rows" else torch.randn(*batch, r, rows, generator=g).mT
+    G = cholesky_qr.gram64(X)
     X64 = X.double().numpy()
-    np.testing.assert_allclose(G.numpy(), np.swapaxes(X64, -1, -2) @ X64, rtol=1e-13, atol=1e-10)
+    want = np.tril(np.swapaxes(X64, -1, -2) @ X64)
+    assert G.shape == (*batch, r, r) and G.dtype == torch.float64
+    np.testing.assert_allclose(G.numpy(), want, rtol=1e-12, atol=1e-9 * rows)
 
 
 def test_zero_update_has_zero_spectrum():

@@ -3,6 +3,8 @@
 - :mod:`~deltaw.linalg.routes`: the :class:`SVD` record and the dense decompositions
   (randomized top-k and full for dense ΔW, Lanczos top-k vectors).
 - :mod:`~deltaw.linalg.factored`: the exact SVD of a low-rank ΔW = s·L@R (LoRA), never formed.
+- :mod:`~deltaw.linalg.cholesky_qr`: float64 Grams of float32 data (W's and the LoRA factors')
+  and the Cholesky QR built on them.
 - :mod:`~deltaw.linalg.batching`: :func:`svd` / :func:`svd_many`, grouping by shape, batches
   sized to memory (:func:`check_memory`).
 - :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.

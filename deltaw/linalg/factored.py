@@ -2,8 +2,9 @@
 
 Thin QR L = Q_L T_L and Rᵀ = Q_R T_R, the r × r core C = s·T_L T_Rᵀ = U_c Σ V_cᵀ, then
 U = Q_L U_c and V = Q_R V_c: exact, O((m + n)r² + r³). For float32 math the thin QRs are
-Cholesky QRs of float64 Gram matrices (Q never formed; CholeskyQR2 where one pass is not
-accurate enough), Householder QR for float64 requests and for factors Cholesky cannot take.
+Cholesky QRs of float64 Gram matrices (:mod:`deltaw.linalg.cholesky_qr`: Q never formed,
+CholeskyQR2 where one pass is not accurate enough), Householder QR for float64 requests and for
+factors Cholesky cannot take.
 Factors within the Gram bar (κ_F ≤ :data:`GRAM_MAX_COND`) get U and V from float32 products
 (``"factored-gram"``), the others from float64 ones (``"factored"``).
 
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
+from deltaw.linalg.cholesky_qr import cholesky_qr
 from deltaw.linalg.resources import numpy_blas_threads, one_thread
 from deltaw.linalg.routes import robust_svd
 
@@ -76,7 +77,7 @@ def factored_svd_routes(L: torch.Tensor, R: torch.Tensor, scale: float | torch.T
     n = R.shape[-1]
     count = math.prod(L.shape[:-2])
     if L.dtype == torch.float32 and 0 < r <= min(m, n):
-        # The Grams' syrk calls are small blocks (see _gram64): one OpenBLAS thread each. A second
+        # The Grams' syrk calls are small blocks (cholesky_qr.gram64): one OpenBLAS thread each. A second
         # one would gain little there and keep spinning after the call, taking a core from torch
         # (measured: 2.2 s of a 2.4 s LoRA run's CPU spent by OpenBLAS's idle thread).
         with numpy_blas_threads(1):
@@ -96,60 +97,9 @@ def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1
     return Q_left @ U_core, S, Vh_core @ Q_right.mT
 
 
-# Cholesky QR in float64 loses accuracy as cond(X)² · eps64. The spread max|diag R| / min|diag R|
-# (a lower bound of cond(X)) decides: up to _ONE_PASS_SPREAD one pass is accurate to far below
-# float32 rounding; up to _TWO_PASS_SPREAD a second pass on the first pass's Q (CholeskyQR2,
-# Fukaya et al. 2014) restores it; beyond, or when Cholesky fails (a rank-deficient factor), the
-# module goes to Householder QR.
-_ONE_PASS_SPREAD = 1e3
-_TWO_PASS_SPREAD = 1e7
-
 #: The Gram bar of :func:`factored_svd_routes`: the largest κ_F = ‖T‖_F ‖T⁻¹‖_F (an upper bound
 #: of a factor's condition number, T its Cholesky R factor) whose U or V is formed in float32.
 GRAM_MAX_COND = 1e3
-
-# Rows of a tall factor converted to float64 at a time for its Gram: the block stays in cache,
-# so no float64 copy of the whole factor is written to memory and read back.
-_GRAM_BLOCK_ROWS = 1024
-
-
-def _diag_spread(C: torch.Tensor) -> torch.Tensor:
-    d = C.diagonal(dim1=-2, dim2=-1).abs()
-    return d.amax(-1) / d.amin(-1)  # inf for a zero pivot, nan for nan input
-
-
-def _gram64(X: torch.Tensor) -> torch.Tensor:
-    """XᵀX (..., r, r) in float64 for X (..., m, r) of any float dtype and either memory layout.
-
-    On the CPU one matrix at a time, :data:`_GRAM_BLOCK_ROWS` rows at a time: each block is
-    converted into one reused float64 workspace that stays in cache (no float64 copy of a whole
-    factor is allocated, faulted in and written out to memory), and its Gram is one BLAS
-    ``syrk`` (numpy's matmul of an array with its own transpose), half the flops of a GEMM. A
-    factor stored transposed (X = Rᵀ with R (r, m) row-major, a LoRA A) is read by column
-    blocks of R: no transposing copy. numpy's BLAS threads are the caller's to set
-    (:func:`~deltaw.linalg.resources.numpy_blas_threads`).
-    """
-    if X.dtype == torch.float64 or X.is_cuda:
-        X = X.to(torch.float64)
-        return X.mT @ X
-    m, r = X.shape[-2:]
-    flat = X.reshape(-1, m, r)
-    G = np.zeros((flat.shape[0], r, r))
-    work = np.empty(min(m, _GRAM_BLOCK_ROWS) * r)
-    for x, g in zip(flat, G):
-        by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: R's layout
-        stored = (x.mT if by_columns else x).numpy()  # (r, m) or (m, r), a view
-        for start in range(0, m, _GRAM_BLOCK_ROWS):
-            rows = min(_GRAM_BLOCK_ROWS, m - start)
-            if by_columns:
-                block = work[:rows * r].reshape(r, rows)
-                np.copyto(block, stored[:, start:start + rows])
-                g += block @ block.T
-            else:
-                block = work[:rows * r].reshape(rows, r)
-                np.copyto(block, stored[start:start + rows])
-                g += block.T @ block
-    return torch.from_numpy(G).reshape(*X.shape[:-2], r, r)
 
 
 def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -166,35 +116,6 @@ def _times(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     return out.reshape(*shape, out.shape[-2], out.shape[-1])
 
 
-def _cholesky_qr(X: torch.Tensor):
-    """X = Q T (thin QR) of ``X`` (..., m, r) from its float64 Gram, without forming Q unless a
-    second pass needs it.
-
-    Returns ``(basis, T_basis, T, ok)`` with Q = basis · T_basis⁻¹ (basis: ``X`` itself, in its
-    dtype, or float64 after a second pass) and T the float64 upper-triangular R factor of X;
-    ``ok`` (...,) is False where the factor must go to Householder QR instead (its triangles are
-    replaced by the identity so that the batch stays finite). Products with the tall X run on
-    all threads, the r × r steps on one.
-    """
-    G = _gram64(X)  # (.., r, r)
-    with one_thread(G):
-        eye = torch.eye(X.shape[-1], dtype=G.dtype, device=G.device)
-        C, info = torch.linalg.cholesky_ex(G)  # XᵀX = C Cᵀ, T = Cᵀ
-        spread = _diag_spread(C)
-        ok = (info == 0) & (spread <= _TWO_PASS_SPREAD)  # nan compares False
-        T = torch.where(ok[..., None, None], C, eye).mT
-        if not bool((ok & (spread > _ONE_PASS_SPREAD)).any()):
-            return X, T, T, ok
-        T_inv = torch.linalg.solve_triangular(T, eye, upper=True)
-    Q1 = X.to(torch.float64) @ T_inv  # (.., m, r)
-    G2 = Q1.mT @ Q1
-    with one_thread(G2):
-        C2, info2 = torch.linalg.cholesky_ex(G2)
-        ok = ok & (info2 == 0)
-        T2 = torch.where(ok[..., None, None], C2, eye).mT
-        return Q1, T2, T2 @ T, ok
-
-
 def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
     """:func:`factored_svd_routes` by Cholesky QR of float64 Grams; float32, r ≤ min(m, n).
 
@@ -206,8 +127,8 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
     """
     dtype = L.dtype
     left, right = L, R.mT  # (.., m, r), (.., n, r)
-    base_l, tri_l, T_l, ok_l = _cholesky_qr(left)
-    base_r, tri_r, T_r, ok_r = _cholesky_qr(right)
+    base_l, tri_l, T_l, ok_l = cholesky_qr(left)
+    base_r, tri_r, T_r, ok_r = cholesky_qr(right)
     with one_thread(T_l):
         U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))  # (.., r, r)
         eye = torch.eye(T_l.shape[-1], dtype=T_l.dtype, device=T_l.device)

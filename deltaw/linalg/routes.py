@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from deltaw.errors import DeltawError
+from deltaw.linalg.cholesky_qr import cholesky_qr, gram64
 from deltaw.linalg.resources import numpy_blas_threads, one_thread, policy_threads, svd_threads
 
 log = logging.getLogger("deltaw")
@@ -260,9 +261,6 @@ def _lanczos_top_left(M: torch.Tensor, k: int) -> torch.Tensor:
 #: eigendecomposition of the smaller Gram; below it (rank-deficient or nearly so) ``gesdd`` runs.
 GRAM_MIN_SIGMA_RATIO = 1e-4
 
-# Columns of X converted to float64 at a time for its Gram.
-_GRAM_BLOCK_COLS = 256
-
 
 def gram_svd(W: torch.Tensor, top: int | None = None):
     """Thin SVD of one float32 matrix ``W`` (m, n) from the symmetric eigendecomposition of its
@@ -326,11 +324,11 @@ def _gram_svd(W: torch.Tensor, top: int | None):
     p = X.shape[0]
     t = p if top is None or W.is_cuda else max(1, min(top, p))
     if W.is_cuda:
-        lam, E = torch.linalg.eigh(_gram64(X), UPLO="L")  # ascending; reads the lower triangle
+        lam, E = torch.linalg.eigh(gram64(X.mT), UPLO="L")  # ascending; reads the lower triangle
         lam, E, eigen = lam.flip(0), E.flip(1), None
     else:
         with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for scipy's LAPACK too
-            eigen = _TridiagonalEigen(_gram64(X).numpy())
+            eigen = _TridiagonalEigen(gram64(X.mT).numpy())  # its lower triangle, in Fortran order
         lam, E = torch.from_numpy(eigen.values[::-1].copy()), None
     S = lam.clamp_min(0).sqrt()
     if not bool(torch.isfinite(S).all()) or not S[-1] >= GRAM_MIN_SIGMA_RATIO * S[0] or not S[0] > 0:
@@ -401,45 +399,17 @@ class _TridiagonalEigen:
         return Z
 
 
-def _gram64(X: torch.Tensor) -> torch.Tensor:
-    """The lower triangle of X Xᵀ (p × p, float64; the strict upper triangle is not referenced)
-    of a float32 X (p, q), summed over blocks of columns converted to float64 one at a time (no
-    float64 copy of X)."""
-    p, q = X.shape
-    if X.is_cuda:
-        G = torch.zeros((p, p), dtype=torch.float64, device=X.device)
-        for start in range(0, q, _GRAM_BLOCK_COLS):
-            block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64)
-            G += block @ block.mT
-        return G
-    from scipy.linalg.blas import dsyrk
-
-    # dsyrk accumulates each block into the lower triangle in place (beta = 1): half a product's
-    # flops and no p × p temporary, sum or symmetrisation per block (numpy's `b @ b.T` does all
-    # three; measured 1.7× slower for 2048 × 8192, same bits).
-    G = np.zeros((p, p), dtype=np.float64, order="F")
-    with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for numpy's BLAS too
-        for start in range(0, q, _GRAM_BLOCK_COLS):
-            block = X[:, start:start + _GRAM_BLOCK_COLS].to(torch.float64).numpy()  # (p, b)
-            # handed over in the Fortran order it has (Wᵀ's blocks are; W's are as their transpose)
-            a, trans = (block, 0) if block.flags.f_contiguous else (block.T, 1)
-            G = dsyrk(1.0, a, beta=1.0, c=G, trans=trans, lower=1, overwrite_c=1)
-    return torch.from_numpy(G)
-
-
 def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
     """Q (..., m, l) with orthonormal columns and the span of ``Y`` (..., m, l): the thin QR's Q.
 
     Float32 input with l ≤ m is orthonormalised by Cholesky QR (two passes where needed) of the
-    float64 Gram, as in :func:`_factored_svd_cholesky`; what it cannot take (rank-deficient or
+    float64 Gram (:func:`~deltaw.linalg.cholesky_qr.cholesky_qr`); what it cannot take (rank-deficient or
     too ill-conditioned ``Y``), and other dtypes, go to Householder QR (``torch.linalg.qr``).
     """
     m, l = Y.shape[-2:]
     if Y.dtype != torch.float32 or not 0 < l <= m:
         return torch.linalg.qr(Y).Q
-    from deltaw.linalg.factored import _cholesky_qr  # factored imports this module
-
-    basis, tri, _, ok = _cholesky_qr(Y.to(torch.float64))
+    basis, tri, _, ok = cholesky_qr(Y.to(torch.float64))
     with one_thread(tri):
         tri_inv = torch.linalg.solve_triangular(tri, torch.eye(l, dtype=tri.dtype, device=tri.device), upper=True)
     Q = (basis @ tri_inv).to(Y.dtype)
