@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from deltaw.linalg.nogil_lapack import dsyrk_lower
 from deltaw.linalg.resources import one_thread
 
 #: Values of X converted to float64 per block (at least :data:`_MIN_BLOCK_ROWS` rows): a block of
@@ -44,6 +45,7 @@ def gram64(X: torch.Tensor) -> torch.Tensor:
 
     On the CPU, float32 X is summed one matrix at a time by blocks of rows, each converted into
     one reused float64 workspace and added into the accumulator in place by BLAS ``dsyrk``
+    (without holding the GIL: :mod:`deltaw.linalg.nogil_lapack`)
     (half a product's flops; no r × r temporary or sum per block: numpy's ``b.T @ b`` measured
     1.7× slower for W's 2048 × 8192). An X stored transposed (X = Aᵀ with A (r, m) row-major,
     a LoRA A, or Wᵀ for W's row Gram) is read by column blocks of A: no transposing copy.
@@ -70,22 +72,20 @@ def gram64(X: torch.Tensor) -> torch.Tensor:
 
 def _gram64_cpu(x: torch.Tensor, rows: int, work: np.ndarray) -> np.ndarray:
     """xᵀx (r, r), lower triangle, Fortran order, for one float32 x (m, r): see :func:`gram64`."""
-    from scipy.linalg.blas import dsyrk
-
     m, r = x.shape
     by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: A's layout
     stored = (x.mT if by_columns else x).numpy()  # (r, m) or (m, r), a view
     G = np.zeros((r, r), order="F")
     for start in range(0, m, rows):
         count = min(rows, m - start)
-        if by_columns:  # (r, count) row-major: the block (count, r) in Fortran order, Gram by trans=1
+        if by_columns:  # (r, count) row-major: the block (count, r) in Fortran order, Gram by AᵀA
             block = work[:count * r].reshape(r, count)
             np.copyto(block, stored[:, start:start + count])
-            G = dsyrk(1.0, block.T, beta=1.0, c=G, trans=1, lower=1, overwrite_c=1)
-        else:  # (count, r) row-major: the block's transpose (r, count) in Fortran order, trans=0
+            dsyrk_lower(G, block.T, trans=True)
+        else:  # (count, r) row-major: the block's transpose (r, count) in Fortran order, A Aᵀ
             block = work[:count * r].reshape(count, r)
             np.copyto(block, stored[start:start + count])
-            G = dsyrk(1.0, block.T, beta=1.0, c=G, trans=0, lower=1, overwrite_c=1)
+            dsyrk_lower(G, block.T, trans=False)
     return G
 
 

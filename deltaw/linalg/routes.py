@@ -28,6 +28,7 @@ import torch
 
 from deltaw.errors import DeltawError
 from deltaw.linalg.cholesky_qr import cholesky_qr, gram64
+from deltaw.linalg.nogil_lapack import dormtr_lower, dstemr_by_index, dsterf, dsytrd_lower
 from deltaw.linalg.resources import numpy_blas_threads, one_thread, policy_threads, svd_threads
 
 log = logging.getLogger("deltaw")
@@ -334,7 +335,7 @@ def _gram_svd(W: torch.Tensor, top: int | None):
         lam, E, eigen = lam.flip(0), E.flip(1), None
     else:
         with numpy_blas_threads(torch.get_num_threads()):  # the policy's count, for scipy's LAPACK too
-            eigen = _TridiagonalEigen(gram64(X.mT).numpy())  # its lower triangle, in Fortran order
+            eigen = _TridiagonalEigen(np.asfortranarray(gram64(X.mT).numpy()))  # lower triangle, Fortran order
         lam, E = torch.from_numpy(eigen.values[::-1].copy()), None
     S = lam.clamp_min(0).sqrt()
     if not bool(torch.isfinite(S).all()) or not S[-1] >= GRAM_MIN_SIGMA_RATIO * S[0] or not S[0] > 0:
@@ -357,26 +358,23 @@ def _gram_svd(W: torch.Tensor, top: int | None):
 
 
 class _TridiagonalEigen:
-    """Eigenvalues and chosen eigenvectors of a symmetric float64 G (p × p, lower triangle read)
-    through one Householder tridiagonalisation G = Q T Qᵀ (LAPACK ``syevr``'s steps, split so
-    that the vectors asked for are chosen after the values are known)."""
+    """Eigenvalues and chosen eigenvectors of a symmetric float64 G (p × p, lower triangle read,
+    Fortran order, overwritten) through one Householder tridiagonalisation G = Q T Qᵀ (LAPACK
+    ``syevr``'s steps, split so that the vectors asked for are chosen after the values are known;
+    called without holding the GIL, :mod:`deltaw.linalg.nogil_lapack`)."""
 
     def __init__(self, G: np.ndarray):
-        from scipy.linalg import lapack
-
         p = G.shape[0]
         self.p = p
-        if p == 1:  # G = [λ]: nothing to reduce (LAPACK's wrappers take no empty off-diagonal)
+        if p == 1:  # G = [λ]: nothing to reduce
             self.values = G[0, :1].copy()
             return
-        lwork = int(lapack.dsytrd_lwork(p, lower=1)[0])  # blocked: the default lwork runs unblocked
-        self._reflectors, self._d, e, self._tau, info = lapack.dsytrd(G, lower=1, lwork=lwork, overwrite_a=1)
-        if info != 0:
-            raise DeltawError(f"dsytrd failed (info {info})")
-        self._e = np.zeros(p)  # stemr's off-diagonal has one workspace entry at the end
-        self._e[:p - 1] = e
-        values, info = lapack.dsterf(self._d.copy(), e.copy())
-        self.values = values if info == 0 else np.full(p, np.nan)  # ascending
+        self._reflectors = G
+        self._d, self._e, self._tau = dsytrd_lower(G)
+        try:
+            self.values = dsterf(self._d, self._e)  # ascending
+        except DeltawError:  # no convergence: NaN values send W to gesdd
+            self.values = np.full(p, np.nan)
 
     def top_vectors(self, t: int) -> np.ndarray:
         """The eigenvectors of the t largest eigenvalues, (p, t), by descending eigenvalue."""
@@ -387,21 +385,10 @@ class _TridiagonalEigen:
         return self._vectors(1, self.p)[:, ::-1].copy()
 
     def _vectors(self, low: int, high: int) -> np.ndarray:
-        from scipy.linalg import lapack
-
-        p = self.p
-        if p == 1:
+        if self.p == 1:
             return np.ones((1, 1))
-        # range "I" (indices low..high, 1-based, ascending); stemr overwrites its inputs
-        count, _, Z, info = lapack.dstemr(self._d.copy(), self._e.copy(), 3, 0.0, 0.0, low, high)
-        if info != 0 or count != high - low + 1:
-            raise DeltawError(f"dstemr failed (info {info})")
-        Z = np.asfortranarray(Z[:, :count])
-        # E = Q Z; Q's reflectors sit below the subdiagonal (dormtr's uplo = "L" case)
-        Z[1:], _, info = lapack.dormqr(b"L", b"N", self._reflectors[1:, :p - 1], self._tau, Z[1:],
-                                       lwork=max(1, 64 * count), overwrite_c=1)
-        if info != 0:
-            raise DeltawError(f"dormqr failed (info {info})")
+        Z = dstemr_by_index(self._d, self._e, low, high)  # T's eigenvectors (p, count), ascending
+        dormtr_lower(self._reflectors, self._tau, Z)  # E = Q Z
         return Z
 
 
