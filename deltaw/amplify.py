@@ -103,10 +103,11 @@ def _random_frames(m: int, n: int, r: int, seed: int) -> tuple[torch.Tensor, tor
 def projection_norm(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor) -> float:
     """‖Uᵀ W V‖_F for U (rows, r), W (rows, cols), V (cols, r).
 
-    The product with W runs on the thread policy's count (the free cores), as W's SVD does.
+    The product with W runs on the thread policy's count (the free cores), as W's SVD does,
+    with U's r rows on the left (:func:`~deltaw.linalg.routes.narrow_product`).
     """
     with policy_threads(W):
-        return float(torch.linalg.matrix_norm((U.mT @ (W @ V)).double()))
+        return float(torch.linalg.matrix_norm(((U.mT @ W) @ V).double()))
 
 
 def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,

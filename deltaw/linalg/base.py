@@ -18,7 +18,7 @@ import torch
 
 from deltaw.errors import DeltawError
 from deltaw.linalg.resources import exact_math, policy_threads, resolve_device
-from deltaw.linalg.routes import gram_svd, robust_svd
+from deltaw.linalg.routes import gram_svd, narrow_product, robust_svd
 from deltaw.linalg.routes import energy as energy_of
 
 #: Version of what :meth:`BaseSVD.tensors` stores (the cache keys its entries with it, so an entry
@@ -158,7 +158,7 @@ class BaseSVD:
         with exact_math(), policy_threads(self.W):
             if self.left is not None:
                 return self.left[:, :j].mT @ Y
-            projected = (self.W.mT @ Y).double()  # (cols, k)
+            projected = narrow_product(self.W.mT, Y).double()  # (cols, k)
             return ((self.right[:j].double() @ projected) / self.S[:j].double()[:, None]).to(self.W.dtype)
 
     def left_max_cosines(self, Y: torch.Tensor) -> torch.Tensor:

@@ -234,12 +234,12 @@ def _gram_top_left(M: torch.Tensor, k: int) -> torch.Tensor | None:
     E = torch.from_numpy(np.ascontiguousarray(E))
     del G
     with one_thread(M):  # the k-column products and k × n SVD: small next to the Gram
-        Y = E if m <= n else M @ E  # (m, k): M's left side spanned by the Gram's vectors
+        Y = E if m <= n else narrow_product(M, E)  # (m, k): M's left side spanned by the Gram's vectors
         Y = Y / torch.linalg.vector_norm(Y, dim=0).clamp_min(torch.finfo(M.dtype).tiny)
         B = (Y.mT @ M).double()  # (k, n)
         U_small, S, Vh = torch.linalg.svd(B, full_matrices=False)
         U = (Y.double() @ U_small).to(M.dtype)  # (m, k), by decreasing σ
-        residual = torch.linalg.vector_norm(M @ Vh.mT.to(M.dtype) - U * S.to(M.dtype), dim=0)  # (k,)
+        residual = torch.linalg.vector_norm(narrow_product(M, Vh.mT.to(M.dtype)) - U * S.to(M.dtype), dim=0)  # (k,)
     bar = TOP_RESIDUAL_TOL * math.sqrt(max(m, n)) * torch.finfo(M.dtype).eps * float(S[0])
     if not bool(torch.isfinite(residual).all()) or float(residual.max()) > bar:
         log.info("top-%d vectors of a %d×%d matrix: Gram route residual %.3g above its bar %.3g; "
@@ -390,6 +390,17 @@ class _TridiagonalEigen:
         Z = dstemr_by_index(self._d, self._e, low, high)  # T's eigenvectors (p, count), ascending
         dormtr_lower(self._reflectors, self._tau, Z)  # E = Q Z
         return Z
+
+
+def narrow_product(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """A @ X for a large A (m, n) and a narrow X (n, k) (k ≪ m, n), as (Xᵀ Aᵀ)ᵀ.
+
+    The same product, computed with the narrow operand on the left: MKL's float32 GEMM with a
+    10-column right-hand operand ran 2–13× slower (one thread, A 8192 × 2048 or its transpose:
+    Aᵀ Y 154 ms against (Yᵀ A)ᵀ 12 ms; A V 37 ms against 17 ms); from about 64 columns on the
+    two orders cost the same. A may be a transposed view (``W.mT``): nothing is copied.
+    """
+    return (X.mT @ A.mT).mT
 
 
 def orthonormal_basis(Y: torch.Tensor) -> torch.Tensor:
