@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from matplotlib import rcParams
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties, fontManager, get_font
@@ -91,7 +90,8 @@ def _shaped(text: str, size: float, files: tuple) -> tuple[tuple, float]:
 @lru_cache(maxsize=20000)
 def _width_in(text: str, size: float, weight: str, family: str) -> float:
     if is_math(text):
-        prop = FontProperties(family=family, size=size, weight=weight)
+        prop = FontProperties(family=family, size=size, weight=weight,
+                              math_fontfamily=style.RC["mathtext.fontset"])  # the fonts that will draw it
         width, _, _ = _renderer().get_text_width_height_descent(text, prop, ismath=True)
         return width / _DPI
     # unhinted outlines at 72 dpi: the glyph positions the PDF gets (its text is laid out
@@ -100,8 +100,10 @@ def _width_in(text: str, size: float, weight: str, family: str) -> float:
 
 
 def font_family() -> str:
-    """The family text is drawn in (the first of ``font.family``)."""
-    family = rcParams["font.family"]
+    """The family a report's text is drawn in: the report style's, whatever the user's
+    matplotlib settings say (text is measured before the style is in force, and must be
+    measured in the font that will draw it)."""
+    family = style.RC["font.family"]
     return family[0] if isinstance(family, list) else family
 
 

@@ -171,3 +171,20 @@ def _lines(img) -> list[tuple[int, int]]:
             bands.append((int(cols[0]), int(cols[-1])))
             start = None
     return bands
+
+
+def test_text_is_measured_in_the_reports_font_whatever_the_users_settings():
+    # Blocks are measured before the report's style is in force and drawn under it: a user's
+    # matplotlib settings (another family, another mathtext font set) must not change a width,
+    # or text would be wrapped and tables sized for a font that does not draw them.
+    from reports.layout import _width_in, text_width
+
+    _width_in.cache_clear()
+    with rc_context(style.RC):
+        inside = [text_width(t, 9.0) for t in ("Intruder dimensions", r"$\sigma_1$")]
+    _width_in.cache_clear()
+    with rc_context({"font.family": "serif", "mathtext.fontset": "cm"}):
+        outside = [text_width(t, 9.0) for t in ("Intruder dimensions", r"$\sigma_1$")]
+        serif = _width_in.__wrapped__("Intruder dimensions", 9.0, "normal", "DejaVu Serif")
+    assert outside == inside
+    assert serif != inside[0]  # the test can see a family's difference
