@@ -300,10 +300,12 @@ def gram_svd(W: torch.Tensor, top: int | None = None):
     Notes
     -----
     With X = W (m ≤ n) or Wᵀ, X of shape (p, q), p ≤ q: G = X Xᵀ = E Λ Eᵀ in float64
-    (G accumulated in place by ``syrk`` over blocks of columns, so no float64 copy of W is made),
-    σ = √λ, and E are X's left vectors. On the CPU, G = Q T Qᵀ (``sytrd``, Householder), every
-    λ from T (``sterf``), T's top-t eigenvectors by MRRR (``stemr``, O(p t)) and E = Q Z
-    (``ormqr``, 2p²t): LAPACK's ``syevr`` with the vectors' subset chosen after the values. The
+    (G accumulated in place by ``syrk`` over blocks of columns, so no float64 copy of W is made:
+    :func:`~deltaw.linalg.cholesky_qr.gram64`), σ = √λ, and E are X's left vectors. On the CPU,
+    G = Q T Qᵀ (``sytrd``, Householder), every λ from T (``sterf``), T's top-t eigenvectors by
+    MRRR (``stemr``, O(p t)) and E = Q Z (``ormtr``, 2p²t): LAPACK's ``syevr`` with the vectors'
+    subset chosen after the values, each step called without holding the GIL
+    (:mod:`deltaw.linalg.nogil_lapack`). The
     full ``syevd`` spends more than half its time on all p vectors (the divide-and-conquer on T
     and the p × p back-transformation), of which the analyses need the top 10 % (Fig. 8) and,
     for intruder dimensions, the rest only when the top ones do not settle max |cos|
