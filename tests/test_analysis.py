@@ -414,3 +414,27 @@ def test_dense_modules_on_cpu_threads_give_the_same_bits_at_any_thread_count_and
     assert [m["nonfinite"] for m in docs[1]] == [0, 0, 0, 1, 0]
     assert docs[1][0]["svd_method"] == "randomized" and docs[1][0]["intruders"] is not None
     assert only == [docs[1][4]]
+
+
+def test_an_unreadable_dense_module_on_the_cpu_threads_is_one_clear_error():
+    # A module's read failing on a pool thread reaches the caller as the same DeltawError; the
+    # modules still pending are cancelled, nothing is returned half-done.
+    from deltaw.errors import DeltawError
+    from deltaw.linalg import resources
+
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(30, 20, generator=g)
+
+    def unreadable():
+        raise DeltawError("tuned/model.safetensors: cannot read tensor 'layers.1.mlp' (truncated)")
+
+    modules = [_dense("layers.0.mlp", W + 0.1, W),
+               DenseDelta(name="layers.1.mlp", shape=(30, 20), read_base=lambda: W, read_tuned=unreadable),
+               _dense("layers.2.mlp", W - 0.1, W)]
+    deltas = Deltas("synthetic", "base", "full", {d.name: d for d in modules}, [])
+    resources.set_thread_limit(2)
+    try:
+        with pytest.raises(DeltawError, match="cannot read tensor 'layers.1.mlp'"):
+            deltaw.analyze(deltas)
+    finally:
+        resources.set_thread_limit(None)
