@@ -226,10 +226,13 @@ def _dense_on_cpu_threads(run: list[tuple[int, Delta]], top_k: int | None, opts:
 
     ``finish(index, record)`` is called in input order as records are done (in this thread,
     while the pool computes the next ones). As many modules run at once as there are free cores
-    (or ``--threads N``), and no more than fit in memory (``fit``). Each module's numbers are
-    the same bits at any thread count and whichever other modules are selected: all its steps
-    run on one thread (:func:`~deltaw.linalg.resources.one_thread_workers`), and its randomized
-    SVD draws from a generator seeded by ``seed`` and its name alone (:func:`_module_seed`).
+    (or ``--threads N``), and no more than fit in memory (``fit``); all the steps of a module
+    run on one thread (:func:`~deltaw.linalg.resources.one_thread_workers`), so its numbers are
+    the same bits at any thread count. Its randomized SVD draws from a generator seeded by
+    ``seed`` and its name alone (:func:`_module_seed`), whichever other modules are selected.
+    Where only one module can run at a time (a single module, one core free, or memory for
+    one), it runs here with every thread the policy gives it instead: the pool would leave the
+    other cores idle, at the cost of last bits that can depend on the thread count.
     """
     count = min(len(run), cpu_threads(), fit or len(run))
 
@@ -241,6 +244,10 @@ def _dense_on_cpu_threads(run: list[tuple[int, Delta]], top_k: int | None, opts:
         result = svd(view, top_k, device=opts.device, dtype=opts.dtype, seed=_module_seed(opts.seed, d.name))
         return _measure(d, view, result, opts)
 
+    if count == 1:
+        for item in run:
+            finish(item[0], one(item))
+        return
     with one_thread_workers(count) as pool:
         for (i, _), record in zip(run, pool.map(one, run)):
             finish(i, record)
