@@ -5,6 +5,8 @@
 - :mod:`~deltaw.linalg.factored`: the exact SVD of a low-rank ΔW = s·L@R (LoRA), never formed.
 - :mod:`~deltaw.linalg.cholesky_qr`: float64 Grams of float32 data (W's and the LoRA factors')
   and the Cholesky QR built on them.
+- :mod:`~deltaw.linalg.nogil_lapack`: the BLAS/LAPACK calls of W's decomposition, made without
+  holding the GIL (modules run side by side on threads).
 - :mod:`~deltaw.linalg.batching`: :func:`svd` / :func:`svd_many`, grouping by shape, batches
   sized to memory (:func:`check_memory`).
 - :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.
