@@ -394,7 +394,8 @@ def test_dense_modules_on_cpu_threads_give_the_same_bits_at_any_thread_count_and
     modules = []
     for i, (m, n) in enumerate([(60, 40), (40, 60), (60, 40), (50, 50), (60, 40)]):
         W = torch.randn(m, n, generator=g)
-        tuned = W + 0.05 * torch.randn(m, n, generator=g) + torch.outer(torch.randn(m, generator=g), torch.randn(n, generator=g))
+        spike = torch.outer(torch.randn(m, generator=g), torch.randn(n, generator=g))
+        tuned = W + 0.05 * torch.randn(m, n, generator=g) + spike
         if i == 3:
             tuned[0, 0] = float("nan")
         modules.append(_dense(f"layers.{i}.mlp", tuned, W))
