@@ -66,10 +66,9 @@ def shaped(text: str, size: float, weight: str, family: str) -> tuple[tuple, flo
     Shaping (HarfBuzz, through matplotlib's FT2Font) costs tens of microseconds a glyph, and
     a report both measures a string (to wrap and size tables) and writes it
     (:mod:`reports.strings`): one cached layout serves both. The cache is keyed by the font
-    files, not the family's name: blocks are measured before the report's style is in force
-    (``sans-serif``) and drawn under it (``DejaVu Sans``), the same files either way, and each
-    string is shaped once. The width is the advance, not FreeType's 1/64-point rounded box,
-    and differs from it by under 0.01 pt.
+    files, not the family's name, so names that resolve to the same files (``sans-serif`` and
+    ``DejaVu Sans`` by default) share one layout. The width is the advance, not FreeType's
+    1/64-point rounded box, and differs from it by under 0.01 pt.
     """
     return _shaped(text, size, _font_files(family, weight))
 
