@@ -37,7 +37,8 @@ def rule_kwargs(rank, energy, sv_ratio, max_rank) -> dict:
     return {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "max_rank": max_rank}
 
 
-_METHOD = {"factored": "exact (factored)", "factored-gram": "exact (factored)", "full": "exact (full SVD)",
+_METHOD = {"factored": "exact (factored)", "factored-gram": "exact (factored)",
+           "factored-gram32": "exact (factored)", "full": "exact (full SVD)",
            "randomized": "randomized top-k", "gram-eigh": "top-k (Gram eigh)"}
 
 

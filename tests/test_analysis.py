@@ -50,7 +50,7 @@ def assert_contract(doc: dict, *, with_base: bool) -> None:
         for key, types in MODULE_FIELDS.items():
             assert isinstance(m[key], types), (m["name"], key, m[key])
         assert m["kind"] in ("lora", "dora", "dense") and m["nonfinite"] == 0
-        assert m["svd_method"] in ("factored-gram", "factored", "full", "randomized")
+        assert m["svd_method"] in ("factored-gram32", "factored-gram", "factored", "full", "randomized")
         assert len(m["shape"]) == 2 and all(isinstance(s, int) for s in m["shape"])
         assert set(m["energy_rank"]) == {"0.5", "0.9", "0.99"}
         assert all(a >= b for a, b in zip(m["singular_values"], m["singular_values"][1:]))
@@ -104,7 +104,7 @@ def test_lora_analysis_matches_references(lora_analysis):
     assert (analysis.format, analysis.checkpoint, analysis.base) == ("peft", str(checkpoint.path), str(fam.base))
     for record in analysis.modules:
         delta, W = checkpoint.delta[record.name], fam.base_weights[record.name]
-        assert (record.kind, record.lora_rank, record.scale, record.svd_method) == ("lora", 8, 2.0, "factored-gram")
+        assert (record.kind, record.lora_rank, record.scale, record.svd_method) == ("lora", 8, 2.0, "factored-gram32")
         assert record.shape == delta.shape
         assert_spectrum(record, delta, listed=8)
         assert record.numerical_rank == 8 and record.gavish_donoho_rank is None
@@ -130,7 +130,7 @@ def test_lora_json_contract_and_round_trip(lora_analysis):
     first = next(m for m in doc["modules"] if m["name"] == "model.layers.0.self_attn.q_proj")
     assert (first["layer"], first["module_type"]) == (0, "self_attn.q_proj")
     assert (first["kind"], first["lora_rank"], first["svd_method"], first["energy_captured"]) == (
-        "lora", 8, "factored-gram", 1.0)
+        "lora", 8, "factored-gram32", 1.0)
     assert len(first["singular_values"]) == 8 and first["gavish_donoho_rank"] is None
     assert first["intruders"]["k"] == 10 and first["intruders"]["eps"] == 0.5
     assert len(first["base_overlap"]) == 8 and len(first["base_overlap"][0]) == 6  # 10% of 64

@@ -130,7 +130,7 @@ def test_analyze_structured_adapters_with_and_without_base(tmp_path, llama_base,
               "loha": LoHaConfig(r=2, alpha=8), "loha-dense": LoHaConfig(r=8, alpha=8)}[method]
     config.target_modules, config.init_weights = ["q_proj", "v_proj"], False
     peft_adapter(tiny_llama(), tmp_path / "a", config)
-    expected = {"lokr": "kronecker", "loha": "factored-gram", "loha-dense": "full"}[method]
+    expected = {"lokr": "kronecker", "loha": "factored-gram32", "loha-dense": "full"}[method]
     for base in (None, base_folder):
         analysis = deltaw.analyze(tmp_path / "a", base=base, device="cpu")
         assert len(analysis.modules) == 4

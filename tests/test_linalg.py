@@ -53,8 +53,8 @@ def test_factored_svd_matches_numpy(m, n, r, dtype, transposed):
     d = lowrank(m, n, r, transposed=transposed)
     reference = d.to_dense(torch.float64).numpy()
     result = deltaw.svd(d, dtype=dtype)
-    # Gaussian factors are well conditioned: float32 takes the Gram route where r ≤ min(m, n).
-    assert result.method == ("factored-gram" if dtype == torch.float32 and r <= min(m, n) else "factored")
+    # Gaussian factors are well conditioned (κ₂ ≤ 4): float32 takes the float32 Grams where r ≤ min(m, n).
+    assert result.method == ("factored-gram32" if dtype == torch.float32 and r <= min(m, n) else "factored")
     assert result.U.shape[0] == d.shape[0] and result.Vh.shape[1] == d.shape[1]
     assert result.S.shape[0] == min(m, n, r)
     assert_valid_svd(result, reference, TOL[dtype])
@@ -108,6 +108,40 @@ def test_factors_beyond_the_bar_take_the_accurate_route(which):
     U, S, Vh, routes = deltaw.linalg.factored_svd_routes(L, R)
     assert routes == ["factored"]
     assert_float64_oracle(L, R, U, S, Vh, sigma_rtol=1e-6, vector_tol=1e-6)
+
+
+@pytest.mark.parametrize("cond,gram", [(1.0, "float32"), (1.5, "float32"), (10.0, "float64"), (1e6, None)])
+def test_cholesky_r_takes_the_float32_gram_only_within_its_bar(cond, gram):
+    # κ₁(G) ≤ 16 (κ₂ ≤ 4) keeps the float32 Gram; κ = 10 gives κ₂(G) = 100 > 16 whatever the
+    # basis, so the float64 Gram; beyond one Cholesky pass's reach, None (CholeskyQR2's job).
+    from deltaw.linalg.cholesky_qr import cholesky_r
+
+    X = conditioned(500, 24, cond, 40)
+    got = cholesky_r(X)
+    if gram is None:
+        assert got is None
+        return
+    T, T_inv, used = got
+    assert used == gram
+    T_ref = np.linalg.cholesky(X.double().numpy().T @ X.double().numpy()).T
+    np.testing.assert_allclose(T.numpy(), T_ref, rtol=0, atol=(1e-6 if gram == "float32" else 1e-12) * cond)
+    np.testing.assert_allclose((T @ T_inv).numpy(), np.eye(24), atol=1e-12)
+
+
+@pytest.mark.parametrize("cond_l,cond_r,route", [(1.0, 1.0, "factored-gram32"), (1.5, 1.2, "factored-gram32"),
+                                                 (1.0, 10.0, "factored-gram32"), (10.0, 30.0, "factored-gram"),
+                                                 (1e4, 2.0, "factored")])
+def test_one_module_route_meets_the_float64_oracle(cond_l, cond_r, route):
+    # The CPU's one-module route (every LoRA of svd_many on the CPU) on both sides of each bar:
+    # float32 Grams for κ₂ ≤ 4 (σ to 2e-6 relative), float64 Grams up to κ_F = 10³ (1e-6), the
+    # float64 route beyond. L 4096 × 64: a Gram summed over a real module's length.
+    from deltaw.linalg.factored import factored_svd_one
+
+    L, R = conditioned(4096, 64, cond_l, 41), conditioned(1024, 64, cond_r, 42).mT
+    U, S, Vh, got = factored_svd_one(L, R, 2.0)
+    assert got == route
+    assert_float64_oracle(L, 2.0 * R, U, S, Vh, sigma_rtol=2e-6 if route == "factored-gram32" else 1e-6,
+                          vector_tol=1e-5)
 
 
 def test_a_mixed_batch_labels_each_module_by_its_route():
@@ -190,7 +224,7 @@ def test_svd_many_results_survive_the_next_batch():
     deltas += [lowrank(200, 300, 16, seed=10 + i, name=f"b{i}") for i in range(2)]
     deltas += [lowrank(300, 200, 16, seed=20, name="c")]
     results = list(deltaw.svd_many(deltas))  # every batch computed before any result is checked
-    assert [r.method for _, r in results] == ["factored-gram"] * len(deltas)
+    assert [r.method for _, r in results] == ["factored-gram32"] * len(deltas)
     for d, r in results:
         L, R = d.factors()
         assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
@@ -216,7 +250,7 @@ def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch)
         pairs = list(deltaw.svd_many(deltas))
         assert [d.name for d, _ in pairs] == [d.name for d in deltas]
         results[count] = [r for _, r in pairs]
-    assert [r.method for r in results[3]] == ["factored-gram"] * 3 + ["factored"] + ["factored-gram"] * 4
+    assert [r.method for r in results[3]] == ["factored-gram32"] * 3 + ["factored"] + ["factored-gram32"] * 4
     for one, split in zip(results[1], results[3]):
         assert one.method == split.method and one.energy == split.energy
         for a, b in zip(one, split):
@@ -224,6 +258,34 @@ def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch)
     L, R = deltas[3].factors()
     r = results[3][3]
     np.testing.assert_allclose(r.S[0].double(), torch.linalg.svdvals(0.5 * L.double() @ R.double())[0], rtol=1e-6)
+
+
+def test_lowrank_threads_stream_in_stretches_and_hand_on_a_module_error(monkeypatch):
+    # Results are handed on every LORA_STREAM_ELEMENTS factor values (here one module's worth
+    # each), in input order; a module that cannot be read on a pool thread reaches the caller as
+    # its own DeltawError, and stopping early leaves no thread behind.
+    import threading
+
+    import deltaw.linalg.batching as batching
+
+    monkeypatch.setattr(batching, "svd_threads", lambda *args, **kw: 2)
+    monkeypatch.setattr(batching, "LORA_STREAM_ELEMENTS", (300 + 200) * 16)
+    deltas = [lowrank(300, 200, 16, seed=i, name=f"a{i}") for i in range(4)]
+    before = threading.active_count()
+    pairs = deltaw.svd_many(deltas)
+    first = next(pairs)
+    assert first[0].name == "a0" and first[1].S.shape == (16,)
+    pairs.close()
+    assert threading.active_count() == before
+
+    def unreadable():
+        raise deltaw.DeltawError("b.safetensors: cannot read tensor 'lora_B'")
+
+    deltas[2] = LowRankDelta(name="broken", shape=(300, 200), read_A=deltas[0].read_A, read_B=unreadable, rank=16)
+    monkeypatch.setattr(batching, "LORA_STREAM_ELEMENTS", 10**9)
+    with pytest.raises(deltaw.DeltawError, match="cannot read tensor"):
+        list(deltaw.svd_many(deltas))
+    assert threading.active_count() == before
 
 
 @pytest.mark.parametrize("layout", ["rows", "transposed"])

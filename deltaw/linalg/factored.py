@@ -6,7 +6,9 @@ Cholesky QRs of float64 Gram matrices (:mod:`deltaw.linalg.cholesky_qr`: Q never
 CholeskyQR2 where one pass is not accurate enough), Householder QR for float64 requests and for
 factors Cholesky cannot take.
 Factors within the Gram bar (κ_F ≤ :data:`GRAM_MAX_COND`) get U and V from float32 products
-(``"factored-gram"``), the others from float64 ones (``"factored"``).
+(``"factored-gram"``), the others from float64 ones (``"factored"``). On the CPU one matrix at a
+time (:func:`factored_svd_one`), a factor with κ₂ ≤ 4 has its Gram formed in float32
+(``"factored-gram32"``).
 
 References
 ----------
@@ -20,7 +22,7 @@ import math
 
 import torch
 
-from deltaw.linalg.cholesky_qr import cholesky_qr
+from deltaw.linalg.cholesky_qr import cholesky_qr, cholesky_r
 from deltaw.linalg.resources import numpy_blas_threads, one_thread
 from deltaw.linalg.routes import robust_svd
 
@@ -85,6 +87,46 @@ def factored_svd_routes(L: torch.Tensor, R: torch.Tensor, scale: float | torch.T
         routes = ["factored-gram" if g else "factored" for g in gram.reshape(-1).tolist()]
         return U, S, Vh, routes
     return (*_factored_svd_householder(L, R, scale), ["factored"] * count)
+
+
+def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
+    """:func:`factored_svd_routes` of one float32 matrix on the CPU, in as few steps as it takes.
+
+    The route of a CPU thread that decomposes modules one after the other
+    (:mod:`deltaw.linalg.batching`): a module's factors are read, reduced and multiplied while
+    they are still in cache, and the small steps are few, since every one of them takes the GIL
+    from the other threads. Each factor's R comes from :func:`~deltaw.linalg.cholesky_qr.cholesky_r`;
+    with both within the Gram bar, U and V are the float32 products of ``"factored-gram"``.
+    Factors that need more (CholeskyQR2, Householder, float64 products) take
+    :func:`factored_svd_routes`.
+
+    Parameters
+    ----------
+    L : Tensor, (m, r), float32
+    R : Tensor, (r, n), float32
+    scale : float
+
+    Returns
+    -------
+    U (m, r), S (r,), Vh (r, n), route
+        ``route`` is ``"factored-gram32"`` where a factor's Gram was float32 (both factors
+        κ₂ ≤ 4: σ to 2e-6 relative of numpy float64, tested), else that of
+        :func:`factored_svd_routes`.
+    """
+    left = cholesky_r(L) if L.dtype == torch.float32 and L.shape[1] <= min(L.shape[0], R.shape[1]) else None
+    right = cholesky_r(R.mT) if left is not None else None
+    if left is None or right is None:
+        U, S, Vh, routes = factored_svd_routes(L[None], R[None], scale)
+        return U[0], S[0], Vh[0], routes[0]
+    (T_l, inv_l, gram_l), (T_r, inv_r, gram_r) = left, right
+    with one_thread():
+        if max(_cond_f(T_l, inv_l), _cond_f(T_r, inv_r)) > GRAM_MAX_COND:
+            U, S, Vh, routes = factored_svd_routes(L[None], R[None], scale)
+            return U[0], S[0], Vh[0], routes[0]
+        U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))
+        U = L @ (inv_l @ U_core).to(L.dtype)
+        Vh = (inv_r @ Vh_core.mT).to(L.dtype).mT @ R
+    return U, S.to(L.dtype), Vh, "factored-gram32" if "float32" in (gram_l, gram_r) else "factored-gram"
 
 
 def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):

@@ -184,21 +184,38 @@ def one_thread_workers(count: int) -> Iterator[ThreadPoolExecutor]:
     longer leave cores idle. On a thread of the pool :func:`svd_threads` is 1, so the routes'
     own thread contexts change nothing.
 
-    The limits are set here, before the threads start, and held until they are done: torch's
-    OpenMP count is per thread and not inherited, so each thread sets its own; numpy's and
-    scipy's OpenBLAS count is process-wide (:func:`numpy_blas_threads`). The precision context
-    (:func:`exact_math`) is held too: it is process-wide, and a thread leaving its own
-    ``exact_math`` restores what it found, the full precision set here. Work still pending when
-    the body raises is cancelled.
+    :func:`one_thread_settings` is held until the threads are done. Work still pending when the
+    body raises is cancelled. A caller that hands results on between stretches of work keeps
+    one :func:`one_thread_pool` instead and holds the settings around each stretch.
     """
-    with exact_math(), threads(1), numpy_blas_threads(1):
-        pool = ThreadPoolExecutor(max(1, count), initializer=_start_one_thread_worker)
+    with one_thread_settings():
+        pool = one_thread_pool(count)
         try:
             yield pool
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
+
+
+def one_thread_pool(count: int) -> ThreadPoolExecutor:
+    """The threads of :func:`one_thread_workers`, each with torch on one thread; the process-wide
+    settings they need are :func:`one_thread_settings`, held by the caller while they work."""
+    return ThreadPoolExecutor(max(1, count), initializer=_start_one_thread_worker)
+
+
+@contextlib.contextmanager
+def one_thread_settings():
+    """What :func:`one_thread_pool`'s threads need of the process while they work.
+
+    torch's OpenMP count is per thread and not inherited, so each thread of the pool sets its
+    own; the caller's is set to one too. numpy's and scipy's OpenBLAS count is process-wide
+    (:func:`numpy_blas_threads`). The precision context (:func:`exact_math`) is process-wide,
+    and a thread leaving its own ``exact_math`` restores what it found, the full precision set
+    here.
+    """
+    with exact_math(), threads(1), numpy_blas_threads(1):
+        yield
 
 
 def _start_one_thread_worker() -> None:

@@ -48,8 +48,11 @@ class SVD:
     energy : float
         ‖ΔW‖²_F, exact (float64 sum) whatever k is.
     method : str
-        ``"factored"`` (exact, LoRA), ``"full"`` (exact, dense) or ``"randomized"``
-        (top-k, approximate; values converge to the exact ones with the power iterations).
+        Exact from a LoRA's factors: ``"factored-gram32"`` (float32 Grams of the factors with
+        κ₂ ≤ 4, float32 products), ``"factored-gram"`` (float64 Grams, float32 products) or
+        ``"factored"`` (float64 throughout; :mod:`deltaw.linalg.factored`); ``"kronecker"``
+        (LoKr); ``"full"`` (exact, dense); or ``"randomized"`` (top-k, approximate; values
+        converge to the exact ones with the power iterations).
     """
 
     U: torch.Tensor
