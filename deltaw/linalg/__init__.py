@@ -3,12 +3,12 @@
 - :mod:`~deltaw.linalg.routes`: the :class:`SVD` record and the dense decompositions
   (randomized top-k and full for dense ΔW, Lanczos top-k vectors).
 - :mod:`~deltaw.linalg.factored`: the exact SVD of a low-rank ΔW = s·L@R (LoRA), never formed.
-- :mod:`~deltaw.linalg.cholesky_qr`: float64 Grams of float32 data (W's and the LoRA factors')
-  and the Cholesky QR built on them.
+- :mod:`~deltaw.linalg.cholesky_qr`: float64 Grams of float32 data (W's and the LoRA factors'),
+  the Cholesky QR built on them, and a LoRA factor's R from a float32 Gram where that is enough.
 - :mod:`~deltaw.linalg.nogil_lapack`: the BLAS/LAPACK calls of W's decomposition, made without
   holding the GIL (modules run side by side on threads).
 - :mod:`~deltaw.linalg.batching`: :func:`svd` / :func:`svd_many`, grouping by shape, batches
-  sized to memory (:func:`check_memory`).
+  sized to memory (:func:`check_memory`), CPU LoRA modules one per thread.
 - :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.
 - :mod:`~deltaw.linalg.base`: decompositions of the base weight W (:func:`base_svd`).
 - :mod:`~deltaw.linalg.structured`: exact SVDs of Kronecker (LoKr) and Hadamard (LoHa) updates.

@@ -100,7 +100,8 @@ class SpectralSummary(Record):
         Descending. LoRA: every one the factors define; dense: all of them, or the top-k of a
         randomized SVD.
     svd_method : str
-        ``"factored"`` / ``"kronecker"`` / ``"full"`` (exact) or ``"randomized"`` (approximate top-k).
+        ``"factored-gram32"`` / ``"factored-gram"`` / ``"factored"`` / ``"kronecker"`` / ``"full"``
+        (exact; :class:`deltaw.linalg.SVD` says how) or ``"randomized"`` (approximate top-k).
     energy_captured : float
         Σ listed σᵢ² / ‖ΔW‖²_F (1.0 when all values are listed).
     energy_rank : dict

@@ -40,10 +40,10 @@ class KeptModule(Record):
         ‖ΔW − ΔW'‖_F, from the discarded σ (randomized: ‖ΔW‖²_F − Σ_{i≤k} σᵢ², also exact).
     method : str
         How σ were computed (the SVD core's route): exactly from the LoRA factors
-        (``"factored"``, ``"factored-gram"``), by a full dense SVD (``"full"``), or the top
-        values only, from the top eigenpairs of the smaller Gram (``"gram-eigh"``) or by a
-        randomized SVD (``"randomized"``): then ``sigma`` stops short, and ``retained`` and
-        ``error`` are those of the written ΔW'.
+        (``"factored"``, ``"factored-gram"``, ``"factored-gram32"``), by a full dense SVD
+        (``"full"``), or the top values only, from the top eigenpairs of the smaller Gram
+        (``"gram-eigh"``) or by a randomized SVD (``"randomized"``): then ``sigma`` stops
+        short, and ``retained`` and ``error`` are those of the written ΔW'.
     sigma : ndarray, (q,)
         The singular values computed, descending: where the cut fell on the spectrum.
     notes : list of str
