@@ -219,16 +219,20 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, work
     Grams, measured); independent matrices on separate threads keep every core busy with all of
     it. Each module is converted, reduced and multiplied before the next is read
     (:func:`~deltaw.linalg.factored.factored_svd_one`), so its factors are still in cache for
-    the products: a group converted, then reduced, then multiplied as whole batches streamed
-    tens of MB through the shared cache three times, and two threads ran 1.3× faster than one
-    where they run 1.9× faster now (224 Llama-2-7B-shaped r = 64 modules). The modules are dealt
-    to the threads largest first; results are yielded in input order, after the computation
-    (the caller never runs inside the precision context). A matrix's numbers do not depend on
-    the thread count: each is computed on one thread either way.
+    the products, and the r × r steps between are few (each takes the GIL from the other
+    threads). Whole batches converted, then reduced, then multiplied streamed tens of MB through
+    the shared cache three times: two threads ran 1.3× faster than one, against 1.4–1.6× now
+    (224 Llama-2-7B-shaped r = 64 modules; two processes, each with half of the modules, measured
+    the same, ~20 % slower each than alone: the rest is the memory both cores stream). The
+    modules are dealt to the threads largest first; results are yielded in input order, a
+    stretch of :data:`LORA_STREAM_ELEMENTS` at a time, after its computation (the caller never
+    runs inside the precision context). A matrix's numbers do not depend on the thread count:
+    each is computed on one thread either way.
     """
     deltas = [d for g in groups for d in g]
-    count = max(svd_threads(min(g[0].matrix_shape)) for g in groups)
-    pool = resources.one_thread_pool(min(count, len(deltas)))
+    count = min(len(deltas), max(svd_threads(min(g[0].matrix_shape)) for g in groups))
+    # One thread: the caller's own (no pool to start, and profilers of the caller see the work).
+    pool = resources.one_thread_pool(count) if count > 1 else None
     workspaces = [workspace] + [_Workspace() for _ in range(count - 1)]
     try:
         start = 0
@@ -242,11 +246,13 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, work
             yield from zip(deltas[start:end], results)
             start = end
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype) -> list[SVD]:
-    """:func:`_lowrank_svd` of each of ``deltas``, dealt to the pool's threads largest first."""
+    """:func:`_lowrank_svd` of each of ``deltas``, dealt to the pool's threads largest first (in
+    the calling thread when ``pool`` is None)."""
     shares: list[list[int]] = [[] for _ in range(min(len(workspaces), len(deltas)))]
     load = [0] * len(shares)
     for i in sorted(range(len(deltas)), key=lambda i: -_per_matrix(deltas[i])):
@@ -260,6 +266,9 @@ def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype) 
             for i in share:
                 results[i] = _lowrank_svd(deltas[i], k, dtype, space)
 
+    if pool is None:
+        run(shares[0], workspaces[0])
+        return results
     for done in [pool.submit(run, share, space) for share, space in zip(shares, workspaces)]:
         done.result()  # a thread's exception is raised here
     return results
