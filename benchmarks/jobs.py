@@ -400,11 +400,14 @@ def profile_lora(args):
     _deltaw_svd(folder, None, None, device)
     wall_one = time.perf_counter() - start
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         _deltaw_svd(folder, None, None, device)
     ops = {}
     for evt in prof.key_averages():
         ops[evt.key] = {"self_s": evt.self_cpu_time_total / 1e6, "calls": evt.count}
+    # A factor's float32 Gram is an aten::mm too: XᵀX has shapes (r, m) @ (m, r) with m > r.
+    gram_mm = sum(evt.self_cpu_time_total / 1e6 for evt in prof.key_averages(group_by_input_shape=True)
+                  if evt.key == "aten::mm" and _is_gram(evt.input_shapes))
 
     profiler = cProfile.Profile()
     start = time.perf_counter()
@@ -419,7 +422,15 @@ def profile_lora(args):
                       "tottime": tt, "cumtime": ct, "calls": nc})
     funcs.sort(key=lambda r: -r["tottime"])
     return {"wall_s": wall, "wall_one_thread_s": wall_one, "wall_cprofile_s": wall_cprofile, "torch_ops": ops,
-            "python_top": funcs[:25], "threads": threads, "profiled_threads": 1}
+            "gram_mm_s": gram_mm, "python_top": funcs[:25], "threads": threads, "profiled_threads": 1}
+
+
+def _is_gram(shapes) -> bool:
+    """Input shapes of an (r, m) @ (m, r) product with m > r: a Gram XᵀX."""
+    if len(shapes) < 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+        return False
+    (a, b), (b2, c) = shapes[0], shapes[1]
+    return a == c and b == b2 and b > a
 
 
 # --- WeightWatcher (run under an interpreter that has it) ---------------------------------------
