@@ -5,9 +5,10 @@ instead decomposed one at a time on each thread (:func:`_run_lowrank_groups`).
 
 Groups are cut into chunks of at most :data:`CHUNK_ELEMENTS` values, and a dense chunk shrinks
 further to what :func:`check_memory` says fits, so memory stays bounded however many modules a
-checkpoint has; CPU LoRA results are handed on every :data:`LORA_STREAM_ELEMENTS` factor values. The precision context (:func:`~deltaw.linalg.resources.exact_math`) is entered
-for each chunk's computation and left before its results are yielded: the caller of the
-generator never runs inside it, even when it stops iterating early.
+checkpoint has; CPU LoRA results are handed on every :data:`LORA_STREAM_ELEMENTS` factor values.
+The precision context (:func:`~deltaw.linalg.resources.exact_math`) is entered for each chunk's
+computation and left before its results are yielded: the caller of the generator never runs
+inside it, even when it stops iterating early.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ CHUNK_ELEMENTS = 64 * 2**20
 
 # Factor values of the LoRA modules decomposed on the CPU threads before their results are handed
 # on (_run_lowrank_groups): the caller is done with one stretch's U and V, and their memory is
-# free for the next, before it is computed (fresh pages for all of a 7B adapter's vectors cost
-# ~0.1 s of page faults).
+# free for the next, before it is computed (keeping all of a 7B adapter's U and V to the end cost
+# 0.15–0.2 s of page faults on two threads, measured).
 LORA_STREAM_ELEMENTS = 8 * 2**20
 
 
@@ -114,16 +115,16 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     for group in _groups(deltas):
         if _threaded_lowrank(group, device):
             if lowrank and _elements(lowrank) + _elements([group]) > CHUNK_ELEMENTS:
-                yield from _run_lowrank_groups(lowrank, k, dtype, device, workspace)
+                yield from _run_lowrank_groups(lowrank, k, dtype, workspace)
                 lowrank = []
             lowrank.append(group)
             continue
         if lowrank:
-            yield from _run_lowrank_groups(lowrank, k, dtype, device, workspace)
+            yield from _run_lowrank_groups(lowrank, k, dtype, workspace)
             lowrank = []
         yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
     if lowrank:
-        yield from _run_lowrank_groups(lowrank, k, dtype, device, workspace)
+        yield from _run_lowrank_groups(lowrank, k, dtype, workspace)
 
 
 def _groups(deltas: Iterable[Delta]) -> Iterator[list[Delta]]:
@@ -211,7 +212,7 @@ def _threaded_lowrank(group: list[Delta], device: torch.device) -> bool:
     return device.type == "cpu" and isinstance(group[0], LowRankDelta)
 
 
-def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, workspace) -> Iterator[tuple[Delta, SVD]]:
+def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, workspace) -> Iterator[tuple[Delta, SVD]]:
     """Consecutive LoRA groups on the CPU, one module at a time on each of the policy's threads.
 
     Every step of one LoRA matrix is a small GEMM (inner or outer dimension r), an r × r LAPACK
@@ -219,8 +220,8 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, device, work
     Grams, measured); independent matrices on separate threads keep every core busy with all of
     it. Each module is converted, reduced and multiplied before the next is read
     (:func:`~deltaw.linalg.factored.factored_svd_one`), so its factors are still in cache for
-    the products, and the r × r steps between are few (each takes the GIL from the other
-    threads). Whole batches converted, then reduced, then multiplied streamed tens of MB through
+    the products, with few r × r steps between. Whole batches converted, then reduced, then
+    multiplied streamed tens of MB through
     the shared cache three times: two threads ran 1.3× faster than one, against 1.4–1.6× now
     (224 Llama-2-7B-shaped r = 64 modules; two processes, each with half of the modules, measured
     the same, ~20 % slower each than alone: the rest is the memory both cores stream). The
