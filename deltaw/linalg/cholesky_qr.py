@@ -150,7 +150,7 @@ def cholesky_r(X: torch.Tensor):
             if torch.linalg.matrix_norm(G, 1) * torch.linalg.matrix_norm(G_inv, 1) <= FLOAT32_GRAM_MAX_COND:
                 return C.mT, T_inv, "float32"
         C, info = torch.linalg.cholesky_ex(gram64(X))
-        if info != 0 or _diag_spread(C) > _ONE_PASS_SPREAD:
+        if info != 0 or not _diag_spread(C) <= _ONE_PASS_SPREAD:  # nan (non-finite X) included
             return None
         return C.mT, torch.linalg.solve_triangular(C.mT, eye, upper=True), "float64"
 
