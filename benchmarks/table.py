@@ -124,8 +124,9 @@ def markdown(r: dict, cuda: dict | None = None) -> str:
         for case in ("lora", "dense_topk"):
             if f"{case}/float32/batched" in b:
                 lines.append(
-                    f"| {r['device']}: {case.replace('_', ' ')} batched vs per-module "
-                    f"({b[f'{case}/modules']} modules), float32 / float64 | "
+                    f"| {r['device']}: {case.replace('_', ' ')}, one `svd_many` over all modules vs one `svd` "
+                    f"call per module ({b[f'{case}/modules']} modules"
+                    f"{'; on the CPU one at a time either way' if case == 'lora' else ''}), float32 / float64 | "
                     f"{_s(b[f'{case}/float32/batched'])} / {_s(b[f'{case}/float64/batched'])} | "
                     f"{_s(b[f'{case}/float32/per_module'])} / {_s(b[f'{case}/float64/per_module'])} | "
                     f"{_x(b[f'{case}/float32/per_module'] / b[f'{case}/float32/batched'])} | — | |")
@@ -189,7 +190,8 @@ def gpu_rows(cuda: dict | None) -> list[str]:
     b = cuda.get("batching") or {}
     for case in ("lora", "dense_topk"):
         if f"{case}/float32/batched" in b:
-            lines.append(f"| {gpu}: {case.replace('_', ' ')} batched vs per-module, float32 / float64 | "
+            lines.append(f"| {gpu}: {case.replace('_', ' ')}, one `svd_many` over all modules (batched) vs one "
+                         f"`svd` call per module, float32 / float64 | "
                          f"{_s(b[f'{case}/float32/batched'])} / {_s(b[f'{case}/float64/batched'])} | "
                          f"{_s(b[f'{case}/float32/per_module'])} / {_s(b[f'{case}/float64/per_module'])} | "
                          f"{_x(b[f'{case}/float32/per_module'] / b[f'{case}/float32/batched'])} | — | |")
