@@ -207,7 +207,7 @@ def profile_markdown(r: dict) -> str:
         "QR (geqrf + orgqr)": ("linalg_qr", "geqrf", "orgqr", "householder"),
         "small SVD of the r×r core": ("linalg_svd", "_linalg_svd"),
         "other matmuls (U = B·(T⁻¹U_c), V, r×r products)": ("matmul", "bmm", "mm", "mul"),
-        "conversions (bf16 → float32 into the batch)": ("_to_copy", "to", "copy_"),
+        "conversions (bf16 → float32 into the workspace)": ("_to_copy", "to", "copy_"),
         "stacking same-shape factors": ("stack", "cat"),
     }
     taken, rows = set(), []
