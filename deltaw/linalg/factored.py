@@ -116,14 +116,11 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
     """
     left = cholesky_r(L) if L.dtype == torch.float32 and 0 < L.shape[1] <= min(L.shape[0], R.shape[1]) else None
     right = cholesky_r(R.mT) if left is not None else None
-    if left is None or right is None:
+    if left is None or right is None or max(_cond_f(*left[:2]), _cond_f(*right[:2])) > GRAM_MAX_COND:
         U, S, Vh, routes = factored_svd_routes(L[None], R[None], scale)
         return U[0], S[0], Vh[0], routes[0]
     (T_l, inv_l, gram_l), (T_r, inv_r, gram_r) = left, right
     with one_thread():
-        if max(_cond_f(T_l, inv_l), _cond_f(T_r, inv_r)) > GRAM_MAX_COND:
-            U, S, Vh, routes = factored_svd_routes(L[None], R[None], scale)
-            return U[0], S[0], Vh[0], routes[0]
         U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))
         U = L @ (inv_l @ U_core).to(L.dtype)
         Vh = (inv_r @ Vh_core.mT).to(L.dtype).mT @ R
