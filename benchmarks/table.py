@@ -133,6 +133,8 @@ def markdown(r: dict, cuda: dict | None = None) -> str:
     lines += report_rows(r)
     if r["device"] == "cpu":
         lines += gpu_rows(cuda)
+        if cuda:  # the GPU rows come from another machine: say which
+            lines += ["", f"GPU rows: {machine_line(cuda)}"]
     return "\n".join(lines) + "\n"
 
 

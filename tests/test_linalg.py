@@ -357,7 +357,8 @@ def test_cuda_matches_cpu():
     deltas = [lowrank(256, 128, 16, seed=i) for i in range(3)] + [dense(low_rank_plus_noise(128, 96, 8).float())]
     for (d, cpu), (_, gpu) in zip(deltaw.svd_many(deltas, device="cpu"), deltaw.svd_many(deltas, device="cuda")):
         np.testing.assert_allclose(gpu.S.numpy(), cpu.S.numpy(), rtol=1e-4, atol=1e-5 * float(cpu.S[0]))
-        assert gpu.method == cpu.method
+        # CUDA keeps the batched float64-Gram route; the CPU may take float32 Grams one module at a time
+        assert gpu.method == ("factored-gram" if cpu.method.startswith("factored") else cpu.method)
 
 
 @pytest.mark.gpu
