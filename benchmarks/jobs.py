@@ -6,6 +6,7 @@ lazily so the WeightWatcher jobs can run under an interpreter that has WeightWat
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -76,6 +77,7 @@ def lora_time(args):
     res["modules"] = _deltaw_svd(folder, None, None, device)
     res["bytes_read"] = sum(os.path.getsize(f) for f in files)
     res["values"] = _lora_values(folder, device)
+    res["routes"] = dict(collections.Counter(v["method"] for v in res["values"].values()))
     return res
 
 
@@ -86,7 +88,7 @@ def _lora_values(folder: str, device: str) -> dict:
     out = {}
     for delta, s in deltaw.svd_many(deltaw.load_deltas(folder).values(), device=device):
         out[delta.name] = {"sigma_max": float(s.S[0]), "energy": s.energy, "scale": delta.scale,
-                           "rank": delta.rank}
+                           "rank": delta.rank, "method": s.method}
     return out
 
 

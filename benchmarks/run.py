@@ -148,6 +148,12 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
         results["lora"] = run_job("lora_time", {**common, "folder": str(lora_dir), "repeats": plan.lora_repeats},
                                   timeout=timeout)
         results["lora"].pop("values", None)
+        _log("LoRA: the same shapes with trained-like factors (benchmarks.data.TRAINED_COND)")
+        trained = D.lora_adapter(data_dir / f"lora-trained-{plan.lora_layers}L", plan.lora_shape, rank=plan.rank,
+                                 layers=plan.lora_layers, trained=True)
+        results["lora_trained"] = run_job("lora_time", {**common, "folder": str(trained), "analyze": False,
+                                                        "repeats": plan.lora_repeats}, timeout=timeout)
+        results["lora_trained"].pop("values", None)
         _log("LoRA: dense SVD of B·A (one module per shape)")
         shapes = sorted({s for _, s in plan.lora_shape.modules()})
         base = run_job("dense_svd_of_product", {"shapes": [list(s) for s in shapes], "rank": plan.rank,

@@ -52,6 +52,13 @@ def markdown(r: dict, cuda: dict | None = None) -> str:
                      f"vs reading the tensors into float32 | {_s(lora['deltaw_svd']['median'])} | "
                      f"{_s(lora['read_f32']['median'])} | {_x(lora['ratio_svd_vs_read'])} | ≤ 8× | "
                      f"{_holds(lora['ratio_svd_vs_read'] <= 8)} |")
+        trained = r.get("lora_trained")
+        if trained:
+            routes = ", ".join(f"{n} {k}" for k, n in sorted(trained.get("routes", {}).items()))
+            lines.append(f"| LoRA, the same shapes with trained-like factors (A κ₂ = 35, B κ₂ = 300, as in real "
+                         f"r = 64 adapters; routes: {routes}): load + exact SVD vs reading | "
+                         f"{_s(trained['deltaw_svd']['median'])} | {_s(trained['read_f32']['median'])} | "
+                         f"{_x(trained['ratio_svd_vs_read'])} | — | |")
         if "deltaw_analyze" in lora:
             lines.append(f"| LoRA: `deltaw.analyze` (spectra + metrics + JSON) vs reading | "
                          f"{_s(lora['deltaw_analyze']['median'])} | {_s(lora['read_f32']['median'])} | "

@@ -110,10 +110,11 @@ def test_factors_beyond_the_bar_take_the_accurate_route(which):
     assert_float64_oracle(L, R, U, S, Vh, sigma_rtol=1e-6, vector_tol=1e-6)
 
 
-@pytest.mark.parametrize("cond,gram", [(1.0, "float32"), (1.5, "float32"), (10.0, "float64"), (1e6, None)])
+@pytest.mark.parametrize("cond,gram", [(1.0, "float32"), (1.5, "float32"), (3.0, "float32"), (4.5, "float64"),
+                                       (10.0, "float64"), (1e6, None)])
 def test_cholesky_r_takes_the_float32_gram_only_within_its_bar(cond, gram):
-    # κ₁(G) ≤ 16 (κ₂ ≤ 4) keeps the float32 Gram; κ = 10 gives κ₂(G) = 100 > 16 whatever the
-    # basis, so the float64 Gram; beyond one Cholesky pass's reach, None (CholeskyQR2's job).
+    # κ₂(G) = κ₂(X)² ≤ 16 keeps the float32 Gram: κ = 3 (κ₂(G) = 9) does, κ = 4.5 (20.25) and
+    # 10 take the float64 Gram; beyond one Cholesky pass's reach, None (CholeskyQR2's job).
     from deltaw.linalg.cholesky_qr import cholesky_r
 
     X = conditioned(500, 24, cond, 40)
@@ -129,12 +130,14 @@ def test_cholesky_r_takes_the_float32_gram_only_within_its_bar(cond, gram):
 
 
 @pytest.mark.parametrize("cond_l,cond_r,route", [(1.0, 1.0, "factored-gram32"), (1.5, 1.2, "factored-gram32"),
-                                                 (1.0, 10.0, "factored-gram32"), (10.0, 30.0, "factored-gram"),
-                                                 (1e4, 2.0, "factored")])
+                                                 (3.0, 1.0, "factored-gram32"), (1.0, 10.0, "factored-gram32"),
+                                                 (10.0, 30.0, "factored-gram"), (300.0, 35.0, "factored-gram"),
+                                                 (2e3, 35.0, "factored"), (1e4, 2.0, "factored")])
 def test_one_module_route_meets_the_float64_oracle(cond_l, cond_r, route):
     # The CPU's one-module route (every LoRA of svd_many on the CPU) on both sides of each bar:
-    # float32 Grams for κ₂ ≤ 4 (σ to 2e-6 relative), float64 Grams up to κ_F = 10³ (1e-6), the
-    # float64 route beyond. L 4096 × 64: a Gram summed over a real module's length.
+    # float32 Grams for κ₂ ≤ 4 (σ to 2e-6 relative), float32 products up to κ₂ = 10³ (a trained
+    # B's 300 and A's 35 included), float64 products beyond (on the same triangles, or CholeskyQR2
+    # where one Cholesky pass is not enough). L 4096 × 64: a Gram summed over a real module's length.
     from deltaw.linalg.factored import factored_svd_one
 
     L, R = conditioned(4096, 64, cond_l, 41), conditioned(1024, 64, cond_r, 42).mT
@@ -142,6 +145,34 @@ def test_one_module_route_meets_the_float64_oracle(cond_l, cond_r, route):
     assert got == route
     assert_float64_oracle(L, 2.0 * R, U, S, Vh, sigma_rtol=2e-6 if route == "factored-gram32" else 1e-6,
                           vector_tol=1e-5)
+
+
+@pytest.mark.parametrize("cond,inside", [(300.0, True), (900.0, True), (1100.0, False), (3e3, False)])
+def test_the_gram_bar_is_on_kappa2_not_on_its_frobenius_bound(cond, inside):
+    # r = 64, σ log-spaced: κ_F = ‖T‖_F‖T⁻¹‖_F is ~6× κ₂ (so over 10³ in every case here); the bar
+    # decides on κ₂ itself, in the batched route and in the CPU's one-module route alike.
+    from deltaw.linalg.factored import GRAM_MAX_COND, factored_svd_one, within_gram_bar
+
+    L, R = conditioned(2048, 64, cond, 43), conditioned(1024, 64, 10.0, 44).mT
+    T = torch.linalg.qr(L.double()).R
+    T_inv = torch.linalg.inv(T)
+    assert float(torch.linalg.matrix_norm(T) * torch.linalg.matrix_norm(T_inv)) > GRAM_MAX_COND
+    assert bool(within_gram_bar(T, T_inv)) == inside
+    route = "factored-gram" if inside else "factored"
+    U, S, Vh, routes = deltaw.linalg.factored_svd_routes(L, R)
+    assert routes == [route]
+    assert_float64_oracle(L, R, U, S, Vh, sigma_rtol=1e-6, vector_tol=2e-5 if inside else 1e-6)
+    U, S, Vh, got = factored_svd_one(L, R)
+    assert got == route
+    assert_float64_oracle(L, R, U, S, Vh, sigma_rtol=1e-6, vector_tol=2e-5 if inside else 1e-6)
+
+
+def test_the_gram_bar_refuses_a_non_finite_triangle():
+    from deltaw.linalg.factored import within_gram_bar
+
+    T = torch.triu(torch.ones(4, 4, dtype=torch.float64))
+    T[1, 1] = float("nan")
+    assert not bool(within_gram_bar(T, T))
 
 
 def test_a_mixed_batch_labels_each_module_by_its_route():
