@@ -39,8 +39,8 @@ _MIN_BLOCK_ROWS = 256
 _ONE_PASS_SPREAD = 1e3
 _TWO_PASS_SPREAD = 1e7
 
-#: :func:`cholesky_r`'s bar for a float32 Gram: κ₂(G) = λ_max/λ_min ≤ 16 from the Gram's own
-#: eigenvalues, i.e. κ₂(X) ≤ 4. The float32 Gram's rounding, O(eps32)‖X‖², reaches T as a relative
+#: :func:`cholesky_r`'s bar for a float32 Gram: κ₂(G) = λ_max/λ_min ≤ 16 (the Gram's own
+#: condition number, :func:`_float32_gram_within_bar`), i.e. κ₂(X) ≤ 4. The float32 Gram's rounding, O(eps32)‖X‖², reaches T as a relative
 #: error O(κ₂(X)² · eps32) ≤ ~1e-6 there (Higham 2002, §19; measured: T's σ within 1.3e-7 of
 #: float64 at κ₂ = 3.9, 11008 × 64), and moves λ_min by far less than the bar's margin.
 #: tests/test_linalg.py measures σ against float64 on both sides of the bar.
@@ -144,15 +144,31 @@ def cholesky_r(X: torch.Tensor):
     with one_thread(X):
         eye = torch.eye(X.shape[-1], dtype=torch.float64)
         G = (X.mT @ X).double()
-        eig = torch.linalg.eigvalsh(G)  # ascending; NaN fails the test below
-        if eig[-1] <= FLOAT32_GRAM_MAX_COND * eig[0]:
-            C, info = torch.linalg.cholesky_ex(G)
-            if info == 0:
-                return C.mT, torch.linalg.solve_triangular(C.mT, eye, upper=True), "float32"
+        C, info = torch.linalg.cholesky_ex(G)
+        if info == 0:
+            T_inv = torch.linalg.solve_triangular(C.mT, eye, upper=True)
+            if _float32_gram_within_bar(G, T_inv):
+                return C.mT, T_inv, "float32"
         C, info = torch.linalg.cholesky_ex(gram64(X))
         if info != 0 or not _diag_spread(C) <= _ONE_PASS_SPREAD:  # nan (non-finite X) included
             return None
         return C.mT, torch.linalg.solve_triangular(C.mT, eye, upper=True), "float64"
+
+
+def _float32_gram_within_bar(G: torch.Tensor, T_inv: torch.Tensor) -> bool:
+    """κ₂(G) ≤ :data:`FLOAT32_GRAM_MAX_COND` for a symmetric positive definite G (r, r) = TᵀT.
+
+    κ₁(G) = ‖G‖₁‖G⁻¹‖₁ costs nothing beside T⁻¹ and brackets κ₂(G) ≤ κ₁(G) ≤ r·κ₂(G) (for
+    symmetric G, ‖G‖₂ ≤ ‖G‖₁ ≤ √r‖G‖₂): it settles a Gaussian factor (κ₁ under the bar) and a
+    trained one (κ₁ over r times the bar) alone; G's eigenvalues decide in between.
+    """
+    kappa_1 = float(torch.linalg.matrix_norm(G, 1) * torch.linalg.matrix_norm(T_inv @ T_inv.mT, 1))
+    if kappa_1 <= FLOAT32_GRAM_MAX_COND:
+        return True
+    if not kappa_1 <= FLOAT32_GRAM_MAX_COND * G.shape[-1]:  # NaN included
+        return False
+    eig = torch.linalg.eigvalsh(G)  # ascending
+    return bool(eig[-1] <= FLOAT32_GRAM_MAX_COND * eig[0])
 
 
 def _diag_spread(C: torch.Tensor) -> torch.Tensor:
