@@ -40,10 +40,11 @@ _ONE_PASS_SPREAD = 1e3
 _TWO_PASS_SPREAD = 1e7
 
 #: :func:`cholesky_r`'s bar for a float32 Gram: κ₂(G) = λ_max/λ_min ≤ 16 (the Gram's own
-#: condition number, :func:`_float32_gram_within_bar`), i.e. κ₂(X) ≤ 4. The float32 Gram's rounding, O(eps32)‖X‖², reaches T as a relative
-#: error O(κ₂(X)² · eps32) ≤ ~1e-6 there (Higham 2002, §19; measured: T's σ within 1.3e-7 of
-#: float64 at κ₂ = 3.9, 11008 × 64), and moves λ_min by far less than the bar's margin.
-#: tests/test_linalg.py measures σ against float64 on both sides of the bar.
+#: condition number, :func:`_float32_gram_within_bar`), i.e. κ₂(X) ≤ 4. The float32 Gram's
+#: rounding, O(eps32)‖X‖², reaches T as a relative error O(κ₂(X)² · eps32) ≤ ~1e-6 there
+#: (Higham 2002, §19; measured: T's σ within 1.3e-7 of float64 at κ₂ = 3.9, 11008 × 64), and
+#: moves λ_min by far less than the bar's margin. tests/test_linalg.py measures σ against
+#: float64 on both sides of the bar.
 FLOAT32_GRAM_MAX_COND = 16.0
 
 
@@ -132,8 +133,8 @@ def cholesky_r(X: torch.Tensor):
     """The R factor T (r, r) of X = Q T and T⁻¹, float64, for one float32 X (m, r) on the CPU.
 
     The Gram XᵀX is first formed in float32 (one MKL GEMM, 2.4× faster than :func:`gram64`'s
-    float64 ``syrk`` with its conversions, measured at 11008 × 64) and kept where its eigenvalues
-    pass :data:`FLOAT32_GRAM_MAX_COND` (κ₂(X) ≤ 4); otherwise it is formed again by :func:`gram64`.
+    float64 ``syrk`` with its conversions, measured at 11008 × 64) and kept where it passes
+    :data:`FLOAT32_GRAM_MAX_COND` (κ₂(X) ≤ 4); otherwise it is formed again by :func:`gram64`.
 
     Returns
     -------

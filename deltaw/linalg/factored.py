@@ -215,7 +215,7 @@ def within_gram_bar(T: torch.Tensor, T_inv: torch.Tensor) -> torch.Tensor:
     κ_F = ‖T‖_F ‖T⁻¹‖_F bounds κ₂ from above at no cost and settles well-conditioned factors;
     only where it is over the bar is κ₂ itself taken from T's singular values (a trained B's
     spread spectrum puts κ_F several times above κ₂: log-spaced σ with κ₂ = 300 at r = 64 give
-    κ_F ≈ 1,900). NaN compares False.
+    κ_F ≈ 1,800). NaN compares False.
     """
     ok = torch.linalg.matrix_norm(T) * torch.linalg.matrix_norm(T_inv) <= GRAM_MAX_COND
     if bool(ok.all()):
