@@ -132,12 +132,13 @@ def test_cholesky_r_takes_the_float32_gram_only_within_its_bar(cond, gram):
 @pytest.mark.parametrize("cond_l,cond_r,route", [(1.0, 1.0, "factored-gram32"), (1.5, 1.2, "factored-gram32"),
                                                  (3.0, 1.0, "factored-gram32"), (1.0, 10.0, "factored-gram32"),
                                                  (10.0, 30.0, "factored-gram"), (300.0, 35.0, "factored-gram"),
-                                                 (2e3, 35.0, "factored"), (1e4, 2.0, "factored")])
+                                                 (2e3, 35.0, "factored"), (1e4, 2.0, "factored"),
+                                                 (1e6, 2.0, "factored")])
 def test_one_module_route_meets_the_float64_oracle(cond_l, cond_r, route):
     # The CPU's one-module route (every LoRA of svd_many on the CPU) on both sides of each bar:
     # float32 Grams for κ₂ ≤ 4 (σ to 2e-6 relative), float32 products up to κ₂ = 10³ (a trained
-    # B's 300 and A's 35 included), float64 products beyond (on the same triangles, or CholeskyQR2
-    # where one Cholesky pass is not enough). L 4096 × 64: a Gram summed over a real module's length.
+    # B's 300 and A's 35 included), float64 products beyond (on the same triangles; at 10⁶, where
+    # one Cholesky pass is not enough, CholeskyQR2). L 4096 × 64: a Gram summed over a real module's length.
     from deltaw.linalg.factored import factored_svd_one
 
     L, R = conditioned(4096, 64, cond_l, 41), conditioned(1024, 64, cond_r, 42).mT
