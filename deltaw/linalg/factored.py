@@ -127,12 +127,10 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0):
         U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))
         M_l, M_r = inv_l @ U_core, inv_r @ Vh_core.mT  # U = L·M_l, V = Rᵀ·M_r
         if bool(within_gram_bar(T_l, inv_l)) and bool(within_gram_bar(T_r, inv_r)):
-            U, Vh = L @ M_l.to(dtype), M_r.to(dtype).mT @ R
+            U, Vh = _float32_vectors(L, M_l, R.mT, M_r)
             return U, S.to(dtype), Vh, "factored-gram32" if "float32" in (gram_l, gram_r) else "factored-gram"
-        # Beyond the bar the products run in float64 on the same triangles (the Grams are not formed
-        # again); Uᵀ = M_lᵀ·Lᵀ is the (r × r)·(r × m) shape MKL's float64 GEMM runs fastest.
-        U = (M_l.mT @ L.double().mT).to(dtype).mT.contiguous()
-        Vh = (M_r.mT @ R.double()).to(dtype)
+        # Beyond the bar: float64 products on the same triangles (the Grams are not formed again).
+        U, Vh = _float64_vectors(L, M_l, R.mT, M_r, dtype)
     return U, S.to(dtype), Vh, "factored"
 
 
@@ -185,20 +183,16 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
         inv_r = torch.linalg.solve_triangular(T_r, eye, upper=True)
         gram = ok_l & ok_r & within_gram_bar(T_l, inv_l) & within_gram_bar(T_r, inv_r)
     if bool(gram.all()):
-        U = _times(left, (inv_l @ U_core).to(dtype))  # (.., m, r), float32
-        Vh = _times((inv_r @ Vh_core.mT).to(dtype).mT, right.mT)  # (.., r, n), float32
+        U, Vh = _float32_vectors(left, inv_l @ U_core, right, inv_r @ Vh_core.mT)
         return U, S.to(dtype), Vh, gram
     with one_thread(T_l):
         X_l = torch.linalg.solve_triangular(tri_l, U_core, upper=True)  # T_basis⁻¹ U_c
         X_r = torch.linalg.solve_triangular(tri_r, Vh_core.mT, upper=True)
-    # Uᵀ = X_lᵀ · base_lᵀ: MKL's float64 GEMM runs this (r × r)·(r × m) shape about twice as fast
-    # as (m × r)·(r × r); the transpose back is a float32 copy.
-    U = (X_l.mT @ base_l.to(torch.float64).mT).to(dtype).mT.contiguous()  # (.., m, r)
-    Vh = (X_r.mT @ base_r.to(torch.float64).mT).to(dtype)  # (.., r, n)
+    U, Vh = _float64_vectors(base_l, X_l, base_r, X_r, dtype)
     S = S.to(dtype)
     if bool(gram.any()):  # a mixed batch: the matrices that pass the bar get their float32 products
-        U[gram] = left[gram] @ (inv_l[gram] @ U_core[gram]).to(dtype)
-        Vh[gram] = (inv_r[gram] @ Vh_core[gram].mT).to(dtype).mT @ right[gram].mT
+        U[gram], Vh[gram] = _float32_vectors(left[gram], inv_l[gram] @ U_core[gram], right[gram],
+                                             inv_r[gram] @ Vh_core[gram].mT)
     bad = ~(ok_l & ok_r)
     if bool(bad.any()):
         if bad.dim() == 0:
@@ -207,6 +201,25 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
         U_h, S_h, Vh_h = _factored_svd_householder(L[bad], R[bad], part)
         U[bad], S[bad], Vh[bad] = U_h, S_h, Vh_h
     return U, S, Vh, gram
+
+
+def _float32_vectors(left: torch.Tensor, M_l: torch.Tensor, right: torch.Tensor, M_r: torch.Tensor):
+    """U = left·M_l (.., m, r) and Vh = (right·M_r)ᵀ (.., r, n) as float32 products, for factors
+    within the Gram bar (``left`` = L, ``right`` = Rᵀ; M = T⁻¹ times the core's vectors)."""
+    dtype = left.dtype
+    return _times(left, M_l.to(dtype)), _times(M_r.to(dtype).mT, right.mT)
+
+
+def _float64_vectors(left: torch.Tensor, M_l: torch.Tensor, right: torch.Tensor, M_r: torch.Tensor,
+                     dtype: torch.dtype):
+    """:func:`_float32_vectors` with float64 products, rounded to ``dtype`` once at the end.
+
+    Uᵀ = M_lᵀ·leftᵀ: MKL's float64 GEMM runs this (r × r)·(r × m) shape about twice as fast as
+    (m × r)·(r × r); the transpose back is a float32 copy.
+    """
+    U = (M_l.mT @ left.to(torch.float64).mT).to(dtype).mT.contiguous()  # (.., m, r)
+    Vh = (M_r.mT @ right.to(torch.float64).mT).to(dtype)  # (.., r, n)
+    return U, Vh
 
 
 def within_gram_bar(T: torch.Tensor, T_inv: torch.Tensor) -> torch.Tensor:
