@@ -391,22 +391,29 @@ def profile_lora(args):
     from torch.profiler import ProfilerActivity, profile
 
     folder, device = args["folder"], args.get("device", "cpu")
+    cuda = device.startswith("cuda")
     _deltaw_svd(folder, None, None, device)  # warm the page cache and the allocator
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     _deltaw_svd(folder, None, None, device)
-    wall = time.perf_counter() - start
-    # The profilers see one thread: with more, the LoRA modules run on pool threads they miss.
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu  # cpu: every thread's
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    start = time.perf_counter()
-    _deltaw_svd(folder, None, None, device)
-    wall_one = time.perf_counter() - start
+    wall_one = None
+    if not cuda:
+        # The profilers see one thread: with more, the CPU's LoRA modules run on pool threads they
+        # miss. On CUDA every module is launched from the calling thread: it is profiled as it runs.
+        torch.set_num_threads(1)
+        start = time.perf_counter()
+        _deltaw_svd(folder, None, None, device)
+        wall_one = time.perf_counter() - start
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
         _deltaw_svd(folder, None, None, device)
     ops = {}
     for evt in prof.key_averages():
         ops[evt.key] = {"self_s": evt.self_cpu_time_total / 1e6, "calls": evt.count}
+        if cuda:  # the kernels' own time on the device (torch ≥ 2.4 names it device_time)
+            ops[evt.key]["device_s"] = getattr(evt, "self_device_time_total", 0) / 1e6
     # A factor's float32 Gram is an aten::mm too: XᵀX has shapes (r, m) @ (m, r) with m > r.
     gram_mm = sum(evt.self_cpu_time_total / 1e6 for evt in prof.key_averages(group_by_input_shape=True)
                   if evt.key == "aten::mm" and _is_gram(evt.input_shapes))
@@ -422,9 +429,39 @@ def profile_lora(args):
     for (filename, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():
         funcs.append({"func": f"{Path(filename).name}:{line}({name})" if line else name,
                       "tottime": tt, "cumtime": ct, "calls": nc})
+    cumulative = sorted(funcs, key=lambda r: -r["cumtime"])[:40]
     funcs.sort(key=lambda r: -r["tottime"])
-    return {"wall_s": wall, "wall_one_thread_s": wall_one, "wall_cprofile_s": wall_cprofile, "torch_ops": ops,
-            "gram_mm_s": gram_mm, "python_top": funcs[:25], "threads": threads, "profiled_threads": 1}
+    return {"wall_s": wall, "cpu_s": cpu, "wall_one_thread_s": wall_one, "wall_cprofile_s": wall_cprofile,
+            "torch_ops": ops, "gram_mm_s": gram_mm, "python_top": funcs[:25], "python_cumulative": cumulative,
+            "threads": threads, "profiled_threads": 1, "device": device}
+
+
+@job
+def core_svd_sites(args):
+    """A GPU batch's r × r cores (float64, the factored route's) decomposed on the device vs on
+    the host (one thread), per rank: the evidence for :data:`deltaw.linalg.factored.HOST_CORE_MAX`."""
+    import torch
+
+    from deltaw.linalg.resources import one_thread
+    from deltaw.linalg.routes import robust_svd
+
+    device, count = args["device"], args.get("count", 224)
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for r in args["ranks"]:
+        cores = torch.randn(count, r, r, dtype=torch.float64, generator=generator)
+        on_device = cores.to(device)
+
+        def gpu():
+            robust_svd(on_device)
+            _sync(device)
+
+        def host():
+            with one_thread():
+                robust_svd(on_device.cpu())
+
+        out.append({"rank": r, "count": count, "device_s": _median_time(gpu, 3), "host_s": _median_time(host, 3)})
+    return {"cores": out}
 
 
 def _is_gram(shapes) -> bool:

@@ -54,7 +54,8 @@ class Plan:
 
 #: The parts a GPU run measures (``--gpu``): the CUDA tests, the 7B-shaped LoRA, batched vs
 #: per-module in float32 and float64, and the 1B-shaped dense pair analysed with its base.
-GPU_PARTS = {"gputests", "lora", "batching", "dense_analyze", "base"}
+#: The profile of the LoRA run says where its time goes on the device and on the host.
+GPU_PARTS = {"gputests", "lora", "batching", "dense_analyze", "base", "profile"}
 
 
 def plan_for(mode: str) -> Plan:
@@ -154,6 +155,11 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
         results["lora_trained"] = run_job("lora_time", {**common, "folder": str(trained), "analyze": False,
                                                         "repeats": plan.lora_repeats}, timeout=timeout)
         results["lora_trained"].pop("values", None)
+        if device.startswith("cuda"):  # the same adapter on the GPU machine's own CPU cores
+            _log("LoRA: the same adapter on this machine's CPU")
+            results["lora_host_cpu"] = run_job("lora_time", {"device": "cpu", "folder": str(lora_dir), "analyze": False,
+                                                             "repeats": plan.lora_repeats}, timeout=timeout)
+            results["lora_host_cpu"].pop("values", None)
         _log("LoRA: dense SVD of B·A (one module per shape)")
         shapes = sorted({s for _, s in plan.lora_shape.modules()})
         base = run_job("dense_svd_of_product", {"shapes": [list(s) for s in shapes], "rank": plan.rank,
@@ -271,6 +277,10 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
     if want("profile"):
         _log("profile of the LoRA run")
         results["profile"] = run_job("profile_lora", {**common, "folder": str(lora_dir)}, timeout=timeout)
+        if device.startswith("cuda"):
+            _log("the factored route's r × r cores: on the GPU vs on the host")
+            results["core_svd_sites"] = run_job("core_svd_sites", {**common, "ranks": [16, 32, 64, 128, 256]},
+                                                timeout=timeout)
 
     results["plan_largest_f32_bytes"] = plan.dense_shape.largest() * 4
     results["goals"] = goals(results)

@@ -187,11 +187,20 @@ def gpu_rows(cuda: dict | None) -> list[str]:
     if t:
         lines.append(f"| {gpu}: `pytest -m gpu` | {t['summary']} | — | — | pass | "
                      f"{_holds(t['returncode'] == 0 and t.get('passed', 0) > 0)} |")
-    lora = cuda.get("lora")
-    if lora:
-        lines.append(f"| {gpu}: LoRA ({cuda['plan']['lora']}) load + exact SVD vs reading | "
-                     f"{_s(lora['deltaw_svd']['median'])} | {_s(lora['read_f32']['median'])} | "
-                     f"{_x(lora['ratio_svd_vs_read'])} | — | |")
+    cores = cuda["machine"].get("cores")
+    for key, what in (("lora", "LoRA ({plan}) load + exact SVD vs reading"),
+                      ("lora_trained", "the same with trained-like factors"),
+                      ("lora_host_cpu", f"the same Gaussian adapter on this machine's CPU ({cores} cores)")):
+        x = cuda.get(key)
+        if x:
+            routes = ", ".join(f"{n} {route}" for route, n in (x.get("routes") or {}).items())
+            lines.append(f"| {gpu}: {what.format(plan=cuda['plan']['lora'])}{f' ({routes})' if routes else ''} | "
+                         f"{_s(x['deltaw_svd']['median'])} | {_s(x['read_f32']['median'])} | "
+                         f"{_x(x['ratio_svd_vs_read'])} | — | |")
+    for c in (cuda.get("core_svd_sites") or {}).get("cores", []):
+        lines.append(f"| {gpu}: the factored route's {c['count']} float64 cores of {c['rank']} × {c['rank']}, "
+                     f"SVD on the GPU vs on the host (one thread) | {_s(c['device_s'])} | {_s(c['host_s'])} | "
+                     f"{_x(c['host_s'] / c['device_s'])} | — | |")
     da = cuda.get("dense_analyze")
     if da and da.get("available"):
         lines.append(f"| {gpu}: dense `analyze` with base, {da['layers']} layer | {_s(da['seconds'])} | "
@@ -248,6 +257,26 @@ def profile_markdown(r: dict) -> str:
               "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
     for f in p["python_top"][:10]:
         lines.append(f"| `{f['func']}` | {f['calls']} | {f['tottime']:.3f} | {f['cumtime']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def gpu_profile_markdown(cuda: dict | None) -> str:
+    """Where the GPU run's LoRA time goes: host and device time per operator, Python by cumulative time."""
+    p = (cuda or {}).get("profile")
+    if not p or not str(p.get("device", "")).startswith("cuda"):
+        return ""
+    ops = p["torch_ops"]
+    device_total = sum(v.get("device_s", 0.0) for v in ops.values())
+    lines = [f"Profile of one LoRA run on the GPU ({(cuda['machine'].get('gpu') or {}).get('name', 'CUDA')}): "
+             f"wall {p['wall_s']:.2f} s without the profiler, {p['cpu_s']:.1f} s of host CPU time in it "
+             f"({p['threads']} threads); kernels and copies on the device {device_total:.3f} s in all.", "",
+             "| operator | host s (own) | device s (own) | calls |", "|---|---|---|---|"]
+    top = sorted(ops.items(), key=lambda kv: -max(kv[1]["self_s"], kv[1].get("device_s", 0.0)))[:12]
+    for name, v in top:
+        lines.append(f"| `{name[:80]}` | {v['self_s']:.3f} | {v.get('device_s', 0.0):.3f} | {v['calls']} |")
+    lines += ["", "Python by cumulative time (cProfile):", "", "| function | calls | cumulative s |", "|---|---|---|"]
+    for f in (p.get("python_cumulative") or [])[:12]:
+        lines.append(f"| `{f['func']}` | {f['calls']} | {f['cumtime']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -312,9 +341,9 @@ def main(results: Path, readmes: list[Path], png: Path | None) -> str:
     cuda_file = results.parent / "results-cuda.json"
     cuda = json.loads(cuda_file.read_text()) if cuda_file.is_file() and cuda_file != results else None
     text = markdown(r, cuda)
-    prof = profile_markdown(r)
-    if prof:
-        text += "\n" + prof
+    for prof in (profile_markdown(r), gpu_profile_markdown(cuda)):
+        if prof:
+            text += "\n" + prof
     goals = r.get("goals", [])
     if goals:
         text += "\nGoals: " + "; ".join(

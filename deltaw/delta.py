@@ -145,17 +145,21 @@ class LowRankDelta(Delta):
 
         For slots of a batch: the stored tensors (bf16 as read) are converted in the copy
         itself, one pass over the data, where ``factors`` followed by a copy into the batch
-        would make two. Subclasses that compute their factors (LoHa, merged stacks) go through
-        their own :meth:`factors`.
+        would make two. Slots on a GPU get the tensors as stored (bf16: half the bytes of
+        float32 over the bus), converted and transposed there. Subclasses that compute their
+        factors (LoHa, merged stacks) go through their own :meth:`factors`.
         """
         computed = type(self).factors is not LowRankDelta.factors
-        L_read, R_read = self.factors(L.dtype) if computed else self._stored_factors()
+        L_read, R_read = self.factors(L.dtype) if computed else self._stored_factors(L.device)
         L.copy_(L_read)
         R.copy_(R_read)
 
-    def _stored_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L, R) of :meth:`factors` in the dtype as read: views of A (r, in) and B (out, r)."""
+    def _stored_factors(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R) of :meth:`factors` in the dtype as read: views of A (r, in) and B (out, r),
+        moved to ``device`` first when one is given."""
         A, B = self.read_A().flatten(1), self.read_B().flatten(1)
+        if device is not None:
+            A, B = A.to(device), B.to(device)
         return (A.T, B.T) if self.transposed else (B, A)
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -393,6 +393,52 @@ def test_cuda_matches_cpu():
         assert gpu.method == ("factored-gram" if cpu.method.startswith("factored") else cpu.method)
 
 
+def _interleaved_layers(dtype=torch.float32):
+    # Two "layers" of three shapes each, stored bf16 as adapters are: a window batches each shape
+    # across the layers, and the results must still come in input order.
+    def bf16(d):
+        A, B = d.read_A().bfloat16(), d.read_B().bfloat16()
+        return LowRankDelta(name=d.name, shape=d.shape, read_A=lambda: A, read_B=lambda: B, rank=d.rank,
+                            scale=d.scale, transposed=d.transposed)
+
+    return [bf16(lowrank(*shape, seed=10 * layer + i, name=f"l{layer}.{i}", transposed=i == 2))
+            for layer in range(2) for i, shape in enumerate([(64, 48, 8), (96, 48, 8), (48, 96, 4)])]
+
+
+def test_lowrank_window_batches_each_shape_across_layers_in_input_order():
+    # The GPU's window route run on the CPU (it is device-agnostic): one batch per shape of the
+    # window, each module's result that of its own factored SVD, yielded in input order.
+    import deltaw.linalg.batching as batching
+
+    deltas = _interleaved_layers()
+    calls = []
+    real = batching._lowrank_svds
+    spy = lambda group, *args: calls.append([d.name for d in group]) or real(group, *args)  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(batching, "_lowrank_svds", spy)
+        pairs = list(batching._run_lowrank_batches([[d] for d in deltas], None, torch.float32, batching._Workspace(),
+                                                   device=torch.device("cpu")))
+    assert calls == [["l0.0", "l1.0"], ["l0.1", "l1.1"], ["l0.2", "l1.2"]]
+    assert [d.name for d, _ in pairs] == [d.name for d in deltas]
+    for d, r in pairs:
+        L, R = d.factors()
+        assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_lowrank_window_matches_the_float64_oracle():
+    # bf16 factors crossing to the GPU as stored, converted and transposed there, batched per
+    # shape across layers, their r × r cores decomposed on the host.
+    deltas = _interleaved_layers()
+    pairs = list(deltaw.svd_many(deltas, device="cuda"))
+    assert [d.name for d, _ in pairs] == [d.name for d in deltas]
+    for d, r in pairs:
+        assert r.method == "factored-gram" and r.U.device.type == "cpu"
+        L, R = d.factors()
+        assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("which", ["gram", "beyond the bar"])
