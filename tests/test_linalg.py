@@ -401,8 +401,9 @@ def _interleaved_layers(dtype=torch.float32):
         return LowRankDelta(name=d.name, shape=d.shape, read_A=lambda: A, read_B=lambda: B, rank=d.rank,
                             scale=d.scale, transposed=d.transposed)
 
+    # r = 64: a GPU batch's cores of that rank are decomposed on the host (factored.HOST_CORE_RANKS)
     return [bf16(lowrank(*shape, seed=10 * layer + i, name=f"l{layer}.{i}", transposed=i == 2))
-            for layer in range(2) for i, shape in enumerate([(64, 48, 8), (96, 48, 8), (48, 96, 4)])]
+            for layer in range(2) for i, shape in enumerate([(64, 48, 8), (96, 48, 8), (48, 96, 4), (160, 96, 64)])]
 
 
 def test_lowrank_window_batches_each_shape_across_layers_in_input_order():
@@ -418,7 +419,7 @@ def test_lowrank_window_batches_each_shape_across_layers_in_input_order():
         mp.setattr(batching, "_lowrank_svds", spy)
         pairs = list(batching._run_lowrank_batches([[d] for d in deltas], None, torch.float32, batching._Workspace(),
                                                    device=torch.device("cpu")))
-    assert calls == [["l0.0", "l1.0"], ["l0.1", "l1.1"], ["l0.2", "l1.2"]]
+    assert calls == [["l0.0", "l1.0"], ["l0.1", "l1.1"], ["l0.2", "l1.2"], ["l0.3", "l1.3"]]
     assert [d.name for d, _ in pairs] == [d.name for d in deltas]
     for d, r in pairs:
         L, R = d.factors()
@@ -437,6 +438,20 @@ def test_cuda_lowrank_window_matches_the_float64_oracle():
         assert r.method == "factored-gram" and r.U.device.type == "cpu"
         L, R = d.factors()
         assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_results_reach_the_host_through_staging_unchanged(monkeypatch):
+    # Stretches of 1000 bytes: a tensor of several stretches, one that is not contiguous, an empty one.
+    import deltaw.linalg.batching as batching
+
+    monkeypatch.setattr(batching, "HOST_STAGING_BYTES", 1000)
+    workspace = batching._Workspace()
+    X = torch.randn(7, 33, 5, device="cuda")
+    for T in (X, X.mT, X[:0], X.double()):
+        got = workspace.to_host(T)
+        assert got.device.type == "cpu" and got.dtype == T.dtype and torch.equal(got, T.cpu())
 
 
 @pytest.mark.gpu

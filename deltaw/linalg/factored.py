@@ -144,16 +144,18 @@ def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1
     return Q_left @ U_core, S, Vh_core @ Q_right.mT
 
 
-#: The largest core (r × r) a GPU batch has decomposed on the host: cuSOLVER's Jacobi SVD took
-#: 1.05 ms of device time per 64 × 64 float64 core, one core after the other (NVIDIA H200, 224
-#: cores of a 7B-shaped adapter), where the host's LAPACK takes a fraction of that per core.
-HOST_CORE_MAX = 128
+#: The cores (r × r) a GPU batch has decomposed on the host: HOST_CORE_RANKS[0] < r ≤
+#: HOST_CORE_RANKS[1]. Measured for 224 float64 cores (NVIDIA H200 and its Xeon host, one thread;
+#: ``python -m benchmarks run --gpu``): up to r = 32 cuSOLVER's batched Jacobi SVD takes them all
+#: at once (1 ms against 8–30 ms on the host); from r = 64 it takes one after the other (r = 64:
+#: 315 ms against 115 ms on the host; r = 128: 802 against 470 ms); at r = 256 they are even.
+HOST_CORE_RANKS = (32, 128)
 
 
 def core_svd(core: torch.Tensor):
     """:func:`~deltaw.linalg.routes.robust_svd` of the r × r cores (..., r, r) of the factored
-    route; a GPU batch of cores up to :data:`HOST_CORE_MAX` is decomposed on the host (one
-    LAPACK call per core on the calling thread) and its results moved back."""
+    route; a GPU batch of cores of the ranks in :data:`HOST_CORE_RANKS` is decomposed on the host
+    (one LAPACK call per core on the calling thread) and its results moved back."""
     if not _on_host(core):
         return robust_svd(core)
     with one_thread():
@@ -163,7 +165,7 @@ def core_svd(core: torch.Tensor):
 
 def _on_host(X: torch.Tensor) -> bool:
     """Whether a batch of r × r matrices (..., r, r) on a GPU is decomposed on the host instead."""
-    return X.is_cuda and X.shape[-1] <= HOST_CORE_MAX
+    return X.is_cuda and HOST_CORE_RANKS[0] < X.shape[-1] <= HOST_CORE_RANKS[1]
 
 
 #: The Gram bar of :func:`factored_svd_routes`: the largest condition number κ₂ of a factor (of T,
