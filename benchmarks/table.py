@@ -197,10 +197,13 @@ def gpu_rows(cuda: dict | None) -> list[str]:
             lines.append(f"| {gpu}: {what.format(plan=cuda['plan']['lora'])}{f' ({routes})' if routes else ''} | "
                          f"{_s(x['deltaw_svd']['median'])} | {_s(x['read_f32']['median'])} | "
                          f"{_x(x['ratio_svd_vs_read'])} | — | |")
-    for c in (cuda.get("core_svd_sites") or {}).get("cores", []):
-        lines.append(f"| {gpu}: the factored route's {c['count']} float64 cores of {c['rank']} × {c['rank']}, "
-                     f"SVD on the GPU vs on the host (one thread) | {_s(c['device_s'])} | {_s(c['host_s'])} | "
-                     f"{_x(c['host_s'] / c['device_s'])} | — | |")
+    cores = (cuda.get("core_svd_sites") or {}).get("cores", [])
+    if cores:
+        ranks = ", ".join(str(c["rank"]) for c in cores)
+        lines.append(f"| {gpu}: SVD of the factored route's {cores[0]['count']} float64 r × r cores, r = {ranks}: "
+                     f"on the GPU vs on the host (one thread) | {' / '.join(_s(c['device_s']) for c in cores)} | "
+                     f"{' / '.join(_s(c['host_s']) for c in cores)} | "
+                     f"{' / '.join(_x(c['host_s'] / c['device_s']) for c in cores)} | — | |")
     da = cuda.get("dense_analyze")
     if da and da.get("available"):
         lines.append(f"| {gpu}: dense `analyze` with base, {da['layers']} layer | {_s(da['seconds'])} | "
