@@ -439,9 +439,11 @@ def profile_lora(args):
 @job
 def core_svd_sites(args):
     """A GPU batch's r × r cores (float64, the factored route's) decomposed on the device vs on
-    the host (one thread), per rank: the evidence for :data:`deltaw.linalg.factored.HOST_CORE_MAX`."""
+    the host (one thread, and dealt to torch's threads as the route does), per rank: the
+    evidence for :data:`deltaw.linalg.factored.HOST_CORE_RANKS`."""
     import torch
 
+    from deltaw.linalg.factored import _host_svds
     from deltaw.linalg.resources import one_thread
     from deltaw.linalg.routes import robust_svd
 
@@ -460,8 +462,12 @@ def core_svd_sites(args):
             with one_thread():
                 robust_svd(on_device.cpu())
 
-        out.append({"rank": r, "count": count, "device_s": _median_time(gpu, 3), "host_s": _median_time(host, 3)})
-    return {"cores": out}
+        def host_threads():
+            _host_svds(on_device.cpu())
+
+        out.append({"rank": r, "count": count, "device_s": _median_time(gpu, 3), "host_s": _median_time(host, 3),
+                    "host_threads_s": _median_time(host_threads, 3)})
+    return {"cores": out, "threads": torch.get_num_threads()}
 
 
 def _is_gram(shapes) -> bool:

@@ -277,10 +277,10 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
     if want("profile"):
         _log("profile of the LoRA run")
         results["profile"] = run_job("profile_lora", {**common, "folder": str(lora_dir)}, timeout=timeout)
-        if device.startswith("cuda"):
+        if plan.mode.startswith("gpu"):  # the dry run: tiny cores, the job and its table row exercised
             _log("the factored route's r × r cores: on the GPU vs on the host")
-            results["core_svd_sites"] = run_job("core_svd_sites", {**common, "ranks": [16, 32, 64, 128, 256]},
-                                                timeout=timeout)
+            sizes = {"ranks": [16, 32, 64, 128, 256]} if plan.mode == "gpu" else {"ranks": [4, 8], "count": 8}
+            results["core_svd_sites"] = run_job("core_svd_sites", {**common, **sizes}, timeout=timeout)
 
     results["plan_largest_f32_bytes"] = plan.dense_shape.largest() * 4
     results["goals"] = goals(results)

@@ -187,23 +187,29 @@ def gpu_rows(cuda: dict | None) -> list[str]:
     if t:
         lines.append(f"| {gpu}: `pytest -m gpu` | {t['summary']} | — | — | pass | "
                      f"{_holds(t['returncode'] == 0 and t.get('passed', 0) > 0)} |")
-    cores = cuda["machine"].get("cores")
+    host_cores = cuda["machine"].get("cores")
     for key, what in (("lora", "LoRA ({plan}) load + exact SVD vs reading"),
                       ("lora_trained", "the same with trained-like factors"),
-                      ("lora_host_cpu", f"the same Gaussian adapter on this machine's CPU ({cores} cores)")):
+                      ("lora_host_cpu", f"the same Gaussian adapter on this machine's CPU ({host_cores} cores)")):
         x = cuda.get(key)
         if x:
             routes = ", ".join(f"{n} {route}" for route, n in (x.get("routes") or {}).items())
             lines.append(f"| {gpu}: {what.format(plan=cuda['plan']['lora'])}{f' ({routes})' if routes else ''} | "
                          f"{_s(x['deltaw_svd']['median'])} | {_s(x['read_f32']['median'])} | "
                          f"{_x(x['ratio_svd_vs_read'])} | — | |")
-    cores = (cuda.get("core_svd_sites") or {}).get("cores", [])
+    sites = cuda.get("core_svd_sites") or {}
+    cores = sites.get("cores", [])
     if cores:
         ranks = ", ".join(str(c["rank"]) for c in cores)
         lines.append(f"| {gpu}: SVD of the factored route's {cores[0]['count']} float64 r × r cores, r = {ranks}: "
                      f"on the GPU vs on the host (one thread) | {' / '.join(_s(c['device_s']) for c in cores)} | "
                      f"{' / '.join(_s(c['host_s']) for c in cores)} | "
                      f"{' / '.join(_x(c['host_s'] / c['device_s']) for c in cores)} | — | |")
+    if cores and "host_threads_s" in cores[0]:
+        lines.append(f"| {gpu}: the same cores on the host dealt to {sites['threads']} threads (as the route does) "
+                     f"vs one thread | {' / '.join(_s(c['host_threads_s']) for c in cores)} | "
+                     f"{' / '.join(_s(c['host_s']) for c in cores)} | "
+                     f"{' / '.join(_x(c['host_s'] / c['host_threads_s']) for c in cores)} | — | |")
     da = cuda.get("dense_analyze")
     if da and da.get("available"):
         lines.append(f"| {gpu}: dense `analyze` with base, {da['layers']} layer | {_s(da['seconds'])} | "

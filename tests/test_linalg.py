@@ -426,6 +426,21 @@ def test_lowrank_window_batches_each_shape_across_layers_in_input_order():
         assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
 
 
+def test_host_core_svds_split_across_threads_give_the_one_thread_bits():
+    # A GPU batch's cores decomposed on the host (factored.core_svd) are dealt to torch's threads,
+    # each core on one thread: the same numbers as one thread doing them all, batch shape kept.
+    from deltaw.linalg.factored import _host_svds
+    from deltaw.linalg.resources import one_thread, threads
+
+    cores = torch.randn(2, 5, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with one_thread():
+        want = robust_svd(cores)
+    with threads(3):
+        got = _host_svds(cores)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_lowrank_window_matches_the_float64_oracle():

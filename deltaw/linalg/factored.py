@@ -23,7 +23,7 @@ import math
 import torch
 
 from deltaw.linalg.cholesky_qr import cholesky_qr, cholesky_r
-from deltaw.linalg.resources import numpy_blas_threads, one_thread
+from deltaw.linalg.resources import numpy_blas_threads, one_thread, one_thread_workers
 from deltaw.linalg.routes import robust_svd
 
 
@@ -158,9 +158,23 @@ def core_svd(core: torch.Tensor):
     (one LAPACK call per core on the calling thread) and its results moved back."""
     if not _on_host(core):
         return robust_svd(core)
-    with one_thread():
-        U, S, Vh = robust_svd(core.cpu())
+    U, S, Vh = _host_svds(core.cpu())
     return U.to(core.device), S.to(core.device), Vh.to(core.device)
+
+
+def _host_svds(cores: torch.Tensor):
+    """:func:`robust_svd` of a host batch of small matrices (..., r, r), its matrices dealt to
+    torch's threads, each one decomposed on one thread (the same bits whatever the split)."""
+    flat = cores.reshape(-1, *cores.shape[-2:])
+    count = min(len(flat), torch.get_num_threads())
+    if count <= 1:
+        with one_thread():
+            return robust_svd(cores)
+    with one_thread_workers(count) as pool:
+        parts = list(pool.map(robust_svd, torch.tensor_split(flat, count)))
+    U, S, Vh = (torch.cat(part) for part in zip(*parts))
+    batch = cores.shape[:-2]
+    return U.reshape(*batch, *U.shape[-2:]), S.reshape(*batch, -1), Vh.reshape(*batch, *Vh.shape[-2:])
 
 
 def _on_host(X: torch.Tensor) -> bool:
