@@ -27,8 +27,10 @@ dtype_option = click.option(
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
     if ctx.resilient_parsing:  # shell completion: nothing runs
         return
-    from deltaw.linalg import set_thread_limit
+    from deltaw.collector import collector_paused
 
+    with collector_paused():  # this is where a command first loads torch (deltaw.collector)
+        from deltaw.linalg import set_thread_limit
     set_thread_limit(value)
 
 

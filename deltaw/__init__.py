@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from deltaw.collector import collector_paused
 from deltaw.errors import DeltawError
 
 __version__ = "0.1.0"
@@ -60,11 +61,16 @@ __all__ = ["DeltawError", *_MODULE_OF]
 
 def __getattr__(name: str):
     module = _MODULE_OF.get(name)
-    if module is None:
+    submodule = module is None
+    if submodule:
         if name.startswith("_") or importlib.util.find_spec(f"deltaw.{name}") is None:
             raise AttributeError(f"module 'deltaw' has no attribute {name!r}")
-        return importlib.import_module(f"deltaw.{name}")  # a submodule: deltaw.linalg, …
-    value = getattr(importlib.import_module(module), name)
+        module = f"deltaw.{name}"  # deltaw.linalg, …
+    with collector_paused():  # the first such import loads torch (deltaw.collector)
+        imported = importlib.import_module(module)
+    if submodule:
+        return imported
+    value = getattr(imported, name)
     globals()[name] = value  # later lookups skip this function
     return value
 

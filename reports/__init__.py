@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import os
 
+from deltaw.collector import collector_paused
 from deltaw.errors import DeltawError
 from deltaw.records import Analysis, Comparison, Record, Reproduction, Survey, Trajectory, read_document
 
-from .analysis_report import add_analysis
-from .comparison_report import add_comparison
-from .pdf import Document, collector_paused
-from .title import one_contents
-from .reproduction_report import add_reproduction
-from .survey_report import add_survey
-from .trajectory_report import add_trajectory
+with collector_paused():  # matplotlib loads with them (deltaw.collector)
+    from .analysis_report import add_analysis
+    from .comparison_report import add_comparison
+    from .pdf import Document
+    from .title import one_contents
+    from .reproduction_report import add_reproduction
+    from .survey_report import add_survey
+    from .trajectory_report import add_trajectory
 
 __all__ = ["write_analysis_pdf", "write_comparison_pdf", "render"]
 

@@ -14,7 +14,6 @@ the temporary file.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
 from deltaw.atomic import atomic_path
+from deltaw.collector import collector_paused
 
 from . import style
 from .layout import Region, line_height, paragraph, text_width, wrap
@@ -198,25 +198,6 @@ class Document:
             with atomic_path(path) as tmp, PdfPages(tmp, metadata=metadata) as pdf:
                 for number, page in enumerate(pages, start=1):
                     pdf.savefig(self._draw_page(page, number, len(pages)))
-
-
-@contextlib.contextmanager
-def collector_paused():
-    """Pause Python's cyclic garbage collector while a report is built and drawn; restore it
-    after. Also a decorator.
-
-    Building and drawing allocate hundreds of thousands of short-lived objects, which set off full
-    collections that walk every object of the process: in ``deltaw analyze --pdf`` that is
-    torch's and matplotlib's too, a tenth of the drawing time. The pages' own cycles (figure,
-    axes, artists) are collected once the collector runs again.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextlib.contextmanager

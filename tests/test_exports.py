@@ -61,3 +61,23 @@ def test_every_package_folder_is_installed():
     found |= {name for name, folder in folders.items() if (root / folder / "__init__.py").exists()}
     assert set(config["packages"]) == found
     assert all(config["package-dir"][name] == folder for name, folder in folders.items())
+
+
+def test_an_export_is_imported_with_the_collector_paused_and_left_as_found(tmp_path, monkeypatch):
+    # The first use of an export imports its module (torch with it) with the cyclic collector
+    # paused (deltaw.collector); after it, and after an import that fails, the collector is on.
+    import gc
+
+    (tmp_path / "deltaw_probe_module.py").write_text("import gc\nENABLED = gc.isenabled()\nvalue = 7\n")
+    (tmp_path / "deltaw_broken_module.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(deltaw._MODULE_OF, "value", "deltaw_probe_module")
+    monkeypatch.setitem(deltaw._MODULE_OF, "broken", "deltaw_broken_module")
+    monkeypatch.delitem(sys.modules, "deltaw_probe_module", raising=False)  # removed again after the test
+    monkeypatch.delitem(vars(deltaw), "value", raising=False)  # the binding __getattr__ makes, likewise
+    assert gc.isenabled()
+    assert deltaw.value == 7
+    assert sys.modules["deltaw_probe_module"].ENABLED is False and gc.isenabled()
+    with pytest.raises(ImportError, match="broken on purpose"):
+        deltaw.broken
+    assert gc.isenabled()

@@ -7,9 +7,9 @@ import gc
 
 import pytest
 
+from deltaw.collector import collector_paused
 from deltaw.errors import DeltawError
 from deltaw.reports import render
-from reports.pdf import collector_paused
 
 from test_reports import analysis_doc
 
