@@ -157,8 +157,8 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
         results["lora_trained"].pop("values", None)
         if device.startswith("cuda"):  # the same adapter on the GPU machine's own CPU cores
             _log("LoRA: the same adapter on this machine's CPU")
-            results["lora_host_cpu"] = run_job("lora_time", {"device": "cpu", "folder": str(lora_dir), "analyze": False,
-                                                             "repeats": plan.lora_repeats}, timeout=timeout)
+            host = {"device": "cpu", "folder": str(lora_dir), "analyze": False, "repeats": plan.lora_repeats}
+            results["lora_host_cpu"] = run_job("lora_time", host, timeout=timeout)
             results["lora_host_cpu"].pop("values", None)
         _log("LoRA: dense SVD of B·A (one module per shape)")
         shapes = sorted({s for _, s in plan.lora_shape.modules()})

@@ -145,17 +145,18 @@ def _factored_svd_householder(L: torch.Tensor, R: torch.Tensor, scale: float = 1
 
 
 #: The cores (r × r) a GPU batch has decomposed on the host: HOST_CORE_RANKS[0] < r ≤
-#: HOST_CORE_RANKS[1]. Measured for 224 float64 cores (NVIDIA H200 and its Xeon host, one thread;
-#: ``python -m benchmarks run --gpu``): up to r = 32 cuSOLVER's batched Jacobi SVD takes them all
-#: at once (1 ms against 8–30 ms on the host); from r = 64 it takes one after the other (r = 64:
-#: 315 ms against 115 ms on the host; r = 128: 802 against 470 ms); at r = 256 they are even.
+#: HOST_CORE_RANKS[1]. Measured for 224 float64 cores (NVIDIA H200 and its Xeon host, one host
+#: thread; two runs of ``python -m benchmarks run --gpu``): up to r = 32 cuSOLVER's batched Jacobi
+#: SVD takes them all at once (1 ms against 8–40 ms on the host); from r = 64 it takes one after
+#: the other (r = 64: 315–323 ms against 115–164 ms on the host; r = 128: 802 against 470–506 ms);
+#: at r = 256 they are even (2.2 s against 2.3–2.4 s).
 HOST_CORE_RANKS = (32, 128)
 
 
 def core_svd(core: torch.Tensor):
     """:func:`~deltaw.linalg.routes.robust_svd` of the r × r cores (..., r, r) of the factored
     route; a GPU batch of cores of the ranks in :data:`HOST_CORE_RANKS` is decomposed on the host
-    (one LAPACK call per core on the calling thread) and its results moved back."""
+    (one LAPACK call per core, the cores dealt to torch's threads) and its results moved back."""
     if not _on_host(core):
         return robust_svd(core)
     U, S, Vh = _host_svds(core.cpu())
