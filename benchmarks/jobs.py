@@ -400,7 +400,8 @@ def profile_lora(args):
     wall_one = None
     if not cuda:
         # The profilers see one thread: with more, the CPU's LoRA modules run on pool threads they
-        # miss. On CUDA every module is launched from the calling thread: it is profiled as it runs.
+        # miss. On CUDA the batches are launched from the calling thread and profiled as they run
+        # (cProfile misses only the pool threads of the host's r × r cores, factored._host_svds).
         torch.set_num_threads(1)
         start = time.perf_counter()
         _deltaw_svd(folder, None, None, device)

@@ -199,17 +199,18 @@ def gpu_rows(cuda: dict | None) -> list[str]:
                          f"{_x(x['ratio_svd_vs_read'])} | — | |")
     sites = cuda.get("core_svd_sites") or {}
     cores = sites.get("cores", [])
+
+    def per_rank(ours: str, base: str) -> str:  # "a / b / …" per rank: ours, the baseline, their ratio
+        return (f"{' / '.join(_s(c[ours]) for c in cores)} | {' / '.join(_s(c[base]) for c in cores)} | "
+                f"{' / '.join(_x(c[base] / c[ours]) for c in cores)}")
+
     if cores:
         ranks = ", ".join(str(c["rank"]) for c in cores)
         lines.append(f"| {gpu}: SVD of the factored route's {cores[0]['count']} float64 r × r cores, r = {ranks}: "
-                     f"on the GPU vs on the host (one thread) | {' / '.join(_s(c['device_s']) for c in cores)} | "
-                     f"{' / '.join(_s(c['host_s']) for c in cores)} | "
-                     f"{' / '.join(_x(c['host_s'] / c['device_s']) for c in cores)} | — | |")
+                     f"on the GPU vs on the host (one thread) | {per_rank('device_s', 'host_s')} | — | |")
     if cores and "host_threads_s" in cores[0]:
         lines.append(f"| {gpu}: the same cores on the host dealt to {sites['threads']} threads (as the route does) "
-                     f"vs one thread | {' / '.join(_s(c['host_threads_s']) for c in cores)} | "
-                     f"{' / '.join(_s(c['host_s']) for c in cores)} | "
-                     f"{' / '.join(_x(c['host_s'] / c['host_threads_s']) for c in cores)} | — | |")
+                     f"vs one thread | {per_rank('host_threads_s', 'host_s')} | — | |")
     da = cuda.get("dense_analyze")
     if da and da.get("available"):
         lines.append(f"| {gpu}: dense `analyze` with base, {da['layers']} layer | {_s(da['seconds'])} | "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from deltaw.collector import collector_paused
+from deltaw.collector import collector_paused as _collector_paused
 from deltaw.errors import DeltawError
 
 __version__ = "0.1.0"
@@ -66,7 +66,7 @@ def __getattr__(name: str):
         if name.startswith("_") or importlib.util.find_spec(f"deltaw.{name}") is None:
             raise AttributeError(f"module 'deltaw' has no attribute {name!r}")
         module = f"deltaw.{name}"  # deltaw.linalg, …
-    with collector_paused():  # the first such import loads torch (deltaw.collector)
+    with _collector_paused():  # the first such import loads torch (deltaw.collector)
         imported = importlib.import_module(module)
     if submodule:
         return imported

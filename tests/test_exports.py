@@ -73,11 +73,13 @@ def test_an_export_is_imported_with_the_collector_paused_and_left_as_found(tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(deltaw._MODULE_OF, "value", "deltaw_probe_module")
     monkeypatch.setitem(deltaw._MODULE_OF, "broken", "deltaw_broken_module")
-    monkeypatch.delitem(sys.modules, "deltaw_probe_module", raising=False)  # removed again after the test
-    monkeypatch.delitem(vars(deltaw), "value", raising=False)  # the binding __getattr__ makes, likewise
-    assert gc.isenabled()
-    assert deltaw.value == 7
-    assert sys.modules["deltaw_probe_module"].ENABLED is False and gc.isenabled()
-    with pytest.raises(ImportError, match="broken on purpose"):
-        deltaw.broken
-    assert gc.isenabled()
+    try:
+        assert gc.isenabled()
+        assert deltaw.value == 7
+        assert sys.modules["deltaw_probe_module"].ENABLED is False and gc.isenabled()
+        with pytest.raises(ImportError, match="broken on purpose"):
+            deltaw.broken
+        assert gc.isenabled()
+    finally:  # the binding __getattr__ made and the probe module go with the test
+        vars(deltaw).pop("value", None)
+        sys.modules.pop("deltaw_probe_module", None)

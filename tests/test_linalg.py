@@ -443,16 +443,24 @@ def test_host_core_svds_split_across_threads_give_the_one_thread_bits():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_lowrank_window_matches_the_float64_oracle():
+def test_cuda_lowrank_window_matches_the_float64_oracle(monkeypatch):
     # bf16 factors crossing to the GPU as stored, converted and transposed there, batched per
-    # shape across layers, their r × r cores decomposed on the host.
+    # shape across layers, the r = 64 cores decomposed on the host: on one thread, and dealt to
+    # three (the thread count a large module's batch runs with), the same bits.
+    import deltaw.linalg.batching as batching
+
     deltas = _interleaved_layers()
-    pairs = list(deltaw.svd_many(deltas, device="cuda"))
-    assert [d.name for d, _ in pairs] == [d.name for d in deltas]
-    for d, r in pairs:
+    runs = []
+    for count in (1, 3):
+        monkeypatch.setattr(batching, "svd_threads", lambda *args, count=count, **kw: count)
+        pairs = list(deltaw.svd_many(deltas, device="cuda"))
+        assert [d.name for d, _ in pairs] == [d.name for d in deltas]
+        runs.append([r for _, r in pairs])
+    for d, r, again in zip(deltas, *runs):
         assert r.method == "factored-gram" and r.U.device.type == "cpu"
         L, R = d.factors()
         assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(r, again))
 
 
 @pytest.mark.gpu

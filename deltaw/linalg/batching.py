@@ -15,7 +15,6 @@ inside it, even when it stops iterating early.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Iterator
 
@@ -118,8 +117,12 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     generator = torch.Generator().manual_seed(seed)
     workspace = _Workspace()
     lowrank: list[list[Delta]] = []  # a window of consecutive LoRA groups, decomposed together
-    run_lowrank = _run_lowrank_groups if device.type == "cpu" else functools.partial(_run_lowrank_batches,
-                                                                                      device=device)
+
+    def run_lowrank(groups, k, dtype, workspace):
+        if device.type == "cpu":
+            return _run_lowrank_groups(groups, k, dtype, workspace)
+        return _run_lowrank_batches(groups, k, dtype, workspace, device)
+
     for group in _groups(deltas):
         if isinstance(group[0], LowRankDelta):
             if lowrank and _elements(lowrank) + _elements([group]) > CHUNK_ELEMENTS:
@@ -215,7 +218,7 @@ def _lowrank_svds(group: list[LowRankDelta], k, dtype, device, workspace) -> lis
     return _records(U, S, Vh, (S.double() ** 2).sum(-1), method, k, workspace)
 
 
-def _run_lowrank_batches(groups: list[list[LowRankDelta]], k, dtype, workspace, *,
+def _run_lowrank_batches(groups: list[list[LowRankDelta]], k, dtype, workspace,
                          device: torch.device) -> Iterator[tuple[Delta, SVD]]:
     """A window of LoRA groups on a GPU: one batched factored SVD per shape (and rank), results
     yielded in input order once the window is done.
@@ -223,11 +226,10 @@ def _run_lowrank_batches(groups: list[list[LowRankDelta]], k, dtype, workspace, 
     A checkpoint lists its modules layer by layer, so consecutive same-shape runs are short (a
     Llama layer: q, k, v, o; gate, up; down); batched one run at a time, a 7B adapter's 224
     modules were 96 batches, each a few dozen small kernels and host synchronisations with the
-    GPU idle in between (NVIDIA H200: 1.05 s, against 0.54 s for the CPU path on the same
-    machine's 16 cores). Gathered across a window of :data:`CHUNK_ELEMENTS` factor values, the
-    same modules are 9 batches (0.41 s, with the cores on the host and the staged copies back:
-    :func:`~deltaw.linalg.factored.core_svd`, :meth:`_Workspace.to_host`). A matrix's numbers
-    do not depend on the batch it is in.
+    GPU idle in between (NVIDIA H200: 1.05 s, against 0.49–0.68 s for the CPU path on the same
+    machine's 16 cores in three runs). Gathered across a window of :data:`CHUNK_ELEMENTS` factor
+    values, the same modules are 9 batches (0.41 s, with the cores on the host and the staged
+    copies back: :func:`~deltaw.linalg.factored.core_svd`, :meth:`_Workspace.to_host`).
     """
     deltas = [d for g in groups for d in g]
     batches: dict[tuple, list[int]] = {}
@@ -349,23 +351,29 @@ class _Workspace:
         return buf[:count]
 
     def to_host(self, X: torch.Tensor) -> torch.Tensor:
-        """``X`` as a new host tensor; a GPU tensor goes through page-locked staging memory.
+        """``X`` on the host (itself when it is there already); a GPU tensor goes through
+        page-locked staging memory into a new host tensor.
 
         A copy from the GPU straight into fresh pageable memory moved 640 MB of a 7B adapter's
         U and V at 2 GB/s (NVIDIA H200): the driver stages it and the new pages are faulted in
-        on one thread. Here each stretch of :data:`HOST_STAGING_BYTES` is copied by DMA into one
-        reused page-locked buffer, then by torch's threads into the result.
+        on one thread. Here each stretch of at most :data:`HOST_STAGING_BYTES` is copied by DMA
+        into one reused page-locked buffer (grown to the largest stretch), then by torch's
+        threads into the result. Where no page-locked memory is to be had, the plain copy runs.
         """
         if not X.is_cuda:
-            return X
+            return X.cpu()
         X = X.contiguous()
         out = torch.empty(X.shape, dtype=X.dtype)
         if X.numel() == 0:
             return out
-        step = max(1, HOST_STAGING_BYTES // X.element_size())
-        if self.staging is None:
-            self.staging = torch.empty(HOST_STAGING_BYTES, dtype=torch.uint8, pin_memory=True)
-        stage = self.staging[:step * X.element_size()].view(X.dtype)
+        step = min(X.numel(), max(1, HOST_STAGING_BYTES // X.element_size()))
+        size = step * X.element_size()
+        if self.staging is None or self.staging.numel() < size:
+            try:
+                self.staging = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            except RuntimeError:  # e.g. a locked-memory limit: the driver's own staging instead
+                return X.cpu()
+        stage = self.staging[:size].view(X.dtype)
         source, target = X.view(-1), out.view(-1)
         for start in range(0, X.numel(), step):
             n = min(step, X.numel() - start)

@@ -275,7 +275,7 @@ def within_gram_bar(T: torch.Tensor, T_inv: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(T).flatten(-2).all(-1)  # LAPACK refuses NaN/Inf: those fail the bar
     eye = torch.eye(T.shape[-1], dtype=T.dtype, device=T.device)
     checked = torch.where(finite[..., None, None], T, eye)
-    if _on_host(checked):  # small triangles: as the cores (core_svd), on the host
+    if _on_host(checked):  # triangles of the cores' ranks (core_svd): their σ on the host, one thread
         with one_thread():
             sigma = torch.linalg.svdvals(checked.cpu()).to(T.device)  # (..., r), descending
     else:
