@@ -118,7 +118,7 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     workspace = _Workspace()
     lowrank: list[list[Delta]] = []  # a window of consecutive LoRA groups, decomposed together
 
-    def run_lowrank(groups, k, dtype, workspace):
+    def run_lowrank(groups: list[list[Delta]]) -> Iterator[tuple[Delta, SVD]]:
         if device.type == "cpu":
             return _run_lowrank_groups(groups, k, dtype, workspace)
         return _run_lowrank_batches(groups, k, dtype, workspace, device)
@@ -126,16 +126,16 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     for group in _groups(deltas):
         if isinstance(group[0], LowRankDelta):
             if lowrank and _elements(lowrank) + _elements([group]) > CHUNK_ELEMENTS:
-                yield from run_lowrank(lowrank, k, dtype, workspace)
+                yield from run_lowrank(lowrank)
                 lowrank = []
             lowrank.append(group)
             continue
         if lowrank:
-            yield from run_lowrank(lowrank, k, dtype, workspace)
+            yield from run_lowrank(lowrank)
             lowrank = []
         yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
     if lowrank:
-        yield from run_lowrank(lowrank, k, dtype, workspace)
+        yield from run_lowrank(lowrank)
 
 
 def _groups(deltas: Iterable[Delta]) -> Iterator[list[Delta]]:

@@ -221,8 +221,9 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
         inv_l = torch.linalg.solve_triangular(T_l, eye, upper=True)
         inv_r = torch.linalg.solve_triangular(T_r, eye, upper=True)
         gram = ok_l & ok_r & within_gram_bar(T_l, inv_l) & within_gram_bar(T_r, inv_r)
+        M_l, M_r = inv_l @ U_core, inv_r @ Vh_core.mT  # U = L·M_l, V = Rᵀ·M_r
     if bool(gram.all()):
-        U, Vh = _float32_vectors(left, inv_l @ U_core, right, inv_r @ Vh_core.mT)
+        U, Vh = _float32_vectors(left, M_l, right, M_r)
         return U, S.to(dtype), Vh, gram
     with one_thread(T_l):
         X_l = torch.linalg.solve_triangular(tri_l, U_core, upper=True)  # T_basis⁻¹ U_c
@@ -230,8 +231,7 @@ def _factored_svd_cholesky(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0)
     U, Vh = _float64_vectors(base_l, X_l, base_r, X_r, dtype)
     S = S.to(dtype)
     if bool(gram.any()):  # a mixed batch: the matrices that pass the bar get their float32 products
-        U[gram], Vh[gram] = _float32_vectors(left[gram], inv_l[gram] @ U_core[gram], right[gram],
-                                             inv_r[gram] @ Vh_core[gram].mT)
+        U[gram], Vh[gram] = _float32_vectors(left[gram], M_l[gram], right[gram], M_r[gram])
     bad = ~(ok_l & ok_r)
     if bool(bad.any()):
         if bad.dim() == 0:
