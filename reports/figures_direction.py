@@ -25,6 +25,7 @@ def direction_block(analysis: Analysis) -> Block | None:
     dd = np.array([m.magnitude_direction["delta_d"] for m in mods])
     dm = np.array([m.magnitude_direction["delta_m"] for m in mods])
     r = text.correlation(list(dd), list(dm))
+    said = text.direction_correlation(mods)
     ed, em = _exponent(dd), _exponent(dm)
     dd_shown, dm_shown = dd / 10.0**ed, dm / 10.0**em
 
@@ -38,7 +39,8 @@ def direction_block(analysis: Analysis) -> Block | None:
             slope, intercept = np.polyfit(dd_shown, dm_shown, 1)
             xs = np.linspace(dd_shown.min(), dd_shown.max(), 2)
             ax.plot(xs, slope * xs + intercept, color=style.MUTED, lw=0.8, ls="--", zorder=2)
-            ax.text(1.04, 0.02, f"Pearson r = {r:+.2f}\nacross {len(mods)} modules",
+            ax.text(1.04, 0.02, f"Pearson r = {text.signed(r)}\nacross {len(mods)} modules"
+                    + ("\n(one module drives it)" if said[1] else ""),
                     transform=ax.transAxes, va="bottom", ha="left", fontsize=style.BODY,
                     weight="bold", linespacing=1.4)
         ax.set_xlabel(f"ΔD, direction change{_unit(ed)}", labelpad=2)
@@ -51,8 +53,8 @@ def direction_block(analysis: Analysis) -> Block | None:
     caption = (
         "Each dot is one module: ΔD, the mean over output rows n of 1 − cos(W′ₙ, Wₙ), "
         "against ΔM, the mean absolute change of the row norms ‖Wₙ‖ (DoRA paper, Figure 2). "
-        + (f"Across the {len(mods)} modules the Pearson correlation is r = {r:+.2f}; the dashed "
-           f"line is the least-squares fit. " if r is not None else
+        + (f"The Pearson correlation is {said[0]}; the dashed line is the least-squares fit. "
+           + (f"{said[1]} " if said[1] else "") if r is not None else
            "The correlation is undefined (one of the two is constant). ")
         + "The DoRA paper reports −0.62 for full fine-tuning, +0.83 for LoRA and −0.31 for DoRA: "
           "LoRA tends to change magnitude and direction together, full fine-tuning trades one "

@@ -13,12 +13,13 @@ from collections import Counter
 
 import numpy as np
 
+from deltaw.baselines import expected_random_projection
 from deltaw.bounds import Bounded, median_bounded
 from deltaw.naming import role_of
 from deltaw.records import Analysis, Comparison, ModuleRecord, PairResult
 
 from .layout import plain
-from .wording import difference, more_or_fewer, placement, scaling_verb, with_noise_rule
+from .wording import ENRICHED, difference, enrichment_word, more_or_fewer, scaling_verb, with_noise_rule
 
 NORM_DW = r"$‖\Delta W‖_F$"
 NORM_DW2 = r"$‖\Delta W‖_F^2$"
@@ -261,9 +262,16 @@ def _rank_estimators(live: list[ModuleRecord]) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def amplification_sentence(amps: list) -> str:
-    """How ΔW scales W along its own directions (Hu et al. 2021, §7.3, Table 7), in words
-    decided by :func:`~reports.wording.scaling_verb` and :func:`~reports.wording.placement`."""
+def amplification_sentence(mods: list) -> str:
+    """How ΔW relates to W along its own directions (Hu et al. 2021, §7.3, Table 7), for modules
+    with an amplification record, in words decided by :func:`~reports.wording.scaling_verb` and
+    :func:`~reports.wording.enrichment_word`.
+
+    The random baseline is each module's exact root mean square over random r-frames,
+    r‖W‖_F/√(mn) (:func:`deltaw.amplify.expected_random_projection`), not the one seeded draw
+    the JSON keeps as ``proj_random``: one draw strays from it by a factor that depends on r.
+    """
+    amps = [m.amplification for m in mods]
     rs = sorted({int(x["r"]) for x in amps})
     r_text = f"r = {rs[0]}" if len(rs) == 1 else f"r = {rs[0]}–{rs[-1]}"
     factors = [x["factor"] for x in amps if x["factor"] is not None]
@@ -280,12 +288,18 @@ def amplification_sentence(amps: list) -> str:
                    if 0 < above < len(factors) else "")
                 + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, W_q). ")
     proj = float(np.median([x["proj_delta"] for x in amps]))
-    rnd = float(np.median([x["proj_random"] for x in amps]))
     top = float(np.median([x["proj_base_top"] for x in amps]))
-    where = placement(proj, (f"random directions ({num(rnd)})", rnd),
-                      (f"W's top directions ({num(top)})", top))
-    return sentence + (f"W's own weight along ΔW's directions, median {PROJ} = {num(proj)}, "
-                       f"lies {where} (medians over modules).")
+    rms = [expected_random_projection(int(x["r"]), x["base_fro"], m.shape) for m, x in zip(mods, amps)]
+    ratios = [x["proj_delta"] / e for x, e in zip(amps, rms) if e > 0]
+    if not ratios:  # W = 0: no weight along any direction
+        return sentence + f"W is zero, so {PROJ} = 0 along every direction."
+    ratio = float(np.median(ratios))
+    return sentence + (
+        f"W's own weight along ΔW's directions, median {PROJ} = {num(proj)}, is "
+        f"{enrichment_word(ratio)} along random directions (median ratio {num(ratio)} to each "
+        f"module's root mean square for random r-frames, r{NORM_W}/√(mn), median {num(float(np.median(rms)))}; "
+        f"more or less only beyond a factor of {ENRICHED:g}); along W's own top directions it is "
+        f"{num(top)} (medians over modules).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,9 +349,9 @@ def analysis_findings(a: Analysis) -> list[str]:
     if rel:
         out.append(f"Relative size of the update {REL_NORM}: "
                    + (f"median {median_and_range(rel, pct)}." if len(rel) > 1 else f"{pct(rel[0])}."))
-    amps = [m.amplification for m in live if m.amplification]
-    if amps:
-        out.append(amplification_sentence(amps))
+    amplified = [m for m in live if m.amplification]
+    if amplified:
+        out.append(amplification_sentence(amplified))
     intr = [m for m in live if m.intruders]
     if intr:
         with_any = [m for m in intr if m.intruders["count"] > 0]
@@ -348,15 +362,12 @@ def analysis_findings(a: Analysis) -> list[str]:
             f"{plural(len(intr), 'module')}, median {count(float(np.median([m.intruders['count'] for m in intr])))} "
             f"per module (Shuttleworth et al. 2024: common after LoRA, rare after full fine-tuning)."
         )
-    md = [m.magnitude_direction for m in live if m.magnitude_direction]
-    if len(md) >= 3:
-        r = correlation([x["delta_d"] for x in md], [x["delta_m"] for x in md])
-        if r is not None:
-            out.append(
-                f"Direction change ΔD and magnitude change ΔM correlate with r = {r:+.2f} across "
-                f"{len(md)} modules (DoRA paper: full fine-tuning −0.62, LoRA +0.83, DoRA −0.31)."
-            )
-    if a.base is None and not amps:
+    md = [m for m in live if m.magnitude_direction]
+    said = direction_correlation(md)
+    if said is not None:
+        out.append(f"Direction change ΔD and magnitude change ΔM correlate with {said[0]} (DoRA paper: "
+                   f"full fine-tuning −0.62, LoRA +0.83, DoRA −0.31)." + (f" {said[1]}" if said[1] else ""))
+    if a.base is None and not amplified:
         out.append(f"No base weights were given, so {REL_NORM}, amplification and intruder "
                    f"dimensions are not available.")
     if zero:
@@ -384,6 +395,52 @@ def correlation(x: list[float], y: list[float]) -> float | None:
     if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+#: One module drives a correlation when leaving it out moves Pearson's r by more than this: the
+#: sign and size a reader takes from r are then one module's, not the modules'.
+DRIVEN_SHIFT = 0.3
+
+
+def driving_point(x: list[float], y: list[float]) -> tuple[int, float | None] | None:
+    """The point whose removal moves Pearson's r the most, with r without it, when that move is
+    over :data:`DRIVEN_SHIFT` (r without it None: undefined); None otherwise, and below four
+    points (three must remain)."""
+    r = correlation(x, y)
+    if r is None or len(x) < 4:
+        return None
+    moves = []
+    for i in range(len(x)):
+        rest = correlation(x[:i] + x[i + 1:], y[:i] + y[i + 1:])
+        moves.append((abs(r) + 1.0 if rest is None else abs(r - rest), i, rest))
+    shift, i, rest = max(moves)
+    return (i, rest) if shift > DRIVEN_SHIFT else None
+
+
+def direction_correlation(mods: list) -> tuple[str, str | None] | None:
+    """ΔD against ΔM (DoRA, Liu et al. 2024, Fig. 2) in words: ``"r = +0.73 across 40 modules"``
+    and, when one module drives it (:func:`driving_point`), a sentence naming that module (else
+    None); None below three modules or when either side is constant."""
+    if len(mods) < 3:
+        return None
+    x = [m.magnitude_direction["delta_d"] for m in mods]
+    y = [m.magnitude_direction["delta_m"] for m in mods]
+    r = correlation(x, y)
+    if r is None:
+        return None
+    driver = driving_point(x, y)
+    note = None
+    if driver is not None:
+        i, rest = driver
+        without = f"r = {signed(rest)}" if rest is not None else "r is undefined"
+        note = (f"One module drives it: without {plain(mods[i].name)}, {without} (a module drives "
+                f"r when leaving it out moves r by more than {DRIVEN_SHIFT:g}).")
+    return f"r = {signed(r)} across {plural(len(mods), 'module')}", note
+
+
+def signed(x: float) -> str:
+    """``x`` with two decimals and its sign, a minus sign (U+2212) rather than a hyphen."""
+    return f"{x:+.2f}".replace("-", "−")
 
 
 def pair_stats(pair: PairResult) -> dict[str, dict[str, float]]:
@@ -442,9 +499,9 @@ def comparison_findings(c: Comparison) -> list[str]:
                     f"direction is " + "; ".join(f"{word} for {join(items)}"
                                                  for word, items in verdicts.items())
                     + f" (shared: φ(1,1) ≥ {SHARED_PHI})")
-        rnd = [s["random11"] for s in stats.values() if math.isfinite(s["random11"])]
-        if rnd:
-            sentence += f"; random subspaces give at most {num(max(rnd), 2)}"
+        rnd = [float(m.random_phi[0, 0]) for m in pair.modules if m.random_phi is not None]
+        if rnd:  # the largest of any module, not of the types' medians: "at most" is a bound
+            sentence += f"; random subspaces give φ(1,1) of at most {num(max(rnd), 2)} in any module"
         shared = join([f"{count(s['shared'])} for {plain(t)}" for t, s in stats.items()])
         sentence += f"; leading directions with φ(k,k) ≥ {SHARED_PHI}: median {shared}."
         out.append(sentence)

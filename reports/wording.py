@@ -4,7 +4,9 @@ A report's sentences are what readers quote, so no comparative or evaluative wor
 freehand: "amplifies", "between", "more", "highest" … come from a function here that decides
 it from the numbers, with its threshold stated and tested on both sides.
 
-- :func:`scaling_verb`: "amplifies" only when the factor is > 1, "attenuates" when < 1.
+- :func:`scaling_verb`: "amplifies" only when the factor is > 1, else "does not amplify".
+- :func:`enrichment_word`: "more than" / "less than" random directions only beyond a factor of
+  :data:`ENRICHED` of their root mean square, else "as much as".
 - :func:`placement`: "between a and b" only when a < x < b; else "below"/"above" both.
 - :func:`difference`: two samples differ only when their medians are further apart than the
   noise (two standard errors of the difference of the means) and than the resolution of the
@@ -35,18 +37,36 @@ def with_noise_rule(sentences: list[str]) -> list[str]:
 
 
 def scaling_verb(factor: float) -> str:
-    """``"amplifies"`` when ``factor`` > 1, ``"attenuates"`` when < 1, else ``"leaves unchanged"``.
+    """``"amplifies"`` when ``factor`` > 1, else ``"does not amplify"``.
 
     The amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F of Hu et al. (2021, §7.3) is > 1 when ΔW is
-    larger along its directions than W is: only then does the update amplify them.
+    larger along its directions than W is: only then does the update amplify them. A factor
+    below 1 says ΔW is the smaller of the two there, not that it shrinks W ("attenuates" would
+    claim a sign the factor does not measure).
     """
     if not math.isfinite(factor):
         raise ValueError(f"no verb for a factor of {factor}")
-    if factor > 1:
-        return "amplifies"
-    if factor < 1:
-        return "attenuates"
-    return "leaves unchanged"
+    return "amplifies" if factor > 1 else "does not amplify"
+
+
+#: W's weight along ΔW's directions is "more" (or "less") than along random directions only
+#: beyond this factor of their root mean square r‖W‖_F/√(mn). A single random r-frame's
+#: ‖UᵀWV‖_F strays from that root mean square by a factor of 2 about once in a hundred draws at
+#: r = 1 (|uᵀWv| is then about |N(0, 1)|·‖W‖_F/√(mn)), far less often at larger r.
+ENRICHED = 2.0
+
+
+def enrichment_word(ratio: float) -> str:
+    """``"more than"`` when ``ratio`` (W's weight along ΔW's directions over the random root
+    mean square) > :data:`ENRICHED`, ``"less than"`` when < 1/ENRICHED, else ``"as much as"``
+    (not "about": that word is kept for the noise rule of :func:`difference`)."""
+    if not math.isfinite(ratio):
+        raise ValueError(f"no word for a ratio of {ratio}")
+    if ratio > ENRICHED:
+        return "more than"
+    if ratio < 1 / ENRICHED:
+        return "less than"
+    return "as much as"
 
 
 def placement(value: float, low: tuple[str, float], high: tuple[str, float]) -> str:

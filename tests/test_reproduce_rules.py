@@ -11,9 +11,9 @@ import torch
 
 from deltaw.records.reproduction import AmplificationRow, Reproduction, RunSummary
 from deltaw.reproduce import fig3, fig4, fig8, full_rank, intruders, rank_sweep, table7
-from deltaw.reproduce.stats import (block_similarity, bootstrap, expected_random_phi,
-                                    expected_random_projection, random_frame, random_phi_grids,
-                                    random_projections)
+from deltaw.baselines import expected_random_projection
+from deltaw.reproduce.stats import (block_similarity, bootstrap, expected_random_phi, random_frame,
+                                    random_phi_grids, random_projections)
 from deltaw.subspace import phi_grid
 
 D = 384

@@ -1,7 +1,9 @@
 """The rules that turn numbers into words (reports/wording.py) and the sentences built with them.
 
 Each rule is tested on both sides of its threshold; the findings tests rebuild the cases seen
-in real reports (issue 17): an attenuating "amplification", a projection below both baselines,
+in real reports (issue 17): a factor below 1 said to amplify, W's weight along ΔW's directions at
+random level said to be "between" random and W's top, a correlation one module drives, a "random at
+most" that was a median,
 equal ranks, top-k spectra short of 90 %, a rank comparison of φ against a seed comparison.
 """
 
@@ -13,17 +15,25 @@ import pytest
 from deltaw.records import Amplification, Analysis, ModuleRecord
 from deltaw.reports import text
 from deltaw.bounds import median_bounded
-from deltaw.reports.wording import difference, more_or_fewer, placement, scaling_verb
+from deltaw.reports.wording import ENRICHED, difference, enrichment_word, more_or_fewer, placement, scaling_verb
 
 # ---------------------------------------------------------------------------------------------
 # the rules
 
 
 @pytest.mark.parametrize("factor, verb", [(1.0001, "amplifies"), (21.5, "amplifies"),
-                                          (0.9999, "attenuates"), (0.54, "attenuates"),
-                                          (1.0, "leaves unchanged")])
+                                          (0.9999, "does not amplify"), (0.54, "does not amplify"),
+                                          (1.0, "does not amplify")])
 def test_scaling_verb_threshold_is_one(factor, verb):
     assert scaling_verb(factor) == verb
+
+
+@pytest.mark.parametrize("ratio, word", [(ENRICHED * 1.0001, "more than"), (ENRICHED, "as much as"),
+                                         (1.0, "as much as"), (1 / ENRICHED, "as much as"),
+                                         (0.9999 / ENRICHED, "less than"), (40.0, "more than")])
+def test_enrichment_word_threshold_is_a_factor_of_two(ratio, word):
+    assert ENRICHED == 2.0
+    assert enrichment_word(ratio) == word
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -89,22 +99,76 @@ def _module(layer: int, module_type: str, sv, *, kind="lora", listed=None, amp=N
         stable_rank=total / sv[0] ** 2, numerical_rank=shown.size, amplification=amp)
 
 
-def _amp(factor: float, proj_random: float = 4.39, proj_top: float = 21.2) -> Amplification:
+def _amp(factor: float, proj_random: float = 4.39, proj_top: float = 21.2, base_fro: float = 60.0) -> Amplification:
     return Amplification(r=8, proj_delta=4.1, proj_base_top=proj_top, proj_random=proj_random,
-                         factor=factor, delta_fro=4.1 * factor, base_fro=60.0)
+                         factor=factor, delta_fro=4.1 * factor, base_fro=base_fro)
 
 
-def test_an_attenuating_update_is_not_said_to_amplify():
+def test_a_factor_below_one_is_not_said_to_amplify_or_attenuate():
     mods = [_module(l, "query", [1.0] * 8, amp=_amp(f)) for l, f in enumerate((0.5, 0.54, 0.6))]
     findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
-    assert "attenuates" in findings and "amplifies" not in findings
-    assert "below both random directions (4.39) and W's top directions (21.2)" in findings
-    assert "between" not in findings
-    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f, proj_random=0.03))
-            for l, f in enumerate((2.0, 3.0, 4.0))]
+    assert "the update does not amplify W" in findings
+    assert "amplifies" not in findings and "attenuat" not in findings
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f)) for l, f in enumerate((2.0, 3.0, 4.0))]
     findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
-    assert "amplifies" in findings and "attenuates" not in findings
-    assert "between random directions (0.03) and W's top directions (21.2)" in findings
+    assert "the update amplifies W" in findings and "does not amplify" not in findings
+
+
+def test_weight_along_the_update_is_set_against_the_random_root_mean_square():
+    """r‖W‖_F/√(mn) = 8 · 60 / 64 = 7.5 for these 64 × 64 modules; proj_delta = 4.1 is 0.55 of it:
+    as much as random directions, whatever the one seeded draw (proj_random) says."""
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(0.5, proj_random=0.03)) for l in range(3)]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "is as much as along random directions (median ratio 0.547" in findings
+    assert "median 7.5;" in findings and "between" not in findings and "0.03" not in findings
+    # W ten times smaller: the same projection is 5.5 times the random level
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(0.5, base_fro=6.0)) for l in range(3)]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "is more than along random directions (median ratio 5.47" in findings
+    # and W ten times larger: 0.055 of it
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(0.5, base_fro=600.0)) for l in range(3)]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "is less than along random directions (median ratio 0.0547" in findings
+
+
+def _direction_modules(dd, dm):
+    return [ModuleRecord(name=f"encoder.layer.{i}.attention.self.query", kind="dense", shape=(8, 8),
+                         fro_norm=1.0, singular_values=np.ones(1), svd_method="full",
+                         magnitude_direction={"delta_d": float(x), "delta_m": float(y)})
+            for i, (x, y) in enumerate(zip(dd, dm))]
+
+
+def test_a_correlation_one_module_drives_names_that_module():
+    """The full fine-tune of the audit: 39 modules in a strip at ΔD ≈ 0, uncorrelated, and one
+    outlier (the pooler) that makes r = +0.7 on its own."""
+    rng = np.random.default_rng(3)
+    dd = list(rng.uniform(0, 1e-3, 39)) + [0.018]
+    dm = list(rng.uniform(0, 1e-3, 39)) + [0.004]
+    mods = _direction_modules(dd, dm)
+    r = text.correlation(dd, dm)
+    i, rest = text.driving_point(dd, dm)
+    assert r > 0.5 and i == 39 and abs(r - rest) > text.DRIVEN_SHIFT and abs(rest) < 0.3
+    said, note = text.direction_correlation(mods)
+    assert said == f"r = {text.signed(r)} across 40 modules"
+    assert note.startswith(f"One module drives it: without encoder.layer.39.attention.self.query, "
+                           f"r = {text.signed(rest)} (")
+    assert "−" in text.signed(-0.02) and "-" not in text.signed(-0.02)
+    # a correlation that every module carries: no point moves r by more than the bar
+    dd = list(np.linspace(0, 1, 20))
+    dm = [x + 0.15 * e for x, e in zip(dd, rng.standard_normal(20))]
+    shifts = [abs(text.correlation(dd, dm) - text.correlation(dd[:i] + dd[i + 1:], dm[:i] + dm[i + 1:]))
+              for i in range(20)]
+    assert max(shifts) < text.DRIVEN_SHIFT
+    assert text.driving_point(dd, dm) is None
+    assert text.direction_correlation(_direction_modules(dd, dm))[1] is None
+
+
+def test_the_random_bound_of_a_comparison_is_the_largest_module_not_a_median():
+    c = _pair(0.8, 0.3)
+    c.pairs[0].modules[5].random_phi[0, 0] = 0.093  # one module's random draw far above the rest
+    findings = " ".join(text.comparison_findings(c))
+    assert "random subspaces give φ(1,1) of at most 0.093 in any module" in findings
+    assert "at most 0.02" not in findings  # the types' medians
 
 
 def test_equal_ranks_are_about_equal_not_more():

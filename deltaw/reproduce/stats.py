@@ -12,7 +12,6 @@ what the top singular vectors of a Gaussian matrix are, by rotation invariance):
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -56,12 +55,6 @@ def bootstrap(values: Sequence[float | None], statistic: Callable = np.median, *
 
 # ---------------------------------------------------------------------------------------------
 # random baselines
-
-
-def expected_random_projection(r: int, base_fro: float, shape: tuple[int, int]) -> float:
-    """r‖W‖_F/√(mn): the root of E‖UᵀWV‖²_F over uniformly random r-frames (exact)."""
-    m, n = shape
-    return r * base_fro / math.sqrt(m * n)
 
 
 def random_frame(dim: int, r: int, generator: torch.Generator) -> torch.Tensor:

@@ -18,8 +18,8 @@ import numpy as np
 
 from deltaw.records import Analysis
 from deltaw.records.reproduction import AmplificationRow, Finding
-from deltaw.reproduce.stats import (RANDOM_DRAWS, bootstrap, expected_random_projection, module_seed,
-                                    random_projections)
+from deltaw.baselines import expected_random_projection
+from deltaw.reproduce.stats import RANDOM_DRAWS, bootstrap, module_seed, random_projections
 from deltaw.reproduce.verdict import check, failed, finding, lower_above, show, upper_below
 
 LOW_RANK, HIGH_RANK = 4, 64  # the paper's two columns
