@@ -175,12 +175,17 @@ def ranks_phrase(mods: list[ModuleRecord], tau: str = "0.9") -> str:
     bounds "a median of ≥ 17 directions (range 3 to > 16)"."""
     ranks = sorted((energy_rank_at(m, tau) for m in mods), key=lambda b: (b.value, b.bound))
     if len(ranks) == 1:
-        return f"{rank_text(ranks[0])} directions"
+        return _directions(rank_text(ranks[0]))
     lo, hi = rank_text(ranks[0]), rank_text(ranks[-1])
     if lo == hi:
-        return f"{lo} directions in every module"
+        return f"{_directions(lo)} in every module"
     joint = " to " if ranks[-1].bound else "–"
-    return f"a median of {rank_text(median_rank(mods, tau))} directions (range {lo}{joint}{hi})"
+    return f"a median of {_directions(rank_text(median_rank(mods, tau)))} (range {lo}{joint}{hi})"
+
+
+def _directions(rank: str) -> str:
+    """``"1 direction"``, ``"2.5 directions"``, ``"> 1 directions"``: singular only for exactly one."""
+    return f"{rank} direction" if rank == "1" else f"{rank} directions"
 
 
 def top_k_sentence(top_k: list[ModuleRecord]) -> str:

@@ -231,3 +231,13 @@ def test_comparison_words_follow_the_noise_rule_and_cite_only_the_same_experimen
     mixed = " ".join(text.comparison_findings(_pair(0.8, 0.3)))
     assert "shared for attention.self.query" in mixed
     assert "not shared for attention.self.value" in mixed
+
+
+def test_one_direction_is_singular():
+    one = [_module(l, "query", [1.0] + [1e-6] * 7) for l in range(3)]
+    assert text.ranks_phrase(one) == "1 direction in every module"
+    assert text.ranks_phrase(one[:1]) == "1 direction"
+    mixed = [_module(0, "query", [1.0] + [1e-6] * 7), _module(1, "query", [1.0] * 8),
+             _module(2, "query", [1.0] + [1e-6] * 7)]
+    assert text.ranks_phrase(mixed) == "a median of 1 direction (range 1–8)"
+    assert text.ranks_phrase(mixed[1:2]) == "8 directions"
