@@ -150,15 +150,36 @@ def _excluded_blocks(a: Analysis) -> list:
             "Their metrics are not numbers and they appear in no figure; check the checkpoint, "
             "e.g. for an overflow in half precision during training."))
     if a.skipped:
-        rows = [["\n".join(wrap(plain(s.name), 3.6, style.SMALL)), plain(s.reason) or "no reason recorded"]
-                for s in a.skipped]
+        rows = [["\n".join(wrap(plain(name), 3.6, style.SMALL)), plain(reason) or "no reason recorded"]
+                for name, reason in skipped_rows(a.skipped)]
         table = Table(header=["tensor", "why it was skipped"], rows=rows, align="ll", stretch=1,
                       wrap=True)
         blocks += table_blocks(table, (
             "Tensors in the checkpoint that deltaw did not analyse as a weight update, with the "
             "reason (e.g. a replaced module in modules_to_save, a bias, a shape mismatch with "
-            "the base)."))
+            f"the base). A reason shared by more than {SKIPPED_ROWS_PER_REASON} tensors is one row; "
+            "the JSON's “skipped” lists every tensor by name."))
     return blocks
+
+
+#: A reason shared by more tensors than this is one row of the skipped table (a full fine-tune
+#: of a 6-layer BERT has 64 biases and norms: two pages of identical rows otherwise).
+SKIPPED_ROWS_PER_REASON = 5
+
+
+def skipped_rows(skipped) -> list[tuple[str, str]]:
+    """(tensor, reason) rows in first-seen order of the reasons: each tensor of a reason shared by
+    at most :data:`SKIPPED_ROWS_PER_REASON` tensors, else one row naming how many and the first."""
+    by_reason: dict[str, list[str]] = {}
+    for s in skipped:
+        by_reason.setdefault(s.reason, []).append(s.name)
+    rows = []
+    for reason, names in by_reason.items():
+        if len(names) > SKIPPED_ROWS_PER_REASON:
+            rows.append((f"{len(names)} tensors: {names[0]}, …", reason))
+        else:
+            rows.extend((name, reason) for name in names)
+    return rows
 
 
 def add_analysis(doc: Document, a: Analysis) -> None:
