@@ -173,6 +173,9 @@ def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None,
     low, high = mappable.norm.vmin, mappable.norm.vmax
     if ticks is None:
         ticks = MaxNLocator(nbins=max(2, int(region.h / 0.3)), integer=integer).tick_values(low, high)
+        ticks = [t for t in ticks if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]
+        if integer:
+            ticks = with_top(ticks, high)
     ticks = [t for t in ticks if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]
     labels = [formatter(t) for t in ticks] if formatter else linear_labels(ticks)
     fixed_ticks(cax, "y", ticks, labels, side="right", label=label, labelpad=3, length=2,
@@ -180,3 +183,15 @@ def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None,
     if label:
         cax.yaxis.label.set_fontsize(style.SMALL)
     return bar
+
+
+def with_top(ticks: list[float], top: float) -> list[float]:
+    """Integer ticks with the scale's top labelled (a rank map's top is the LoRA rank r: 64, not
+    the 60 below it): ``top`` is added, or replaces the last tick when it would stand closer to it
+    than 0.4 of the tick step. Unchanged when the top is a tick already, not an integer, or there
+    are fewer than two ticks."""
+    if len(ticks) < 2 or top != int(top) or any(abs(t - top) < 1e-9 for t in ticks):
+        return list(ticks)
+    step = ticks[-1] - ticks[-2]
+    kept = list(ticks[:-1]) if top - ticks[-1] < 0.4 * step else list(ticks)
+    return kept + [float(top)]

@@ -16,3 +16,4 @@ def test_a_reason_shared_by_many_tensors_is_one_row():
         (s.name, "1-D parameter") for s in few]
     assert skipped_rows(head + many) == [("classifier.weight", "no tensor of this name in the base"),
                                          (f"{len(many)} tensors: norm.0.bias, …", "1-D parameter")]
+
