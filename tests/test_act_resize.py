@@ -195,6 +195,28 @@ def test_rank_above_the_adapters_keeps_it_whole_and_says_so(made, tmp_path):
         assert m.retained == pytest.approx(1.0) and m.error <= 1e-5 * math.sqrt(m.energy)
 
 
+def test_small_but_real_directions_of_a_lora_are_kept(tmp_path):
+    """σ₈/σ₁ = 1e-5 lies under float32's numerical-rank threshold of ΔW (384 · eps ≈ 4.6e-5), yet
+    the factors define all 8 directions and the factored SVD resolves them: an r = 64 MiniLM
+    adapter's σ₆…σ₆₄ (≈ 4e-5 σ₁) were cut at that threshold and the rest called "whole"."""
+    g = torch.Generator().manual_seed(3)
+    U = torch.linalg.qr(torch.randn(384, 8, generator=g, dtype=torch.float64)).Q
+    V = torch.linalg.qr(torch.randn(384, 8, generator=g, dtype=torch.float64)).Q
+    root = torch.logspace(0, -2.5, 8, dtype=torch.float64)  # √σ: σ from 1 down to 1e-5
+    up, down = (U * root).float().contiguous(), (root[:, None] * V.T).float().contiguous()
+    save_file({"lora_unet_spread.lora_down.weight": down, "lora_unet_spread.lora_up.weight": up,
+               "lora_unet_spread.alpha": torch.tensor(8.0)}, str(tmp_path / "in.safetensors"))
+    reference = {"lora_unet_spread": (up.double() @ down.double()).numpy()}
+    report = resize(tmp_path / "in.safetensors", tmp_path / "out", rank=8)
+    module = report["lora_unet_spread"]
+    assert module.new_rank == 8 and module.notes == []  # nothing dropped, nothing to explain
+    assert module.error <= 1e-6 * math.sqrt(module.energy)
+    assert_optimal(report, reference, _kohya_delta(tmp_path / "out" / "lora.safetensors"))
+    # a rank above the factors' is still "kept whole", at 8
+    report = resize(tmp_path / "in.safetensors", tmp_path / "wider", rank=12)
+    assert report["lora_unet_spread"].new_rank == 8 and "kept whole" in report["lora_unet_spread"].notes[0]
+
+
 # --- the output folder -----------------------------------------------------------------------------
 
 def test_non_empty_output_is_refused_unless_overwrite(made, tmp_path):

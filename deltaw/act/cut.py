@@ -97,7 +97,7 @@ class Cut:
 
 def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor, S: torch.Tensor,
         Vh: torch.Tensor, energy: float, method: str, rule: RankRule, math_dtype: torch.dtype,
-        floor: float = 0.0) -> Cut:
+        floor: float = 0.0, rank: int | None = None) -> Cut:
     """Apply ``rule`` to one module's SVD and account for what it discards.
 
     Parameters
@@ -115,6 +115,12 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     floor : float
         An absolute noise floor as well: σ ≤ floor are rounding noise of how ΔW was formed (a
         merge whose terms cancel has σ₁ itself at the rounding level of the terms).
+    rank : int, optional
+        ΔW's rank where the caller knows it better than ``math_dtype``'s threshold: for a LoRA
+        the rank its factors define (:func:`deltaw.amplify.own_directions`). A factored SVD
+        resolves σ far below σ₁ · max(rows, cols) · eps (an r = 64 MiniLM adapter has
+        σ₆₄/σ₁ ≈ 4e-5 under a float32 threshold of 4.6e-5, confirmed in float64): the threshold
+        would drop real directions and call the rest "whole".
 
     Returns
     -------
@@ -123,8 +129,9 @@ def cut(name: str, shape: tuple[int, ...], old_rank: int | None, U: torch.Tensor
     sigma = S.double().numpy()
     rows, cols = matrix_shape(shape)
     top_only = method in TOP_ONLY
-    limit = min(numerical_rank(sigma, (rows, cols), float(torch.finfo(math_dtype).eps)),
-                int((sigma > floor).sum()))
+    if rank is None:
+        rank = numerical_rank(sigma, (rows, cols), float(torch.finfo(math_dtype).eps))
+    limit = min(rank, int((sigma > floor).sum()))
     k = rule.choose(sigma, energy if top_only else None, rank_limit=limit)
     share, error = retained(sigma, k, energy if top_only else None)
     notes = []

@@ -21,6 +21,7 @@ from deltaw.act.adapter import check_outputs, kept_modules, write_adapter
 from deltaw.act.cut import Cut, cut
 from deltaw.act.rules import RankRule
 from deltaw.act.source import lora_plan, lora_targets, read_lora
+from deltaw.amplify import own_directions
 from deltaw.delta import LowRankDelta
 from deltaw.linalg import svd_many
 
@@ -49,7 +50,8 @@ def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto"
     for delta, result in svd_many(deltas, device=device, dtype=math_dtype):
         cuts.append(cut(delta.name, delta.shape, delta.rank, result.U, result.S, result.Vh, result.energy,
                         result.method, rule, math_dtype,
-                        0.0 if floor is None else floor(delta, float(torch.finfo(math_dtype).eps))))
+                        0.0 if floor is None else floor(delta, float(torch.finfo(math_dtype).eps)),
+                        rank=own_directions(delta, result, math_dtype)))
         if progress is not None:
             progress(len(cuts), total or len(cuts), delta.name)
     return cuts
