@@ -6,7 +6,7 @@ import click
 
 import deltaw
 from deltaw.cli.options import (base_option, cache_options, check_outputs, device_option, dtype_option,
-                                open_cache, outputs_option, progress_bar, scale_option)
+                                modules_option, open_cache, outputs_option, progress_bar, scale_option)
 from deltaw.cli.table import summary_table
 from deltaw.cli.writers import write_outputs
 
@@ -22,8 +22,7 @@ from deltaw.cli.writers import write_outputs
                    "energy fractions stay exact.")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
               help="r for the amplification analysis (default: the LoRA rank; dense: the 90%-energy rank, ≤ 64).")
-@click.option("--modules", "modules", default=None, metavar="REGEX",
-              help="Analyse only modules whose name matches REGEX (re.search).")
+@modules_option("Analyse only modules whose name matches REGEX (re.search).")
 @scale_option
 @cache_options
 def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_k, rank, modules, scale,

@@ -6,7 +6,8 @@ import click
 import numpy as np
 
 import deltaw
-from deltaw.cli.options import base_option, check_outputs, device_option, dtype_option, scale_option
+from deltaw.cli.options import (base_option, check_outputs, device_option, dtype_option, modules_option,
+                                scale_option)
 from deltaw.cli.writers import write_outputs
 from deltaw.hub import DECLARED
 
@@ -68,7 +69,7 @@ def summary_lines(comparison) -> list[str]:
               help="With --basis delta: right (input space) or left (output space) singular vectors.")
 @click.option("--top-k", type=click.IntRange(min=1), default=64, show_default=True,
               help="With --basis delta: how many singular directions of each ΔW to compare.")
-@click.option("--modules", default=None, metavar="REGEX", help="Compare only modules whose name matches REGEX.")
+@modules_option("Compare only modules whose name matches REGEX (re.search).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the comparison as JSON ('-' for stdout).")
 @click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False), default=None,

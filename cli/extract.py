@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from deltaw.cli.kept import finish, rank_options, rule_kwargs
-from deltaw.cli.options import progress_bar
+from deltaw.cli.options import modules_option, progress_bar
 
 
 @click.command("extract")
@@ -14,7 +14,7 @@ from deltaw.cli.options import progress_bar
 @rank_options
 @click.option("--full", is_flag=True,
               help="Exact full SVD of every module (default: a top-k SVD when --rank or --max-rank bounds k).")
-@click.option("--modules", default=None, metavar="REGEX", help="Only modules whose name matches REGEX (re.search).")
+@modules_option("Only modules whose name matches REGEX (re.search).")
 def command(finetuned, base, rank, energy, sv_ratio, max_rank, out, overwrite, fmt, dtype, pdf_path, device, full,
             modules):
     """Extract a LoRA from the full fine-tune FINETUNED: per module the best rank-k approximation

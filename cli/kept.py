@@ -34,7 +34,17 @@ def rank_options(command):
 
 
 def rule_kwargs(rank, energy, sv_ratio, max_rank) -> dict:
-    return {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "max_rank": max_rank}
+    """The rank rule's options, checked before any work: an invalid or contradictory rule is a
+    usage error (exit 2), as for any other invalid option."""
+    from deltaw.act.rules import RankRule
+    from deltaw.errors import DeltawError
+
+    kwargs = {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "max_rank": max_rank}
+    try:
+        RankRule(**kwargs)
+    except DeltawError as err:
+        raise click.UsageError(str(err)) from None
+    return kwargs
 
 
 _METHOD = {"factored": "exact (factored)", "factored-gram": "exact (factored)",

@@ -6,16 +6,21 @@ import click
 
 from deltaw.cli.kept import finish, rank_options, rule_kwargs
 from deltaw.cli.options import progress_bar, scale_option
-from deltaw.errors import DeltawError
 
 
-def _weights(text: str | None) -> list[float] | None:
+def _weights(text: str | None, count: int) -> list[float] | None:
+    """``--weights`` as numbers, one per adapter; anything else is a usage error (exit 2)."""
     if text is None:
         return None
     try:
-        return [float(w) for w in text.split(",")]
+        weights = [float(w) for w in text.split(",")]
     except ValueError:
-        raise DeltawError(f"--weights {text!r}: expected numbers separated by commas, e.g. 0.7,0.3") from None
+        raise click.BadParameter(f"{text!r}: expected numbers separated by commas, e.g. 0.7,0.3",
+                                 param_hint="--weights") from None
+    if len(weights) != count:
+        raise click.BadParameter(f"{text!r} gives {len(weights)} weights for {count} adapters; give one each",
+                                 param_hint="--weights")
+    return weights
 
 
 @click.command("merge")
@@ -40,7 +45,7 @@ def command(adapters, weights, rank, energy, sv_ratio, max_rank, out, overwrite,
 
     update, close = progress_bar("merging")
     try:
-        report = merge(list(adapters), out, weights=_weights(weights), **rule_kwargs(rank, energy, sv_ratio, max_rank),
+        report = merge(list(adapters), out, weights=_weights(weights, len(adapters)), **rule_kwargs(rank, energy, sv_ratio, max_rank),
                        format=fmt, dtype=dtype, base=base, scale=scale, overwrite=overwrite, pdf=pdf_path,
                        device=device, progress=update)
     finally:

@@ -79,10 +79,34 @@ def outputs_option(command):
 
 
 def check_outputs(*paths: str | None) -> None:
-    """Fail before any work when an output cannot be written (the file is written atomically later)."""
+    """Fail before any work when an output cannot be written (the file is written atomically later);
+    one file given for two outputs is a usage error (exit 2)."""
+    from pathlib import Path
+
     from deltaw import atomic
 
-    atomic.check_outputs([path for path in paths if path is not None and path != "-"])
+    files = [path for path in paths if path is not None and path != "-"]
+    resolved = [Path(path).expanduser().resolve() for path in files]
+    for i, target in enumerate(resolved):
+        if target in resolved[:i]:
+            raise click.UsageError(f"{files[i]} is given for two outputs; give each output its own file")
+    atomic.check_outputs(files)
+
+
+def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise click.BadParameter(f"{value!r} is not a valid regular expression ({err})") from None
+    return value
+
+
+def modules_option(help: str):
+    """``--modules REGEX``, checked while the options are parsed (an invalid one exits 2)."""
+    return click.option("--modules", "modules", default=None, metavar="REGEX", callback=_regex, help=help)
 
 
 def progress_bar(label: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -36,15 +37,29 @@ def test_resize_merge_extract_print_the_kept_table(tmp_path):
 def test_errors_are_one_line_and_nothing_is_written(tmp_path):
     torch.manual_seed(0)
     make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj"], r=4, lora_alpha=4)
-    for args in (["resize", tmp_path / "a", "--out", tmp_path / "x"],
-                 ["resize", tmp_path / "a", "--rank", "2", "--energy", "0.5", "--out", tmp_path / "x"],
-                 ["merge", tmp_path / "a", tmp_path / "a", "--weights", "1,x", "--rank", "2", "--out", tmp_path / "x"],
-                 ["extract", tmp_path / "a", "--base", tmp_path / "a", "--rank", "2", "--out", tmp_path / "x"]):
-        result = _run(*args)
-        assert result.exit_code == 1, result.output
-        errors = [line for line in result.output.splitlines() if line.startswith("deltaw: error:")]
-        assert len(errors) == 1 and result.output.endswith(errors[0] + "\n")
-        assert "Traceback" not in result.output
+    result = _run("extract", tmp_path / "a", "--base", tmp_path / "a", "--rank", "2", "--out", tmp_path / "x")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("deltaw: error:")]
+    assert len(errors) == 1 and result.output.endswith(errors[0] + "\n")
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["resize", "A", "--out", "X"], "give exactly one of --rank R, --energy TAU or --sv-ratio X (got none)"),
+    (["resize", "A", "--rank", "2", "--energy", "0.5", "--out", "X"], "(got --rank, --energy)"),
+    (["resize", "A", "--energy", "1.5", "--out", "X"], "--energy must be in (0, 1], got 1.5"),
+    (["resize", "A", "--rank", "0", "--out", "X"], "--rank must be at least 1, got 0"),
+    (["merge", "A", "A", "--weights", "1,x", "--rank", "2", "--out", "X"], "expected numbers separated by commas"),
+    (["merge", "A", "A", "--weights", "0.5", "--rank", "2", "--out", "X"], "gives 1 weights for 2 adapters"),
+    (["extract", "A", "--base", "A", "--rank", "2", "--modules", "(", "--out", "X"], "not a valid regular expression"),
+])
+def test_invalid_options_are_usage_errors_before_any_work(tmp_path, args, said):
+    """Exit 2, as for any invalid option (README, exit codes), before a file is read or written."""
+    args = [tmp_path / "missing" if a == "A" else tmp_path / "x" if a == "X" else a for a in args]
+    result = _run(*args)
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
 
 

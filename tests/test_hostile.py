@@ -564,7 +564,7 @@ def test_outputs_have_the_users_permissions_and_distinct_paths(tmp_path, llama):
     assert result.exit_code == 0, result.output
     assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.json", "a.csv")} == {0o644}
     result = invoke("analyze", root / "adapter", "--json", tmp_path / "b.json", "--csv", tmp_path / "b.json")
-    assert_one_line_error(result, "given for two outputs")
+    assert_one_line_error(result, "given for two outputs", code=2)  # a usage error
     assert not (tmp_path / "b.json").exists()
 
 

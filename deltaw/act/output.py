@@ -43,7 +43,7 @@ def check_out_folder(out: str | os.PathLike, overwrite: bool) -> Path:
             raise DeltawError(f"{out}: cannot read the folder ({err.strerror}); check its permissions") from err
         if non_empty and not overwrite:
             raise DeltawError(f"{out}: the folder is not empty; give a new or empty folder, "
-                              "or --overwrite to replace its contents")
+                              "or --overwrite (overwrite=True) to replace its contents")
     # The staging folder and the final rename happen in the parent.
     check_writable(out.parent / f".{out.name}.check")
     return out
