@@ -10,6 +10,7 @@ from deltaw.cli.options import (base_option, check_outputs, device_option, dtype
                                 scale_option)
 from deltaw.cli.writers import write_outputs
 from deltaw.hub import DECLARED
+from deltaw.records import Comparison
 
 
 SHARED = 0.5  # φ(k,k) at or above this: the top-k subspaces overlap more than half
@@ -33,6 +34,12 @@ def _leading_shared(phi: np.ndarray) -> int:
     return int(below[0]) if below.size else int(min(phi.shape))
 
 
+def _sizes(basis: str, a: int, b: int) -> str:
+    """The subspaces' sizes: LoRA ranks for the A or B basis; for the delta basis the directions
+    compared, which for a dense ΔW are the top-k asked, not a rank."""
+    return f", {a} vs {b} directions" if basis == "delta" else f", r = {a} vs {b}"
+
+
 def summary_lines(comparison) -> list[str]:
     """The terminal summary: per pair and module type, medians over layers of φ(1,1), its random
     baseline and the leading k with φ(k,k) ≥ 0.5; every number defined in the first line."""
@@ -43,7 +50,7 @@ def summary_lines(comparison) -> list[str]:
     for pair in comparison.pairs:
         ranks = sorted({tuple(m.phi.shape) for m in pair.modules})
         lines.append(f"{names[pair.a]} vs {names[pair.b]}: {len(pair.modules)} shared modules"
-                     + (f", r = {ranks[0][0]} vs {ranks[0][1]}" if len(ranks) == 1 else ""))
+                     + (_sizes(comparison.basis, *ranks[0]) if len(ranks) == 1 else ""))
         groups: dict[str, list] = {}
         for m in pair.modules:
             groups.setdefault(m.module_type or m.name, []).append(m)
@@ -100,7 +107,8 @@ def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path,
     for line in summary_lines(comparison):
         click.echo(line, err=out)
     for note in comparison.notes:
-        if DECLARED in note:  # which base was used, where the adapter config chose it
+        # which base was used, where the adapter config chose it; what is approximate
+        if DECLARED in note or Comparison.RANDOMIZED in note:
             click.echo(f"note: {note}", err=True)
     write_outputs([comparison], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):

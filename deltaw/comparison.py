@@ -18,9 +18,11 @@ import torch
 
 from deltaw import hub
 from deltaw._inputs import check_dtype
+from deltaw.delta import Delta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.linalg import check_memory_for, resolve_device
+from deltaw.linalg.routes import dense_method
 from deltaw.load import load_deltas
 from deltaw.naming import parse_module_name, shared_names
 from deltaw.records import Comparison, PairResult, PhiRecord
@@ -97,6 +99,7 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
     if basis == "delta":  # dense ΔWs are decomposed: refuse up front what cannot fit
         for selected in modules:
             check_memory_for(selected, top_k, dtype, device)
+        comparison.notes += _randomized_notes(comparison.checkpoints, modules, top_k)
     streams = [subspace_bases(selected, basis, side=side, top_k=top_k, device=device, dtype=dtype)
                for selected in modules]
     for name in names:
@@ -125,3 +128,17 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
                                           layer=layer, module_type=module_type))
     comparison.pairs = list(pairs.values())
     return comparison
+
+
+def _randomized_notes(checkpoints: list[str], modules: list[list[Delta]], top_k: int | None) -> list[str]:
+    """What is approximate in a delta-basis comparison: per checkpoint, the dense ΔWs whose top-k
+    singular vectors come from the randomized SVD (:func:`deltaw.linalg.routes.dense_method`)."""
+    notes = []
+    for checkpoint, selected in zip(checkpoints, modules):
+        count = sum(not isinstance(d, LowRankDelta) and dense_method(d.matrix_shape, top_k) == "randomized"
+                    for d in selected)
+        if count:
+            notes.append(f"{checkpoint}: the top {top_k} singular vectors of {count} dense ΔW"
+                         f"{'s' if count > 1 else ''} {Comparison.RANDOMIZED} (Halko et al. 2011, 4 power "
+                         f"iterations), not an exact one: φ of their trailing directions is approximate")
+    return notes

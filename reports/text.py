@@ -467,9 +467,12 @@ def pair_stats(pair: PairResult) -> dict[str, dict[str, float]]:
 
 
 def pair_label(comparison: Comparison, pair: PairResult) -> str:
+    """``"a (r = 8) vs b (r = 64)"``; in the delta basis the sizes are the directions compared
+    (a dense ΔW's top-k, not a rank): ``"a (8 directions) vs b (64 directions)"``."""
     ra, rb = pair.modules[0].ranks if pair.modules else (0, 0)
-    return (f"{short_name(comparison.checkpoints[pair.a])} (r = {ra}) vs "
-            f"{short_name(comparison.checkpoints[pair.b])} (r = {rb})")
+    size = "{} directions" if comparison.basis == "delta" else "r = {}"
+    return (f"{short_name(comparison.checkpoints[pair.a])} ({size.format(ra)}) vs "
+            f"{short_name(comparison.checkpoints[pair.b])} ({size.format(rb)})")
 
 
 #: φ at or above this is "shared", as the LoRA paper reads its Figure 3 (φ > 0.5).
@@ -513,6 +516,7 @@ def comparison_findings(c: Comparison) -> list[str]:
         roles = {role_of(t): t for t in stats}
         if "query" in roles and "value" in roles:
             out.append(_query_value_overlap(pair, roles["query"], roles["value"]))
+    out += [plain(note) + "." for note in c.notes if Comparison.RANDOMIZED in note]
     return with_noise_rule(out)
 
 

@@ -208,6 +208,18 @@ def test_lora_against_full_finetune_on_delta_basis():
                              reference_basis(fam.full, record.name, "delta")[:, :16])
     np.testing.assert_allclose(record.phi[:, :3], expected[:, :3], atol=1e-5)
     np.testing.assert_allclose(record.phi, expected, atol=1e-2)
+    # the randomized side is named as approximate (the JSON, the terminal and the report say so)
+    assert [n for n in comparison.notes if deltaw.Comparison.RANDOMIZED in n] == [
+        f"{fam.full.path}: the top 16 singular vectors of 1 dense ΔW come from a randomized SVD (Halko et "
+        f"al. 2011, 4 power iterations), not an exact one: φ of their trailing directions is approximate"]
+    exact = deltaw.compare([adapter.path, fam.full.path], base=fam.base, basis="delta", top_k=fam_min(fam, record.name),
+                           modules="layers.0.self_attn.q_proj")
+    assert not any(deltaw.Comparison.RANDOMIZED in n for n in exact.notes)  # a full SVD: exact
+
+
+def fam_min(fam, name: str) -> int:
+    """min(rows, cols) of a module of the family: a top-k that wide takes the full SVD."""
+    return min(fam.lora[(8, 1)].delta[name].shape)
 
 
 def test_lora_merged_as_dense_shares_every_direction(tmp_path):

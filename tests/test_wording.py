@@ -241,3 +241,12 @@ def test_one_direction_is_singular():
              _module(2, "query", [1.0] + [1e-6] * 7)]
     assert text.ranks_phrase(mixed) == "a median of 1 direction (range 1–8)"
     assert text.ranks_phrase(mixed[1:2]) == "8 directions"
+
+
+def test_a_delta_basis_pair_counts_directions_not_ranks():
+    c = _pair(0.8, 0.3, ranks=(8, 64))
+    assert text.pair_label(c, c.pairs[0]) == "a/adapter (r = 8) vs b/adapter (r = 64)"
+    c.basis = "delta"
+    assert text.pair_label(c, c.pairs[0]) == "a/adapter (8 directions) vs b/adapter (64 directions)"
+    c.notes = ["b: the top 64 singular vectors of 1 dense ΔW come from a randomized SVD (…)"]
+    assert any(c.notes[0] in f for f in text.comparison_findings(c))

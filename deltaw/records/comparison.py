@@ -87,6 +87,9 @@ class Comparison(Record):
     """
 
     SCHEMA = "deltaw.comparison/1"
+    #: In a note saying which bases are approximate (dense ΔWs whose top-k came from a randomized
+    #: SVD): the terminal and the report repeat those notes.
+    RANDOMIZED = "come from a randomized SVD"
 
     checkpoints: list[str]
     basis: Literal["A", "B", "delta"]
