@@ -55,6 +55,10 @@ def _row(label, records: list[ModuleRecord]) -> list[str]:
     ]
 
 
+#: The legend of the amplif. column.
+AMPLIFICATION = ("‖ΔW‖F / ‖UᵀWV‖F with U, V ΔW's top r singular vectors (r: the LoRA rank; dense: "
+                 "the 90%-energy rank, at most 64)")
+
 HEADER = ["module", "kind", "shape", "r", "energy rank .5/.9/.99", "eff. rank", "‖ΔW‖F", "‖ΔW‖/‖W‖",
           "amplif.", "intruders"]
 
@@ -88,9 +92,17 @@ def summary_table(analysis: Analysis, *, json_written: bool = False) -> str:
         ("‖ΔW‖/‖W‖, amplif., intruders: no --base", any(r.base_fro_norm is None for r in records)),
         ("eff. rank: a top-k spectrum (it needs every value)", any(r.effective_rank is None for r in records)),
         ("amplif.: ΔW orthogonal to W (UᵀWV = 0)",
-         any(r.amplification and r.amplification.factor is None for r in records))) if applies]
+         any(r.amplification and r.amplification.factor is None for r in records)),
+        ("amplif., intruders: ΔW = 0 (no direction)",
+         any(r.base_fro_norm is not None and r.fro_norm == 0 for r in records))) if applies]
     if reasons:
         text += f"{NA}: does not apply ({'; '.join(reasons)}).\n"
+    if any(r.amplification and r.amplification.factor is not None for r in records):
+        text += f"amplif.: {AMPLIFICATION} (Hu et al. 2021, Table 7).\n"
+    counted = next((r.intruders for r in records if r.intruders), None)
+    if counted is not None:
+        text += (f"intruders: of the top {counted.k} left singular vectors of W + ΔW, those with |cos| < "
+                 f"{counted.eps:g} to every singular vector of W (Shuttleworth et al. 2024).\n")
     if any(">" in row[4] or "≥" in row[4] for row in rows):
         text += ("> k: the top-k singular values computed hold less than that share of the energy, so "
                  "the rank exceeds k; ≥ m: a median decided by such bounds.\n")
