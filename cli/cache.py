@@ -36,7 +36,12 @@ cache_dir_option = click.option("--cache-dir", type=click.Path(file_okay=False),
 @command.command("info")
 @cache_dir_option
 def info(cache_dir) -> None:
-    """Print the cache folder and the entries and bytes of each kind."""
+    """Print the cache folder and the entries and bytes of each kind.
+
+    \b
+    Example:
+      deltaw cache info --cache-dir /scratch/deltaw-cache
+    """
     from deltaw.cache import Cache
 
     facts = Cache.at(cache_dir).info()
@@ -50,7 +55,12 @@ def info(cache_dir) -> None:
 @click.option("--kind", type=click.Choice(["base", "analyses", "all"]), default="all", show_default=True,
               help="Which entries to remove.")
 def clear(cache_dir, kind) -> None:
-    """Remove the cached entries (they are recomputed when next needed)."""
+    """Remove the cached entries (they are recomputed when next needed).
+
+    \b
+    Example:
+      deltaw cache clear --kind analyses
+    """
     from deltaw.cache import KINDS, Cache
 
     cache = Cache.at(cache_dir)

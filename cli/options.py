@@ -9,7 +9,8 @@ base_option = click.option(
     help="The pretrained model the checkpoint was trained from (folder, file, Hub id org/name[@rev], or "
          "'auto': the adapter config's base_model_name_or_path). "
          "Required for full fine-tunes, DoRA, OFT, BOFT and VeRA (default there: the adapter config's "
-         "base_model_name_or_path); enables amplification and intruder dimensions.")
+         "base_model_name_or_path); `analyze` also measures ΔW against W with it (amplification, "
+         "intruder dimensions).")
 
 scale_option = click.option(
     "--scale", type=float, default=None,

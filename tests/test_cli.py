@@ -33,6 +33,9 @@ def test_every_command_has_help_with_an_example():
         result = run(name, "--help")
         assert result.exit_code == 0, name
         assert "Example" in result.output and f"deltaw {name}" in result.output, name
+        for sub in getattr(command, "commands", {}):  # a group's own commands too (cache info, …)
+            result = run(name, sub, "--help")
+            assert result.exit_code == 0 and f"deltaw {name} {sub}" in result.output, (name, sub)
 
 
 def test_analyze_json_matches_library(adapter_pair, tmp_path):
