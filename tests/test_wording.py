@@ -250,3 +250,12 @@ def test_a_delta_basis_pair_counts_directions_not_ranks():
     assert text.pair_label(c, c.pairs[0]) == "a/adapter (8 directions) vs b/adapter (64 directions)"
     c.notes = ["b: the top 64 singular vectors of 1 dense ΔW come from a randomized SVD (…)"]
     assert any(c.notes[0] in f for f in text.comparison_findings(c))
+
+
+def test_a_delta_basis_checkpoint_fact_counts_directions():
+    from deltaw.reports.comparison_report import _checkpoint_fact
+
+    c = _pair(0.8, 0.3, ranks=(8, 64))
+    assert _checkpoint_fact(c, 1, []).endswith("(r = 64)")
+    c.basis = "delta"
+    assert _checkpoint_fact(c, 1, []).endswith("(64 directions)")
