@@ -39,4 +39,4 @@ def command(finetuned, base, rank, energy, sv_ratio, max_rank, out, overwrite, f
                          progress=update)
     finally:
         close()
-    finish(report)
+    finish(report, pdf_path)

@@ -33,21 +33,23 @@ def command(checkpoint: str, base: str | None, scale: float | None, as_json: boo
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    click.echo(f"{checkpoint}: {facts['format']} checkpoint, {facts['modules']} modules")
+    hint = " (a full fine-tune's ΔW needs its base: give --base)" if (
+        facts["modules"] == 0 and facts["format"] == "full" and facts["base"] is None) else ""
+    click.echo(f"{checkpoint}: {facts['format']} checkpoint, {_count(facts['modules'], 'module')}{hint}")
     for key, value in facts["details"].items():
         if value not in (None, [], {}):
             click.echo(f"  {key}: {value}")
     for key, value in facts["patterns"].items():
         click.echo(f"  {key}: {value}")
     for kind, count in facts["kinds"].items():
-        click.echo(f"  {kind}: {count} modules")
+        click.echo(f"  {kind}: {_count(count, 'module')}")
     for shape, count in facts["shapes"].items():
-        click.echo(f"  ΔW {shape}: {count} modules")
+        click.echo(f"  ΔW {shape}: {_count(count, 'module')}")
     scales = facts["scales"]
     if scales:
         formula = " (ΔW = s·BA)" if set(facts["kinds"]) <= {"lora", "dora"} else ""
         click.echo(f"  scale s{formula}: " + ", ".join(
-            f"{s:g}" + (f" ({n} modules)" if len(scales) > 1 else "") for s, n in scales.items()))
+            f"{s:g}" + (f" ({_count(n, 'module')})" if len(scales) > 1 else "") for s, n in scales.items()))
     if facts["module_list"]:
         click.echo("  modules:")
         width = max(len(m["name"]) for m in facts["module_list"])
@@ -60,6 +62,10 @@ def command(checkpoint: str, base: str | None, scale: float | None, as_json: boo
                    f"{facts['skipped'][0]['reason']})")
     for note in facts["notes"]:
         click.echo(f"  note: {note}")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def _patterns(deltas: deltaw.Deltas) -> dict:

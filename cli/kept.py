@@ -81,10 +81,12 @@ def kept_table(report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finish(report) -> None:
-    """Print the table, the notes and where the adapter and its report went."""
+def finish(report, pdf_path=None) -> None:
+    """Print the table, the notes and where the adapter, its report and the figure went."""
     click.echo(kept_table(report), nl=False)
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(f"written: {report.output} ({report.format} adapter, {report.dtype}; "
                "report deltaw-kept.json)", err=True)
+    if pdf_path:
+        click.echo(f"PDF report: {pdf_path}", err=True)

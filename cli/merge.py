@@ -50,4 +50,4 @@ def command(adapters, weights, rank, energy, sv_ratio, max_rank, out, overwrite,
                        device=device, progress=update)
     finally:
         close()
-    finish(report)
+    finish(report, pdf_path)

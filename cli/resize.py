@@ -36,4 +36,4 @@ def command(adapter, rank, energy, sv_ratio, max_rank, out, overwrite, fmt, dtyp
                         base=base, scale=scale, overwrite=overwrite, pdf=pdf_path, device=device, progress=update)
     finally:
         close()
-    finish(report)
+    finish(report, pdf_path)

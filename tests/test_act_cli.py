@@ -19,9 +19,10 @@ def _run(*args):
 def test_resize_merge_extract_print_the_kept_table(tmp_path):
     torch.manual_seed(0)
     make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj"], r=8, lora_alpha=8)
-    result = _run("resize", tmp_path / "a", "--energy", "0.9", "--out", tmp_path / "small")
+    result = _run("resize", tmp_path / "a", "--energy", "0.9", "--out", tmp_path / "small", "--pdf", tmp_path / "kept.pdf")
     assert result.exit_code == 0, result.output
     assert "retained" in result.output and "model.layers.0.self_attn.q_proj" in result.output
+    assert f"PDF report: {tmp_path / 'kept.pdf'}" in result.output and (tmp_path / "kept.pdf").is_file()
     doc = json.loads((tmp_path / "small" / "deltaw-kept.json").read_text())
     assert doc["schema"] == "deltaw.resize/1" and doc["operation"] == "resize"
     row = next(line for line in result.output.splitlines() if line.startswith("model.layers.0.self_attn.q_proj"))

@@ -139,6 +139,8 @@ def test_all_commands_on_kohya_and_sharded_full_finetune(tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     save_model(base.to(torch.bfloat16), tmp_path / "ft", max_shard_size="20KB")
     assert (tmp_path / "ft" / "model.safetensors.index.json").exists()
+    without = run("info", tmp_path / "ft")  # a full fine-tune without its base: no ΔW yet, and why
+    assert without.exit_code == 0 and "0 modules (a full fine-tune's ΔW needs its base: give --base)" in without.output
     for checkpoint, extra in ((tmp_path / "lora.safetensors", []), (tmp_path / "ft", ["--base", tmp_path / "base"])):
         stem = checkpoint.stem
         assert run("info", checkpoint, *extra).exit_code == 0
