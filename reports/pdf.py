@@ -4,7 +4,10 @@ A report is a :class:`Document` of sections, each a list of :class:`Block` s: a 
 known height in inches with an optional caption. Pagination flows blocks down the page, starts
 a new page when the next block (with its caption) does not fit, keeps a section heading with
 its first block, and numbers figures and tables in reading order. Drawing happens only after
-pagination, so a contents list can show page numbers.
+pagination, so a contents list can show page numbers. A block that may continue on the next
+page (a long contents list) says how to split itself (:attr:`Block.split`); pagination fills
+the page with its first piece and carries the rest over, so every page number it lists counts
+the pages the list itself takes.
 
 The file is written to a temporary name in the target's folder and moved into place with
 ``os.replace`` once every page has been drawn: a failure leaves neither a half-written PDF nor
@@ -42,6 +45,12 @@ class Block:
     ``draw`` receives the :class:`~reports.layout.Region` to fill. ``kind`` is ``"Figure"`` or
     ``"Table"`` for a numbered caption ("Figure 3. …"), or None for unnumbered text. ``height``
     may be a callable, evaluated at pagination time (for a contents list).
+
+    ``split``, for a block that may run over several pages: given the height left on the
+    page (inches, its caption's already taken off), ``(head, rest)`` with ``head`` at most that
+    tall and ``rest`` what is left (None: nothing), or None to move the block whole to the
+    next page (no first piece fits, or the block is better kept whole). None (the default):
+    the block is never split.
     """
 
     height: float | Callable[[], float]
@@ -52,6 +61,7 @@ class Block:
     gap_after: float = BLOCK_GAP
     continued: bool = False  # continues the previous numbered block: same number, no increment
     role: str | None = None  # "contents" for a contents list (see title.one_contents)
+    split: Callable[[float], tuple["Block", "Block | None"] | None] | None = None
 
 
 @dataclass
@@ -121,15 +131,28 @@ class Document:
                 pages.append(_Page(section))
                 y = top
             first = True
-            for block in section.blocks:
+            queue = list(section.blocks)
+            while queue:
+                block = queue.pop(0)
                 label = ""
                 if block.kind in counters:
                     counters[block.kind] += 0 if block.continued else 1
                     label = f"{block.kind} {counters[block.kind]}."
-                height = block.height() if callable(block.height) else block.height
                 lines = self._caption(block, label)
                 caption_h = (CAPTION_GAP + len(lines) * line_height(style.CAPTION)) if lines else 0.0
-                need = height + caption_h + (HEADING_H if first and section.heading else 0.0)
+                extra = caption_h + (HEADING_H if first and section.heading else 0.0)
+                height = _height(block)
+                if block.split is not None and y - height - extra < bottom:
+                    pieces = block.split(y - bottom - extra)
+                    if pieces is None and pages[-1].items:  # not split here: it starts a page
+                        pages.append(_Page(section))
+                        y = top
+                        pieces = block.split(y - bottom - extra)
+                    if pieces is not None:
+                        block, rest = pieces
+                        queue[:0] = [rest] if rest is not None else []
+                        height = _height(block)
+                need = height + extra
                 if pages[-1].items and (block.new_page or y - need < bottom):
                     pages.append(_Page(section))
                     y = top
@@ -198,6 +221,10 @@ class Document:
             with atomic_path(path) as tmp, PdfPages(tmp, metadata=metadata) as pdf:
                 for number, page in enumerate(pages, start=1):
                     pdf.savefig(self._draw_page(page, number, len(pages)))
+
+
+def _height(block: Block) -> float:
+    return block.height() if callable(block.height) else block.height
 
 
 @contextlib.contextmanager

@@ -20,8 +20,8 @@ from .heatmap import colorbar, heatmap
 from .layout import plain
 from .pdf import Block, Document
 from .tables import Table, table_blocks
-from .text import short_name
-from .title import facts_block, title_block, today
+from .text import NORM_DW, NORM_DW2, short_name
+from .title import facts_block, findings_block, title_block, today
 
 TOP_MODULES = 15
 
@@ -79,7 +79,9 @@ def _clustered_block(survey: Survey, matrix: np.ndarray, order, Z, *, vmin: floa
     return Block(height=7.4, draw=draw, caption=caption)
 
 
-def _top_modules_table(survey: Survey) -> Table:
+def _top_modules_table(survey: Survey) -> tuple[Table, int]:
+    """The :data:`TOP_MODULES` modules with the largest |cosine| between two checkpoints, and
+    how many modules had a cosine to rank (the table's caption says which it shows)."""
     rows = []
     for m in survey.modules:
         cos, ov = m.cosine.copy(), m.overlap.copy()
@@ -93,8 +95,32 @@ def _top_modules_table(survey: Survey) -> Table:
                                       f"{ov[i, j]:.3f}" if np.isfinite(ov[i, j]) else "null (no direction)",
                                       f"{ov[a, b]:.3f} ({min(a, b)}–{max(a, b)})" if a is not None else "null"]))
     rows.sort(key=lambda r: -r[0])
-    return Table(header=["module", "pair", "cosine", "overlap of that pair", "largest overlap (pair)"],
-                 rows=[r for _, r in rows[:TOP_MODULES]], align="lrrrr", stretch=0)
+    table = Table(header=["module", "pair", "cosine", "overlap of that pair", "largest overlap (pair)"],
+                  rows=[r for _, r in rows[:TOP_MODULES]], align="lrrrr", stretch=0)
+    return table, len(rows)
+
+
+def top_modules_caption(shown: int, ranked: int) -> str:
+    """The caption of the most-interfering-modules table, naming how many rows it holds.
+
+    Parameters
+    ----------
+    shown : int
+        Rows in the table (at most :data:`TOP_MODULES`).
+    ranked : int
+        Modules with a cosine between two checkpoints (the others are null for every pair).
+
+    Returns
+    -------
+    str
+        "All N modules …" when every ranked module is shown, "The n of N modules …" when the
+        table keeps the top n; a sentence saying so when no module has a cosine.
+    """
+    if ranked == 0:
+        return "No module has a cosine between two checkpoints: every pair is null."
+    what = (f"The {shown} of {ranked} modules with the largest |cosine|" if shown < ranked
+            else ("The one module" if ranked == 1 else f"All {ranked} modules") + ", by their largest |cosine|")
+    return what + " between two checkpoints, the overlap of that pair, and the module's largest overlap."
 
 
 def _type_medians_table(survey: Survey) -> Table:
@@ -118,12 +144,62 @@ def _number(value, digits=2) -> str:
 
 
 def _rank_table(survey: Survey) -> Table:
-    rows = [[str(i), plain(s.checkpoint), s.format, ",".join(map(str, s.lora_ranks)) or "dense", str(s.modules),
-             _number(s.fro_norm), _number(s.energy_rank_90, 1), _number(s.effective_rank), _number(s.stable_rank),
-             "yes" if s.cached else "no"] for i, s in enumerate(survey.summaries)]
-    return Table(header=["#", "checkpoint", "format", "r", "modules", "‖ΔW‖_F", "r90 (median)",
-                         "eff. rank (median)", "stable rank (median)", "cached"],
+    rows = [[str(i), short_name(s.checkpoint), s.format, ",".join(map(str, s.lora_ranks)) or "dense",
+             str(s.modules), _number(s.fro_norm), _number(s.energy_rank_90, 1), _number(s.effective_rank),
+             _number(s.stable_rank), "yes" if s.cached else "no"] for i, s in enumerate(survey.summaries)]
+    # short headers: the caption says what each holds, and the names get the room
+    return Table(header=["#", "checkpoint", "format", "r", "modules", f"{NORM_DW} (model)", "r90",
+                         "eff. rank", "stable rank", "cached"],
                  rows=rows, align="llllrrrrrl", stretch=1)
+
+
+RANK_CAPTION = (f"Each checkpoint's analysis. {NORM_DW} (model): of the whole model, the square root of the "
+                f"sum of {NORM_DW2} over its analysed modules. Medians over its modules: r90 (directions "
+                "holding 90 % of the energy), effective rank and stable rank; null: none of its modules has "
+                "the value.")
+
+
+def paths_needed(checkpoints: list[str]) -> bool:
+    """True when a table of full paths must follow: some checkpoint is shown by a shorter name."""
+    return any(short_name(c) != plain(c) for c in checkpoints)
+
+
+def _paths_table(checkpoints: list[str]) -> Table:
+    return Table(header=["#", "checkpoint (full path)"], rows=[[str(i), plain(c)] for i, c in enumerate(checkpoints)],
+                 align="ll", stretch=1)
+
+
+def survey_findings(survey: Survey) -> list[str]:
+    """The survey's headline: the most and the least alike pair of checkpoints.
+
+    Parameters
+    ----------
+    survey : Survey
+
+    Returns
+    -------
+    list of str
+        One line for the pair with the largest whole-model cosine and one for the pair with
+        the smallest (one line when a single pair has a cosine); a line naming the missing
+        value when no pair has one. Null pairs are left out (the facts table counts them).
+    """
+    n = len(survey.checkpoints)
+    a, b = np.triu_indices(n, 1)
+    values = np.asarray(survey.cosine, dtype=float)[a, b]
+    keep = np.isfinite(values)
+    if not keep.any():
+        return ["No pair of checkpoints has a whole-model cosine: "
+                + ("every pair is null (see the facts above)." if n > 1 else "there is one checkpoint.")]
+    pairs = sorted(zip(values[keep], a[keep], b[keep]), key=lambda p: -p[0])
+
+    def pair(p) -> str:
+        cosine, i, j = p
+        return (f"#{i} {short_name(survey.checkpoints[i])} and #{j} {short_name(survey.checkpoints[j])}, "
+                f"whole-model cosine {cosine:.2f}")
+
+    if len(pairs) == 1:
+        return [f"The one pair with a cosine: {pair(pairs[0])}."]
+    return [f"Most alike: {pair(pairs[0])}.", f"Least alike: {pair(pairs[-1])}."]
 
 
 def add_survey(doc: Document, survey: Survey) -> None:
@@ -138,7 +214,8 @@ def add_survey(doc: Document, survey: Survey) -> None:
             facts_block([("Checkpoints", str(n)), ("Base", plain(survey.base or "none given")),
                          ("Engine", survey.engine), ("Modules compared", str(len(survey.modules))),
                          ("Null whole-model cosines", str(sum(p.a < p.b for p in survey.null_pairs))),
-                         ("Report written", today())]))
+                         ("Report written", today())]),
+            findings_block(survey_findings(survey)))
     order, Z = cluster_order(survey.cosine)
     doc.section("Clustered similarity", part=part)
     doc.add(_clustered_block(survey, survey.cosine, order, Z, vmin=-1.0, cmap="RdBu_r",
@@ -148,9 +225,12 @@ def add_survey(doc: Document, survey: Survey) -> None:
                              caption="Median over modules of the overlap φ(k, k), k = min(8, ranks), in the "
                                      "same order. Grey: null (no module with a direction in both)."))
     doc.section("Where pairs interfere", part=part)
-    doc.add(*table_blocks(_top_modules_table(survey),
-                          f"The {TOP_MODULES} modules with the largest |cosine| between two checkpoints, "
-                          "the overlap of that pair, and the module's largest overlap."),
+    top, ranked = _top_modules_table(survey)
+    doc.add(*table_blocks(top, top_modules_caption(len(top.rows), ranked)),
             *table_blocks(_type_medians_table(survey), "Medians per module type over all pairs of checkpoints."))
     doc.section("Checkpoints", part=part)
-    doc.add(*table_blocks(_rank_table(survey), "Each checkpoint's analysis: medians over its modules."))
+    doc.add(*table_blocks(_rank_table(survey), RANK_CAPTION))
+    if paths_needed(survey.checkpoints):
+        doc.add(*table_blocks(_paths_table(survey.checkpoints),
+                              "The checkpoints by number (#), as the heatmaps and tables name them, and "
+                              "their full paths."))

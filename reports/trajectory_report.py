@@ -1,22 +1,25 @@
 """The pages of a trajectory: each metric against the step, per module type (median and the
-25–75 % range over the type's modules), and where the 90 %-energy rank stops growing."""
+25–75 % range over the type's modules), and how the median 90 %-energy rank moves: where it
+stops growing, or that it falls (:func:`saturation_phrase`)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
-from deltaw.records.trajectory import Trajectory
+from deltaw.records.trajectory import Saturation, Trajectory
 
 from . import style
-from .layout import plain
+from .layout import line_height, paragraph, plain, wrap
 from .pdf import Block, Document
+from .text import NORM_DW, count
 from .title import facts_block, title_block, today
 
 #: (label, how to read the per-step list of a module)
 METRICS = [
-    ("‖ΔW‖_F", lambda m: m.fro_norm),
+    (NORM_DW, lambda m: m.fro_norm),
     ("50 % energy rank", lambda m: m.energy_rank["0.5"]),
     ("90 % energy rank", lambda m: m.energy_rank["0.9"]),
     ("99 % energy rank", lambda m: m.energy_rank["0.99"]),
@@ -24,6 +27,77 @@ METRICS = [
     ("stable rank", lambda m: m.stable_rank),
     ("overlap with the final step", lambda m: m.overlap_with_final),
 ]
+
+
+#: metrics whose per-module values are whole numbers: integer ticks (their medians may be halves)
+INTEGER_METRICS = {"50 % energy rank", "90 % energy rank", "99 % energy rank"}
+
+
+def saturation_phrase(s: Saturation, steps: list[int]) -> str:
+    """How the median 90 %-energy rank moves over ``steps``, in words.
+
+    Parameters
+    ----------
+    s : Saturation
+        The rule's result (:func:`deltaw.trajectories.saturation`): ``step`` is the first step
+        from which the median never grows again, i.e. where it is highest; None with a ``note``.
+    steps : list of int
+        The trajectory's steps, aligned with ``s.median_energy_rank_90``.
+
+    Returns
+    -------
+    str
+        The note when there is no such step. Otherwise "grows to P by step S" when a step
+        before S has a (lower) median, else "highest at step S (P)": it never grew, so it
+        never "stops growing" there. Then, by the medians after S: "then stays there" when
+        every one equals P ("constant at P from step S" when it never grew either), "then
+        falls to L by step N" when the last, L, is below P, and "dips, and is P again" when
+        it comes back to P.
+    """
+    if s.step is None:
+        return s.note or "no step has a 90%-energy rank"
+    known = [(step, r) for step, r in zip(steps, s.median_energy_rank_90) if r is not None]
+    peak = dict(known)[s.step]
+    if len(known) == 1:
+        return f"{count(peak)} at step {s.step}, the only step with a median"
+    grew = s.step > known[0][0]
+    later = [r for step, r in known if step > s.step]
+    last_step, last = known[-1]
+    if all(r == peak for r in later):
+        if grew:
+            return f"grows to {count(peak)} by step {s.step}, then stays there"
+        return f"constant at {count(peak)} from step {s.step}"
+    start = f"grows to {count(peak)} by step {s.step}" if grew else f"highest at step {s.step} ({count(peak)})"
+    if last < peak:
+        return f"{start}, then falls to {count(last)} by step {last_step}"
+    return f"{start}; dips, and is {count(last)} again at step {last_step}"
+
+
+def grew_until(s: Saturation | None, steps: list[int]) -> int | None:
+    """The step the median 90 %-energy rank grew until (marked dashed); None when there is no
+    such step: it never grew (highest at the first step) or still grows at the last."""
+    if s is None or s.step is None:
+        return None
+    known = [step for step, r in zip(steps, s.median_energy_rank_90) if r is not None]
+    return s.step if s.step > known[0] else None
+
+
+def integer_axis(ax, low: float, high: float) -> None:
+    """Integer ticks on the y axis; a range narrower than one unit is widened to the whole
+    numbers around it (a value that stays put sits mid-axis), so a rank that stays at 1 is not
+    drawn on a fractional 0.96–1.04 axis."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if not (np.isfinite(low) and np.isfinite(high)) or high - low >= 1:
+        return
+    lo, hi = math.floor(low), math.ceil(high)
+    if lo == hi:
+        lo, hi = lo - 1, hi + 1
+    if lo < 0:  # ranks are never negative
+        lo, hi = 0, hi - lo
+    pad = 0.05 * (hi - lo)  # matplotlib's default margin
+    ax.set_ylim(lo - pad, hi + pad)
 
 
 def _band(values: np.ndarray):
@@ -36,25 +110,31 @@ def _band(values: np.ndarray):
 def _type_block(t: Trajectory, module_type: str, saturation) -> Block:
     modules = [m for m in t.modules if m.module_type == module_type]
     steps = np.asarray(t.steps, dtype=float)
+    marked = grew_until(saturation, t.steps)
 
     def draw(region):
         cells = [c for row in region.rows([1, 1, 1, 1], gap=0.45) for c in row.columns([1, 1], gap=0.55)]
         for cell, (label, get) in zip(cells, METRICS):
-            ax = cell.inset(left=0.45, bottom=0.3).axes()
+            # the top inset keeps each panel's title below the section heading's rule
+            ax = cell.inset(left=0.45, bottom=0.3, top=0.22).axes()
             values = np.array([[np.nan if v is None else v for v in get(m)] for m in modules], dtype=float)
             low, mid, high = _band(values)
             ax.fill_between(steps, low, high, color=style.ACCENT, alpha=0.18, linewidth=0)
             ax.plot(steps, mid, color=style.ACCENT, marker="o", markersize=2.5, linewidth=1.2)
-            if label == "90 % energy rank" and saturation is not None and saturation.step is not None:
-                ax.axvline(saturation.step, color=style.MUTED, linestyle="--", linewidth=0.8)
+            if label in INTEGER_METRICS:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN panel
+                    integer_axis(ax, np.nanmin(low), np.nanmax(high))
+            if label == "90 % energy rank" and marked is not None:
+                ax.axvline(marked, color=style.MUTED, linestyle="--", linewidth=0.8)
             ax.set_title(label, fontsize=style.SMALL, loc="left")
             ax.set_xlabel("step", fontsize=style.TINY)
             ax.tick_params(labelsize=style.TINY)
         if saturation is not None:
-            when = (f"stops growing at step {saturation.step} (dashed)" if saturation.step is not None
-                    else saturation.note)
-            cells[-1].text(0.1, cells[-1].h / 2, f"90 % energy rank (median): {when}", fontsize=style.SMALL,
-                           color=style.INK, va="center")
+            when = saturation_phrase(saturation, t.steps) + (" (dashed)" if marked is not None else "")
+            lines = wrap(f"90 % energy rank (median): {when}", cells[-1].w - 0.1, style.SMALL)
+            paragraph(cells[-1], lines, size=style.SMALL, x=0.1,
+                      y_top=cells[-1].h / 2 + len(lines) * line_height(style.SMALL) / 2)
 
     return Block(height=8.2, draw=draw,
                  caption=f"{plain(module_type)}: median over its {len(modules)} modules (line) and the 25–75 % "
@@ -68,8 +148,7 @@ def add_trajectory(doc: Document, t: Trajectory) -> None:
     saturations = {s.module_type: s for s in t.saturation}
     facts = [("Run", plain(t.run) or "explicit steps"), ("Steps", ", ".join(map(str, t.steps))),
              ("Modules", str(len(t.modules))), ("Base", plain(t.base or "none given"))]
-    facts += [(f"r90 of {plain(k)}", f"stops growing at step {s.step}" if s.step is not None else s.note)
-              for k, s in saturations.items()]
+    facts += [(f"r90 of {plain(k)} (median)", saturation_phrase(s, t.steps)) for k, s in saturations.items()]
     facts.append(("Report written", today()))
     doc.add(title_block("Trajectory", f"{len(t.steps)} checkpoints, steps {t.steps[0]}–{t.steps[-1]}",
                         "How the update grows during training: its norm, its energy ranks, effective and "

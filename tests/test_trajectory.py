@@ -112,3 +112,111 @@ def test_cli(run, tmp_path):
     assert "90%-energy rank (median over modules)" in result.output
     bad = CliRunner().invoke(cli, ["trajectory", "x=y", "2=z"])
     assert bad.exit_code == 1 and "expected STEP=CHECKPOINT" in bad.output
+
+
+# ---------------------------------------------------------------------------------------------
+# the report's words and axes
+
+
+def _phrase(ranks, steps=(10, 20, 30, 40)):
+    from deltaw.reports.trajectory_report import saturation_phrase
+
+    return saturation_phrase(saturation("q", list(steps), list(ranks)), list(steps))
+
+
+def test_saturation_phrase_on_both_sides_of_each_rule():
+    # grew before its highest step; afterwards equal to it, the last one below it, or back to it
+    assert _phrase([1, 2, 3, 3]) == "grows to 3 by step 30, then stays there"
+    assert _phrase([1, 2, 3, 2.5]) == "grows to 3 by step 30, then falls to 2.5 by step 40"
+    assert _phrase([1, 3, 2, 3]) == "grows to 3 by step 20; dips, and is 3 again at step 40"
+    # highest at the first step: it never grew, so it never "stops growing" there
+    assert _phrase([2.5, 2, 2, 2]) == "highest at step 10 (2.5), then falls to 2 by step 40"
+    assert _phrase([2, 2, 2, 2]) == "constant at 2 from step 10"
+    assert _phrase([3, 2, 3, 3]) == "highest at step 10 (3); dips, and is 3 again at step 40"
+    assert _phrase([None, 2, 2, 1]) == "highest at step 20 (2), then falls to 1 by step 40"
+    assert _phrase([1, 2, 3, 4]) == "still growing at the last step"
+    assert _phrase([1, 2, 2, 3], steps=(1, 2, 3, 4)) == "still growing at the last step"
+    assert _phrase([2], steps=(5,)) == "2 at step 5, the only step with a median"
+    assert _phrase([None, 2, None, None]) == "2 at step 20, the only step with a median"
+    assert _phrase([None] * 4) == "no step has a 90%-energy rank"
+
+
+def test_the_saturation_marker_only_where_the_rank_grew():
+    from deltaw.reports.trajectory_report import grew_until
+
+    steps = [10, 20, 30, 40]
+    assert grew_until(saturation("q", steps, [1, 2, 3, 3]), steps) == 30
+    assert grew_until(saturation("q", steps, [None, 2, 3, 3]), steps) == 30
+    assert grew_until(saturation("q", steps, [2.5, 2, 2, 2]), steps) is None  # on the y axis: not drawn
+    assert grew_until(saturation("q", steps, [None, 2, 2, 2]), steps) is None
+    assert grew_until(saturation("q", steps, [1, 2, 3, 4]), steps) is None
+    assert grew_until(None, steps) is None
+
+
+@pytest.mark.parametrize("low, high, limits", [(1, 1, (0, 2)), (0, 0, (0, 2)), (2, 2.5, (2, 3)),
+                                               (2.5, 2.5, (2, 3)), (4, 4, (3, 5))])
+def test_a_rank_that_barely_moves_gets_whole_number_ticks(low, high, limits):
+    from matplotlib.figure import Figure
+
+    from deltaw.reports.trajectory_report import integer_axis
+
+    ax = Figure().add_subplot()
+    ax.plot([0, 1], [low, high])
+    integer_axis(ax, low, high)
+    lo, hi = ax.get_ylim()
+    assert (round(lo), round(hi)) == limits and hi - lo < (limits[1] - limits[0]) * 1.2
+    ticks = [t for t in ax.get_yticks() if lo <= t <= hi]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_rank_that_moves_keeps_its_own_range():
+    from matplotlib.figure import Figure
+
+    from deltaw.reports.trajectory_report import integer_axis
+
+    ax = Figure().add_subplot()
+    ax.plot([0, 1, 2], [5, 20, 40])
+    before = ax.get_ylim()
+    integer_axis(ax, 5, 40)
+    assert ax.get_ylim() == before
+    assert all(float(t).is_integer() for t in ax.get_yticks())
+
+
+def _small_trajectory() -> Trajectory:
+    from deltaw.records.trajectory import ModuleTrajectory
+
+    steps = [30, 60, 90]
+    modules = [ModuleTrajectory(name=f"encoder.layer.{i}.attention.self.query", fro_norm=[1.0, 2.0, 3.0],
+                                energy_rank={"0.5": [1, 1, 1], "0.9": [3, 2, 2], "0.99": [4, 4, 3]},
+                                effective_rank=[2.0, 1.8, 1.7], stable_rank=[1.2, 1.2, 1.1],
+                                overlap_with_final=[0.5, 0.8, 1.0]) for i in range(3)]
+    return Trajectory(run="runs/x", steps=steps, checkpoints=[f"runs/x/checkpoint-{s}" for s in steps],
+                      modules=modules, saturation=[saturation("attention.self.query", steps, [3, 2, 2])])
+
+
+def test_trajectory_page_titles_sit_below_the_heading_and_read_as_formulas():
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from deltaw.reports import style
+    from deltaw.reports.pdf import Document
+    from deltaw.reports.trajectory_report import add_trajectory
+
+    doc = Document("t")
+    add_trajectory(doc, _small_trajectory())
+    with rc_context(style.RC):
+        pages = doc._paginate()
+        number, page = next((n, p) for n, p in enumerate(pages, 1) if any(i.kind == "heading" for i in p.items))
+        heading = next(i for i in page.items if i.kind == "heading")
+        fig = doc._draw_page(page, number, len(pages))
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        rule = heading.y_top - 0.40  # where pdf.py draws the heading's rule, inches
+        titles = [ax._left_title for ax in fig.axes if ax._left_title.get_text()]
+        assert len(titles) == 7
+        for title in titles:
+            assert title.get_window_extent(renderer).y1 / fig.dpi < rule - 0.02, title.get_text()
+            text = title.get_text()
+            assert "_" not in text or text.startswith("$"), text  # ‖ΔW‖_F as a formula
+    words = [item[2] for a in fig.artists for item in getattr(a, "_items", [])]
+    assert "highest at step 30 (3), then falls to 2 by step 90" in " ".join(words)
+    assert not any("stops growing" in w for w in words)
