@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from deltaw.cli.options import device_option
+from deltaw.records.resize import percent
 
 
 def rank_options(command):
@@ -25,7 +26,8 @@ def rank_options(command):
         click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
                      help="dtype of the written factors. Default: the input's."),
         click.option("--pdf", "pdf_path", type=click.Path(dir_okay=False), default=None,
-                     help="Also write a figure: retained energy per module, the cut on each spectrum."),
+                     help="Also write a PDF report: retained energy per module and where the cut fell on "
+                          "each spectrum."),
         device_option,
     ]
     for option in reversed(options):
@@ -52,10 +54,6 @@ _METHOD = {"factored": "exact (factored)", "factored-gram": "exact (factored)",
            "randomized": "randomized top-k", "gram-eigh": "top-k (Gram eigh)"}
 
 
-def percent(share: float) -> str:
-    """A share as a percentage to 2 decimals; never "100.00 %" unless nothing was discarded."""
-    text = f"{100 * share:.2f} %"
-    return ">99.99 %" if text == "100.00 %" and share < 1.0 else text
 
 
 def kept_table(report) -> str:

@@ -46,6 +46,13 @@ PAPER = [  # GPT-3 175B, layer 48, W_q (Hu et al. 2021, Table 7)
 
 HEADER_W = 0.9  # inches for a module type in a column header; longer ones are abbreviated
 
+#: The paper's amplification factors (GPT-3 175B, layer 48, W_q), drawn as dashed reference
+#: lines in the factor-per-layer panel.
+PAPER_FACTORS = ((21.5, "r = 4"), (1.9, "r = 64"))
+#: A reference line is drawn when it lies within this factor of the plotted values' range (the
+#: axis is extended to include it); further out it would squeeze the data into a strip.
+REFERENCE_REACH = 1.5
+
 
 def _label(m: ModuleRecord, names: dict[str, str]) -> str:
     """A column header: the module type (abbreviated by the report's rule) and the layer."""
@@ -157,6 +164,133 @@ def _per_layer(mods: list[ModuleRecord], fn) -> tuple[np.ndarray, np.ndarray, np
             np.array([np.percentile(v, 75) for v in values]))
 
 
+def log_factor_axis(factors: list[float]) -> bool:
+    """Whether the factor-per-layer axis is logarithmic: when the positive factors span more
+    than a factor of 15 (a linear axis from 0 would flatten the small ones)."""
+    positive = [f for f in factors if f > 0]
+    return bool(positive) and max(positive) / min(positive) > 15
+
+
+def reference_lines(plotted: list[float], log: bool) -> list[tuple[float, str]]:
+    """The paper's factors (:data:`PAPER_FACTORS`) to draw beside ``plotted`` values.
+
+    A value is drawn when it lies within :data:`REFERENCE_REACH` of the plotted range: up to
+    1.5 times the largest value, and (on a log axis, whose bottom follows the data) down to the
+    smallest divided by 1.5; a linear axis starts at 0, so nothing below is out of reach.
+    """
+    lo, hi = min(plotted), max(plotted)
+    bottom = lo / REFERENCE_REACH if log else 0.0
+    return [(v, r) for v, r in PAPER_FACTORS if bottom <= v <= hi * REFERENCE_REACH]
+
+
+def reference_sentence(plotted: list[float], log: bool) -> str:
+    """The caption's account of the paper's reference lines (:func:`reference_lines`): which
+    are drawn, and why any other is not."""
+    shown = reference_lines(plotted, log)
+    lo, hi = min(plotted), max(plotted)
+    sentences = []
+    if shown:
+        values = text.join([f"{v:g} at {r}" for v, r in shown])
+        sentences.append(f"Dashed: the paper's GPT-3 factor{'s' if len(shown) > 1 else ''} "
+                         f"({values}), drawn when within {REFERENCE_REACH:g}× of the plotted "
+                         f"range (the axis extended where needed to include it).")
+    left_out: dict[str, list[str]] = {}  # why → the factors left out for it
+    for v, r in PAPER_FACTORS:
+        if (v, r) not in shown:
+            why = (f"above {REFERENCE_REACH:g}× the largest plotted factor ({text.num(hi)})" if v > hi
+                   else f"below the smallest plotted factor ({text.num(lo)}) divided by "
+                        f"{REFERENCE_REACH:g}")
+            left_out.setdefault(why, []).append(f"at {r} ({v:g})")
+    for why, which in left_out.items():
+        one = len(which) == 1
+        sentences.append(f"The paper's factor{'' if one else 's'} {text.join(which)} "
+                         f"{'is' if one else 'are'} not drawn: {'it lies' if one else 'both lie'} {why}.")
+    return " ".join(sentences)
+
+
+def label_spot(points, value: float, width: float, height: float,
+               ceiling: float = 1.0) -> tuple[float, str, str]:
+    """Where a reference line's label goes so that it covers no data point.
+
+    Parameters
+    ----------
+    points : sequence of (float, float)
+        The plotted points, in axes fractions.
+    value : float
+        The line's height, in axes fractions.
+    width, height : float
+        The label's box, in axes fractions (with room for a marker's radius).
+    ceiling : float
+        The top of the free area (the legend sits above it).
+
+    Returns
+    -------
+    x : float
+        0 or 1: the left or right end of the line.
+    ha, va : str
+        The label's alignment at (x, value): above the line (``"bottom"``) or below (``"top"``).
+        The first of right-above, right-below, left-above, left-below whose box is free; the
+        first one when none is.
+    """
+    candidates = [(1.0, "right", "bottom"), (1.0, "right", "top"), (0.0, "left", "bottom"),
+                  (0.0, "left", "top")]
+    for x, ha, va in candidates:
+        x0, x1 = (1.0 - width, 1.0) if ha == "right" else (0.0, width)
+        y0, y1 = (value, value + height) if va == "bottom" else (value - height, value)
+        if y0 < 0.0 or y1 > ceiling:
+            continue
+        if not any(x0 <= px <= x1 and y0 <= py <= y1 for px, py in points):
+            return x, ha, va
+    return candidates[0]
+
+
+def _draw_references(ax, lines: list[tuple[float, str]], points, ceiling: float) -> None:
+    """Dashed lines at the paper's factors, each labelled where it covers no point; the view
+    is final (limits and headroom set) when this is called."""
+    from .layout import line_height, text_width
+
+    fig = ax.get_figure(root=True)
+    box = ax.get_position()
+    w_in, h_in = box.width * fig.get_figwidth(), box.height * fig.get_figheight()
+    to_axes = ax.transData + ax.transAxes.inverted()
+    on_axes = to_axes.transform(np.asarray(points, dtype=float).reshape(-1, 2))
+    marker = 0.03  # inches: a 2.5-point marker's radius and a little air
+    for value, r in lines:
+        label = f" paper {r} "  # a space of air on either side
+        ax.axhline(value, color=style.MUTED, lw=0.6, ls=(0, (4, 2)))
+        _, y = to_axes.transform((0.0, value))
+        x, ha, va = label_spot(on_axes, y, (text_width(label, style.TINY) + marker) / w_in,
+                               (line_height(style.TINY) + marker) / h_in, ceiling)
+        ax.text(x, y, label, transform=ax.transAxes, fontsize=style.TINY, color=style.MUTED,
+                va=va, ha=ha, bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
+
+
+def _include(ax, value: float) -> None:
+    """Extend the y view of ``ax`` to hold ``value`` when it lies outside, with a margin of 5 %
+    of the new span beyond it; a value inside leaves the view as it is."""
+    lo, hi = ax.get_ylim()
+    if lo <= value <= hi:
+        return
+    if ax.get_yscale() == "log":
+        margin = (max(hi, value) / min(lo, value)) ** 0.05
+        ax.set_ylim(min(lo, value / margin), max(hi, value * margin))
+    else:
+        margin = 0.05 * (max(hi, value) - min(lo, value))
+        ax.set_ylim(min(lo, value - margin) if value < lo else lo,
+                    max(hi, value + margin) if value > hi else hi)
+
+
+def _factor_points(groups, aggregate: bool) -> list[tuple[float, float]]:
+    """(layer, factor) of every point the factor panel draws: the medians per layer, and the
+    ends of the interquartile band where it is shaded."""
+    points = []
+    for _, group, _ in groups:
+        x, med, q25, q75 = _per_layer(group, lambda a: a["factor"])
+        for values in ((med, q25, q75) if aggregate else (med,)):
+            points += list(zip(x.tolist(), values.tolist()))
+    return points
+
+
 def amplification_layer_block(analysis: Analysis) -> Block | None:
     """The factor per layer and W along ΔW's directions per layer: a line per module type, or,
     with more than ``MAX_TYPE_LINES`` types, the median over all modules with its IQR band."""
@@ -178,6 +312,9 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
         (1, lambda a: a["proj_delta"] / a["proj_base_top"], "-"),
         (1, lambda a: a["proj_random"] / a["proj_base_top"], "--"),
     ]
+    log = log_factor_axis(factors)
+    points = _factor_points(groups, aggregate)
+    references = reference_lines([y for _, y in points], log)
 
     def draw(region):
         left, right = region.inset(left=0.55, top=0.28, bottom=0.42, right=0.05).columns(
@@ -194,19 +331,12 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
                 if aggregate:
                     axes[index].fill_between(x, q25, q75, color=color, alpha=0.15, linewidth=0)
             handles.append(Line2D([], [], color=color, marker="o", ms=2.5, label=label))
-        positive = [f for f in factors if f > 0]
-        if positive and max(positive) / min(positive) > 15:
+        if log:
             ax_f.set_yscale("log")
         else:
             ax_f.set_ylim(bottom=0)
-        _, hi = ax_f.get_xlim()
-        for value, label in ((21.5, "paper r = 4"), (1.9, "paper r = 64")):
-            ymin, ymax = ax_f.get_ylim()
-            if ymin <= value <= ymax * 1.5:
-                ax_f.axhline(value, color=style.MUTED, lw=0.6, ls=(0, (4, 2)))
-                ax_f.text(hi, value, f"{label} ", fontsize=style.TINY, color=style.MUTED,
-                          va="bottom", ha="right",
-                          bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
+        for value, _ in references:
+            _include(ax_f, value)
         ax_p.set_yscale("log")
         for ax in axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
@@ -214,10 +344,12 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
         ax_f.set_title("Amplification factor per layer", loc="left")
         ax_p.set_title("W along ΔW's directions vs W's top", loc="left")
         # legends sit in headroom above the data, so they never cover a curve
+        ceiling = 1.0
         if not aggregate:
-            _headroom(ax_f, rows=(len(handles) + 3) // 4)
+            ceiling = _headroom(ax_f, rows=(len(handles) + 3) // 4)
             ax_f.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4),
                         columnspacing=1.0, handlelength=1.6, borderaxespad=0.2)
+        _draw_references(ax_f, references, points, ceiling)
         _headroom(ax_p, rows=1)
         ax_p.legend(handles=[Line2D([], [], color="#444", lw=1.0, label="U, V from ΔW"),
                              Line2D([], [], color="#444", lw=0.8, ls="--", label="U, V random")],
@@ -235,7 +367,7 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
            f"(the grid below shows each type)" if aggregate else
            "one line per module type (median where a layer has several modules)")
         + f"; median {text.num(float(np.median(factors)))}, range {text.span(factors)}. "
-        f"Dashed: the paper's GPT-3 values, when in range. Right: "
+        + reference_sentence([y for _, y in points], log) + " Right: "
         f"{text.PROJ} for ΔW's top-r directions (solid) and for random directions (dashed), "
         f"divided by the same for W's own top-r directions; a value of 1 would mean ΔW repeats "
         f"W's top directions. In the paper ΔW sits far above random yet far below W's top "
@@ -244,8 +376,9 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
     return Block(height=2.6, draw=draw, caption=caption)
 
 
-def _headroom(ax, rows: int) -> None:
-    """Raise the top of the y axis by about ``rows`` legend rows (0.14 of the axes each)."""
+def _headroom(ax, rows: int) -> float:
+    """Raise the top of the y axis by about ``rows`` legend rows (0.14 of the axes each); return
+    where the data's area now ends, in axes fractions (the legend goes above)."""
     lo, hi = ax.get_ylim()
     share = min(0.14 * rows, 0.5)
     if ax.get_yscale() == "log":
@@ -253,6 +386,7 @@ def _headroom(ax, rows: int) -> None:
         ax.set_ylim(lo, 10 ** (np.log10(lo) + span / (1 - share)))
     else:
         ax.set_ylim(lo, lo + (hi - lo) / (1 - share))
+    return 1.0 - share
 
 
 def amplification_grid_block(analysis: Analysis) -> Block | None:

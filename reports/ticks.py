@@ -12,8 +12,10 @@ Matplotlib's log axis labels decades in mathtext (``10^{0}``) and, when a range 
 a decade, labels minor ticks too (``6×10^{-1}``): every label is a mathtext parse and every minor
 position a tick object, a tenth of a report's drawing time for the spectra. The ticks here are
 chosen once from the axis range: decades when at least two fall inside, else the 1-2-5 steps,
-else every integer mantissa; labels are plain decimals (powers of ten past 10⁻³ or 10⁴ written
-with Unicode superscripts), so every label reads as the exact value at its tick.
+else every integer mantissa, else (a range narrower than from one mantissa to the next) evenly
+spaced 1-2-5 steps, so every axis gets at least two. Labels are plain decimals, or, when any
+tick of the axis lies past 10⁻³ or 10⁴, powers of ten with Unicode superscripts for all of them
+(one style per axis); every label reads as the exact value at its tick.
 """
 
 from __future__ import annotations
@@ -34,35 +36,89 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 MAX_TICKS = 7
 
 
-def log_label(value: float) -> str:
-    """``value`` (a mantissa of 1–9 times a power of ten) as a plain label: ``0.05``, ``2``,
-    ``300``, or ``10⁻⁵`` / ``2×10⁻⁵`` beyond three decimals or four digits."""
+def log_label(value: float, power: bool | None = None) -> str:
+    """``value`` (a decimal of a few significant digits) as an exact label.
+
+    Parameters
+    ----------
+    value : float
+        A positive tick value, e.g. ``0.05``, ``2``, ``0.21`` or ``2e-5``.
+    power : bool, optional
+        Write it as a power of ten (``10⁻⁵``, ``2×10⁻⁵``, ``2.1×10⁻⁵``) rather than a plain
+        decimal (``0.05``, ``300``, ``0.21``). By default, a power of ten only beyond three
+        decimals or four digits; :func:`log_labels` decides it once for a whole axis.
+    """
     exponent = math.floor(math.log10(value) + 1e-9)
-    mantissa = round(value / 10.0 ** exponent)
-    if -3 <= exponent <= 4:
-        return f"{mantissa * 10.0 ** exponent:.{max(0, -exponent)}f}"
-    power = "10" + str(exponent).translate(_SUPERSCRIPT)
-    return power if mantissa == 1 else f"{mantissa}×{power}"
+    if power is None:
+        power = not -3 <= exponent <= 4
+    if not power:
+        return format(value, f".{_decimals(value)}f")
+    mantissa = value / 10.0 ** exponent
+    digits = format(mantissa, f".{_decimals(mantissa)}f")
+    sup = "10" + str(exponent).translate(_SUPERSCRIPT)
+    return sup if digits == "1" else f"{digits}×{sup}"
+
+
+def _decimals(value: float) -> int:
+    """The fewest decimals (up to 15) that write ``value`` to 1e-9 of itself."""
+    return next((d for d in range(16) if abs(round(value, d) - value) <= 1e-9 * value), 15)
+
+
+def log_labels(ticks) -> list[str]:
+    """:func:`log_label` of every tick in one style: all plain decimals when every tick lies
+    within 0.001–99999 (three decimals, four digits), else all powers of ten; an axis reading
+    "0.001" beside "10⁻⁴" would make the reader compare two notations."""
+    plain_ok = all(-3 <= math.floor(math.log10(t) + 1e-9) <= 4 for t in ticks)
+    return [log_label(t, power=not plain_ok) for t in ticks]
 
 
 def log_ticks(low: float, high: float) -> list[float]:
-    """Tick positions in ``[low, high]`` (``0 < low < high``) for a log axis.
+    """Tick positions in ``[low, high]`` (``0 < low < high``) for a log axis: at least two.
 
     Decades when at least two fall inside (every second or third when there are more than
-    :data:`MAX_TICKS`); otherwise 1, 2 and 5 times a power of ten; otherwise every mantissa 1–9
-    (fewer than two only for a range narrower than from one mantissa to the next).
+    :data:`MAX_TICKS`); otherwise 1, 2 and 5 times a power of ten; otherwise every mantissa 1–9;
+    otherwise (a range narrower than from one mantissa to the next, e.g. 0.195–0.26) the
+    multiples of the largest 1-2-5 step that puts two inside (0.2, 0.25).
     """
+    if not 0 < low < high:
+        raise ValueError(f"a log axis needs 0 < low < high, got {low!r}, {high!r}")
     first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
     for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
         ticks = [m * 10.0 ** e for e in range(first, last + 1) for m in mantissas
                  if low <= m * 10.0 ** e <= high]
         if len(ticks) >= 2:
             break
+    else:
+        return _steps(low, high)
     if len(ticks) > MAX_TICKS:  # thinned evenly, keeping 1 where it is a tick
         step = math.ceil(len(ticks) / MAX_TICKS)
         anchor = next((i for i, t in enumerate(ticks) if t == 1.0), len(ticks) - 1)
         ticks = [t for i, t in enumerate(ticks) if (i - anchor) % step == 0]
     return ticks
+
+
+def _steps(low: float, high: float) -> list[float]:
+    """Multiples of the largest step 1, 2 or 5 × 10ᵏ with at least two in ``[low, high]``.
+
+    The step before it (at most 2.5 times larger) put at most one inside, so the range is under
+    five steps wide: at most six ticks, never more than :data:`MAX_TICKS`.
+    """
+    exponent = math.floor(math.log10(high - low)) + 1  # 5 × 10ᵏ⁺¹ > the range: one tick at most
+    while True:
+        for m in (5, 2, 1):
+            step = _decimal(m, exponent)
+            ticks = [_decimal(n * m, exponent)
+                     for n in range(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1)]
+            ticks = [t for t in ticks if low <= t <= high]
+            if len(ticks) >= 2:
+                return ticks
+        exponent -= 1
+
+
+def _decimal(n: int, exponent: int) -> float:
+    """n · 10^exponent, divided rather than multiplied for a negative exponent so that the float
+    is the decimal's nearest (3 / 10 is 0.3; 3 · 0.1 is 0.30000000000000004)."""
+    return n * 10.0 ** exponent if exponent >= 0 else n / 10.0 ** -exponent
 
 
 def linear_labels(ticks) -> list[str]:
@@ -166,7 +222,7 @@ def fixed_ticks(ax, which: str, positions, labels, *, side: str | None = None,
 
 def set_log_ticks(ax, which: str, **kwargs) -> None:
     """:func:`fixed_ticks` on a log-scaled axis of ``ax`` over its current view, at
-    :func:`log_ticks` with :func:`log_label` labels (no minor ticks)."""
+    :func:`log_ticks` with :func:`log_labels` (no minor ticks): at least two labelled ticks."""
     low, high = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
     ticks = log_ticks(low, high)
-    fixed_ticks(ax, which, ticks, [log_label(t) for t in ticks], **kwargs)
+    fixed_ticks(ax, which, ticks, log_labels(ticks), **kwargs)

@@ -65,6 +65,6 @@ def test_invalid_options_are_usage_errors_before_any_work(tmp_path, args, said):
 
 
 def test_a_share_just_under_one_is_not_printed_as_all():
-    from deltaw.cli.kept import percent
+    from deltaw.records.resize import percent
 
     assert percent(1.0) == "100.00 %" and percent(0.99999) == ">99.99 %" and percent(0.9999) == "99.99 %"

@@ -149,7 +149,7 @@ def write_adapter(out: str | os.PathLike, cuts: list[Cut], targets: dict[str, Ta
     plan : Plan
     report : deltaw.records.resize.Resize
     pdf : path, optional
-        The figure of retained energy per module and of each cut on its spectrum.
+        A PDF report of the retained energy per module and of each cut on its spectrum.
     """
     if not any(c.new_rank > 0 for c in cuts):
         raise DeltawError(f"{out}: nothing to write: the ΔW of every module ({len(cuts)}) is zero")

@@ -84,7 +84,7 @@ def resize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, rank: int |
     scale : float, optional
         α/r of a loralib state dict.
     pdf : path, optional
-        Also write the figure of retained energy per module and of each cut on its spectrum.
+        Also write a PDF report of the retained energy per module and of each cut on its spectrum.
     device : "auto", "cpu", "cuda[:N]"
     math_dtype : torch.float32 or torch.float64
 

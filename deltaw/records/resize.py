@@ -16,6 +16,13 @@ from deltaw.records._base import Record, Vector, deltaw_version, utc_now
 from deltaw.records.analysis import Skipped
 
 
+def percent(share: float) -> str:
+    """A retained share as a percentage to 2 decimals; never "100.00 %" unless nothing was
+    discarded (">99.99 %"): the terminal table and the report print it alike."""
+    text = f"{100 * share:.2f} %"
+    return ">99.99 %" if text == "100.00 %" and share < 1.0 else text
+
+
 @dataclass(kw_only=True, eq=False)
 class KeptModule(Record):
     """One module: its rank before and after, and what the cut discarded.
