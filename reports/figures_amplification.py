@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from deltaw.baselines import expected_random_projection
 from deltaw.naming import type_sort_key
 from deltaw.records import Analysis, ModuleRecord
 
@@ -28,7 +29,7 @@ ROWS = [  # (label, key in the amplification record)
     ("r (directions)", "r"),
     (f"{text.PROJ} from ΔW", "proj_delta"),
     (f"{text.PROJ} from W", "proj_base_top"),
-    (f"{text.PROJ} from random", "proj_random"),
+    (f"{text.PROJ} random, r{text.NORM_W}/√(mn)", "proj_random_rms"),
     (text.NORM_DW, "delta_fro"),
     (text.NORM_W, "base_fro"),
     ("amplification factor", "factor"),
@@ -36,10 +37,10 @@ ROWS = [  # (label, key in the amplification record)
 
 PAPER = [  # GPT-3 175B, layer 48, W_q (Hu et al. 2021, Table 7)
     ("paper\nr = 4", {"r": 4, "proj_delta": 0.32, "proj_base_top": 21.67,
-                                  "proj_random": 0.02, "delta_fro": 6.91, "base_fro": 61.95,
+                                  "proj_random_rms": 0.02, "delta_fro": 6.91, "base_fro": 61.95,
                                   "factor": 21.5}),
     ("paper\nr = 64", {"r": 64, "proj_delta": 1.90, "proj_base_top": 37.71,
-                                   "proj_random": 0.33, "delta_fro": 3.57, "base_fro": 61.95,
+                                   "proj_random_rms": 0.33, "delta_fro": 3.57, "base_fro": 61.95,
                                    "factor": 1.9}),
 ]
 
@@ -67,20 +68,31 @@ def _columns(mods: list[ModuleRecord]) -> list[list[tuple[str, dict]]]:
     types = list(dict.fromkeys(m.module_type for m in mods))
     names = dict(zip(types, type_labels(types, HEADER_W, style.SMALL, weight="bold")))
     if len(mods) <= 6:
-        return [[(_label(m, names), m.amplification)] for m in mods]
+        return [[(_label(m, names), with_random_rms(m))] for m in mods]
     groups = []
     for t in types:
         of_type = [m for m in mods if m.module_type == t]
         by_layer = {m.layer: m for m in of_type if m.layer is not None}
-        columns = [(_label(by_layer[layer], names), by_layer[layer].amplification)
+        columns = [(_label(by_layer[layer], names), with_random_rms(by_layer[layer]))
                    for layer in representative_layers(sorted(by_layer))]
         if not by_layer:
-            columns = [(_label(m, names), m.amplification) for m in of_type[:3]]
+            columns = [(_label(m, names), with_random_rms(m)) for m in of_type[:3]]
         if len(of_type) > 1:
-            median = {key: _median([m.amplification[key] for m in of_type]) for _, key in ROWS}
+            median = {key: _median([with_random_rms(m)[key] for m in of_type]) for _, key in ROWS}
             columns.append((f"{names[t]}\nmedian", median))
         groups.append(columns)
     return groups
+
+
+def with_random_rms(m: ModuleRecord) -> dict:
+    """A module's amplification record with the random baseline in closed form,
+    ``proj_random_rms`` = r‖W‖_F/√(mn), the root mean square over random r-frames
+    (:func:`deltaw.baselines.expected_random_projection`): what the report sets ΔW against. The
+    record's ``proj_random`` is one seeded draw, which strays from it by a factor that depends
+    on r (the reproduction draws many; Table 7's random column is this expectation)."""
+    a = dict(m.amplification)
+    a["proj_random_rms"] = expected_random_projection(int(a["r"]), a["base_fro"], m.shape)
+    return a
 
 
 def _median(values: list) -> float | None:
@@ -127,10 +139,11 @@ def amplification_table_blocks(analysis: Analysis) -> list[Block]:
             f"How ΔW relates to W, laid out like Table 7 of the LoRA paper. U and V are the top-r "
             f"left and right singular vectors of ΔW (r = {text.span(rs, str)}); {text.PROJ} "
             f"(“from ΔW”) measures how much of W lies along them. Baselines: U, V from W's own top-r "
-            f"directions (the most W can hold) and from a random Gaussian matrix (chance). "
+            f"directions (the most W can hold) and, for chance, the root mean square over random "
+            f"r-frames, r{text.NORM_W}/√(mn) (exact, not a draw). "
             f"The amplification factor {text.NORM_DW}/{text.PROJ} says how strongly the update "
             f"amplifies directions W already holds but does not emphasise; the paper finds "
-            f"≈21.5 at r = 4 and ≈1.9 at r = 64 (columns “paper”: GPT-3 175B, layer 48, W_q)."
+            f"≈21.5 at r = 4 and ≈1.9 at r = 64 (columns “paper”: GPT-3 175B, layer 48, $W_q$)."
             + (" Columns: for each module type a low, a middle and a top layer, and the median "
                "over all its modules." if len(mods) > 6 else "")
         )
@@ -156,7 +169,7 @@ def _per_layer(mods: list[ModuleRecord], fn) -> tuple[np.ndarray, np.ndarray, np
     """Layers, and per layer the median, 25th and 75th percentile of ``fn(amplification)``."""
     by_layer: dict[int, list[float]] = {}
     for m in mods:
-        by_layer.setdefault(m.layer, []).append(fn(m.amplification))
+        by_layer.setdefault(m.layer, []).append(fn(with_random_rms(m)))
     layers = sorted(by_layer)
     values = [np.asarray(by_layer[l]) for l in layers]
     return (np.array(layers), np.array([np.median(v) for v in values]),
@@ -310,7 +323,7 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
     curves = [  # (axes index, quantity, line style)
         (0, lambda a: a["factor"], "-o"),
         (1, lambda a: a["proj_delta"] / a["proj_base_top"], "-"),
-        (1, lambda a: a["proj_random"] / a["proj_base_top"], "--"),
+        (1, lambda a: a["proj_random_rms"] / a["proj_base_top"], "--"),
     ]
     log = log_factor_axis(factors)
     points = _factor_points(groups, aggregate)
@@ -368,10 +381,10 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
            "one line per module type (median where a layer has several modules)")
         + f"; median {text.num(float(np.median(factors)))}, range {text.span(factors)}. "
         + reference_sentence([y for _, y in points], log) + " Right: "
-        f"{text.PROJ} for ΔW's top-r directions (solid) and for random directions (dashed), "
-        f"divided by the same for W's own top-r directions; a value of 1 would mean ΔW repeats "
-        f"W's top directions. In the paper ΔW sits far above random yet far below W's top "
-        f"(0.32 vs 0.02 vs 21.67 at r = 4)."
+        f"{text.PROJ} for ΔW's top-r directions (solid) and for random directions (dashed: the "
+        f"root mean square r{text.NORM_W}/√(mn)), divided by the same for W's own top-r directions; a "
+        f"value of 1 would mean ΔW repeats W's top directions. The paper has 0.32 for ΔW, 0.02 for "
+        f"random and 21.67 for W's top at r = 4 (GPT-3, layer 48, $W_q$)."
     )
     return Block(height=2.6, draw=draw, caption=caption)
 
@@ -400,8 +413,8 @@ def amplification_grid_block(analysis: Analysis) -> Block | None:
     scale = grid_scale(grid, 0.0)
     caption = grid_caption(
         grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how "
-        "strongly ΔW amplifies (factor > 1) or attenuates (< 1) directions of W that W does not "
-        "emphasise (see the table and the figure above).", text.num, len(analysis.not_finite),
+        "strongly ΔW amplifies directions of W that W does not emphasise: > 1 where ΔW is the "
+        "larger along them, < 1 where W is (see the table and the figure above).", text.num, len(analysis.not_finite),
         scale=scale, scale_why="from zero to the largest cell")
     return grid_block(grid, title="Amplification factor", caption=caption,
                       fmt=lambda v: text.num(v, 2), scale=scale)

@@ -259,3 +259,11 @@ def test_a_delta_basis_checkpoint_fact_counts_directions():
     assert _checkpoint_fact(c, 1, []).endswith("(r = 64)")
     c.basis = "delta"
     assert _checkpoint_fact(c, 1, []).endswith("(64 directions)")
+
+
+def test_table_7_sets_the_random_root_mean_square_not_one_draw():
+    from deltaw.reports.figures_amplification import ROWS, with_random_rms
+
+    m = _module(0, "query", [1.0] * 8, amp=_amp(0.5, proj_random=0.03))  # 64 × 64, r = 8, ‖W‖ = 60
+    assert with_random_rms(m)["proj_random_rms"] == pytest.approx(8 * 60.0 / 64)
+    assert "proj_random" not in [key for _, key in ROWS] and "proj_random_rms" in [key for _, key in ROWS]

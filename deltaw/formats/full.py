@@ -46,6 +46,13 @@ def load_full(tuned: TensorStore, base: TensorStore) -> Deltas:
         if key not in used and key not in listed and len(base.shape(key)) >= 2 and matcher.match(key) == key:
             out.skipped.append(Skipped(key, "in the base only: no matching tensor in the fine-tune"))
     if not out.deltas:
+        new = [s.name for s in out.skipped if s.reason.startswith("no tensor of this name")]
+        if new and not any(s.reason.startswith("shape") for s in out.skipped):
+            raise DeltawError(
+                f"{tuned.source}: no weight matrix is shared with the base {base.source} (none of its "
+                f"{len(new)}, e.g. {new[0]}, is in it): a head-only fine-tune (new layers only) has no "
+                "ΔW to analyse; otherwise, is this the base model it was fine-tuned from?"
+            )
         raise DeltawError(
             f"{tuned.source}: no weight matrix is shared with the base {base.source}; "
             "is this the base model it was fine-tuned from?"
