@@ -410,6 +410,6 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     if deltas.format != "kohya":  # kohya keys are not module paths a PEFT rank_pattern matches
         from deltaw.act.suggest import suggest_rank_pattern
 
-        analysis.rank_suggestion = suggest_rank_pattern(analysis.modules)
+        analysis.rank_suggestion = suggest_rank_pattern(analysis.modules, with_targets=analysis.format == "full")
     return analysis
 

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import deltaw
+from deltaw.act.suggest import describe
 from act_oracles import peft_delta, spectrum
 from builders import make_adapter, tiny_llama
 from deltaw.formats.write_peft import rank_pattern
@@ -74,6 +75,15 @@ def test_zero_and_top_k_bounds_are_named(tmp_path):
     suggestion = deltaw.analyze(tmp_path / "tuned.safetensors", tmp_path / "base.safetensors", top_k=4,
                                 device="cpu").rank_suggestion
     assert suggestion.zero == ["b"] and suggestion.at_least == ["a"] and suggestion.r == 5  # > 4 listed
+    # a full fine-tune has no LoRA config to reuse: the suggestion names the modules to adapt
+    assert suggestion.target_modules == ["a"]
+    assert "LoraConfig(r=5, target_modules=[\"a\"], rank_pattern={})" in describe(suggestion)[0]
+    # every ΔW zero: no rank at all (not r = 1)
+    save_file({"a.weight": base["a.weight"].clone(), "b.weight": base["b.weight"].clone()},
+              str(tmp_path / "same.safetensors"))
+    none = deltaw.analyze(tmp_path / "same.safetensors", tmp_path / "base.safetensors", device="cpu").rank_suggestion
+    assert none.r == 0 and none.zero == ["a", "b"]
+    assert describe(none) == ["next run: no rank suggested (ΔW = 0 in every module: a, b)"]
 
 
 def test_no_suggestion_for_kohya_keys(tmp_path):

@@ -44,7 +44,7 @@ def assert_contract(doc: dict, *, with_base: bool) -> None:
     assert all(isinstance(n, str) for n in doc["notes"])
     assert all(set(s) == {"name", "reason"} for s in doc["skipped"])
     if doc["format"] != "kohya":  # the PEFT rank_pattern for 90 % of each module's energy
-        assert set(doc["rank_suggestion"]) == {"energy", "r", "rank_pattern", "at_least", "zero"}
+        assert set(doc["rank_suggestion"]) == {"energy", "r", "rank_pattern", "at_least", "zero", "target_modules"}
     for m in doc["modules"]:
         assert set(m) == set(MODULE_FIELDS), m["name"]
         for key, types in MODULE_FIELDS.items():

@@ -197,10 +197,13 @@ def test_resume_skips_finished_runs(tmp_path, tiny_base, tiny_data, monkeypatch)
     third = run_sweep(_config(tmp_path, tiny_base, tiny_data, ranks=(2, 4)), log=lambda line: None)
     assert trained == [] and {r["name"] for r in third["runs"]} == {"lora-r2-s0", "lora-r4-s0"}
 
-    # Other settings for a finished run are refused rather than silently mixed.
+    # Other settings for a finished run are refused rather than silently mixed, and before any
+    # training: here rank 1 comes first in the plan and is not trained.
+    trained.clear()
     with pytest.raises(DeltawError, match="other settings"):
-        run_sweep(_config(tmp_path, tiny_base, tiny_data, ranks=(2,), steps=7),
+        run_sweep(_config(tmp_path, tiny_base, tiny_data, ranks=(1, 2), steps=7),
                   log=lambda line: None)
+    assert trained == [] and not (tmp_path / "lora-r1-s0").exists()
 
 
 def test_plan_runs_and_alpha_default(tmp_path):

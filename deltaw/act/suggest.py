@@ -20,7 +20,7 @@ from deltaw.spectrum import energy_rank
 DEFAULT_ENERGY = 0.9
 
 
-def suggest_rank_pattern(modules, energy: float = DEFAULT_ENERGY):
+def suggest_rank_pattern(modules, energy: float = DEFAULT_ENERGY, *, with_targets: bool = False):
     """A :class:`~deltaw.records.analysis.RankSuggestion` from analysed modules.
 
     Parameters
@@ -29,6 +29,9 @@ def suggest_rank_pattern(modules, energy: float = DEFAULT_ENERGY):
         Modules with NaN/Inf (``problem``) are left out; a zero ΔW is listed in ``zero``.
     energy : float
         τ in (0, 1].
+    with_targets : bool
+        Also name the modules to adapt (``target_modules``): for a full fine-tune, which has no
+        LoRA config of its own (PEFT's default targets would leave most of the pattern unused).
 
     Returns
     -------
@@ -49,16 +52,21 @@ def suggest_rank_pattern(modules, energy: float = DEFAULT_ENERGY):
             k = len(m.singular_values) + 1
             at_least.append(m.name)
         ranks[m.name] = k
-    r, pattern = rank_pattern(ranks)
-    return RankSuggestion(energy=energy, r=r, rank_pattern=pattern, at_least=at_least, zero=zero)
+    r, pattern = rank_pattern(ranks) if ranks else (0, {})  # r = 0: every ΔW is zero, no rank
+    return RankSuggestion(energy=energy, r=r, rank_pattern=pattern, at_least=at_least, zero=zero,
+                          target_modules=list(ranks) if with_targets else None)
 
 
 def describe(suggestion) -> list[str]:
     """Terminal lines: the LoraConfig arguments, and what is a bound or left out."""
     if suggestion is None:
         return ["rank_pattern: none suggested (kohya keys are not module paths PEFT can match)"]
+    if suggestion.r == 0:
+        return [f"next run: no rank suggested (ΔW = 0 in every module: {', '.join(suggestion.zero)})"]
+    targets = (f"target_modules={json.dumps(suggestion.target_modules)}, "
+               if suggestion.target_modules is not None else "")
     lines = [f"next run, {100 * suggestion.energy:g} % of each module's ‖ΔW‖²_F: "
-             f"LoraConfig(r={suggestion.r}, rank_pattern={json.dumps(suggestion.rank_pattern)})"]
+             f"LoraConfig(r={suggestion.r}, {targets}rank_pattern={json.dumps(suggestion.rank_pattern)})"]
     if suggestion.at_least:
         lines.append(f"  at least (top-k spectrum short of τ): {', '.join(suggestion.at_least)}")
     if suggestion.zero:

@@ -256,7 +256,7 @@ class RankSuggestion(FieldAccess, Record):
     energy : float
         τ: each module's rank is its τ-energy rank, the smallest k with Σ_{i≤k} σᵢ² ≥ τ‖ΔW‖²_F.
     r : int
-        The most common of those ranks: LoraConfig's ``r``.
+        The most common of those ranks: LoraConfig's ``r``; 0 when every ΔW is zero (no rank).
     rank_pattern : dict of str → int
         The modules at another rank; keys are escaped module names, matched by PEFT's rule
         ``(.*\\.)?(KEY)$`` (so they also match under a task wrapper such as ``bert.``).
@@ -265,6 +265,10 @@ class RankSuggestion(FieldAccess, Record):
         bound (k + 1), the listed k plus one.
     zero : list of str
         Modules whose ΔW is zero: no rank suggested (they need no adapter).
+    target_modules : list of str or None
+        For a full fine-tune, which has no LoRA config to reuse: the modules to adapt (their
+        paths, which PEFT matches as suffixes, also under a task wrapper); None for an adapter,
+        whose own ``target_modules`` stand.
     """
 
     energy: float
@@ -272,6 +276,7 @@ class RankSuggestion(FieldAccess, Record):
     rank_pattern: dict[str, int] = field(default_factory=dict)
     at_least: list[str] = field(default_factory=list)
     zero: list[str] = field(default_factory=list)
+    target_modules: list[str] | None = None
 
 
 @dataclass

@@ -346,11 +346,15 @@ def run_sweep(config: TrainConfig, *, log: Log | None = None) -> dict:
         torch.set_num_threads(config.threads or _cores())
     try:
         plan = plan_runs(config)
+        # Every finished run is checked before any training: a run of other settings is refused
+        # now, not after the runs planned before it have been trained.
+        finished = {spec.name: finished_entry(out / spec.name, spec.kind, _settings(config, spec.kind))
+                    for spec in plan}
         log(f"deltaw train: {len(plan)} runs on {inputs.device} into {out}; base "
             f"{inputs.base_dir}; data {inputs.data['name']} ({len(inputs.train)} train / "
             f"{len(inputs.eval)} eval)")
         for spec in plan:
-            entry = finished_entry(out / spec.name, spec.kind, _settings(config, spec.kind))
+            entry = finished[spec.name]
             if entry is not None:
                 log(f"[{spec.name}] already finished, skipped")
             elif spec.kind == "lora":
