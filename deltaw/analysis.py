@@ -367,9 +367,13 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
                         skipped=list(deltas.skipped),
                         notes=list(deltas.notes))
+    if len(selected) < len(deltas):  # what the filter left out is said, not silently missing
+        left = [name for name in deltas if name not in {d.name for d in selected}]
+        analysis.notes.append(f"--modules {modules!r} selected {len(selected)} of {len(deltas)} modules; "
+                              f"not analysed: {', '.join(left[:5])}" + (f" and {len(left) - 5} more" if len(left) > 5 else ""))
     if top_k is not None and any(not d.structured for d in selected):
         analysis.notes.append(
-            f"dense ΔW: top-{top_k} singular values only, by randomized SVD (svd_method "
+            f"{Analysis.TOP_K_NOTE}{top_k} singular values only, by randomized SVD (svd_method "
             "'randomized'; each estimate is at most the true value). Exact: ‖ΔW‖_F and the total "
             "energy the fractions divide by. An energy rank the listed values do not reach is a "
             "bound, > k (energy_rank_above); effective rank and Gavish–Donoho rank need the whole "

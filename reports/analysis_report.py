@@ -54,6 +54,9 @@ def _facts(a: Analysis) -> list[tuple[str, str]]:
         shapes = sorted({m.shape for m in mods}, key=lambda s: (-s[0] * s[1], s))
         facts.append(("Shapes", ", ".join(f"{r} × {c}" for r, c in shapes[:6])
                       + (f" and {len(shapes) - 6} more" if len(shapes) > 6 else "")))
+    # what the loader and the analysis say one must know to read the numbers (a PiSSA adapter,
+    # modules left out by --modules, …); the top-k note is the findings' own sentence
+    facts += [("Note", plain(note)) for note in a.notes if not note.startswith(Analysis.TOP_K_NOTE)]
     facts.append(("deltaw version", a.deltaw_version or "not recorded"))
     facts.append(("Analysed on", a.created or "not recorded"))
     facts.append(("Report written", today()))

@@ -313,6 +313,8 @@ class Analysis(Record):
     """
 
     SCHEMA = "deltaw.analysis/1"
+    #: How the note on a randomized top-k spectrum begins (the report states it as a finding).
+    TOP_K_NOTE = "dense ΔW: top-"
 
     checkpoint: str
     base: str | None = None
