@@ -379,7 +379,8 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
         + (f"the median over all {len(types)} module types with the interquartile range shaded "
            f"(the grid below shows each type)" if aggregate else
            "one line per module type (median where a layer has several modules)")
-        + f"; median {text.num(float(np.median(factors)))}, range {text.span(factors)}. "
+        + f"; over these {len(factors)} modules with a layer index the median is "
+        f"{text.num(float(np.median(factors)))}, the range {text.span(factors)}. "
         + reference_sentence([y for _, y in points], log) + " Right: "
         f"{text.PROJ} for ΔW's top-r directions (solid) and for random directions (dashed: the "
         f"root mean square r{text.NORM_W}/√(mn)), divided by the same for W's own top-r directions; a "

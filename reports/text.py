@@ -287,11 +287,10 @@ def amplification_sentence(mods: list) -> str:
     above = sum(f > 1 for f in factors)
     sentence = (f"Along its top {r_text} directions the update {scaling_verb(med)} W: "
                 f"{NORM_DW}/{PROJ} is "
-                + (f"a median {median_and_range(factors)}" if len(factors) > 1 else
-                   num(factors[0]))
-                + (f" (factor > 1, amplifying, in {above} of {len(factors)} modules)"
-                   if 0 < above < len(factors) else "")
-                + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, W_q). ")
+                + (f"a median {median_and_range(factors)} over all {len(factors)} modules" if len(factors) > 1
+                   else num(factors[0]))
+                + (f"; factor > 1, amplifying, in {above} of them" if 0 < above < len(factors) else "")
+                + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, $W_q$). ")
     proj = float(np.median([x["proj_delta"] for x in amps]))
     top = float(np.median([x["proj_base_top"] for x in amps]))
     rms = [expected_random_projection(int(x["r"]), x["base_fro"], m.shape) for m, x in zip(mods, amps)]
@@ -530,7 +529,7 @@ def _query_value_overlap(pair: PairResult, q: str, v: str) -> str:
                f"{num(med[q], 2)} for {plain(q)} vs {num(med[v], 2)} for {plain(v)}")
     same_rank = len({tuple(m.ranks) for m in pair.modules if m.module_type in (q, v)}) == 1 and \
         pair.modules[0].ranks[0] == pair.modules[0].ranks[1]
-    paper = ("; for two seeds at r = 64 Hu et al. (Figure 4) found W_q sharing more than W_v"
+    paper = ("; for two seeds at r = 64 Hu et al. (Figure 4) found $W_q$ sharing more than $W_v$"
              if same_rank else "")
     if sign == 0:
         return (f"  Query and value projections overlap about equally across the two "
