@@ -143,6 +143,7 @@ def _top_k_error(M: np.ndarray, k: int, dtype=torch.float32, **options):
 @pytest.mark.parametrize("gram", [True, False], ids=["gram-eigh", "randomized"])
 @pytest.mark.parametrize("spectrum", SPECTRA, ids=list(SPECTRA))
 @pytest.mark.parametrize("k", [8, 32, 64])
+@pytest.mark.slow
 def test_top_k_error_within_a_thousandth_of_the_optimum(spectrum, k, gram, wide):
     M = _with_spectrum(SPECTRA[spectrum], 400, 300)
     M = M.T if wide else M
@@ -192,6 +193,7 @@ def test_the_bar_refuses_where_the_gram_route_would_break_the_promise():
 
 
 @pytest.mark.parametrize("spectrum", ["flat around k", "noise"])
+@pytest.mark.slow
 def test_the_rounding_estimate_bounds_the_measured_loss(spectrum):
     """The Gram route's loss of captured energy against numpy's float64 SVD stays under the
     estimate that decides the route (it is far under: the estimate is the usual size of the

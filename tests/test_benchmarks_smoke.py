@@ -33,6 +33,7 @@ def smoke(tmp_path_factory):
     return tmp, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_smoke_results_are_well_formed(smoke):
     _, r = smoke
     assert r["mode"] == "smoke" and r["device"] == "cpu"
@@ -124,6 +125,7 @@ def test_benchmark_modules_import_no_cycle():
     assert not reaches("child", "jobs") and not reaches("measure", "jobs")
 
 
+@pytest.mark.slow
 def test_gpu_run_dry_mode_on_the_cpu(tmp_path):
     """``benchmarks/gpu.sh --device cpu``'s run: the GPU plan's parts on tiny shapes, in seconds."""
     out = tmp_path / "gpu-dry.json"

@@ -107,6 +107,7 @@ def test_errors_are_one_line_without_traceback(adapter_pair, tmp_path, args, mes
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.slow
 def test_real_subprocess_exit_codes(adapter_pair, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "deltaw.cli.main", "analyze", str(adapter_pair / "r2-s0"),
                          "--json", "-"], capture_output=True, text=True)
@@ -123,6 +124,7 @@ def test_real_subprocess_exit_codes(adapter_pair, tmp_path):
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
+@pytest.mark.slow
 def test_all_commands_on_kohya_and_sharded_full_finetune(tmp_path):
     import torch
     from transformers import BertModel

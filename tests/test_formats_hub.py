@@ -117,6 +117,7 @@ def test_base_auto_without_a_declared_base_is_one_line(offline_cache, tmp_path):
         deltaw.load_deltas(tmp_path / "undeclared", base="auto")
 
 
+@pytest.mark.slow
 def test_cli_with_hub_environment(hub_cache, tmp_path):
     """The environment variables themselves, read by huggingface_hub at start-up, in a fresh process."""
     env = dict(os.environ, HF_HUB_CACHE=str(hub_cache[0]), HF_HUB_OFFLINE="1")

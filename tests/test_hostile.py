@@ -434,6 +434,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_sigterm_leaves_no_output(tmp_path, llama):
     import subprocess
     import sys

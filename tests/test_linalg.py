@@ -134,6 +134,7 @@ def test_cholesky_r_takes_the_float32_gram_only_within_its_bar(cond, gram):
                                                  (10.0, 30.0, "factored-gram"), (300.0, 35.0, "factored-gram"),
                                                  (2e3, 35.0, "factored"), (1e4, 2.0, "factored"),
                                                  (1e6, 2.0, "factored")])
+@pytest.mark.slow
 def test_one_module_route_meets_the_float64_oracle(cond_l, cond_r, route):
     # The CPU's one-module route (every LoRA of svd_many on the CPU) on both sides of each bar:
     # float32 Grams for κ₂ ≤ 4 (σ to 2e-6 relative), float32 products up to κ₂ = 10³ (a trained
@@ -149,6 +150,7 @@ def test_one_module_route_meets_the_float64_oracle(cond_l, cond_r, route):
 
 
 @pytest.mark.parametrize("cond,inside", [(300.0, True), (900.0, True), (1100.0, False), (3e3, False)])
+@pytest.mark.slow
 def test_the_gram_bar_is_on_kappa2_not_on_its_frobenius_bound(cond, inside):
     # r = 64, σ log-spaced: κ_F = ‖T‖_F‖T⁻¹‖_F is ~6× κ₂ (so over 10³ in every case here); the bar
     # decides on κ₂ itself, in the batched route and in the CPU's one-module route alike.

@@ -29,6 +29,7 @@ def engine():
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_ray_survey_equals_local_exactly(engine, tmp_path):
     runs = minilm_runs()
     checkpoints = [runs.lora[(2, 0)], runs.lora[(4, 0)], runs.lora[(4, 1)], runs.lora[(8, 0)]]

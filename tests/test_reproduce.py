@@ -54,6 +54,7 @@ def test_reproduce_pipeline_on_tiny_model(reproduced, tiny_base, tiny_data):  # 
     assert [f.verdict for f in docs2[0].findings] == [f.verdict for f in summary.findings]
 
 
+@pytest.mark.slow
 def test_report_renders_the_reproduction_json(reproduced, tmp_path):
     out, _ = reproduced
     result = CliRunner().invoke(cli, ["report", str(out / "reproduction.json"), "--pdf", str(tmp_path / "r.pdf")])

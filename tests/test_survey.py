@@ -42,6 +42,7 @@ def _top_left(matrix: np.ndarray, k: int) -> np.ndarray:
     return np.linalg.svd(matrix, full_matrices=False)[0][:, :k]
 
 
+@pytest.mark.slow
 def test_cosine_and_overlap_equal_the_dense_float64_formulas(runs, checkpoints, result):
     dense = [dense_deltas(c, runs.base) for c in checkpoints]
     ranks = [2, 4, 4, 8, None]
