@@ -5,6 +5,7 @@ of the Eckart–Young optimum, flat spectra included, and the reported error is 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -265,3 +266,25 @@ def test_an_unconverged_randomized_svd_takes_the_full_svd():
     assert (method, iterations) == ("full", 2)
     *_, method, iterations = top_svd(M, 32, gram=False)
     assert method == "randomized" and 2 < iterations <= 30
+
+
+def test_a_module_with_nan_or_inf_is_left_out_and_named(bert, tmp_path):
+    """NaN/Inf in one weight of the fine-tune: that module gets no LoRA and the report and its
+    notes name it; the rest is extracted (it raised from the eigensolver, or said "ΔW = 0")."""
+    from safetensors.torch import load_file, save_file
+
+    root, _ = bert
+    shutil.copytree(root / "tuned", tmp_path / "tuned")
+    weights = next((tmp_path / "tuned").glob("*.safetensors"))
+    tensors = load_file(weights)
+    key = next(k for k in tensors if k.endswith("layer.0.attention.self.query.weight"))
+    tensors[key][0, 0] = float("inf")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    for rule in ({"rank": 2}, {"energy": 0.9}):
+        out = tmp_path / f"out-{len(rule)}-{next(iter(rule))}"
+        report = extract(tmp_path / "tuned", root / "base", out, modules="attention.self", **rule)
+        (name,) = (s.name for s in report.skipped if "NaN/Inf" in s.reason)
+        assert name.endswith("encoder.layer.0.attention.self.query")
+        assert any(n.startswith(name + ": NaN/Inf") for n in report.notes)
+        assert name not in {m.name for m in report.modules} and len(report.modules) > 0
+        assert all(np.isfinite(m.retained) for m in report.modules)

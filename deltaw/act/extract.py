@@ -282,19 +282,29 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
             M = (tuned_store.get(tuned_key).to(device, math_dtype)
                  - base_store.get(base_key).to(device, math_dtype)).reshape(rows, -1)
             total = float(frobenius_energy(M))
+            if not math.isfinite(total):  # NaN/Inf in either weight: no SVD, no adapter for it
+                skipped.append((name, NOT_FINITE))
+                notes.append(f"{name}: {NOT_FINITE}")
+                continue
             U, S, Vh, method, _ = top_svd(M, k, energy=total, generator=generator)
             del M
         cuts.append(cut(name, shape, None, U.cpu(), S.cpu(), Vh.cpu(), total, method, rule, math_dtype))
         if progress is not None:
             progress(len(cuts), len(pairs), name)
     if not cuts:
-        raise DeltawError(f"{finetuned}: no module can carry a LoRA{' matching ' + modules if modules else ''}")
+        why = (f"every module's ΔW holds NaN/Inf ({finetuned} or {base})" if pairs else
+               f"no module can carry a LoRA{' matching ' + modules if modules else ''}")
+        raise DeltawError(f"{finetuned}: {why}")
     report = Resize(operation="extract", inputs=[str(finetuned)], weights=[1.0], base=str(base),
                     rule=rule.describe(), output=str(out), format=fmt, dtype=str(plan.dtype).removeprefix("torch."),
                     modules=kept_modules(cuts, targets), skipped=[Skipped(name=n, reason=r) for n, r in skipped],
                     carried=list(plan.carried), notes=notes)
     write_adapter(out, cuts, targets, plan, report, overwrite=overwrite, pdf=pdf)
     return report
+
+
+#: Why a module with NaN/Inf in its ΔW is left out of an extracted adapter.
+NOT_FINITE = "NaN/Inf in the fine-tune or its base weight: not extracted (check the checkpoint)"
 
 
 def _plan(tuned: TensorStore, base: TensorStore, kinds, task, fmt, dtype, modules, base_path):
