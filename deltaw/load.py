@@ -49,6 +49,15 @@ def detect_format(path: str | os.PathLike) -> str:
     return "full"
 
 
+def check_base(base: Path) -> None:
+    """Refuse a PEFT adapter folder given as the base: it holds no pretrained weights, and a
+    fine-tune paired with it would share only what the adapter saved whole (a head)."""
+    if base.is_dir() and (base / peft.CONFIG_NAME).is_file():
+        raise DeltawError(f"{base}: a PEFT adapter folder, not a model; give as the base the pretrained "
+                          f"model the checkpoint was trained from (an adapter's config names it: "
+                          f"base_model_name_or_path, or --base auto)")
+
+
 def load_deltas(
     checkpoint: str | os.PathLike,
     base: str | os.PathLike | None = None,
@@ -113,6 +122,8 @@ def load_deltas(
 def _load_local(path: Path, base: Path | None, base_name, scale, require_base: bool) -> Deltas:
     """:func:`load_deltas` on local paths; ``base_name`` is the base as the user named it."""
     fmt = detect_format(path)
+    if base is not None:
+        check_base(base)
     base_store = TensorStore.open(base) if base is not None else None
     deltas = _load(path, fmt, base_store, scale, require_base)
     declared = deltas.details.get("base_model_name_or_path")

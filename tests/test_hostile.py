@@ -585,3 +585,13 @@ def test_a_subfolder_we_may_not_enter_is_no_suggestion(open_folder, llama):
     with unprivileged():
         result = invoke("analyze", adapter, "--base", base)
     assert_one_line_error(result, "no model weights found")
+
+
+def test_an_adapter_given_as_the_base_is_refused(tmp_path, llama):
+    """A PEFT adapter folder is not a pretrained model: paired with a full fine-tune it matched
+    only what the adapter saved whole, and analyze and extract went on (exit 0)."""
+    root, _ = llama
+    for args in (("analyze", root / "base", "--base", root / "adapter"),
+                 ("extract", root / "base", "--base", root / "adapter", "--rank", "2", "--out", tmp_path / "x")):
+        assert_one_line_error(invoke(*args), str(root / "adapter"), "a PEFT adapter folder, not a model")
+    assert not (tmp_path / "x").exists()

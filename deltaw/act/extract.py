@@ -262,11 +262,12 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     rule = RankRule(rank, energy, sv_ratio, max_rank)
     check_outputs(out, overwrite, pdf)
     fmt = check_format(format, "peft")
-    from deltaw.load import detect_format
+    from deltaw.load import check_base, detect_format
 
     if (kind := detect_format(finetuned)) != "full":
         raise DeltawError(f"{finetuned}: a {kind} LoRA adapter, not a full fine-tune; "
                           "to cut a LoRA's rank use deltaw resize")
+    check_base(Path(base))
     tuned_store, base_store = TensorStore.open(finetuned), TensorStore.open(base)
     kinds, task = module_kinds(finetuned)
     plan, targets, pairs, skipped, notes = _plan(tuned_store, base_store, kinds, task, fmt, dtype, modules, base)
