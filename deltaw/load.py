@@ -33,6 +33,10 @@ def detect_format(path: str | os.PathLike) -> str:
                 f"{path}: PEFT adapter weights without their {peft.CONFIG_NAME}; "
                 "copy the config saved with the adapter into this folder (it holds lora_alpha and r)"
             )
+        files = sorted(path.glob("*.safetensors"))
+        if len(files) == 1 and kohya.is_kohya(TensorStore.open(files[0]).keys()):
+            raise DeltawError(f"{path}: a folder holding the kohya LoRA file {files[0].name}; give the file "
+                              f"itself ({files[0]})")
         return "full"
     if path.name == peft.CONFIG_NAME:
         return "peft"

@@ -595,3 +595,16 @@ def test_an_adapter_given_as_the_base_is_refused(tmp_path, llama):
                  ("extract", root / "base", "--base", root / "adapter", "--rank", "2", "--out", tmp_path / "x")):
         assert_one_line_error(invoke(*args), str(root / "adapter"), "a PEFT adapter folder, not a model")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_holding_one_kohya_file_points_at_the_file(tmp_path):
+    """deltaw resize --format kohya writes FOLDER/lora.safetensors: given the folder, the loader
+    called it "a full model" (no adapter config), and resize said to use extract."""
+    from safetensors.torch import save_file
+
+    (tmp_path / "k").mkdir()
+    save_file({"lora_unet_a.lora_down.weight": torch.randn(2, 8), "lora_unet_a.lora_up.weight": torch.randn(8, 2)},
+              str(tmp_path / "k" / "lora.safetensors"))
+    with pytest.raises(deltaw.DeltawError, match="kohya LoRA file lora.safetensors; give the file itself"):
+        deltaw.load_deltas(tmp_path / "k")
+    assert len(deltaw.load_deltas(tmp_path / "k" / "lora.safetensors")) == 1
