@@ -255,8 +255,15 @@ def test_extract_refuses_before_work(bert, tmp_path):
     root, _ = bert
     with pytest.raises(DeltawError, match="exactly one"):
         extract(root / "tuned", root / "base", tmp_path / "out")
-    with pytest.raises(DeltawError, match="no module can carry"):
+    with pytest.raises(DeltawError, match="no module matching 'nothing-matches' can carry a LoRA"):
         extract(root / "tuned", root / "base", tmp_path / "out", rank=2, modules="nothing-matches")
+    other = tmp_path / "other"  # a base of another model: no name and shape in common
+    other.mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"foo.weight": torch.zeros(4, 4)}, str(other / "model.safetensors"))
+    with pytest.raises(DeltawError, match="no weight matrix has a counterpart .* is this the base model"):
+        extract(root / "tuned", other, tmp_path / "out", rank=2)
     assert not (tmp_path / "out").exists()
 
 

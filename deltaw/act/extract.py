@@ -294,7 +294,9 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
             progress(len(cuts), len(pairs), name)
     if not cuts:
         why = (f"every module's ΔW holds NaN/Inf ({finetuned} or {base})" if pairs else
-               f"no module can carry a LoRA{' matching ' + modules if modules else ''}")
+               f"no module matching {modules!r} can carry a LoRA" if modules else
+               f"no weight matrix has a counterpart of the same name and shape in the base {base}; "
+               "is this the base model it was fine-tuned from?")
         raise DeltawError(f"{finetuned}: {why}")
     report = Resize(operation="extract", inputs=[str(finetuned)], weights=[1.0], base=str(base),
                     rule=rule.describe(), output=str(out), format=fmt, dtype=str(plan.dtype).removeprefix("torch."),
