@@ -68,3 +68,21 @@ def test_a_share_just_under_one_is_not_printed_as_all():
     from deltaw.records.resize import percent
 
     assert percent(1.0) == "100.00 %" and percent(0.99999) == ">99.99 %" and percent(0.9999) == "99.99 %"
+
+
+def test_tensors_left_out_of_the_written_adapter_are_named_on_the_terminal(tmp_path):
+    """A module whose A and B disagree in rank is skipped by the loader; resize wrote the rest
+    and said "1 of 1 modules written" with the skip only in deltaw-kept.json."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj", "v_proj"], r=4, lora_alpha=4)
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "layers.0.self_attn.v_proj.lora_A" in k)
+    tensors[key] = tensors[key][:3].contiguous()  # rank 3 against B's 4
+    save_file(tensors, str(weights))
+    result = _run("resize", tmp_path / "a", "--rank", "2", "--out", tmp_path / "small")
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("not written:"))
+    assert "layers.0.self_attn.v_proj" in line
