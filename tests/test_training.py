@@ -267,6 +267,10 @@ def test_cli_train_runs_and_has_an_example(tmp_path, tiny_base, tiny_data):
     missing = runner.invoke(cli, ["train", "--model", str(tmp_path / "nope"), "--out",
                                   str(tmp_path / "x")])
     assert missing.exit_code == 1 and "no such model folder" in missing.output
+    for bad in (["--lr", "nan"], ["--lr", "-1"], ["--alpha", "inf"], ["--full-lr", "0"], ["--ranks", "0,2"]):
+        refused = runner.invoke(cli, ["train", "--quick", *bad, "--out", str(tmp_path / "y")])
+        assert refused.exit_code == 2 and "Invalid value" in refused.output, bad  # before any work
+    assert not (tmp_path / "y").exists()
 
 
 def test_default_dataset_and_embedded_minilm():
