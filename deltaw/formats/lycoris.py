@@ -19,9 +19,12 @@ definition.) The scale:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from deltaw.delta import ComputedDelta, Delta, LowRankDelta, Reader
+from deltaw.errors import DeltawError
 from deltaw.formats import structured
 
 LORA_PARTS = ("lora_down.weight", "lora_up.weight", "lora_mid.weight")
@@ -46,7 +49,14 @@ def _alpha(store, keys, r: float) -> float:
     """The stored alpha, with LyCORIS's rule: absent or 0 means alpha = r."""
     if "alpha" not in keys:
         return float(r)
-    alpha = float(store.get(keys["alpha"]).float().item())
+    stored = store.get(keys["alpha"])
+    if stored.numel() != 1:
+        raise DeltawError(f"{store.source}: {keys['alpha']} has shape {list(stored.shape)}, not a single number; "
+                          "the file is malformed, save it again")
+    alpha = float(stored.float().item())
+    if not math.isfinite(alpha):
+        raise DeltawError(f"{store.source}: {keys['alpha']} is {alpha}, not a finite number; ΔW's scale "
+                          "alpha/r depends on it; the file is malformed, save it again")
     return float(r) if alpha == 0 else alpha
 
 

@@ -22,7 +22,7 @@ from deltaw.delta import DoraDelta, LowRankDelta
 from deltaw.deltas import Deltas, Skipped
 from deltaw.errors import DeltawError
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
-from deltaw.formats.structured import fit_base_shape
+from deltaw.formats.structured import LOHA_PARTS, LOKR_PARTS, fit_base_shape
 from deltaw.formats.tensors import TensorStore
 from deltaw.hub import BaseRequired
 
@@ -82,13 +82,60 @@ def read_config(folder: Path, methods: tuple[str, ...] = ("LORA",)) -> dict:
     for key in NUMERIC_FIELDS[peft_type]:
         if not isinstance(config.get(key), (int, float)) or isinstance(config.get(key), bool):
             raise DeltawError(f"{path}: missing or non-numeric {key!r}; ΔW's scale depends on it")
+        check_number(path, key, config[key], rank=key in RANK_FIELDS and peft_type != "OFT")
+    for name in ("rank_pattern", "alpha_pattern"):
+        # AdaLoRA saves its rank_pattern as each module's mask of kept ranks, not as numbers
+        check_pattern(path, name, config.get(name), rank=name == "rank_pattern",
+                      masks=name == "rank_pattern" and peft_type == "ADALORA")
     return config
+
+
+#: Config fields that are a rank: PEFT accepts only a positive whole number there (OFT's r may be
+#: 0 when oft_block_size is set, so OFT is exempt). α fields may be any finite number.
+RANK_FIELDS = ("r", "init_r")
+
+
+def check_number(path: Path, key: str, value, rank: bool) -> None:
+    """One clear line unless ``value`` is a positive int (``rank``) or a finite number (an α)."""
+    if rank and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise DeltawError(f"{path}: {key} is {value!r}, not a positive whole number; a rank must be one "
+                          "(set it to the adapter's rank, e.g. lora_A's first dimension)")
+    if not rank and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+        raise DeltawError(f"{path}: {key} is {value!r}, not a finite number; ΔW's scale α/r depends on it "
+                          "(set it to the α the adapter was trained with)")
+
+
+def check_pattern(path: Path, name: str, patterns, rank: bool, masks: bool = False) -> None:
+    """``rank_pattern`` / ``alpha_pattern``: absent, or a dict of PEFT module regexes → numbers
+    (``masks``: → lists of booleans, AdaLoRA's rank_pattern)."""
+    if patterns is None:
+        return
+    if not isinstance(patterns, dict):
+        raise DeltawError(f"{path}: {name} is a {type(patterns).__name__}, not an object of module "
+                          "pattern → value; fix it or remove it")
+    for key, value in patterns.items():
+        try:
+            re.compile(_pattern_regex(key))
+        except re.error as err:
+            raise DeltawError(f"{path}: {name} key {key!r} is not a valid regular expression ({err}); "
+                              "fix the key") from err
+        if masks:
+            if not (isinstance(value, list) and all(isinstance(v, bool) for v in value)):
+                raise DeltawError(f"{path}: {name}[{key!r}] is {value!r}, not a list of true/false (AdaLoRA's "
+                                  "mask of kept ranks); save the adapter again with PEFT")
+            continue
+        check_number(path, f"{name}[{key!r}]", value, rank)
+
+
+def _pattern_regex(key: str) -> str:
+    """PEFT's regex for a ``rank_pattern`` / ``alpha_pattern`` key, matched on the module path."""
+    return rf"(.*\.)?({key})$"
 
 
 def pattern_value(patterns: dict, module: str, default):
     """PEFT's rule: the first key (dict order) matching ``(.*\\.)?(KEY)$`` on the module path."""
     for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if re.match(_pattern_regex(key), module):
             return value
     return default
 
@@ -117,6 +164,32 @@ def adapter_weights_file(folder: Path) -> Path:
     raise DeltawError(f"{folder}: no adapter_model.safetensors or adapter_model.bin next to {CONFIG_NAME}")
 
 
+#: The tensor names (a dotted component of the key) by which each PEFT method's weights are known.
+METHOD_PARTS = {
+    "LORA": ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"),
+    "LOHA": LOHA_PARTS,
+    "LOKR": LOKR_PARTS,
+    "VERA": ("vera_lambda_b", "vera_lambda_d"),
+    "OFT": ("oft_R",),
+    "BOFT": ("boft_R",),
+}
+
+
+def check_method(folder: Path, peft_type: str, store: TensorStore) -> None:
+    """One clear line when the weights hold none of ``peft_type``'s tensors (the config's
+    ``peft_type`` does not describe them), naming the method the tensors do belong to."""
+    own = METHOD_PARTS["LORA" if peft_type == "ADALORA" else peft_type]
+    parts = {part for key in store.keys() for part in key.split(".")}
+    if not store.keys() or parts & set(own):
+        return
+    found = [f"{method} ({', '.join(sorted(parts & set(names)))})"
+             for method, names in METHOD_PARTS.items() if parts & set(names)]
+    what = "; it holds " + ", ".join(found) + " tensors" if found else f"; its keys are e.g. {store.keys()[0]!r}"
+    raise DeltawError(f"{folder / CONFIG_NAME}: peft_type is {peft_type}, but the adapter weights hold no "
+                      f"{peft_type} tensor ({', '.join(own[:2])}, …){what}; set peft_type to the method the "
+                      "weights were saved with, or save the adapter again")
+
+
 def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True) -> Deltas:
     """Read a PEFT adapter folder into :class:`Deltas`: LoRA, DoRA and AdaLoRA here; LoHa, LoKr,
     VeRA, OFT and BOFT through their modules (see the module docstring)."""
@@ -126,6 +199,7 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
 
         return peft_methods.load(folder, config, base, require_base)
     store = TensorStore([adapter_weights_file(folder)], folder)
+    check_method(folder, config["peft_type"], store)
     parts: dict[str, dict[str, str]] = defaultdict(dict)
     replaced, out_of_band = [], []
     for key in store.keys():

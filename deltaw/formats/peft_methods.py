@@ -20,7 +20,7 @@ from deltaw.deltas import Deltas, Skipped
 from deltaw.errors import DeltawError
 from deltaw.formats import structured
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
-from deltaw.formats.peft import adapter_weights_file, pair_with_base, pattern_value
+from deltaw.formats.peft import adapter_weights_file, check_method, pair_with_base, pattern_value
 from deltaw.formats.tensors import TensorStore
 
 _PARTS = {"LOHA": structured.LOHA_PARTS, "LOKR": structured.LOKR_PARTS}
@@ -34,6 +34,7 @@ def _key_pattern(parts: tuple[str, ...]) -> re.Pattern:
 def load(folder: Path, config: dict, base: TensorStore | None, require_base: bool = True) -> Deltas:
     """A PEFT LoHa, LoKr, VeRA, OFT or BOFT adapter folder as :class:`Deltas`."""
     store = TensorStore([adapter_weights_file(folder)], folder)
+    check_method(folder, config["peft_type"], store)
     out = Deltas(checkpoint=str(folder), base=None if base is None else str(base.source), format="peft")
     matcher = NameMatcher(base.keys()) if base is not None else None
     method = config["peft_type"]

@@ -242,6 +242,24 @@ def _checkpoints_inside(folder: Path) -> list[Path]:
     return found
 
 
+def _shard_names(index: Path, weight_map) -> list[str]:
+    """The shard files of an index's ``weight_map``: a dict of tensor name → a file name inside
+    the index's folder (no absolute path, no ``..``); anything else is one clear line."""
+    if not isinstance(weight_map, dict):
+        raise DeltawError(f"{index}: not a valid shard index (weight_map is a {type(weight_map).__name__}, "
+                          "not an object of tensor name → shard file); save the model again")
+    shards = set()
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise DeltawError(f"{index}: not a valid shard index (tensor {key!r} maps to {shard!r}, not a "
+                              "shard file name); save the model again")
+        if Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise DeltawError(f"{index}: shard {shard!r} (tensor {key!r}) is outside the folder {index.parent}; "
+                              "an index may only name files inside its own folder")
+        shards.add(shard)
+    return sorted(shards)
+
+
 def model_folder_files(folder: Path) -> list[Path]:
     """The weight files of a Hugging Face model folder: an index's shards, or the single file."""
     for index_name in _INDEX_FILES:
@@ -251,7 +269,7 @@ def model_folder_files(folder: Path) -> list[Path]:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise DeltawError(f"{index}: not a valid shard index ({_first_line(err)})") from err
-            shards = sorted(set(weight_map.values()))
+            shards = _shard_names(index, weight_map)
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise DeltawError(f"{index}: lists shard {missing[0]} which is not in {folder}")
