@@ -42,7 +42,7 @@ def command(checkpoint, base, json_path, pdf_path, csv_path, device, dtype, top_
 
     if json_path == "-" and csv_path == "-":
         raise click.UsageError("--json - and --csv - cannot both go to stdout; write one of them to a file")
-    check_outputs(json_path, pdf_path, csv_path)
+    check_outputs(json_path, pdf_path, csv_path, inputs=(checkpoint, base))
     cache = open_cache(cache_dir, no_cache)
     update, close = progress_bar("analysing")
     try:

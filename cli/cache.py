@@ -48,6 +48,10 @@ def info(cache_dir) -> None:
     click.echo(f"cache: {facts['dir']}")
     for kind, numbers in facts["kinds"].items():
         click.echo(f"  {kind:<9} {numbers['entries']:>6} entries  {_size(numbers['bytes']):>10}  {KIND_HELP[kind]}")
+    other = sum(numbers["other"] for numbers in facts["kinds"].values())
+    if other:
+        click.echo(f"note: {other} other files or folders in {facts['dir']} are not cache entries "
+                   "(not counted; `deltaw cache clear` leaves them)", err=True)
 
 
 @command.command("clear")
@@ -64,5 +68,9 @@ def clear(cache_dir, kind) -> None:
     from deltaw.cache import KINDS, Cache
 
     cache = Cache.at(cache_dir)
-    removed = cache.clear(KINDS if kind == "all" else (kind,))
-    click.echo(f"removed {removed} entries from {cache.root}")
+    cleared = cache.clear(KINDS if kind == "all" else (kind,))
+    click.echo(f"removed {cleared.removed} entries from {cache.root}")
+    if cleared.left:
+        shown = ", ".join(str(p) for p in cleared.left[:5]) + (", …" if len(cleared.left) > 5 else "")
+        click.echo(f"note: left {len(cleared.left)} files or folders that are not cache entries: {shown} "
+                   "(is --cache-dir the cache folder? remove them yourself if they are not needed)", err=True)

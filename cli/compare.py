@@ -98,7 +98,7 @@ def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path,
     """
     if len(checkpoints) < 2:
         raise click.UsageError("compare needs at least two checkpoints")
-    check_outputs(json_path, pdf_path)
+    check_outputs(json_path, pdf_path, inputs=(*checkpoints, base))
     import torch  # here, so that `deltaw --help` starts without it
 
     comparison = deltaw.compare(list(checkpoints), base=base, basis=basis, side=side, top_k=top_k,

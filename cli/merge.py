@@ -10,6 +10,8 @@ from deltaw.cli.options import progress_bar, scale_option
 
 def _weights(text: str | None, count: int) -> list[float] | None:
     """``--weights`` as numbers, one per adapter; anything else is a usage error (exit 2)."""
+    import math
+
     if text is None:
         return None
     try:
@@ -17,6 +19,9 @@ def _weights(text: str | None, count: int) -> list[float] | None:
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected numbers separated by commas, e.g. 0.7,0.3",
                                  param_hint="--weights") from None
+    if not all(math.isfinite(w) for w in weights):
+        raise click.BadParameter(f"{text!r}: every weight must be a finite number (not nan or inf)",
+                                 param_hint="--weights")
     if len(weights) != count:
         raise click.BadParameter(f"{text!r} gives {len(weights)} weights for {count} adapters; give one each",
                                  param_hint="--weights")

@@ -12,8 +12,17 @@ base_option = click.option(
          "base_model_name_or_path); `analyze` also measures ΔW against W with it (amplification, "
          "intruder dimensions).")
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A number option that must be finite: nan or inf is a usage error (exit 2)."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number; give a number such as 2.0")
+    return value
+
+
 scale_option = click.option(
-    "--scale", type=float, default=None,
+    "--scale", type=float, default=None, callback=_finite,
     help="LoRA scale α/r for loralib state dicts, which do not store it.")
 
 device_option = click.option(
@@ -25,9 +34,20 @@ dtype_option = click.option(
     help="Precision of the math (bf16/fp16 checkpoints are always upcast).")
 
 
+#: ``--threads`` above this many threads per available core is refused: they only slow the work
+#: down, and OpenMP crashes outright past some count (100000 did, exit 139).
+MAX_THREADS_PER_CORE = 8
+
+
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
     if ctx.resilient_parsing:  # shell completion: nothing runs
         return
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if value is not None and value > MAX_THREADS_PER_CORE * cores:
+        raise click.BadParameter(f"{value} is more than {MAX_THREADS_PER_CORE} threads for each of the {cores} "
+                                 f"CPU cores this process may use; give at most {MAX_THREADS_PER_CORE * cores}")
     from deltaw.collector import collector_paused
 
     with collector_paused():  # this is where a command first loads torch (deltaw.collector)
@@ -79,9 +99,15 @@ def outputs_option(command):
     return command
 
 
-def check_outputs(*paths: str | None) -> None:
-    """Fail before any work when an output cannot be written (the file is written atomically later);
-    one file given for two outputs is a usage error (exit 2)."""
+def check_outputs(*paths: str | None, inputs=(), collections=()) -> None:
+    """Fail before any work when an output cannot be written (the file is written atomically later).
+
+    Usage errors (exit 2): one file given for two outputs, and an output that is one of the
+    command's ``inputs`` or lies inside an input folder (it would overwrite or alter what is read).
+    ``collections`` are inputs that may be folders of checkpoints (survey, trajectory): such a
+    folder that is not itself a checkpoint guards only its checkpoint sub-folders, so a result may
+    be written beside them. Inputs that are not local paths (a Hub id, 'auto', None) are skipped.
+    """
     from pathlib import Path
 
     from deltaw import atomic
@@ -91,7 +117,37 @@ def check_outputs(*paths: str | None) -> None:
     for i, target in enumerate(resolved):
         if target in resolved[:i]:
             raise click.UsageError(f"{files[i]} is given for two outputs; give each output its own file")
+    guarded = [(given, False) for given in inputs] + [(given, True) for given in collections]
+    import os
+
+    for given, collection in guarded:
+        # An input that cannot be seen is skipped here: the command itself says what is wrong with it.
+        if given is None or given == "-" or not os.path.exists(os.path.expanduser(given)):
+            continue
+        source = Path(os.path.realpath(os.path.expanduser(given)))
+        for name, target in zip(files, resolved):
+            if target == source:
+                raise click.UsageError(f"{name} is also an input of this command; writing it would overwrite "
+                                       f"the input: give the output another path")
+            if os.path.isdir(source) and source in target.parents:
+                folder = source
+                if collection and not _is_checkpoint(source):
+                    folder = source / target.relative_to(source).parts[0]
+                    if not (os.path.isdir(folder) and _is_checkpoint(folder)):
+                        continue
+                raise click.UsageError(f"{name} lies inside the input folder {folder}; writing it would alter "
+                                       f"the input: give the output a path outside it")
     atomic.check_outputs(files)
+
+
+def _is_checkpoint(folder) -> bool:
+    from deltaw.errors import DeltawError
+    from deltaw.population import _is_checkpoint as is_checkpoint
+
+    try:
+        return is_checkpoint(folder)
+    except DeltawError:  # unreadable: guarded as a checkpoint; the command says what is wrong with it
+        return True
 
 
 def _regex(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -43,7 +43,7 @@ def command(results, pdf_path):
       deltaw compare r8/ r64/ --json c.json
       deltaw report a.json c.json --pdf report.pdf
     """
-    check_outputs(pdf_path)
+    check_outputs(pdf_path, inputs=results)
     records = [record for path in results for record in read_result(path)]
     from deltaw.reports import render
 

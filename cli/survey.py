@@ -86,7 +86,7 @@ def command(checkpoints, base, from_list, json_path, pdf_path, engine, ray_addre
 
     if not checkpoints and from_list is None:
         raise click.UsageError("give checkpoints (or a folder of them) or --from-list FILE")
-    check_outputs(json_path, pdf_path)
+    check_outputs(json_path, pdf_path, inputs=(base, from_list), collections=checkpoints)
     cache = open_cache(cache_dir, no_cache)
     paths = expand_checkpoints(checkpoints, from_list)
     runner = get_engine(engine, address=ray_address)

@@ -60,7 +60,7 @@ def command(run, base, json_path, pdf_path, modules, top_k, device, dtype, scale
 
     from deltaw.trajectories import parse_steps, trajectory
 
-    check_outputs(json_path, pdf_path)
+    check_outputs(json_path, pdf_path, inputs=(base,), collections=[r.split("=", 1)[-1] for r in run])
     if len(run) == 1 and "=" not in run[0]:
         source = run[0]
     else:

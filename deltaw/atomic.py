@@ -64,7 +64,7 @@ def _temporary_beside(path: Path) -> Path:
 
 def _discard(paths) -> None:
     for tmp in paths:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or not removable: the original error counts
             os.unlink(tmp)
 
 
@@ -83,7 +83,8 @@ def staged_outputs(*paths: str | os.PathLike):
     targets = check_outputs(paths)
     temporaries: list[Path] = []
     try:
-        temporaries += [_temporary_beside(t) for t in targets]
+        for target in targets:  # one at a time: a later one that fails leaves the earlier ones listed
+            temporaries.append(_temporary_beside(target))
         yield temporaries
         for tmp, target in zip(temporaries, targets):
             try:

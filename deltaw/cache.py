@@ -20,11 +20,12 @@ The default folder is ``$DELTAW_CACHE_DIR``, else ``$XDG_CACHE_HOME/deltaw``, el
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # annotations only: the cache stores SVDs, it does not comput
     from deltaw.linalg import SVD
 
 KINDS = ("base", "analyses")
+_SUFFIX = {"base": ".safetensors", "analyses": ".json"}  # of each kind's entries (Cache._entry)
 # Bumped when an entry's layout or the meaning of its numbers changes: old entries become misses.
 _VERSION = "1"
 _HASH_BLOCK = 64 * 2**20
@@ -263,25 +265,88 @@ class Cache:
 
     # -- housekeeping ---------------------------------------------------------------------------
 
+    def _entries(self, kind: str) -> tuple[list[Path], list[Path], list[Path]]:
+        """What ``root/kind`` holds, without following a symbolic link: ``(entries, leftovers,
+        foreign)``. An entry is a regular file ``<kk>/<key><suffix>`` named as :meth:`_entry` names
+        them (a 64-hex key whose first two digits name its folder); a leftover is a temporary of
+        :meth:`_write` beside one (a crash's); anything else is foreign and never touched."""
+        entries: list[Path] = []
+        leftovers: list[Path] = []
+        foreign: list[Path] = []
+        if not self.enabled:
+            return entries, leftovers, foreign
+        folder = self.root / kind
+        if folder.is_symlink():
+            return entries, leftovers, [folder]
+        if not folder.is_dir():
+            return entries, leftovers, foreign
+        suffix = _SUFFIX[kind]
+        entry = re.compile(rf"([0-9a-f]{{64}}){re.escape(suffix)}")
+        temporary = re.compile(rf"\.([0-9a-f]{{64}}){re.escape(suffix)}\.[0-9a-f]{{8}}\.tmp")
+        try:
+            for sub in sorted(folder.iterdir()):
+                if sub.is_symlink() or not sub.is_dir() or not re.fullmatch(r"[0-9a-f]{2}", sub.name):
+                    foreign.append(sub)
+                    continue
+                for path in sorted(sub.iterdir()):
+                    if path.is_symlink() or not path.is_file():
+                        foreign.append(path)
+                    elif (m := entry.fullmatch(path.name)) and m.group(1)[:2] == sub.name:
+                        entries.append(path)
+                    elif (m := temporary.fullmatch(path.name)) and m.group(1)[:2] == sub.name:
+                        leftovers.append(path)
+                    else:
+                        foreign.append(path)
+        except OSError as err:
+            raise DeltawError(f"{folder}: cannot read the cache folder ({err.strerror}); "
+                              "check its permissions") from err
+        return entries, leftovers, foreign
+
     def info(self) -> dict:
-        """``{"dir", "kinds": {kind: {"entries", "bytes"}}}`` of the cache folder."""
+        """``{"dir", "kinds": {kind: {"entries", "bytes", "other"}}}`` of the cache folder: only
+        files named as cache entries are counted; ``other`` counts what else the folder holds."""
         kinds = {}
         for kind in KINDS:
-            files = [p for p in (self.root / kind).rglob("*") if p.is_file() and not p.name.startswith(".")] \
-                if self.enabled and (self.root / kind).is_dir() else []
-            kinds[kind] = {"entries": len(files), "bytes": sum(p.stat().st_size for p in files)}
+            entries, _, foreign = self._entries(kind)
+            size = 0
+            for p in entries:
+                with contextlib.suppress(OSError):
+                    size += p.stat().st_size
+            kinds[kind] = {"entries": len(entries), "bytes": size, "other": len(foreign)}
         return {"dir": None if self.root is None else str(self.root), "kinds": kinds}
 
-    def clear(self, kinds: tuple[str, ...] = KINDS) -> int:
-        """Remove the entries of ``kinds``; returns how many files were removed."""
+    def clear(self, kinds: tuple[str, ...] = KINDS) -> Cleared:
+        """Remove the entries of ``kinds`` (and temporaries a crash left beside them).
+
+        Only regular files named as cache entries are removed, and emptied entry folders; a
+        symbolic link is never followed, and anything else is left where it is and listed in
+        :attr:`Cleared.left` (so a mistyped ``--cache-dir`` cannot delete a user's files).
+        """
         removed = 0
+        left: list[Path] = []
         for kind in kinds:
-            folder = self.root / kind if self.enabled else None
-            if folder is None or not folder.is_dir():
-                continue
-            removed += sum(1 for p in folder.rglob("*") if p.is_file())
-            try:
-                shutil.rmtree(folder)
-            except OSError as err:
-                raise DeltawError(f"{folder}: cannot be removed ({err.strerror}); check its permissions") from err
-        return removed
+            entries, leftovers, foreign = self._entries(kind)
+            left += foreign
+            for is_entry, path in [(True, p) for p in entries] + [(False, p) for p in leftovers]:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                except OSError as err:
+                    raise DeltawError(f"{path}: cannot be removed ({err.strerror}); check the permissions "
+                                      f"of {path.parent}") from err
+                removed += is_entry
+            folder = self.root / kind
+            subs = {p.parent for p in entries + leftovers}
+            for sub in sorted(subs) + ([folder] if not folder.is_symlink() else []):
+                with contextlib.suppress(OSError):  # not empty (foreign files) or already gone
+                    sub.rmdir()
+        return Cleared(removed, left)
+
+
+@dataclass
+class Cleared:
+    """What :meth:`Cache.clear` did: ``removed`` entries, and the paths it ``left`` (not entries)."""
+
+    removed: int
+    left: list[Path]

@@ -56,7 +56,11 @@ def detect_format(path: str | os.PathLike) -> str:
 def check_base(base: Path) -> None:
     """Refuse a PEFT adapter folder given as the base: it holds no pretrained weights, and a
     fine-tune paired with it would share only what the adapter saved whole (a head)."""
-    if base.is_dir() and (base / peft.CONFIG_NAME).is_file():
+    try:
+        adapter = base.is_dir() and (base / peft.CONFIG_NAME).is_file()
+    except OSError as err:
+        raise DeltawError(f"{base}: cannot read the folder ({err.strerror}); check its permissions") from err
+    if adapter:
         raise DeltawError(f"{base}: a PEFT adapter folder, not a model; give as the base the pretrained "
                           f"model the checkpoint was trained from (an adapter's config names it: "
                           f"base_model_name_or_path, or --base auto)")

@@ -254,6 +254,8 @@ def test_threads_on_every_command(adapter_pair):
         if not isinstance(command, click.Group):  # report draws saved results: no torch, no threads
             assert ("--threads" in run(name, "--help").output) == (name != "report"), name
     assert run("analyze", adapter_pair / "r2-s0", "--threads", "0").exit_code == 2  # usage error
+    huge = run("analyze", adapter_pair / "r2-s0", "--threads", "100000")  # OpenMP crashed (exit 139)
+    assert huge.exit_code == 2 and "threads for each of the" in huge.output
     before = torch.get_num_threads()
     try:
         assert run("analyze", adapter_pair / "r2-s0", "--threads", "1").exit_code == 0

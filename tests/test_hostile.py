@@ -84,9 +84,10 @@ def test_pickle_with_code_payload_is_refused_and_never_runs(tmp_path, llama):
     for checkpoint in (tmp_path / "pytorch_model.bin", tmp_path, adapter):
         with pytest.raises(deltaw.DeltawError, match="weights_only=True.*safetensors"):
             deltaw.load_deltas(checkpoint, base=root / "base")
-        result = invoke("analyze", checkpoint, "--base", root / "base", "--json", tmp_path / "out.json")
+        out = tmp_path.parent / f"{tmp_path.name}-out.json"  # outside the checkpoint folder (an input)
+        result = invoke("analyze", checkpoint, "--base", root / "base", "--json", out)
         assert_one_line_error(result, "refused", "convert it to safetensors")
-    assert not marker.exists() and not (tmp_path / "out.json").exists()
+    assert not marker.exists() and not out.exists()
     # The payload is live: an unsafe load runs it. Without weights_only the tests above would fail.
     torch.load(adapter / "adapter_model.bin", weights_only=False)
     assert marker.exists()

@@ -8,6 +8,7 @@ own rule, for kohya s' = the input's alpha/r (1 for new adapters); the factors a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -153,20 +154,65 @@ def write_adapter(out: str | os.PathLike, cuts: list[Cut], targets: dict[str, Ta
     """
     if not any(c.new_rank > 0 for c in cuts):
         raise DeltawError(f"{out}: nothing to write: the ΔW of every module ({len(cuts)}) is zero")
+    inside = _pdf_inside(out, pdf)
     tensors, config = adapter_files(cuts, targets, plan)
-    with staged_folder(out, overwrite) as stage:
-        if plan.format == "peft":
-            write_peft.write_adapter(stage, config, tensors)
-        else:
-            ranks = {targets[c.name].path: c.new_rank for c in cuts if c.new_rank > 0}
-            write_kohya.write_lora(stage / write_kohya.WEIGHTS_NAME, tensors, ranks)
-        (stage / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n")
-        if pdf is not None:
-            from deltaw.atomic import atomic_path
-            from deltaw.reports.retained_report import render_retained
+    from deltaw.atomic import staged_outputs
 
-            with atomic_path(pdf) as tmp:
-                render_retained(report, tmp)
+    with contextlib.ExitStack() as stack:
+        # A PDF outside the folder is rendered beside its path and renamed onto it only once the
+        # folder is in place; one inside the folder is written into the staging folder, so it
+        # arrives with the adapter (the folder swap would otherwise remove it).
+        pdf_tmp = stack.enter_context(staged_outputs(pdf))[0] if pdf is not None and inside is None else None
+        with staged_folder(out, overwrite) as stage:
+            if plan.format == "peft":
+                write_peft.write_adapter(stage, config, tensors)
+            else:
+                ranks = {targets[c.name].path: c.new_rank for c in cuts if c.new_rank > 0}
+                write_kohya.write_lora(stage / write_kohya.WEIGHTS_NAME, tensors, ranks)
+            (stage / REPORT_NAME).write_text(json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n")
+            if pdf is not None:
+                from deltaw.reports.retained_report import render_retained
+
+                if inside is not None:
+                    target = stage / inside
+                    if target.exists():
+                        raise DeltawError(f"{pdf}: is a file of the written adapter; give the PDF another name")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    render_retained(report, target)
+                else:
+                    render_retained(report, pdf_tmp)
+
+
+def _where(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with its folder's links resolved, its own name kept (a link named as
+    the output is replaced, not followed)."""
+    path = Path(path).expanduser()
+    return path.parent.resolve() / path.name
+
+
+def _pdf_inside(out: str | os.PathLike, pdf: str | os.PathLike | None) -> Path | None:
+    """The PDF's path inside the output folder, None when it lies outside (or is not asked for).
+
+    Raises
+    ------
+    DeltawError
+        When the PDF is the output folder itself, or one of the adapter's own files.
+    """
+    if pdf is None:
+        return None
+    folder, where = _where(out), _where(pdf)
+    if where == folder:
+        raise DeltawError(f"{pdf}: is also the output folder (--out); give the PDF its own file name, "
+                          f"e.g. {Path(out) / 'kept.pdf'}")
+    if folder not in where.parents:
+        return None
+    inside = where.relative_to(folder)
+    if str(inside) in _ADAPTER_FILES:
+        raise DeltawError(f"{pdf}: is a file of the written adapter; give the PDF another name")
+    return inside
+
+
+_ADAPTER_FILES = {REPORT_NAME, write_peft.WEIGHTS_NAME, write_peft.CONFIG_NAME, write_kohya.WEIGHTS_NAME}
 
 
 def kept_modules(cuts: list[Cut], targets: dict[str, Target]) -> list:
@@ -190,6 +236,7 @@ def check_outputs(out: str | os.PathLike, overwrite: bool, pdf: str | os.PathLik
     from deltaw.atomic import check_writable
 
     folder = check_out_folder(out, overwrite)
-    if pdf is not None:
+    # A PDF inside the output folder is written with the adapter (its folder need not exist yet).
+    if pdf is not None and _pdf_inside(out, pdf) is None:
         check_writable(pdf)
     return folder

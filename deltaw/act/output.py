@@ -77,7 +77,11 @@ def staged_folder(out: str | os.PathLike, overwrite: bool):
                 os.replace(aside, out)
             raise DeltawError(f"{out}: cannot be written ({err.strerror})") from err
         if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+            if aside.is_symlink():  # the link was replaced; what it points to is not ours to remove
+                with contextlib.suppress(OSError):
+                    aside.unlink()
+            else:
+                shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
