@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from deltaw.records.trajectory import saturation_phrase
+
 from deltaw.cli.options import (base_option, cache_options, check_outputs, device_option, dtype_option,
                                 open_cache, progress_bar, scale_option)
 from deltaw.cli.writers import write_outputs
@@ -24,9 +26,9 @@ def _terminal_text(result) -> str:
         lines.append(f"{step:>8} {_number(median(m.fro_norm[i] for m in result.modules), 4):>14} "
                      f"{_number(median(m.energy_rank['0.9'][i] for m in result.modules), 1):>10} "
                      f"{_number(median(m.overlap_with_final[i] for m in result.modules), 3):>26}")
-    for s in result.saturation:
-        when = f"stops growing at step {s.step}" if s.step is not None else s.note
-        lines.append(f"{s.module_type}: 90%-energy rank (median over modules) {when}")
+    for s in result.saturation:  # the PDF's words (deltaw.records.trajectory.saturation_phrase)
+        lines.append(f"{s.module_type}: 90%-energy rank (median over modules) "
+                     f"{saturation_phrase(s, result.steps)}")
     return "\n".join(lines) + "\n"
 
 

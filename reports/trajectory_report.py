@@ -1,6 +1,6 @@
 """The pages of a trajectory: each metric against the step, per module type (median and the
 25–75 % range over the type's modules), and how the median 90 %-energy rank moves: where it
-stops growing, or that it falls (:func:`saturation_phrase`)."""
+stops growing, or that it falls (:func:`deltaw.records.trajectory.saturation_phrase`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import warnings
 
 import numpy as np
 
-from deltaw.records.trajectory import Saturation, Trajectory
+from deltaw.records.trajectory import Saturation, Trajectory, saturation_phrase
 
 from . import style
 from .layout import line_height, paragraph, plain, wrap
 from .pdf import Block, Document
-from .text import NORM_DW, count
+from .text import NORM_DW
 from .title import facts_block, title_block, today
 
 #: (label, how to read the per-step list of a module)
@@ -31,46 +31,6 @@ METRICS = [
 
 #: metrics whose per-module values are whole numbers: integer ticks (their medians may be halves)
 INTEGER_METRICS = {"50 % energy rank", "90 % energy rank", "99 % energy rank"}
-
-
-def saturation_phrase(s: Saturation, steps: list[int]) -> str:
-    """How the median 90 %-energy rank moves over ``steps``, in words.
-
-    Parameters
-    ----------
-    s : Saturation
-        The rule's result (:func:`deltaw.trajectories.saturation`): ``step`` is the first step
-        from which the median never grows again, i.e. where it is highest; None with a ``note``.
-    steps : list of int
-        The trajectory's steps, aligned with ``s.median_energy_rank_90``.
-
-    Returns
-    -------
-    str
-        The note when there is no such step. Otherwise "grows to P by step S" when a step
-        before S has a (lower) median, else "highest at step S (P)": it never grew, so it
-        never "stops growing" there. Then, by the medians after S: "then stays there" when
-        every one equals P ("constant at P from step S" when it never grew either), "then
-        falls to L by step N" when the last, L, is below P, and "dips, and is P again" when
-        it comes back to P.
-    """
-    if s.step is None:
-        return s.note or "no step has a 90%-energy rank"
-    known = [(step, r) for step, r in zip(steps, s.median_energy_rank_90) if r is not None]
-    peak = dict(known)[s.step]
-    if len(known) == 1:
-        return f"{count(peak)} at step {s.step}, the only step with a median"
-    grew = s.step > known[0][0]
-    later = [r for step, r in known if step > s.step]
-    last_step, last = known[-1]
-    if all(r == peak for r in later):
-        if grew:
-            return f"grows to {count(peak)} by step {s.step}, then stays there"
-        return f"constant at {count(peak)} from step {s.step}"
-    start = f"grows to {count(peak)} by step {s.step}" if grew else f"highest at step {s.step} ({count(peak)})"
-    if last < peak:
-        return f"{start}, then falls to {count(last)} by step {last_step}"
-    return f"{start}; dips, and is {count(last)} again at step {last_step}"
 
 
 def grew_until(s: Saturation | None, steps: list[int]) -> int | None:

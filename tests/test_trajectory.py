@@ -110,6 +110,13 @@ def test_cli(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["steps"] == [2, 4, 6]
     assert "90%-energy rank (median over modules)" in result.output
+    from deltaw.records import read_document
+    from deltaw.records.trajectory import saturation_phrase
+
+    doc = read_document(json.loads(out.read_text()))  # the terminal says what the PDF says
+    for s in doc.saturation:
+        assert f"{s.module_type}: 90%-energy rank (median over modules) {saturation_phrase(s, doc.steps)}" \
+            in result.output
     bad = CliRunner().invoke(cli, ["trajectory", "x=y", "2=z"])
     assert bad.exit_code == 1 and "expected STEP=CHECKPOINT" in bad.output
 
@@ -119,7 +126,7 @@ def test_cli(run, tmp_path):
 
 
 def _phrase(ranks, steps=(10, 20, 30, 40)):
-    from deltaw.reports.trajectory_report import saturation_phrase
+    from deltaw.records.trajectory import saturation_phrase
 
     return saturation_phrase(saturation("q", list(steps), list(ranks)), list(steps))
 

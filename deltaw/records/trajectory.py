@@ -60,6 +60,51 @@ class Saturation(Record):
     note: str | None = None
 
 
+def saturation_phrase(s: Saturation, steps: list[int]) -> str:
+    """How the median 90 %-energy rank moves over ``steps``, in words.
+
+    Parameters
+    ----------
+    s : Saturation
+        The rule's result (:func:`deltaw.trajectories.saturation`): ``step`` is the first step
+        from which the median never grows again, i.e. where it is highest; None with a ``note``.
+    steps : list of int
+        The trajectory's steps, aligned with ``s.median_energy_rank_90``.
+
+    Returns
+    -------
+    str
+        The note when there is no such step. Otherwise "grows to P by step S" when a step
+        before S has a (lower) median, else "highest at step S (P)": it never grew, so it
+        never "stops growing" there. Then, by the medians after S: "then stays there" when
+        every one equals P ("constant at P from step S" when it never grew either), "then
+        falls to L by step N" when the last, L, is below P, and "dips, and is P again" when
+        it comes back to P.
+    """
+    if s.step is None:
+        return s.note or "no step has a 90%-energy rank"
+    known = [(step, r) for step, r in zip(steps, s.median_energy_rank_90) if r is not None]
+    peak = dict(known)[s.step]
+    if len(known) == 1:
+        return f"{_count(peak)} at step {s.step}, the only step with a median"
+    grew = s.step > known[0][0]
+    later = [r for step, r in known if step > s.step]
+    last_step, last = known[-1]
+    if all(r == peak for r in later):
+        if grew:
+            return f"grows to {_count(peak)} by step {s.step}, then stays there"
+        return f"constant at {_count(peak)} from step {s.step}"
+    start = f"grows to {_count(peak)} by step {s.step}" if grew else f"highest at step {s.step} ({_count(peak)})"
+    if last < peak:
+        return f"{start}, then falls to {_count(last)} by step {last_step}"
+    return f"{start}; dips, and is {_count(last)} again at step {last_step}"
+
+
+def _count(x: float) -> str:
+    """A median of ranks: an integer when it is one, else one decimal."""
+    return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
+
+
 @dataclass(kw_only=True, eq=False)
 class Trajectory(Record):
     """Metrics of ΔW over a run's checkpoints (schema ``deltaw.trajectory/1``).
