@@ -108,6 +108,7 @@ def check_outputs(*paths: str | None, inputs=(), collections=()) -> None:
     folder that is not itself a checkpoint guards only its checkpoint sub-folders, so a result may
     be written beside them. Inputs that are not local paths (a Hub id, 'auto', None) are skipped.
     """
+    import os
     from pathlib import Path
 
     from deltaw import atomic
@@ -118,7 +119,6 @@ def check_outputs(*paths: str | None, inputs=(), collections=()) -> None:
         if target in resolved[:i]:
             raise click.UsageError(f"{files[i]} is given for two outputs; give each output its own file")
     guarded = [(given, False) for given in inputs] + [(given, True) for given in collections]
-    import os
 
     for given, collection in guarded:
         # An input that cannot be seen is skipped here: the command itself says what is wrong with it.
@@ -142,7 +142,7 @@ def check_outputs(*paths: str | None, inputs=(), collections=()) -> None:
 
 def _is_checkpoint(folder) -> bool:
     from deltaw.errors import DeltawError
-    from deltaw.population import _is_checkpoint as is_checkpoint
+    from deltaw.population import is_checkpoint
 
     try:
         return is_checkpoint(folder)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # annotations only: the cache stores SVDs, it does not comput
     from deltaw.linalg import SVD
 
 KINDS = ("base", "analyses")
-_SUFFIX = {"base": ".safetensors", "analyses": ".json"}  # of each kind's entries (Cache._entry)
+_SUFFIX = {"base": ".safetensors", "analyses": ".json"}  # of each kind's entries
 # Bumped when an entry's layout or the meaning of its numbers changes: old entries become misses.
 _VERSION = "1"
 _HASH_BLOCK = 64 * 2**20
@@ -147,8 +147,8 @@ class Cache:
 
     # -- storage -------------------------------------------------------------------------------
 
-    def _entry(self, kind: str, key: str, suffix: str) -> Path:
-        return self.root / kind / key[:2] / f"{key}{suffix}"
+    def _entry(self, kind: str, key: str) -> Path:
+        return self.root / kind / key[:2] / f"{key}{_SUFFIX[kind]}"
 
     def _write(self, path: Path, write: Callable[[Path], None]) -> None:
         """Write an entry atomically; a cache that cannot be written is skipped, not an error."""
@@ -196,7 +196,7 @@ class Cache:
         key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "layout": BASE_LAYOUT,
                                          "bytes": tensor_digest(W),
                                          "shape": list(W.shape), "dtype": str(W.dtype)}).encode()).hexdigest()
-        path = self._entry("base", key, ".safetensors")
+        path = self._entry("base", key)
         found = self._read_svd(path, key)
         if found is not None:
             tensors, energy = found
@@ -245,7 +245,7 @@ class Cache:
         """The stored ``deltaw.analysis/1`` document, or None (a corrupt entry is removed)."""
         if not self.enabled:
             return None
-        path = self._entry("analyses", key, ".json")
+        path = self._entry("analyses", key)
         if not path.is_file():
             return None
         try:
@@ -261,7 +261,7 @@ class Cache:
         if not self.enabled:
             return
         text = json.dumps({"key": key, "digest": _json_digest(doc), "analysis": doc}, allow_nan=False)
-        self._write(self._entry("analyses", key, ".json"), lambda tmp: tmp.write_text(text))
+        self._write(self._entry("analyses", key), lambda tmp: tmp.write_text(text))
 
     # -- housekeeping ---------------------------------------------------------------------------
 

@@ -42,7 +42,8 @@ _CHECKPOINT_FILES = (peft.CONFIG_NAME, "config.json", "model.safetensors.index.j
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
-def _is_checkpoint(folder: Path) -> bool:
+def is_checkpoint(folder: Path) -> bool:
+    """Whether a folder is one checkpoint (an adapter or model folder) rather than a folder of them."""
     try:
         return any((folder / n).exists() for n in _CHECKPOINT_FILES) or any(
             p.is_file() and p.suffix in _WEIGHT_SUFFIXES for p in folder.iterdir())
@@ -83,8 +84,8 @@ def expand_checkpoints(paths: Sequence[str | os.PathLike], from_list: str | os.P
     for path in given:
         if not path.exists():
             raise DeltawError(f"{path}: no such file or folder")
-        if path.is_dir() and not _is_checkpoint(path):
-            inside = sorted(p for p in path.iterdir() if p.is_dir() and _is_checkpoint(p))
+        if path.is_dir() and not is_checkpoint(path):
+            inside = sorted(p for p in path.iterdir() if p.is_dir() and is_checkpoint(p))
             if not inside:
                 raise DeltawError(f"{path}: neither a checkpoint nor a folder of checkpoints "
                                   "(no adapter_config.json, config.json or weight file in it or its sub-folders)")
