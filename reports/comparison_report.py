@@ -33,8 +33,7 @@ def _checkpoint_fact(c: Comparison, index: int, analyses: list[Analysis]) -> str
             details.append(text.rank_summary(a.finite))
         details.append(f"{len(a.finite)} modules")
     elif ranks:  # the subspaces' sizes: LoRA ranks, or in the delta basis the directions compared
-        unit = "{} directions" if c.basis == "delta" else "r = {}"
-        details.append(", ".join(unit.format(r) for r in sorted(ranks)))
+        details.append(", ".join(text.subspace_size(c.basis, r) for r in sorted(ranks)))
     details = [d for d in details if d]
     return line + (f"  ({'; '.join(details)})" if details else "")
 

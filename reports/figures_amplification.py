@@ -12,7 +12,6 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from deltaw.baselines import expected_random_projection
 from deltaw.naming import type_sort_key
 from deltaw.records import Analysis, ModuleRecord
 
@@ -85,14 +84,9 @@ def _columns(mods: list[ModuleRecord]) -> list[list[tuple[str, dict]]]:
 
 
 def with_random_rms(m: ModuleRecord) -> dict:
-    """A module's amplification record with the random baseline in closed form,
-    ``proj_random_rms`` = r‖W‖_F/√(mn), the root mean square over random r-frames
-    (:func:`deltaw.baselines.expected_random_projection`): what the report sets ΔW against. The
-    record's ``proj_random`` is one seeded draw, which strays from it by a factor that depends
-    on r (the reproduction draws many; Table 7's random column is this expectation)."""
-    a = dict(m.amplification)
-    a["proj_random_rms"] = expected_random_projection(int(a["r"]), a["base_fro"], m.shape)
-    return a
+    """A module's amplification record with ``proj_random_rms``, the random baseline the report
+    sets ΔW against (:func:`reports.text.random_rms`)."""
+    return dict(m.amplification) | {"proj_random_rms": text.random_rms(m)}
 
 
 def _median(values: list) -> float | None:

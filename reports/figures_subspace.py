@@ -114,11 +114,10 @@ def _extent(c: Comparison, mods: list[PhiRecord], side: int, labels: dict[str, s
     LoRA factors (basis A or B); "64 directions" for ΔW's own singular vectors, whose number is
     the compared top-k (a dense update has no rank r); per module type when they differ."""
     sizes = {m.module_type: m.ranks[side] for m in mods}
-    unit = "r = {}" if c.basis != "delta" else "{} directions"
     if len(set(sizes.values())) == 1:
-        return unit.format(next(iter(sizes.values())))
+        return text.subspace_size(c.basis, next(iter(sizes.values())))
     first, *rest = sizes.items()
-    return ", ".join([f"{unit.format(first[1])} for {labels[first[0]]}"] +
+    return ", ".join([f"{text.subspace_size(c.basis, first[1])} for {labels[first[0]]}"] +
                      [f"{n} for {labels[t]}" for t, n in rest])
 
 

@@ -171,12 +171,12 @@ def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None,
     bar = region.fig.colorbar(mappable, cax=cax)
     bar.outline.set_linewidth(0.4)
     low, high = mappable.norm.vmin, mappable.norm.vmax
-    if ticks is None:
+    given = ticks is not None
+    if not given:
         ticks = MaxNLocator(nbins=max(2, int(region.h / 0.3)), integer=integer).tick_values(low, high)
-        ticks = [t for t in ticks if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]
-        if integer:
-            ticks = with_top(ticks, high)
     ticks = [t for t in ticks if low - 1e-9 * abs(high - low) <= t <= high + 1e-9 * abs(high - low)]
+    if integer and not given:
+        ticks = with_top(ticks, high)
     labels = [formatter(t) for t in ticks] if formatter else linear_labels(ticks)
     fixed_ticks(cax, "y", ticks, labels, side="right", label=label, labelpad=3, length=2,
                 width=0.5, pad=1.5)

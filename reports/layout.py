@@ -213,13 +213,6 @@ def type_labels(types: list[str], width: float, size: float, *, weight: str = "n
             else l for l in labels]
 
 
-def abbreviate(name: str, others: list[str], width: float, size: float, *,
-               weight: str = "normal") -> str:
-    """One module type as :func:`type_labels` shows it beside ``others`` in ``width`` inches."""
-    names = list(dict.fromkeys([name, *others]))
-    return type_labels(names, width, size, weight=weight)[0]
-
-
 @dataclass(frozen=True)
 class Region:
     """A rectangle on a page, in inches from the page's lower-left corner."""

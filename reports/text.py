@@ -267,13 +267,21 @@ def _rank_estimators(live: list[ModuleRecord]) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def random_rms(m: ModuleRecord) -> float:
+    """The random baseline of a module's ‖UᵀWV‖_F: its root mean square over random r-frames,
+    r‖W‖_F/√(mn) (:func:`deltaw.baselines.expected_random_projection`, exact; the record's
+    ``proj_random`` is one seeded draw). The headline, Table 7 and its figure all use this."""
+    a = m.amplification
+    return expected_random_projection(int(a["r"]), a["base_fro"], m.shape)
+
+
 def amplification_sentence(mods: list) -> str:
     """How ΔW relates to W along its own directions (Hu et al. 2021, §7.3, Table 7), for modules
     with an amplification record, in words decided by :func:`~reports.wording.scaling_verb` and
     :func:`~reports.wording.enrichment_word`.
 
     The random baseline is each module's exact root mean square over random r-frames,
-    r‖W‖_F/√(mn) (:func:`deltaw.amplify.expected_random_projection`), not the one seeded draw
+    r‖W‖_F/√(mn) (:func:`random_rms`), not the one seeded draw
     the JSON keeps as ``proj_random``: one draw strays from it by a factor that depends on r.
     """
     amps = [m.amplification for m in mods]
@@ -293,7 +301,7 @@ def amplification_sentence(mods: list) -> str:
                 + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, $W_q$). ")
     proj = float(np.median([x["proj_delta"] for x in amps]))
     top = float(np.median([x["proj_base_top"] for x in amps]))
-    rms = [expected_random_projection(int(x["r"]), x["base_fro"], m.shape) for m, x in zip(mods, amps)]
+    rms = [random_rms(m) for m in mods]
     ratios = [x["proj_delta"] / e for x, e in zip(amps, rms) if e > 0]
     if not ratios:  # W = 0: no weight along any direction
         return sentence + f"W is zero, so {PROJ} = 0 along every direction."
@@ -448,30 +456,33 @@ def signed(x: float) -> str:
 
 
 def pair_stats(pair: PairResult) -> dict[str, dict[str, float]]:
-    """Per module type: median φ(1,1), its random baseline and the median number of leading
-    directions k with φ(k,k) ≥ 0.5."""
+    """Per module type: median φ(1,1) and the median number of leading directions k with
+    φ(k,k) ≥ 0.5."""
     stats = {}
     for t in pair.types:
         mods = [m for m in pair.modules if m.module_type == t]
         top = [float(m.phi[0, 0]) for m in mods]
-        rnd = [float(m.random_phi[0, 0]) for m in mods if m.random_phi is not None]
         shared = []
         for m in mods:
             diag = np.diagonal(m.phi)
             below = np.nonzero(diag < 0.5)[0]
             shared.append(int(below[0]) if below.size else len(diag))
-        stats[t] = {"phi11": float(np.median(top)), "random11": float(np.median(rnd)) if rnd else
-                    float("nan"), "shared": float(np.median(shared)), "n": len(mods)}
+        stats[t] = {"phi11": float(np.median(top)), "shared": float(np.median(shared)), "n": len(mods)}
     return stats
 
 
+def subspace_size(basis: str, n: int) -> str:
+    """A compared subspace's size: ``"r = 8"`` for LoRA factors (basis A or B); in the delta
+    basis the directions compared, ``"64 directions"`` (a dense ΔW's top-k is not a rank)."""
+    return f"{n} directions" if basis == "delta" else f"r = {n}"
+
+
 def pair_label(comparison: Comparison, pair: PairResult) -> str:
-    """``"a (r = 8) vs b (r = 64)"``; in the delta basis the sizes are the directions compared
-    (a dense ΔW's top-k, not a rank): ``"a (8 directions) vs b (64 directions)"``."""
+    """``"a (r = 8) vs b (r = 64)"``, or ``"a (8 directions) vs b (64 directions)"`` in the
+    delta basis (:func:`subspace_size`)."""
     ra, rb = pair.modules[0].ranks if pair.modules else (0, 0)
-    size = "{} directions" if comparison.basis == "delta" else "r = {}"
-    return (f"{short_name(comparison.checkpoints[pair.a])} ({size.format(ra)}) vs "
-            f"{short_name(comparison.checkpoints[pair.b])} ({size.format(rb)})")
+    return (f"{short_name(comparison.checkpoints[pair.a])} ({subspace_size(comparison.basis, ra)}) vs "
+            f"{short_name(comparison.checkpoints[pair.b])} ({subspace_size(comparison.basis, rb)})")
 
 
 #: φ at or above this is "shared", as the LoRA paper reads its Figure 3 (φ > 0.5).

@@ -7,7 +7,6 @@ it from the numbers, with its threshold stated and tested on both sides.
 - :func:`scaling_verb`: "amplifies" only when the factor is > 1, else "does not amplify".
 - :func:`enrichment_word`: "more than" / "less than" random directions only beyond a factor of
   :data:`ENRICHED` of their root mean square, else "as much as".
-- :func:`placement`: "between a and b" only when a < x < b; else "below"/"above" both.
 - :func:`difference`: two samples differ only when their medians are further apart than the
   noise (two standard errors of the difference of the means) and than the resolution of the
   quantity (one direction for a rank); otherwise they are "about equal".
@@ -67,32 +66,6 @@ def enrichment_word(ratio: float) -> str:
     if ratio < 1 / ENRICHED:
         return "less than"
     return "as much as"
-
-
-def placement(value: float, low: tuple[str, float], high: tuple[str, float]) -> str:
-    """Where ``value`` lies relative to two named reference values.
-
-    Parameters
-    ----------
-    value : float
-    low, high : (name, value)
-        The two references; their order is taken from their values, not from the arguments.
-
-    Returns
-    -------
-    str
-        ``"between <low> (a) and <high> (b)"`` only when a < value < b; ``"below both …"``,
-        ``"above both …"``, or ``"equal to <name> (a)"`` otherwise (values as given, formatted by
-        the caller).
-    """
-    (lo_name, lo), (hi_name, hi) = sorted([low, high], key=lambda p: p[1])
-    if lo < value < hi:
-        return f"between {lo_name} and {hi_name}"
-    if value == lo or value == hi:
-        return f"equal to {lo_name if value == lo else hi_name}"
-    if value < lo:
-        return f"below both {lo_name} and {hi_name}"
-    return f"above both {lo_name} and {hi_name}"
 
 
 def difference(a: Sequence[float], b: Sequence[float], *, resolution: float = 0.0) -> int:

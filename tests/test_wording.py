@@ -15,7 +15,7 @@ import pytest
 from deltaw.records import Amplification, Analysis, ModuleRecord
 from deltaw.reports import text
 from deltaw.bounds import median_bounded
-from deltaw.reports.wording import ENRICHED, difference, enrichment_word, more_or_fewer, placement, scaling_verb
+from deltaw.reports.wording import ENRICHED, difference, enrichment_word, more_or_fewer, scaling_verb
 
 # ---------------------------------------------------------------------------------------------
 # the rules
@@ -34,18 +34,6 @@ def test_scaling_verb_threshold_is_one(factor, verb):
 def test_enrichment_word_threshold_is_a_factor_of_two(ratio, word):
     assert ENRICHED == 2.0
     assert enrichment_word(ratio) == word
-
-
-@pytest.mark.parametrize("value, expected", [
-    (4.1, "below both random (4.39) and top (21.2)"),
-    (4.4, "between random (4.39) and top (21.2)"),
-    (21.3, "above both random (4.39) and top (21.2)"),
-    (4.39, "equal to random (4.39)"),
-])
-def test_placement_says_between_only_when_it_is(value, expected):
-    assert placement(value, ("random (4.39)", 4.39), ("top (21.2)", 21.2)) == expected
-    # the order of the references does not matter
-    assert placement(value, ("top (21.2)", 21.2), ("random (4.39)", 4.39)) == expected
 
 
 def test_difference_inside_resolution_or_noise_is_about_equal():
