@@ -91,7 +91,7 @@ def summary_table(analysis: Analysis, *, json_written: bool = False) -> str:
         ("r: a dense ΔW has no LoRA rank", any(r.lora_rank is None for r in records)),
         ("‖ΔW‖/‖W‖, amplif., intruders: no --base", any(r.base_fro_norm is None for r in records)),
         ("eff. rank: a top-k spectrum (it needs every value)", any(r.effective_rank is None for r in records)),
-        ("amplif.: ΔW orthogonal to W (UᵀWV = 0)",
+        ("amplif.: ΔW orthogonal to W (UᵀWV at rounding level)",
          any(r.amplification and r.amplification.factor is None for r in records)),
         ("amplif., intruders: ΔW = 0 (no direction)",
          any(r.base_fro_norm is not None and r.fro_norm == 0 for r in records))) if applies]

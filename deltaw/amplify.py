@@ -140,7 +140,8 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
         A mapping with ``r``, ``proj_delta`` = ‖Uᵀ W V‖_F (U, V: ΔW's top-r), ``proj_base_top``
         (U, V: W's top-r, = sqrt(Σ_{i≤r} σᵢ(W)²)), ``proj_random`` (U, V of a seeded Gaussian
         matrix), ``delta_fro`` = ‖ΔW‖_F, ``base_fro`` = ‖W‖_F and ``factor`` = delta_fro /
-        proj_delta (None when proj_delta = 0). None when ΔW = 0 (no direction to amplify).
+        proj_delta (None when proj_delta is at the rounding level, :func:`rounding_floor`: ΔW
+        orthogonal to W to float precision). None when ΔW = 0 (no direction to amplify).
 
     Examples
     --------
@@ -167,9 +168,22 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
         # ‖W‖_F: from W's SVD record when given (summed there in float64), else summed here
         base_fro = math.sqrt(W_svd.energy) if W_svd is not None else float(W.double().pow(2).sum().sqrt())
     delta_fro = math.sqrt(delta_svd.energy)
+    orthogonal = proj_delta <= rounding_floor(r, W.shape, float(sigma_W[0]), dtype)
     return Amplification(r=r, proj_delta=proj_delta, proj_base_top=proj_base_top, proj_random=proj_random,
                          delta_fro=delta_fro, base_fro=base_fro,
-                         factor=delta_fro / proj_delta if proj_delta > 0 else None)
+                         factor=None if orthogonal else delta_fro / proj_delta)
+
+
+def rounding_floor(r: int, shape: tuple[int, int], sigma_1: float, dtype: torch.dtype) -> float:
+    """The size rounding alone gives ‖UᵀWV‖_F: r·√(m + n)·eps·σ₁(W), in ``dtype``'s eps.
+
+    Each of the r² entries uᵢᵀWvⱼ, a sum over m·n products of unit vectors with W, carries a
+    rounding error of about √(m + n)·eps·σ₁(W) (the √n growth of probabilistic rounding
+    analysis, Higham & Mary 2019); their Frobenius norm is r times that. A ΔW orthogonal to W
+    (UᵀWV = 0 exactly) is computed at this level, not at 0: below it, no amplification factor is
+    defined (it would only divide ‖ΔW‖_F by rounding).
+    """
+    return r * math.sqrt(sum(shape)) * torch.finfo(dtype).eps * sigma_1
 
 
 def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None,

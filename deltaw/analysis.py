@@ -20,6 +20,7 @@ metrics; NaN never becomes a number in the results.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import math
@@ -92,7 +93,7 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
         effective_rank=None if top_k else effective_rank(S),
         stable_rank=stable_rank(S, energy),
         numerical_rank=numerical_rank(S, shape, eps=eps),
-        gavish_donoho_rank=None if lowrank else gavish_donoho_rank(S, shape),
+        gavish_donoho_rank=None if lowrank else gavish_donoho_rank(S, shape, eps=eps),
     )
 
 
@@ -278,6 +279,23 @@ def _check_memory(selected: list[Delta], top_k: int | None, opts: _Options) -> i
     return min(known) if known else None
 
 
+def _check_some_module(deltas: Deltas) -> None:
+    """One clear line when every tensor of the checkpoint was left out (e.g. only layer types no
+    reader supports): an analysis of no module would say nothing."""
+    if len(deltas) or not deltas.skipped:
+        return
+    reasons = collections.Counter(s.reason for s in deltas.skipped)
+    (reason, count), *others = reasons.most_common()
+    example = next(s.name for s in deltas.skipped if s.reason == reason)
+    if len(deltas.skipped) == 1:
+        what = f"its one entry, {example}, is left out: {reason}"
+    else:
+        also = f"; {sum(c for _, c in others)} for other reasons" if others else ""
+        what = (f"all {len(deltas.skipped)} of its entries are left out ({count} like {example}: {reason}{also}); "
+                "`deltaw info` lists them")
+    raise DeltawError(f"{deltas.checkpoint}: no module to analyse: {what}")
+
+
 def _select(deltas: Deltas, modules: str | None) -> list[Delta]:
     pattern = module_filter(modules)
     if pattern is None:
@@ -361,6 +379,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
         raise DeltawError(f"intruder_eps must be in (0, 1], got {intruder_eps}")
     device = resolve_device(device)
     deltas = checkpoint if isinstance(checkpoint, Deltas) else load_deltas(checkpoint, base, scale=scale)
+    _check_some_module(deltas)
     selected = _select(deltas, modules)
     opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype, cache)
     fit = _check_memory(selected, top_k, opts)

@@ -104,9 +104,17 @@ def gavish_donoho_threshold(sigma, shape: tuple[int, int], noise_std: float | No
     return omega * float(np.median(_values(sigma)))
 
 
-def gavish_donoho_rank(sigma, shape: tuple[int, int], noise_std: float | None = None) -> int | None:
-    """#{σᵢ > threshold}; None when σ is not the full spectrum and the noise is unknown."""
+def gavish_donoho_rank(sigma, shape: tuple[int, int], noise_std: float | None = None,
+                       eps: float = np.finfo(np.float32).eps) -> int | None:
+    """#{σᵢ > threshold}, at most :func:`numerical_rank`; None when σ is not the full spectrum and
+    the noise is unknown.
+
+    Values at or below the numerical-rank tolerance σ₁ · max(m, n) · eps (eps of the math dtype)
+    are rounding, not signal, whatever the threshold: for an exactly low-rank ΔW the median of
+    the unknown-noise form is itself such rounding (1.5e-8·σ₁ against float32's resolution
+    of 6e-6·σ₁ for a 64 × 64 matrix of rank 6), and the threshold it gives counted 24 values.
+    """
     s = _values(sigma)
     if noise_std is None and s.size < min(shape):
         return None
-    return int((s > gavish_donoho_threshold(s, shape, noise_std)).sum())
+    return min(int((s > gavish_donoho_threshold(s, shape, noise_std)).sum()), numerical_rank(s, shape, eps))

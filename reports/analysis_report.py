@@ -134,7 +134,7 @@ def _appendix_blocks(a: Analysis) -> list:
            "rank exceeds k; erank and GD need the whole spectrum and are n/a for it"
            if any_topk else "")
         + (". n/a: does not apply (no LoRA rank for a dense ΔW; no base given; no amplification "
-           "factor when ΔW is orthogonal to W)" if any(na in row for row in rows) else "")
+           "factor when ΔW is orthogonal to W, UᵀWV at the rounding level)" if any(na in row for row in rows) else "")
         + (". Modules whose weights hold NaN/Inf are listed last, without numbers."
            if a.not_finite else ".")
     )

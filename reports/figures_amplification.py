@@ -98,7 +98,7 @@ def _median(values: list) -> float | None:
 def _cell(key: str, value: float, exact: bool = False) -> str:
     if exact:  # the paper's numbers, as printed there
         return ("≈" if key == "factor" else "") + f"{value:g}"
-    if value is None:  # the factor when ΔW is orthogonal to W along its directions (UᵀWV = 0)
+    if value is None:  # the factor when ΔW is orthogonal to W along its directions (UᵀWV at rounding level)
         return "n/a"
     if key == "r":
         return text.count(value)

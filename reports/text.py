@@ -289,23 +289,26 @@ def amplification_sentence(mods: list) -> str:
     r_text = f"r = {rs[0]}" if len(rs) == 1 else f"r = {rs[0]}–{rs[-1]}"
     factors = [x["factor"] for x in amps if x["factor"] is not None]
     if not factors:
-        return (f"ΔW is orthogonal to W along its top {r_text} directions ({PROJ} = 0), so no "
-                f"amplification factor is defined.")
+        return (f"ΔW is orthogonal to W along its top {r_text} directions ({PROJ} at the rounding "
+                f"level of the arithmetic, r√(m+n)·eps·σ₁(W)), so no amplification factor is defined.")
     med = float(np.median(factors))
     above = sum(f > 1 for f in factors)
-    sentence = (f"Along its top {r_text} directions the update {scaling_verb(med)} W: "
-                f"{NORM_DW}/{PROJ} is "
-                + (f"a median {median_and_range(factors)} over all {len(factors)} modules" if len(factors) > 1
-                   else num(factors[0]))
-                + (f"; factor > 1, amplifying, in {above} of them" if 0 < above < len(factors) else "")
-                + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, $W_q$). ")
-    proj = float(np.median([x["proj_delta"] for x in amps]))
-    top = float(np.median([x["proj_base_top"] for x in amps]))
     rms = [random_rms(m) for m in mods]
     ratios = [x["proj_delta"] / e for x, e in zip(amps, rms) if e > 0]
     if not ratios:  # W = 0: no weight along any direction
-        return sentence + f"W is zero, so {PROJ} = 0 along every direction."
+        return f"W is zero, so {PROJ} = 0 along every direction and no amplification factor is defined."
     ratio = float(np.median(ratios))
+    chance = [x["delta_fro"] / e for x, e in zip(amps, rms) if x["factor"] is not None and e > 0]
+    sentence = (f"Along its top {r_text} directions the update {scaling_verb(med, ratio)} W: "
+                f"{NORM_DW}/{PROJ} is "
+                + (f"a median {median_and_range(factors)} over all {len(factors)} modules" if len(factors) > 1
+                   else num(factors[0]))
+                + (f"; factor > 1 in {above} of them" if 0 < above < len(factors) else "")
+                + f", where directions random to W would give {num(float(np.median(chance)))}"
+                + ("" if len(chance) == 1 else " (median)")
+                + "; Hu et al. report ≈21.5 for r = 4 and ≈1.9 for r = 64 (GPT-3, layer 48, $W_q$). ")
+    proj = float(np.median([x["proj_delta"] for x in amps]))
+    top = float(np.median([x["proj_base_top"] for x in amps]))
     return sentence + (
         f"W's own weight along ΔW's directions, median {PROJ} = {num(proj)}, is "
         f"{enrichment_word(ratio)} along random directions (median ratio {num(ratio)} to each "

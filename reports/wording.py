@@ -4,7 +4,8 @@ A report's sentences are what readers quote, so no comparative or evaluative wor
 freehand: "amplifies", "between", "more", "highest" … come from a function here that decides
 it from the numbers, with its threshold stated and tested on both sides.
 
-- :func:`scaling_verb`: "amplifies" only when the factor is > 1, else "does not amplify".
+- :func:`scaling_verb`: "amplifies" only when the factor is > 1 and ΔW's directions are ones W
+  holds more than random directions (:func:`enrichment_word`'s "more than"), else "does not amplify".
 - :func:`enrichment_word`: "more than" / "less than" random directions only beyond a factor of
   :data:`ENRICHED` of their root mean square, else "as much as".
 - :func:`difference`: two samples differ only when their medians are further apart than the
@@ -35,17 +36,24 @@ def with_noise_rule(sentences: list[str]) -> list[str]:
     return sentences
 
 
-def scaling_verb(factor: float) -> str:
-    """``"amplifies"`` when ``factor`` > 1, else ``"does not amplify"``.
+def scaling_verb(factor: float, ratio: float) -> str:
+    """``"amplifies"`` when ``factor`` > 1 and ``ratio`` > :data:`ENRICHED`; otherwise
+    ``"does not amplify"`` (factor ≤ 1) or ``"does not amplify, beyond chance,"``.
 
     The amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F of Hu et al. (2021, §7.3) is > 1 when ΔW is
-    larger along its directions than W is: only then does the update amplify them. A factor
-    below 1 says ΔW is the smaller of the two there, not that it shrinks W ("attenuates" would
-    claim a sign the factor does not measure).
+    larger along its directions than W is. That alone is no amplification of W: an update in
+    directions random to W has a factor ‖ΔW‖_F / (r‖W‖_F/√(mn)) too, often far above 1. The paper's
+    reading needs both: ΔW's directions are ones W holds, more than random directions
+    (``ratio`` = ‖UᵀWV‖_F over the random root mean square, beyond :data:`ENRICHED`, as
+    :func:`enrichment_word` decides), and ΔW is the larger there (factor > 1). A factor below 1
+    says ΔW is the smaller of the two there, not that it shrinks W ("attenuates" would claim a
+    sign the factor does not measure).
     """
-    if not math.isfinite(factor):
-        raise ValueError(f"no verb for a factor of {factor}")
-    return "amplifies" if factor > 1 else "does not amplify"
+    if not (math.isfinite(factor) and math.isfinite(ratio)):
+        raise ValueError(f"no verb for a factor of {factor} at a ratio of {ratio}")
+    if factor <= 1:
+        return "does not amplify"
+    return "amplifies" if ratio > ENRICHED else "does not amplify, beyond chance,"
 
 
 #: W's weight along ΔW's directions is "more" (or "less") than along random directions only

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import deltaw
+from deltaw.amplify import rounding_floor
 from adapters import RANKS, SEEDS, cuda_or_skip, family, phi_reference, svd64
 from deltaw.delta import DenseDelta, LowRankDelta
 
@@ -76,11 +77,19 @@ def test_delta_in_w_lower_directions_is_amplified():
 
 
 def test_delta_orthogonal_to_w_has_no_factor_and_zero_delta_none():
+    """UᵀWV = 0 exactly comes out at float32 rounding, not 0: below rounding_floor no factor (it
+    would divide ‖ΔW‖_F by rounding, 3.7e7 in the audit); a direction W holds with σ = 1e-3,
+    far above the floor (r√(m+n)·eps·σ₁ = 2.1e-6 here), keeps its factor."""
     U, V, W = spectral_matrix(10, 8, np.array([4.0, 2.0]))
-    B, A = torch.from_numpy(U[:, 5:6]).float(), torch.from_numpy(V[:, 5:6].T).float()
+    B, A = torch.from_numpy(U[:, 5:6] * 3.0).float(), torch.from_numpy(V[:, 5:6].T).float()
     amp = deltaw.amplification(lowrank(B, A), torch.from_numpy(W).float())
-    assert amp.proj_delta == pytest.approx(0.0, abs=1e-6)
-    assert amp.factor is None or amp.factor > 1e4  # ΔW orthogonal to W: nothing it amplifies
+    floor = rounding_floor(1, (10, 8), 4.0, torch.float32)
+    assert floor == pytest.approx(np.sqrt(18) * np.finfo(np.float32).eps * 4.0)
+    assert amp.proj_delta <= floor and amp.factor is None  # ΔW orthogonal to W: nothing it amplifies
+    U, V, W = spectral_matrix(10, 8, np.array([4.0, 2.0, 1e-3]))
+    B, A = torch.from_numpy(U[:, 2:3] * 3.0).float(), torch.from_numpy(V[:, 2:3].T).float()
+    amp = deltaw.amplification(lowrank(B, A), torch.from_numpy(W).float())
+    assert amp.factor == pytest.approx(3.0 / 1e-3, rel=1e-3)
     zero = lowrank(torch.zeros(10, 2), torch.randn(2, 8))
     assert deltaw.amplification(zero, torch.from_numpy(W).float()) is None
 

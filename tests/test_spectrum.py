@@ -63,6 +63,17 @@ def test_gavish_donoho_square_constant_and_recovery():
     assert spectrum.gavish_donoho_rank(sv[:10], (n, n)) is None  # median needs the full spectrum
 
 
+def test_gavish_donoho_counts_nothing_at_rounding_level():
+    """An exactly rank-6 ΔW in float32: its tail is rounding (below σ₁·max(m,n)·eps = 7.6e-6), and
+    the median threshold drawn from that tail (1.3e-8) would count 23 values; GD is capped
+    at the numerical rank. With float64's eps the same tail is above the tolerance and counts."""
+    sv = np.concatenate([np.linspace(2.0, 1.0, 6), np.logspace(-7, -10, 58)])
+    assert spectrum.gavish_donoho_threshold(sv, (64, 64)) < 2e-8
+    assert spectrum.gavish_donoho_rank(sv, (64, 64)) == 6 == spectrum.numerical_rank(sv, (64, 64))
+    eps64 = np.finfo(np.float64).eps
+    assert spectrum.gavish_donoho_rank(sv, (64, 64), eps=eps64) == 23  # the uncapped count
+
+
 def test_marchenko_pastur_edge_bounds_noise():
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((400, 200)) * 0.1

@@ -21,11 +21,14 @@ from deltaw.reports.wording import ENRICHED, difference, enrichment_word, more_o
 # the rules
 
 
-@pytest.mark.parametrize("factor, verb", [(1.0001, "amplifies"), (21.5, "amplifies"),
-                                          (0.9999, "does not amplify"), (0.54, "does not amplify"),
-                                          (1.0, "does not amplify")])
-def test_scaling_verb_threshold_is_one(factor, verb):
-    assert scaling_verb(factor) == verb
+@pytest.mark.parametrize("factor, ratio, verb", [
+    (1.0001, 40.0, "amplifies"), (21.5, ENRICHED * 1.0001, "amplifies"),
+    (21.5, ENRICHED, "does not amplify, beyond chance,"), (21.5, 1.0, "does not amplify, beyond chance,"),
+    (21.5, 0.1, "does not amplify, beyond chance,"),
+    (0.9999, 40.0, "does not amplify"), (0.54, 0.3, "does not amplify"), (1.0, 40.0, "does not amplify")])
+def test_scaling_verb_needs_a_factor_over_one_and_directions_w_holds(factor, ratio, verb):
+    """Amplifies: factor > 1 and W's weight along ΔW's directions beyond ENRICHED × random."""
+    assert scaling_verb(factor, ratio) == verb
 
 
 @pytest.mark.parametrize("ratio, word", [(ENRICHED * 1.0001, "more than"), (ENRICHED, "as much as"),
@@ -97,9 +100,21 @@ def test_a_factor_below_one_is_not_said_to_amplify_or_attenuate():
     findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
     assert "the update does not amplify W" in findings
     assert "amplifies" not in findings and "attenuat" not in findings
-    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f)) for l, f in enumerate((2.0, 3.0, 4.0))]
+    # W holds ΔW's directions 5.47 × more than random ones (base_fro 6: random level 0.75)
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f, base_fro=6.0)) for l, f in enumerate((2.0, 3.0, 4.0))]
     findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
     assert "the update amplifies W" in findings and "does not amplify" not in findings
+    assert "where directions random to W would give 16.4 (median)" in findings  # 4.1 · 3 / 0.75
+
+
+def test_a_factor_over_one_along_directions_random_to_w_is_not_amplification():
+    """The audit's lora-r8-s0: factor 3.81 with W's weight along ΔW at random level (ratio 0.547
+    here): an update in random directions of its size would have a larger factor still."""
+    mods = [_module(l, "query", [1.0] * 8, amp=_amp(f)) for l, f in enumerate((2.0, 3.0, 4.0))]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "the update does not amplify, beyond chance, W" in findings
+    assert "the update amplifies" not in findings
+    assert "where directions random to W would give 1.64 (median)" in findings  # 4.1 · 3 / 7.5
 
 
 def test_weight_along_the_update_is_set_against_the_random_root_mean_square():

@@ -61,6 +61,8 @@ def describe(suggestion) -> list[str]:
     """Terminal lines: the LoraConfig arguments, and what is a bound or left out."""
     if suggestion is None:
         return ["rank_pattern: none suggested (kohya keys are not module paths PEFT can match)"]
+    if suggestion.r == 0 and not suggestion.zero:
+        return ["next run: no rank suggested (no module with finite values was analysed)"]
     if suggestion.r == 0:
         return [f"next run: no rank suggested (ΔW = 0 in every module: {', '.join(suggestion.zero)})"]
     targets = (f"target_modules={json.dumps(suggestion.target_modules)}, "

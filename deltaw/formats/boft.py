@@ -63,8 +63,7 @@ def butterfly_rotate(W: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
 def read(store, config: dict, base, matcher, out: Deltas, require_base: bool) -> None:
     """Add every BOFT module of ``store`` to ``out`` (without a base, for ``deltaw info``: none)."""
     without_base(store, base, require_base, out, "a BOFT adapter", "diag(s)·W·Mᵀ − W")
-    parts = module_parts(store, ("boft_R", "boft_s"), out,
-                         other="not a BOFT rotation or scale (a trained bias, or modules_to_save)")
+    parts = module_parts(store, ("boft_R", "boft_s"), out, config, "a BOFT rotation or scale")
     stored = set()
     for module, keys in parts.items():
         if len(keys) < 2:

@@ -26,6 +26,7 @@ from deltaw.delta import ComputedDelta
 from deltaw.deltas import Deltas, Skipped
 from deltaw.errors import DeltawError
 from deltaw.formats.names import PEFT_PREFIX
+from deltaw.formats.peft import NOT_IN_BASE, other_tensor_reason
 from deltaw.hub import BaseRequired
 
 _KEY = re.compile(r"^(?P<module>.+)\.oft_R(?:\.[^.]+)?\.weight$")
@@ -107,7 +108,11 @@ def read(store, config: dict, base, matcher, out: Deltas, require_base: bool) ->
         match = _KEY.match(key)
         module = (match["module"] if match else key).removeprefix(PEFT_PREFIX)
         if match is None:
-            out.skipped.append(Skipped(module, "not an OFT rotation (modules_to_save, or an embedding OFT)"))
+            if "oft_embedding_R" in key.split("."):
+                out.skipped.append(Skipped(module.split(".oft_embedding_R")[0],
+                                           "an OFT of an embedding (oft_embedding_R): not supported"))
+            else:
+                out.skipped.append(Skipped(module, other_tensor_reason(key, config, "an OFT rotation")))
             continue
         stored = tuple(store.shape(key))
         try:
@@ -133,7 +138,7 @@ def pair_rotation(module: str, base, matcher, blocks: int | None, b: int, out: D
     """
     base_key = matcher.match(module + ".weight")
     if base_key is None:
-        out.skipped.append(Skipped(module, "no module of this name in the base"))
+        out.skipped.append(Skipped(module, NOT_IN_BASE))
         return None
     shape = tuple(base.shape(base_key))
     cols = math.prod(shape[1:])

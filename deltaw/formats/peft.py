@@ -170,7 +170,7 @@ METHOD_PARTS = {
     "LOHA": LOHA_PARTS,
     "LOKR": LOKR_PARTS,
     "VERA": ("vera_lambda_b", "vera_lambda_d"),
-    "OFT": ("oft_R",),
+    "OFT": ("oft_R", "oft_embedding_R"),
     "BOFT": ("boft_R",),
 }
 
@@ -190,6 +190,37 @@ def check_method(folder: Path, peft_type: str, store: TensorStore) -> None:
                       "weights were saved with, or save the adapter again")
 
 
+#: The skip reason of an adapter module whose name the base does not have.
+NOT_IN_BASE = "no module of this name in the base"
+
+
+def check_paired(folder: Path, base: TensorStore | None, out: Deltas) -> None:
+    """One clear line when a base is given, no module was paired with it, and modules were left
+    out because the base has no module of their name: almost always the base of another model.
+    (Modules left out for other reasons, e.g. an unsupported layer, are listed, not refused.)"""
+    missing = [s for s in out.skipped if s.reason == NOT_IN_BASE]
+    if base is not None and not out.deltas and missing:
+        raise DeltawError(f"{folder}: none of the adapter's {len(missing)} modules is in the base {base.source}; "
+                          "is this the base model the adapter was trained on?")
+
+
+def other_tensor_reason(key: str, config: dict, method: str = "a low-rank delta") -> str:
+    """Why a tensor of a PEFT adapter that is none of its method's parts is not analysed.
+
+    PEFT saves beside the method's parts: trained biases (``bias="all"`` or ``"<method>_only"``),
+    token rows (``trainable_token_indices``), copies of base weights (``save_embedding_layers``)
+    and whole replaced modules (``modules_to_save``). ``method`` names what the tensor is not.
+    """
+    bias = config.get("bias", "none")
+    if "trainable_tokens_delta" in key.split("."):
+        return "token rows trained in place (trainable_token_indices): a sparse update of the embedding, not analysed"
+    if key.endswith(".bias") and bias not in (None, "none"):
+        return f"bias trained with the adapter (bias={bias!r}): a vector, not analysed"
+    if ".base_layer." in key:
+        return "copy of the base weight saved with the adapter (save_embedding_layers), not a delta"
+    return f"replaced whole (modules_to_save): not {method}"
+
+
 def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True) -> Deltas:
     """Read a PEFT adapter folder into :class:`Deltas`: LoRA, DoRA and AdaLoRA here; LoHa, LoKr,
     VeRA, OFT and BOFT through their modules (see the module docstring)."""
@@ -201,24 +232,18 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
     store = TensorStore([adapter_weights_file(folder)], folder)
     check_method(folder, config["peft_type"], store)
     parts: dict[str, dict[str, str]] = defaultdict(dict)
-    replaced, out_of_band = [], []
+    others = []
     for key in store.keys():
         match = _LORA_KEY.match(key)
-        module_key = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
         if match is None:
-            if ".base_layer." in key:
-                out_of_band.append(Skipped(module_key, "copy of the base weight saved with the adapter "
-                                                       "(save_embedding_layers), not a delta"))
-            else:
-                replaced.append(module_key)
+            others.append(Skipped(key.removeprefix(PEFT_PREFIX), other_tensor_reason(key, config)))
             continue
         module = match["module"].removeprefix(PEFT_PREFIX)
         part = match["part"] + (".bias" if match["param"] == "bias" else "")
         parts[module][part] = key
 
     out = Deltas(checkpoint=str(folder), base=None if base is None else str(base.source), format="peft")
-    out.skipped += [Skipped(k, "replaced whole (modules_to_save): not a low-rank delta") for k in replaced]
-    out.skipped += out_of_band
+    out.skipped += others
     if note := base_mutation_note(config):
         out.notes.append(note)
     matcher = NameMatcher(base.keys()) if base is not None else None
@@ -228,11 +253,7 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
         if delta is not None:
             out.deltas[delta.name] = delta
             ranks[delta.name] = delta.rank
-    if base is not None and parts and not out.deltas:
-        raise DeltawError(
-            f"{folder}: none of the adapter's {len(parts)} modules is in the base {base.source}; "
-            "is this the base model the adapter was trained on?"
-        )
+    check_paired(folder, base, out)
     out.details = {
         "peft_type": config["peft_type"],
         "base_model_name_or_path": config.get("base_model_name_or_path"),
@@ -315,7 +336,7 @@ def pair_with_base(module: str, shape: tuple[int, ...], base: TensorStore | None
         return module, None, shape
     base_key = matcher.match(module + ".weight")
     if base_key is None:
-        out.skipped.append(Skipped(module, "no module of this name in the base"))
+        out.skipped.append(Skipped(module, NOT_IN_BASE))
         return None
     base_shape = tuple(base.shape(base_key))
     fitted = fit_base_shape(shape, base_shape)

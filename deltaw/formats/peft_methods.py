@@ -20,7 +20,8 @@ from deltaw.deltas import Deltas, Skipped
 from deltaw.errors import DeltawError
 from deltaw.formats import structured
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
-from deltaw.formats.peft import adapter_weights_file, check_method, pair_with_base, pattern_value
+from deltaw.formats.peft import (adapter_weights_file, check_method, check_paired, other_tensor_reason, pair_with_base,
+                                 pattern_value)
 from deltaw.formats.tensors import TensorStore
 
 _PARTS = {"LOHA": structured.LOHA_PARTS, "LOKR": structured.LOKR_PARTS}
@@ -52,11 +53,7 @@ def load(folder: Path, config: dict, base: TensorStore | None, require_base: boo
         boft.read(store, config, base, matcher, out, require_base)
     else:
         _read_lycoris(store, config, base, matcher, out)
-    if base is not None and not out.deltas and store.keys():
-        raise DeltawError(
-            f"{folder}: none of the adapter's modules is in the base {base.source}; "
-            "is this the base model the adapter was trained on?"
-        )
+    check_paired(folder, base, out)
     out.details = {
         "peft_type": method,
         "base_model_name_or_path": config.get("base_model_name_or_path"),
@@ -79,23 +76,24 @@ _DETAILS = {
 }
 
 
-def module_parts(store: TensorStore, parts: tuple[str, ...], out: Deltas,
-                 other: str = "replaced whole (modules_to_save) or not an adapter tensor") -> dict[str, dict[str, str]]:
+def module_parts(store: TensorStore, parts: tuple[str, ...], out: Deltas, config: dict,
+                 method: str) -> dict[str, dict[str, str]]:
     """module → {part: key} for the keys ``<module>.<part>[.<adapter>][.weight]`` of ``store``;
-    every other key is listed in ``out.skipped`` with the reason ``other``."""
+    every other key is listed in ``out.skipped`` with its reason
+    (:func:`~deltaw.formats.peft.other_tensor_reason`; ``method`` names what it is not)."""
     pattern = _key_pattern(parts)
     found: dict[str, dict[str, str]] = defaultdict(dict)
     for key in store.keys():
         match = pattern.match(key)
         if match is None:
-            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), other))
+            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), other_tensor_reason(key, config, method)))
             continue
         found[match["module"].removeprefix(PEFT_PREFIX)][match["part"]] = key
     return found
 
 
 def _read_lycoris(store: TensorStore, config: dict, base, matcher, out: Deltas) -> None:
-    parts = module_parts(store, _PARTS[config["peft_type"]], out)
+    parts = module_parts(store, _PARTS[config["peft_type"]], out, config, f"a {config['peft_type']} module")
     for module, keys in parts.items():
         delta = _module(module, keys, store, config, base, matcher, out)
         if delta is not None:

@@ -20,6 +20,7 @@ import torch
 from deltaw.delta import LowRankDelta
 from deltaw.deltas import Deltas, Skipped
 from deltaw.formats.names import PEFT_PREFIX, NameMatcher
+from deltaw.formats.peft import NOT_IN_BASE, other_tensor_reason
 from deltaw.formats.tensors import TensorStore
 from deltaw.hub import BaseRequired
 
@@ -51,13 +52,13 @@ def read(store: TensorStore, config: dict, base: TensorStore | None, matcher: Na
         elif match := _PROJECTION.match(key):
             projections[match["which"]] = key
         else:
-            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), "not a VeRA tensor (modules_to_save?)"))
+            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), other_tensor_reason(key, config, "a VeRA tensor")))
     transposed = bool(config.get("fan_in_fan_out"))
     modules = {}
     for module, keys in lambdas.items():
         base_key = matcher.match(module + ".weight")
         if base_key is None or len(keys) < 2:
-            out.skipped.append(Skipped(module, "no module of this name in the base" if base_key is None
+            out.skipped.append(Skipped(module, NOT_IN_BASE if base_key is None
                                        else "has only one of vera_lambda_b / vera_lambda_d"))
             continue
         shape = tuple(base.shape(base_key))

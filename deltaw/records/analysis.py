@@ -33,7 +33,8 @@ class Amplification(FieldAccess, Record):
     proj_random : float
         The same with the top-r singular vectors of a seeded Gaussian matrix.
     factor : float or None
-        ‖ΔW‖_F / proj_delta; None when proj_delta = 0 (ΔW is orthogonal to W).
+        ‖ΔW‖_F / proj_delta; None when proj_delta is at the rounding level
+        (:func:`deltaw.amplify.rounding_floor`): ΔW is orthogonal to W to float precision.
     delta_fro, base_fro : float
         ‖ΔW‖_F and ‖W‖_F.
     """
