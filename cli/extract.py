@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deltaw.cli.kept import finish, rank_options, rule_kwargs
+from deltaw.cli.kept import check_inputs_kept, finish, rank_options, rule_kwargs
 from deltaw.cli.options import modules_option, progress_bar
 
 
@@ -32,6 +32,7 @@ def command(finetuned, base, rank, energy, sv_ratio, max_rank, out, overwrite, f
     """
     from deltaw.act.extract import extract
 
+    check_inputs_kept(out, pdf_path, finetuned, base)
     update, close = progress_bar("extracting")
     try:
         report = extract(finetuned, base, out, **rule_kwargs(rank, energy, sv_ratio, max_rank), full=full,

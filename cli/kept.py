@@ -35,6 +35,15 @@ def rank_options(command):
     return command
 
 
+def check_inputs_kept(out, pdf_path, *inputs) -> None:
+    """An output folder or PDF that would replace or alter an input is a usage error (exit 2),
+    before any work (:func:`deltaw.act.adapter.input_conflict`; the library refuses it too)."""
+    from deltaw.act.adapter import input_conflict
+
+    if problem := input_conflict(out, inputs, pdf_path):
+        raise click.UsageError(problem)
+
+
 def rule_kwargs(rank, energy, sv_ratio, max_rank) -> dict:
     """The rank rule's options, checked before any work: an invalid or contradictory rule is a
     usage error (exit 2), as for any other invalid option."""

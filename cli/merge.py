@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deltaw.cli.kept import finish, rank_options, rule_kwargs
+from deltaw.cli.kept import check_inputs_kept, finish, rank_options, rule_kwargs
 from deltaw.cli.options import progress_bar, scale_option
 
 
@@ -48,6 +48,7 @@ def command(adapters, weights, rank, energy, sv_ratio, max_rank, out, overwrite,
     """
     from deltaw.act.merge import merge
 
+    check_inputs_kept(out, pdf_path, *adapters, base)
     update, close = progress_bar("merging")
     try:
         report = merge(list(adapters), out, weights=_weights(weights, len(adapters)), **rule_kwargs(rank, energy, sv_ratio, max_rank),

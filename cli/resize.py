@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deltaw.cli.kept import finish, rank_options, rule_kwargs
+from deltaw.cli.kept import check_inputs_kept, finish, rank_options, rule_kwargs
 from deltaw.cli.options import progress_bar, scale_option
 
 
@@ -30,6 +30,7 @@ def command(adapter, rank, energy, sv_ratio, max_rank, out, overwrite, fmt, dtyp
     """
     from deltaw.act.resize import resize
 
+    check_inputs_kept(out, pdf_path, adapter, base)
     update, close = progress_bar("resizing")
     try:
         report = resize(adapter, out, **rule_kwargs(rank, energy, sv_ratio, max_rank), format=fmt, dtype=dtype,

@@ -160,15 +160,20 @@ def _median(values) -> float | None:
 
 
 def summarize(analysis: Analysis, cached: bool) -> CheckpointSummary:
-    """A checkpoint's analysis in one line (medians over modules, whole-model ‖ΔW‖_F)."""
+    """A checkpoint's analysis in one line (medians over the modules it changed, whole-model ‖ΔW‖_F).
+
+    A full fine-tune lists every module, and those it left unchanged (ΔW = 0, every rank 0)
+    would pull the medians to 0: they describe the update only over modules with ‖ΔW‖_F > 0.
+    """
     norms = [m.fro_norm for m in analysis.modules if m.fro_norm is not None]
+    changed = [m for m in analysis.modules if m.fro_norm]
     return CheckpointSummary(
         checkpoint=analysis.checkpoint, format=analysis.format, modules=len(analysis.modules),
         fro_norm=math.sqrt(sum(n * n for n in norms)) if norms else None,
         lora_ranks=sorted({m.lora_rank for m in analysis.modules if m.lora_rank is not None}),
-        energy_rank_90=_median((m.energy_rank or {}).get("0.9") for m in analysis.modules),
-        effective_rank=_median(m.effective_rank for m in analysis.modules),
-        stable_rank=_median(m.stable_rank for m in analysis.modules),
+        energy_rank_90=_median((m.energy_rank or {}).get("0.9") for m in changed),
+        effective_rank=_median(m.effective_rank for m in changed),
+        stable_rank=_median(m.stable_rank for m in changed),
         cached=cached)
 
 

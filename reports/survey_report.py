@@ -154,9 +154,9 @@ def _rank_table(survey: Survey) -> Table:
 
 
 RANK_CAPTION = (f"Each checkpoint's analysis. {NORM_DW} (model): of the whole model, the square root of the "
-                f"sum of {NORM_DW2} over its analysed modules. Medians over its modules: r90 (directions "
-                "holding 90 % of the energy), effective rank and stable rank; null: none of its modules has "
-                "the value.")
+                f"sum of {NORM_DW2} over its analysed modules. Medians over the modules it changed ({NORM_DW} > 0): r90 "
+                "(directions holding 90 % of the energy), effective rank and stable rank; null: none of "
+                "those modules has the value.")
 
 
 def paths_needed(checkpoints: list[str]) -> bool:

@@ -112,6 +112,34 @@ def test_output_equal_to_an_input_file_is_refused(adapter, tmp_path):
     _one_line_usage_error(_run("compare", adapter, adapter, "--json", adapter / "c.json"), "input folder")
 
 
+def test_act_outputs_never_replace_or_alter_an_input(adapter, tmp_path):
+    """The audit's lost run: `resize X --out X --overwrite` replaced the input with its rank-1 cut
+    (and deleted the files beside it); --pdf onto the weights turned them into a PDF."""
+    import deltaw
+
+    files = {p.name: p.read_bytes() for p in adapter.iterdir()}
+    weights = adapter / "adapter_model.safetensors"
+    for args, said in [
+        (("resize", adapter, "--rank", "1", "--out", adapter, "--overwrite"), "is the input"),
+        (("resize", adapter, "--rank", "1", "--out", adapter.parent, "--overwrite"), "holds the input"),
+        (("resize", adapter, "--rank", "1", "--out", adapter / "sub"), "lies inside the input"),
+        (("resize", adapter, "--rank", "1", "--out", tmp_path / "o", "--pdf", weights), "lies inside the input"),
+        (("resize", weights, "--scale", "1", "--rank", "1", "--out", tmp_path / "o", "--pdf", weights),
+         "is the input"),
+        (("merge", adapter, adapter, "--rank", "1", "--out", adapter, "--overwrite"), "is the input"),
+        (("merge", adapter, adapter, "--rank", "1", "--out", tmp_path / "o", "--pdf", adapter / "r.pdf"),
+         "lies inside the input"),
+        (("extract", adapter, "--base", tmp_path, "--rank", "1", "--out", adapter, "--overwrite"), "is the input"),
+        (("extract", adapter, "--base", adapter.parent, "--rank", "1", "--out", tmp_path / "o",
+          "--pdf", tmp_path / "x.pdf"), "lies inside the input"),
+    ]:
+        _one_line_usage_error(_run(*args), said)
+    with pytest.raises(deltaw.DeltawError, match="holds the input"):  # the library refuses it too
+        deltaw.resize(adapter, adapter.parent, rank=1, overwrite=True)
+    assert {p.name: p.read_bytes() for p in adapter.iterdir()} == files
+    assert not (tmp_path / "o").exists()
+
+
 def test_survey_may_write_beside_its_checkpoints_not_into_them(adapter, tmp_path):
     _one_line_usage_error(_run("survey", tmp_path, "--json", adapter / "s.json"), "input folder")
     assert not (adapter / "s.json").exists()

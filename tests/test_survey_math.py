@@ -122,3 +122,23 @@ def test_null_entries_say_why_and_whole_model_cosine():
                                          abs=1e-9)
     assert cosine[0, 0] == 1.0 and reasons[0][1] is None
     assert np.isnan(cosine[0, 3]) and NONFINITE in reasons[0][3] and NONFINITE in reasons[3][3]
+
+
+def test_checkpoint_summary_medians_run_over_the_modules_it_changed():
+    """A full fine-tune that changed one module of three (r90 = 3): its line says 3, not the 0 of
+    the two untouched modules (the audit's "r90 med 0.0")."""
+    from deltaw.population import summarize
+    from deltaw.records import Analysis, ModuleRecord
+
+    def module(name, sv):
+        sv = np.asarray(sv, dtype=float)
+        return ModuleRecord(name=name, kind="dense", shape=(8, 8), fro_norm=float(np.sqrt((sv**2).sum())),
+                            singular_values=sv, svd_method="full", energy_rank={"0.9": int((sv > 0).sum())},
+                            effective_rank=float((sv > 0).sum()), stable_rank=1.0 if sv.any() else 0.0)
+
+    analysis = Analysis(checkpoint="full", format="full",
+                        modules=[module("a", [1.0, 1.0, 1.0]), module("b", [0.0]), module("c", [0.0])])
+    line = summarize(analysis, cached=False)
+    assert (line.modules, line.energy_rank_90, line.effective_rank, line.stable_rank) == (3, 3, 3, 1.0)
+    untouched = summarize(Analysis(checkpoint="none", format="full", modules=[module("b", [0.0])]), cached=False)
+    assert untouched.energy_rank_90 is None and untouched.fro_norm == 0

@@ -231,10 +231,43 @@ def kept_modules(cuts: list[Cut], targets: dict[str, Target]) -> list:
             for c in cuts]
 
 
-def check_outputs(out: str | os.PathLike, overwrite: bool, pdf: str | os.PathLike | None) -> Path:
-    """All output checks, before any work."""
+def input_conflict(out: str | os.PathLike | None, inputs, pdf: str | os.PathLike | None = None) -> str | None:
+    """Why writing the adapter folder ``out`` (or the report ``pdf``) would destroy one of the
+    command's ``inputs``, in one line; None when it would not.
+
+    ``out`` is written by replacing the whole folder (with ``--overwrite``), so it may be neither
+    an input, nor inside one, nor hold one; the PDF may be neither an input nor inside an input
+    folder. Inputs that are not local paths (a Hub id, None) are skipped.
+    """
+    sources = [(given, Path(os.path.realpath(os.path.expanduser(given))))
+               for given in inputs if given is not None and os.path.exists(os.path.expanduser(str(given)))]
+    for given, source in sources:
+        if out is not None:
+            target = Path(os.path.realpath(os.path.expanduser(out)))
+            if target == source:
+                return (f"{out} is the input {given}: writing the adapter there would replace it; "
+                        "give --out another folder")
+            if source in target.parents:
+                return (f"{out} lies inside the input {given}: writing it would alter the input; "
+                        "give --out a folder outside it")
+            if target in source.parents:
+                return (f"{out} holds the input {given}: replacing the folder would delete the input; "
+                        "give --out another folder")
+        if pdf is not None:
+            target = Path(os.path.realpath(os.path.expanduser(pdf)))
+            if target == source or source in target.parents:
+                where = "is the input" if target == source else "lies inside the input"
+                return f"{pdf} {where} {given}: writing the report would alter it; give --pdf another path"
+    return None
+
+
+def check_outputs(out: str | os.PathLike, overwrite: bool, pdf: str | os.PathLike | None, inputs=()) -> Path:
+    """All output checks, before any work: :func:`input_conflict` with ``inputs``, then the folder
+    and the PDF can be written."""
     from deltaw.atomic import check_writable
 
+    if problem := input_conflict(out, inputs, pdf):
+        raise DeltawError(problem)
     folder = check_out_folder(out, overwrite)
     # A PDF inside the output folder is written with the adapter (its folder need not exist yet).
     if pdf is not None and _pdf_inside(out, pdf) is None:

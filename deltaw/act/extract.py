@@ -260,7 +260,7 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     from deltaw.records.resize import Resize, Skipped
 
     rule = RankRule(rank, energy, sv_ratio, max_rank)
-    check_outputs(out, overwrite, pdf)
+    check_outputs(out, overwrite, pdf, inputs=(finetuned, base))
     fmt = check_format(format, "peft")
     from deltaw.load import check_base, detect_format
 

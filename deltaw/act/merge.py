@@ -94,7 +94,7 @@ def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     if len(weights) != len(checkpoints):
         raise DeltawError(f"--weights has {len(weights)} values for {len(checkpoints)} adapters; give one each")
     rule = RankRule(rank, energy, sv_ratio, max_rank)
-    check_outputs(out, overwrite, pdf)
+    check_outputs(out, overwrite, pdf, inputs=(*checkpoints, base))
     sources = [read_lora(c, base=base, scale=scale) for c in checkpoints]
     _check_compatible(sources)
     fmt, plan, notes = lora_plan(sources[0], format, dtype, base)

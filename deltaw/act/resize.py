@@ -101,7 +101,7 @@ def resize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, rank: int |
     from deltaw.records.resize import Resize, Skipped
 
     rule = RankRule(rank, energy, sv_ratio, max_rank)
-    check_outputs(out, overwrite, pdf)
+    check_outputs(out, overwrite, pdf, inputs=(checkpoint, base))
     source = read_lora(checkpoint, base=base, scale=scale)
     fmt, plan, notes = lora_plan(source, format, dtype, base)
     targets = lora_targets(source, fmt, base)

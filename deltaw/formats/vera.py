@@ -52,7 +52,8 @@ def read(store: TensorStore, config: dict, base: TensorStore | None, matcher: Na
         elif match := _PROJECTION.match(key):
             projections[match["which"]] = key
         else:
-            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), other_tensor_reason(key, config, "a VeRA tensor")))
+            reason = other_tensor_reason(key, config, "a VeRA tensor")
+            out.skipped.append(Skipped(key.removeprefix(PEFT_PREFIX), reason))
     transposed = bool(config.get("fan_in_fan_out"))
     modules = {}
     for module, keys in lambdas.items():

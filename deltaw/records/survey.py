@@ -24,7 +24,8 @@ class CheckpointSummary(Record):
     lora_ranks : list of int
         The distinct LoRA ranks (empty for a full fine-tune).
     energy_rank_90, effective_rank, stable_rank : float or None
-        Medians over modules of ``energy_rank["0.9"]``, ``effective_rank``, ``stable_rank``.
+        Medians of ``energy_rank["0.9"]``, ``effective_rank``, ``stable_rank`` over the modules
+        the checkpoint changed (‖ΔW‖_F > 0); None when it changed none.
     cached : bool
         True when the analysis was read from the per-checkpoint results cache.
     """
