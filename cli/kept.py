@@ -83,10 +83,12 @@ def kept_table(report) -> str:
                  f"{percent(report.total_retained)} of Σ‖ΔW‖²_F retained overall")
     if report.dropped:
         lines.append(f"dropped (ΔW = 0): {', '.join(report.dropped)}")
-    if report.skipped:  # modules of the input that are not in the written adapter, and why
-        shown = "; ".join(f"{s.name} ({s.reason})" for s in report.skipped[:3])
-        more = f"; … {len(report.skipped) - 3} more in deltaw-kept.json" if len(report.skipped) > 3 else ""
-        lines.append(f"not written: {len(report.skipped)} of the input's tensors: {shown}{more}")
+    if report.carried:
+        lines.append(f"copied unchanged: {', '.join(c.split('base_model.model.', 1)[-1] for c in report.carried)}")
+    if missing := report.not_written:  # tensors of the input that are not in the written adapter, and why
+        shown = "; ".join(f"{s.name} ({s.reason})" for s in missing[:3])
+        more = f"; … {len(missing) - 3} more in deltaw-kept.json" if len(missing) > 3 else ""
+        lines.append(f"not written: {len(missing)} of the input's tensors: {shown}{more}")
     for m in report.modules:
         lines += [f"{m.name}: {note}" for note in m.notes if not m.dropped]
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ import torch
 from deltaw._inputs import check_dtype, is_transposed
 from deltaw.amplify import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap
 from deltaw.cache import Cache
-from deltaw.delta import Delta, DenseDelta, DoraDelta, KroneckerDelta, LowRankDelta
+from deltaw.delta import Delta, DenseDelta, DoraDelta, KroneckerDelta, LowRankDelta, nonfinite_count
 from deltaw.deltas import Deltas
 from deltaw.direction import magnitude_direction
 from deltaw.errors import DeltawError
@@ -114,19 +114,6 @@ class _FormedDelta(DenseDelta):
         return self.formed.to(dtype).reshape(self.shape)
 
 
-def _nonfinite(*tensors: torch.Tensor | None) -> int:
-    """How many NaN/±Inf values the floating-point tensors hold.
-
-    A finite sum proves every term finite (IEEE: a NaN makes the sum NaN, an Inf makes it ±Inf,
-    or NaN beside the opposite Inf), so the usual all-finite tensor costs one vectorised reduction
-    without a temporary (20–40× faster than ``isfinite(t).all()``, which writes a boolean mask);
-    only a sum that is not finite (a NaN/Inf, or finite values whose sum overflows) is counted
-    value by value.
-    """
-    return sum(0 if bool(torch.isfinite(t.sum())) else int((~torch.isfinite(t)).sum())
-               for t in tensors if t is not None and t.is_floating_point())
-
-
 def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     """(the Delta to decompose, NaN/Inf count of the module's tensors).
 
@@ -135,14 +122,14 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     :class:`_FormedDelta`.
     """
     if d.structured:  # LoRA, LoHa, LoKr: decomposed from their parts, ΔW never formed
-        return d, _nonfinite(*d.parts())
+        return d, nonfinite_count(*d.parts())
     base = d.read_base() if d.read_base is not None else None  # a LoHa formed densely needs none
     if isinstance(d, DoraDelta):
-        bad = _nonfinite(d.lowrank.read_A(), d.lowrank.read_B(), d.read_magnitude(), base)
+        bad = nonfinite_count(d.lowrank.read_A(), d.lowrank.read_B(), d.read_magnitude(), base)
         once = replace(d, read_base=lambda: base)
     elif isinstance(d, DenseDelta):
         tuned = d.read_tuned()
-        bad = _nonfinite(tuned, base)
+        bad = nonfinite_count(tuned, base)
         once = replace(d, read_base=lambda: base, read_tuned=lambda: tuned)
     else:
         bad, once = 0, d
@@ -154,7 +141,7 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
         once = replace(once, read_base=lambda: converted)
     delta = once.matrix(dtype)
     # finite inputs can still overflow (a difference, or a narrowing conversion of W)
-    bad = _nonfinite(delta, W)
+    bad = nonfinite_count(delta, W)
     if bad:
         return d, bad
     return _FormedDelta(name=d.name, shape=d.matrix_shape, read_base=None if W is None else (lambda: W),
@@ -187,14 +174,14 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
     """The record of one module from its SVD, plus the base analyses when W is known."""
     identity = _identity(original)
     if not bool(torch.isfinite(result.S).all()) or not math.isfinite(result.energy):
-        return ModuleRecord(**identity, nonfinite=max(1, _nonfinite(result.S)))
+        return ModuleRecord(**identity, nonfinite=max(1, nonfinite_count(result.S)))
     lowrank = view.structured
     summary = spectral_summary(result, view.matrix_shape, lowrank=lowrank, dtype=opts.dtype)
     record = ModuleRecord(**identity, **{f.name: getattr(summary, f.name) for f in fields(summary)})
     W = view.base(opts.dtype)
     if W is None:
         return record
-    bad = 0 if isinstance(view, _FormedDelta) else _nonfinite(W)  # _read counted a formed W
+    bad = 0 if isinstance(view, _FormedDelta) else nonfinite_count(W)  # _read counted a formed W
     if bad:
         return ModuleRecord(**identity, nonfinite=bad)
     W = W.to(opts.device)

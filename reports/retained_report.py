@@ -117,9 +117,9 @@ def facts(report) -> list[tuple[str, str]]:
                                  f"of all modules"))
     if report.carried:
         rows.append(("Copied unchanged", ", ".join(plain(c) for c in report.carried)))
-    if report.skipped:
-        reasons = Counter(s.reason or "no reason recorded" for s in report.skipped)
-        rows.append(("Skipped", "; ".join(f"{text.plural(n, 'tensor')}: {plain(r)}"
+    if report.not_written:
+        reasons = Counter(s.reason or "no reason recorded" for s in report.not_written)
+        rows.append(("Not written", "; ".join(f"{text.plural(n, 'tensor')}: {plain(r)}"
                                            for r, n in reasons.items())))
     notes = list(report.notes) + [f"{m.name}: {n}" for m in report.modules for n in m.notes]
     if notes:

@@ -111,6 +111,15 @@ def test_modules_to_save_and_task_type_are_carried(tmp_path):
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_CLS" and "classifier" in config["modules_to_save"]
     assert report.carried and all("classifier" in k for k in report.carried)
+    # the head is skipped as a delta but copied whole: not "not written" (the audit's terminal said so)
+    assert {s.name for s in report.skipped} >= {"classifier.weight", "classifier.bias"}
+    assert not any("classifier" in s.name for s in report.not_written)
+    from deltaw.cli.kept import kept_table
+
+    table = kept_table(report)
+    copied = next(l for l in table.splitlines() if l.startswith("copied unchanged: "))
+    assert sorted(copied.removeprefix("copied unchanged: ").split(", ")) == ["classifier.bias", "classifier.weight"]
+    assert "classifier" not in next((l for l in table.splitlines() if l.startswith("not written")), "")
     import warnings
 
     from peft import PeftModel
@@ -268,3 +277,22 @@ def test_kohya_written_as_peft_through_the_base(tmp_path):
     assert {m.written_as for m in report.modules} == {"model.layers.0.self_attn.q_proj",
                                                       "model.layers.1.mlp.down_proj"}
     assert_optimal(report, reference, written, name_of=lambda name: report[name].written_as)
+
+
+def test_nan_in_a_factor_is_one_line_naming_module_and_input(tmp_path):
+    """It was two lines naming neither ("SVD did not converge …; retrying with float64")."""
+    from deltaw.act.merge import merge
+
+    torch.manual_seed(0)
+    make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj"], r=4, lora_alpha=4)
+    weights = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "layers.1.self_attn.q_proj.lora_A" in k)
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(DeltawError, match=r"a: module model\.layers\.1\.self_attn\.q_proj: its LoRA factors hold "
+                                          r"1 NaN/Inf values; nothing was written"):
+        resize(tmp_path / "a", tmp_path / "out", rank=2)
+    with pytest.raises(DeltawError, match=r"a \+ .*a: module model\.layers\.1\.self_attn\.q_proj: its LoRA factors"):
+        merge([tmp_path / "a", tmp_path / "a"], tmp_path / "out", rank=2)
+    assert not (tmp_path / "out").exists()

@@ -334,7 +334,7 @@ def test_analysis_on_cuda_matches_cpu():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_nonfinite_counts_exactly_wherever_the_values_sit(dtype):
-    from deltaw.analysis import _nonfinite
+    from deltaw.delta import nonfinite_count as _nonfinite
 
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(257, 129, generator=g).to(dtype)  # odd sizes: the vectorised sum's tails

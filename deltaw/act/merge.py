@@ -114,7 +114,7 @@ def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         targets[name] = target
         deltas.append(stacked(name, parts))
     cuts = cut_lowrank(deltas, rule, device=device, math_dtype=math_dtype, progress=progress, total=len(deltas),
-                       floor=StackedDelta.noise_floor)
+                       floor=StackedDelta.noise_floor, where=" + ".join(str(c) for c in checkpoints))
     carried_elsewhere = sum(len(s.carried) for s in sources[1:])
     if carried_elsewhere and fmt == "peft":
         notes.append(f"{carried_elsewhere} modules_to_save tensors of the later adapters not carried: "

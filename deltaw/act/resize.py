@@ -22,13 +22,14 @@ from deltaw.act.cut import Cut, cut
 from deltaw.act.rules import RankRule
 from deltaw.act.source import lora_plan, lora_targets, read_lora
 from deltaw.amplify import own_directions
-from deltaw.delta import LowRankDelta
+from deltaw.delta import LowRankDelta, nonfinite_count
+from deltaw.errors import DeltawError
 from deltaw.linalg import svd_many
 
 
 def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto",
                 math_dtype: torch.dtype = torch.float32, progress: Callable | None = None,
-                total: int | None = None, floor: Callable | None = None) -> list[Cut]:
+                total: int | None = None, floor: Callable | None = None, where: str = "the adapter") -> list[Cut]:
     """The exact factored SVD of every LoRA ΔW (batched by shape) and its cut by ``rule``.
 
     Parameters
@@ -41,13 +42,15 @@ def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto"
         Called as ``progress(done, total, name)`` after each module.
     floor : callable, optional
         ``floor(delta, eps)``: σ at or below it are rounding noise (see :func:`deltaw.act.cut.cut`).
+    where : str
+        The input(s), named when a module's factors hold NaN/Inf (:class:`DeltawError`).
 
     Returns
     -------
     list of Cut, in input order
     """
     cuts = []
-    for delta, result in svd_many(deltas, device=device, dtype=math_dtype):
+    for delta, result in svd_many(_finite(deltas, where), device=device, dtype=math_dtype):
         cuts.append(cut(delta.name, delta.shape, delta.rank, result.U, result.S, result.Vh, result.energy,
                         result.method, rule, math_dtype,
                         0.0 if floor is None else floor(delta, float(torch.finfo(math_dtype).eps)),
@@ -55,6 +58,16 @@ def cut_lowrank(deltas: Iterable[LowRankDelta], rule: RankRule, *, device="auto"
         if progress is not None:
             progress(len(cuts), total or len(cuts), delta.name)
     return cuts
+
+
+def _finite(deltas, where: str):
+    """``deltas``, each after its factors are counted finite; one line naming the first module
+    whose factors hold NaN/Inf (its SVD would only fail to converge, twice, without saying where)."""
+    for delta in deltas:
+        if bad := nonfinite_count(*delta.factors()):
+            raise DeltawError(f"{where}: module {delta.name}: its LoRA factors hold {bad} NaN/Inf values; "
+                              "nothing was written (a diverged run: use a checkpoint saved before it diverged)")
+        yield delta
 
 
 def resize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, rank: int | None = None,
@@ -106,7 +119,7 @@ def resize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, rank: int |
     fmt, plan, notes = lora_plan(source, format, dtype, base)
     targets = lora_targets(source, fmt, base)
     cuts = cut_lowrank(source.deltas.values(), rule, device=device, math_dtype=math_dtype, progress=progress,
-                       total=len(source.deltas))
+                       total=len(source.deltas), where=str(checkpoint))
     report = Resize(operation="resize", inputs=[str(checkpoint)], weights=[1.0],
                     base=None if base is None else str(base), rule=rule.describe(), output=str(out), format=fmt,
                     dtype=str(plan.dtype).removeprefix("torch."), modules=kept_modules(cuts, targets),

@@ -145,6 +145,13 @@ class Resize(Record):
         return [m.name for m in self.modules if m.dropped]
 
     @property
+    def not_written(self) -> list[Skipped]:
+        """The skipped input tensors that are not in the output either: ``skipped`` less the
+        ``carried`` copies (a modules_to_save head is skipped as a delta but copied whole)."""
+        copied = {c.split("base_model.model.", 1)[-1] for c in self.carried}
+        return [s for s in self.skipped if s.name not in copied]
+
+    @property
     def total_retained(self) -> float:
         """Σ over modules of the kept energy / Σ of ‖ΔW‖²_F (1.0 when every ΔW is zero)."""
         total = sum(m.energy for m in self.modules)
