@@ -172,3 +172,39 @@ def test_adapter_not_in_base_is_a_clear_error(tmp_path):
     save_model(tiny_gpt2(), tmp_path / "gpt2")
     with pytest.raises(deltaw.DeltawError, match="none of the adapter's .* modules is in the base"):
         deltaw.load_deltas(tmp_path / "a", base=tmp_path / "gpt2")
+
+
+def test_multihead_attention_matches_merge_and_forward(tmp_path):
+    """A LoRA on a torch MultiheadAttention: in_proj (its LoRA on the module, its weight
+    in_proj_weight) was dropped with a base; out_proj was named differently with and without one,
+    and PEFT 0.21 adds its update twice (merge and forward alike), which ΔW follows."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.mha = torch.nn.MultiheadAttention(16, 2)
+
+    net = Net().eval()
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    save_file(base_state, str(tmp_path / "base.safetensors"))
+    peft_model = get_peft_model(net, LoraConfig(r=3, lora_alpha=6, target_modules=["mha"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "a")
+    x = torch.randn(5, 1, 16)
+    with torch.no_grad():
+        y = peft_model.base_model.model.mha(x, x, x)[0]
+    merged = peft_model.merge_and_unload().state_dict()
+    deltas = deltaw.load_deltas(tmp_path / "a", base=tmp_path / "base.safetensors")
+    assert sorted(deltas) == sorted(deltaw.load_deltas(tmp_path / "a")) == ["mha", "mha.out_proj"]
+    assert not deltas.skipped and any("adds twice" in note for note in deltas.notes)
+    for name, key in (("mha", "mha.in_proj_weight"), ("mha.out_proj", "mha.out_proj.weight")):
+        torch.testing.assert_close(deltas[name].to_dense(), merged[key] - base_state[key], atol=1e-6, rtol=1e-5)
+    # the forward PEFT ran is that of base + ΔW, both matrices
+    check = torch.nn.MultiheadAttention(16, 2).eval()
+    check.load_state_dict({k.removeprefix("mha."): v for k, v in base_state.items()})
+    with torch.no_grad():
+        check.in_proj_weight += deltas["mha"].to_dense()
+        check.out_proj.weight += deltas["mha.out_proj"].to_dense()
+        torch.testing.assert_close(check(x, x, x)[0], y, atol=1e-5, rtol=1e-4)

@@ -248,11 +248,17 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
         out.notes.append(note)
     matcher = NameMatcher(base.keys()) if base is not None else None
     ranks: dict[str, int] = {}
+    doubled: list[str] = []  # MultiheadAttention out_proj modules (MHA_OUT)
     for module, keys in parts.items():
         delta = _module_delta(module, keys, store, config, base, matcher, out, require_base)
         if delta is not None:
             out.deltas[delta.name] = delta
             ranks[delta.name] = delta.rank
+            doubled += [delta.name] if module.endswith(MHA_OUT) else []
+    if doubled:
+        out.notes.append(f"{', '.join(doubled)}: the out_proj of a torch MultiheadAttention, whose update PEFT "
+                         "(0.21) adds twice, in its forward and in merge_and_unload(); ΔW here is that of the model "
+                         "PEFT runs, 2·s·B@A")
     check_paired(folder, base, out)
     out.details = {
         "peft_type": config["peft_type"],
@@ -271,7 +277,15 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
     return out
 
 
+#: Where PEFT keeps the LoRA of a torch ``MultiheadAttention``'s out_proj: inside the wrapped
+#: layer, ``<mha>.base_layer.out_proj`` (its in_proj's LoRA is ``<mha>`` itself).
+MHA_OUT = ".base_layer.out_proj"
+
+
 def _module_delta(module, keys, store, config, base, matcher, out, require_base):
+    source = module
+    # named as the model names the layer, with or without a base: <mha>.out_proj
+    module = module.replace(MHA_OUT, ".out_proj") if module.endswith(MHA_OUT) else module
     embedding = "lora_embedding_A" in keys
     a_key = keys.get("lora_embedding_A" if embedding else "lora_A")
     b_key = keys.get("lora_embedding_B" if embedding else "lora_B")
@@ -299,6 +313,7 @@ def _module_delta(module, keys, store, config, base, matcher, out, require_base)
             return None
         read_A, read_B, rank, scale = _adalora(store, a_key, b_key, keys["lora_E"], config)
     bias_key = keys.get("lora_B.bias")
+    scale = scale_for(config, source, rank) if scale is None else scale
     lowrank = LowRankDelta(
         name=name,
         shape=shape,
@@ -306,7 +321,7 @@ def _module_delta(module, keys, store, config, base, matcher, out, require_base)
         read_A=read_A,
         read_B=read_B,
         rank=rank,
-        scale=scale_for(config, module, rank) if scale is None else scale,
+        scale=2 * scale if source.endswith(MHA_OUT) else scale,
         transposed=transposed,
         read_bias=store.reader(bias_key) if bias_key else None,
     )
@@ -334,7 +349,8 @@ def pair_with_base(module: str, shape: tuple[int, ...], base: TensorStore | None
     """
     if base is None:
         return module, None, shape
-    base_key = matcher.match(module + ".weight")
+    # a torch MultiheadAttention's in_proj: its LoRA sits on the module, its weight is in_proj_weight
+    base_key = matcher.match(module + ".weight") or matcher.match(module + ".in_proj_weight")
     if base_key is None:
         out.skipped.append(Skipped(module, NOT_IN_BASE))
         return None
@@ -343,7 +359,7 @@ def pair_with_base(module: str, shape: tuple[int, ...], base: TensorStore | None
     if fitted is None:
         out.skipped.append(Skipped(module, f"ΔW shape {list(shape)} differs from the base's {list(base_shape)}"))
         return None
-    return base_key.removesuffix(".weight"), base.reader(base_key), fitted
+    return base_key.removesuffix(".weight").removesuffix(".in_proj_weight"), base.reader(base_key), fitted
 
 
 def _adalora(store: TensorStore, a_key: str, b_key: str, e_key: str, config: dict):
