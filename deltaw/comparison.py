@@ -26,6 +26,7 @@ from deltaw.linalg.routes import dense_method
 from deltaw.load import load_deltas
 from deltaw.naming import parse_module_name, shared_names
 from deltaw.records import Comparison, PairResult, PhiRecord
+from deltaw.spectrum import TIE, tie_text
 from deltaw.subspace import _check_basis, phi_grid, random_subspace_similarity, subspace_bases
 
 
@@ -100,8 +101,9 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
         for selected in modules:
             check_memory_for(selected, top_k, dtype, device)
         comparison.notes += _randomized_notes(comparison.checkpoints, modules, top_k)
-    streams = [subspace_bases(selected, basis, side=side, top_k=top_k, device=device, dtype=dtype)
-               for selected in modules]
+    ties: list[dict[str, list[int]]] = [{} for _ in loaded]
+    streams = [subspace_bases(selected, basis, side=side, top_k=top_k, device=device, dtype=dtype, ties=tied)
+               for selected, tied in zip(modules, ties)]
     for name in names:
         bases = {}
         for c, deltas in enumerate(loaded):
@@ -127,7 +129,22 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
             pair.modules.append(PhiRecord(name=name, phi=phi_grid(U_a, U_b), random_phi=random_phi,
                                           layer=layer, module_type=module_type))
     comparison.pairs = list(pairs.values())
+    comparison.notes += _tie_notes(comparison.checkpoints, ties, basis)
     return comparison
+
+
+def _tie_notes(checkpoints: list[str], ties: list[dict[str, list[int]]], basis: str) -> list[str]:
+    """One note per checkpoint whose bases have tied singular values (:func:`~deltaw.spectrum.tied_cuts`)."""
+    notes = []
+    for checkpoint, tied in zip(checkpoints, ties):
+        if not tied:
+            continue
+        name, cuts = next(iter(tied.items()))
+        more = f" and {len(tied) - 1} more modules" if len(tied) > 1 else ""
+        notes.append(f"{checkpoint}: equal singular values (within {TIE:g} relative) in the {basis} basis of "
+                     f"{name} ({tie_text(cuts)}){more}: the top-i subspace is not unique for i inside such a "
+                     "run, so φ(i, j) there depends on how the factors were written, not on ΔW alone")
+    return notes
 
 
 def _randomized_notes(checkpoints: list[str], modules: list[list[Delta]], top_k: int | None) -> list[str]:

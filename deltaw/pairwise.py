@@ -25,7 +25,7 @@ import torch
 from deltaw._inputs import check_dtype
 from deltaw.delta import Delta, LowRankDelta
 from deltaw.linalg import exact_math, factored_svd, top_left_singular_vectors
-from deltaw.spectrum import numerical_rank
+from deltaw.spectrum import numerical_rank, tied_cuts
 
 #: At most this many of ΔW's top left singular vectors are compared by ``overlap``.
 OVERLAP_DIRECTIONS = 8
@@ -50,6 +50,9 @@ class ModuleForm:
         ΔW's top q ≤ 8 left singular vectors with σ above the numerical-rank threshold.
     energy : float
         ‖ΔW‖²_F.
+    ties : list of int
+        :func:`~deltaw.spectrum.tied_cuts` of the q directions: the k at which ΔW's top-k
+        subspace is not determined by ΔW (equal σ), so an overlap cut there is not either.
     """
 
     L: torch.Tensor | None = None
@@ -58,6 +61,7 @@ class ModuleForm:
     scale: float = 1.0
     U: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.float64))
     energy: float = 0.0
+    ties: list[int] = field(default_factory=list)
 
     @property
     def directions(self) -> int:
@@ -96,18 +100,20 @@ def module_form(d: Delta, dtype: torch.dtype = torch.float32) -> ModuleForm | st
             U, S, _ = factored_svd(L.to(dtype), R.to(dtype), d.scale)
             k = min(OVERLAP_DIRECTIONS, numerical_rank(S.double().numpy(), d.matrix_shape,
                                                        eps=torch.finfo(dtype).eps))
-            return ModuleForm(L=L, R=R, scale=float(d.scale), U=U[:, :k].double(), energy=energy)
+            return ModuleForm(L=L, R=R, scale=float(d.scale), U=U[:, :k].double(), energy=energy,
+                              ties=tied_cuts(S.double().numpy(), k))
         D = d.matrix(dtype)  # (m, n)
         if not _finite(D):
             return NONFINITE
         energy = float(D.double().pow(2).sum())
         if energy <= 0:
             return ZERO
-        U = top_left_singular_vectors(D, OVERLAP_DIRECTIONS)  # (m, ≤ 8), exact to float tolerance
+        # one vector beyond the 8: σ₉ tells whether the cut at 8 falls inside equal σ
+        U = top_left_singular_vectors(D, OVERLAP_DIRECTIONS + 1)  # (m, ≤ 9), exact to float tolerance
         # σᵢ = ‖Dᵀuᵢ‖ for the top vectors; only σ above the numerical-rank threshold count.
-        S = torch.linalg.vector_norm(D.mT @ U.to(D), dim=0).double().numpy()
-        k = numerical_rank(np.sort(S)[::-1], d.matrix_shape, eps=torch.finfo(dtype).eps)
-        return ModuleForm(dense=D, U=U[:, :k].double(), energy=energy)
+        S = np.sort(torch.linalg.vector_norm(D.mT @ U.to(D), dim=0).double().numpy())[::-1]
+        k = min(OVERLAP_DIRECTIONS, numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps))
+        return ModuleForm(dense=D, U=U[:, :k].double(), energy=energy, ties=tied_cuts(S, k))
 
 
 def inner_product(a: ModuleForm, b: ModuleForm) -> float:
@@ -145,6 +151,9 @@ class ModuleBlock:
         NaN where either has a reason.
     directions : list of int
         min(8, numerical rank) per checkpoint (0 with a reason): the k of ``overlap``.
+    ties : list of list of int
+        Per checkpoint, :attr:`ModuleForm.ties`: an overlap whose k is among either side's is not
+        determined by the two ΔW (:meth:`tied_pairs`).
     reasons : list of str or None
         Per checkpoint, why its row and column are null (:data:`ABSENT`, :data:`ZERO`,
         :data:`NONFINITE`), else None.
@@ -155,6 +164,16 @@ class ModuleBlock:
     overlap: np.ndarray
     directions: list[int]
     reasons: list[str | None]
+    ties: list[list[int]] = field(default_factory=list)
+
+    def tied_pairs(self) -> list[tuple[int, int, int]]:
+        """(i, j, k), i < j, for the overlaps cut at a k where ΔWᵢ or ΔWⱼ has equal σ."""
+        out = []
+        for i, j in zip(*np.triu_indices(len(self.directions), 1)):
+            k = min(self.directions[i], self.directions[j])
+            if k and np.isfinite(self.overlap[i, j]) and (k in self.ties[i] or k in self.ties[j]):
+                out.append((int(i), int(j), k))
+        return out
 
     @property
     def cosine(self) -> np.ndarray:
@@ -206,7 +225,8 @@ def module_block(name: str, deltas: list[Delta | None], dtype: torch.dtype = tor
             inner[i, j] = inner[j, i] = inner_product(a, b)
             phi[i, j] = phi[j, i] = overlap(a, b)
     directions = [0 if f is None else f.directions for f in forms]
-    return ModuleBlock(name=name, inner=inner, overlap=phi, directions=directions, reasons=reasons)
+    return ModuleBlock(name=name, inner=inner, overlap=phi, directions=directions, reasons=reasons,
+                       ties=[[] if f is None else f.ties for f in forms])
 
 
 def whole_model_cosine(blocks: list[ModuleBlock]) -> tuple[np.ndarray, list[list[str | None]]]:

@@ -33,6 +33,7 @@ from deltaw.naming import shared_names
 from deltaw.pairwise import ModuleBlock, module_block, whole_model_cosine
 from deltaw.records import Analysis
 from deltaw.records.survey import CheckpointSummary, ModulePairs, NullPair, Survey
+from deltaw.spectrum import TIE
 
 Progress = Callable[[int, int, str], None]
 
@@ -250,4 +251,17 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
         summaries=[summarize(a, cached) for a, (_, cached) in zip(analyses, results)],
         notes=[f"{len(names)} modules held by at least two checkpoints compared; the whole-model cosine "
                "sums inner products and norms over the modules each pair shares"]
-        + [note for path, a in zip(paths, analyses) for note in hub.declared_base_notes(path, a.notes)])
+        + [note for path, a in zip(paths, analyses) for note in hub.declared_base_notes(path, a.notes)]
+        + _tie_notes(blocks))
+
+
+def _tie_notes(blocks) -> list[str]:
+    """One note when overlaps were cut inside runs of equal singular values (ModuleBlock.tied_pairs)."""
+    tied = [(b.name, *pair) for b in blocks for pair in b.tied_pairs()]
+    if not tied:
+        return []
+    name, i, j, k = tied[0]
+    what = f"{len(tied)} module overlap{'s' if len(tied) > 1 else ''}"
+    return [f"{what} cut inside equal singular values (within {TIE:g} relative; e.g. {name} between "
+            f"checkpoints {i} and {j} at k = {k}): the top-k subspace there is not determined by ΔW, so "
+            "neither is that overlap (the cosine is)"]

@@ -118,3 +118,30 @@ def gavish_donoho_rank(sigma, shape: tuple[int, int], noise_std: float | None = 
     if noise_std is None and s.size < min(shape):
         return None
     return min(int((s > gavish_donoho_threshold(s, shape, noise_std)).sum()), numerical_rank(s, shape, eps))
+
+
+#: Two adjacent singular values count as tied when σᵢ − σᵢ₊₁ ≤ TIE · σᵢ: at that cut the top-i
+#: subspace is not determined by the matrix (exactly equal σ leave any rotation of their
+#: vectors valid, and float rounding of ~1e-7 picks one; a relative gap this small also leaves
+#: it to rounding: Davis–Kahan bounds the subspace's error by rounding / gap).
+TIE = 1e-5
+
+
+def tied_cuts(sigma, count: int | None = None) -> list[int]:
+    """The i ≤ ``count`` (1-based; σᵢ₊₁ listed) with σᵢ − σᵢ₊₁ ≤ :data:`TIE` · σᵢ, σᵢ > 0: the
+    numbers of leading directions whose span depends on how the matrix was written (its factors,
+    or rounding), not on the matrix. ``count``: how many leading values are directions (default all)."""
+    s = _values(sigma)
+    count = s.size if count is None else count
+    return [i + 1 for i in range(min(count, s.size - 1)) if s[i] > 0 and s[i] - s[i + 1] <= TIE * s[i]]
+
+
+def tie_text(cuts: list[int]) -> str:
+    """Tied cuts as σ runs, e.g. [1, 2, 3, 7] → "σ1…σ4, σ7…σ8"."""
+    runs, start = [], None
+    for i, cut in enumerate(cuts):
+        start = cut if start is None else start
+        if i + 1 == len(cuts) or cuts[i + 1] != cut + 1:
+            runs.append(f"σ{start}…σ{cut + 1}")
+            start = None
+    return ", ".join(runs)

@@ -40,7 +40,7 @@ from deltaw._inputs import check_dtype
 from deltaw.delta import Delta, DoraDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import SVD, svd_many
-from deltaw.spectrum import numerical_rank
+from deltaw.spectrum import numerical_rank, tied_cuts
 
 BASES = ("A", "B", "delta")
 SIDES = ("right", "left")
@@ -178,16 +178,20 @@ def _factor_view(d: Delta, basis: str) -> Delta:
                         rank=r, scale=1.0)
 
 
-def _directions(result: SVD, shape: tuple[int, int], side: str, dtype: torch.dtype) -> torch.Tensor:
-    """The singular vectors with σ above the numerical-rank threshold, as columns."""
+def _directions(result: SVD, shape: tuple[int, int], side: str, dtype: torch.dtype, name: str = "",
+                ties: dict[str, list[int]] | None = None) -> torch.Tensor:
+    """The singular vectors with σ above the numerical-rank threshold, as columns; their tied cuts
+    recorded in ``ties`` (see :func:`subspace_bases`)."""
     keep = numerical_rank(result.S, shape, eps=torch.finfo(dtype).eps)
+    if ties is not None and (cuts := tied_cuts(result.S, keep)):
+        ties[name] = cuts
     vectors = result.Vh.mT if side == "right" else result.U
     return vectors[:, :keep]
 
 
 def subspace_bases(deltas: Iterable[Delta], basis: str = "A", *, side: str = "right",
-                   top_k: int | None = None, device="auto",
-                   dtype: torch.dtype = torch.float32) -> Iterator[tuple[Delta, torch.Tensor]]:
+                   top_k: int | None = None, device="auto", dtype: torch.dtype = torch.float32,
+                   ties: dict[str, list[int]] | None = None) -> Iterator[tuple[Delta, torch.Tensor]]:
     """Orthonormal bases of many modules, batched by shape on ``device``, streamed in order.
 
     Parameters
@@ -202,6 +206,10 @@ def subspace_bases(deltas: Iterable[Delta], basis: str = "A", *, side: str = "ri
         With ``basis="delta"``: how many directions (randomized SVD for a dense ΔW when
         top_k + 10 < min(rows, cols)). Default: all of a LoRA ΔW (its rank), 64 of a dense one.
         Ignored for "A" and "B", which keep all r.
+    ties : dict, optional
+        Filled with module name → :func:`~deltaw.spectrum.tied_cuts` of its basis where there are
+        any: the i at which the top-i subspace is not determined by the matrix (equal σ), so
+        φ(i, ·) there depends on how the factors were written.
 
     Yields
     ------
@@ -219,7 +227,7 @@ def subspace_bases(deltas: Iterable[Delta], basis: str = "A", *, side: str = "ri
         # One SVD stream per run of equal k: LoRA keeps all r, dense ΔW gets a top-k; order kept.
         for k, run in itertools.groupby(deltas, key=k_for):
             for d, result in svd_many(run, k, device=device, dtype=dtype):
-                yield d, _directions(result, d.matrix_shape, side, dtype)
+                yield d, _directions(result, d.matrix_shape, side, dtype, d.name, ties)
         return
     originals: deque[Delta] = deque()
 
@@ -229,8 +237,8 @@ def subspace_bases(deltas: Iterable[Delta], basis: str = "A", *, side: str = "ri
             yield _factor_view(d, basis)
 
     for view, result in svd_many(views(), device=device, dtype=dtype):
-        yield originals.popleft(), _directions(result, view.matrix_shape, "right" if basis == "A" else "left",
-                                               dtype)
+        d = originals.popleft()
+        yield d, _directions(result, view.matrix_shape, "right" if basis == "A" else "left", dtype, d.name, ties)
 
 
 def subspace_basis(d: Delta, basis: str = "A", *, side: str = "right", top_k: int | None = None,

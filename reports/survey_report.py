@@ -154,7 +154,7 @@ def _rank_table(survey: Survey) -> Table:
 
 
 RANK_CAPTION = (f"Each checkpoint's analysis. {NORM_DW} (model): of the whole model, the square root of the "
-                f"sum of {NORM_DW2} over its analysed modules. Medians over the modules it changed ({NORM_DW} > 0): r90 "
+                f"sum of {NORM_DW2} over its analysed modules. Medians over the modules it changed (ΔW ≠ 0): r90 "
                 "(directions holding 90 % of the energy), effective rank and stable rank; null: none of "
                 "those modules has the value.")
 

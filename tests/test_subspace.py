@@ -254,3 +254,30 @@ def test_subspace_similarity_on_cuda_matches_cpu():
     for basis in ("A", "B", "delta"):
         np.testing.assert_allclose(deltaw.subspace_similarity(a[name], b[name], basis, device="cuda"),
                                    deltaw.subspace_similarity(a[name], b[name], basis, device="cpu"), atol=1e-4)
+
+
+def test_equal_singular_values_are_said_to_leave_phi_to_the_factors():
+    """ΔW = U Vᵀ with 16 equal σ, written twice with other factors: φ(1, 1) was 0.25 for the same
+    ΔW and the survey's overlap 0.54, without a word. The cuts inside the tie are named; a ΔW
+    with distinct σ gets no such note."""
+    from deltaw.deltas import Deltas
+    from deltaw.pairwise import module_block
+    from deltaw.spectrum import tied_cuts
+
+    assert tied_cuts([3.0, 1.0, 1.0, 1.0 - 1e-6, 0.5, 0.5 * (1 - 2e-5)]) == [2, 3]  # 2e-5 apart: no tie
+    assert tied_cuts([3.0, 1.0, 1.0, 1.0], 2) == [2]  # σ₃ is listed: the cut at 2 is inside the run
+    rng = np.random.default_rng(1)
+    U, V = orthonormal(64, 16, 1), orthonormal(48, 16, 2)
+    M = rng.standard_normal((16, 16)) + 4 * np.eye(16)
+    same = [lowrank(torch.from_numpy(B).float(), torch.from_numpy(A).float())
+            for B, A in ((U, V.T), (U @ M, np.linalg.solve(M, V.T)))]
+    checkpoints = [Deltas(checkpoint=c, base=None, format="peft", deltas={"m": d}) for c, d in zip("ab", same)]
+    comparison = deltaw.compare(checkpoints, basis="delta", device="cpu")
+    notes = [n for n in comparison.notes if "equal singular values" in n]
+    assert len(notes) == 2 and "(σ1…σ16)" in notes[0] and "depends on how the factors were written" in notes[0]
+    block = module_block("m", same)
+    assert block.tied_pairs() == [(0, 1, 8)]
+    distinct = lowrank(torch.from_numpy(U * np.linspace(2, 1, 16)).float(), torch.from_numpy(V.T).float())
+    assert module_block("m", [distinct, distinct]).tied_pairs() == []
+    checkpoints = [Deltas(checkpoint=c, base=None, format="peft", deltas={"m": distinct}) for c in "ab"]
+    assert not any("equal singular" in n for n in deltaw.compare(checkpoints, basis="delta", device="cpu").notes)

@@ -80,7 +80,7 @@ def test_checkpoint_table_gives_names_room_and_says_what_its_norm_is():
     assert sum(widths) <= style.CONTENT_W + 1e-6
     assert [row[1] for row in cells[1:]] == [["lora-r1-s0"], ["lora-r8-s0"], ["lora-r64-s0"]]  # one line each
     assert f"{NORM_DW} (model)" in table.header and "‖ΔW‖_F" not in table.header
-    norm, medians = RANK_CAPTION.split("Medians over its modules")  # the norm is not among the medians
+    norm, medians = RANK_CAPTION.split("Medians over the modules it changed")  # the norm is not a median
     assert f"{NORM_DW} (model): of the whole model" in norm and NORM_DW not in medians
     # the full paths are listed once, when a name is shorter than its path
     assert paths_needed(["/work/runs/lora-r8-s0"]) and paths_needed(["runs/r8/adapter", "runs/r64/adapter"])
