@@ -56,8 +56,9 @@ def _row(label, records: list[ModuleRecord]) -> list[str]:
 
 
 #: The legend of the amplif. column.
-AMPLIFICATION = ("‖ΔW‖F / ‖UᵀWV‖F with U, V ΔW's top r singular vectors (r: the LoRA rank; dense: "
-                 "the 90%-energy rank, at most 64)")
+AMPLIFICATION = ("‖ΔW‖F / ‖UᵀWV‖F with U, V ΔW's top r singular vectors (r: the directions a LoRA's "
+                 "factors define, its rank unless a factor is rank-deficient; dense: the 90%-energy rank, "
+                 "at most 64)")
 
 HEADER = ["module", "kind", "shape", "r", "energy rank .5/.9/.99", "eff. rank", "‖ΔW‖F", "‖ΔW‖/‖W‖",
           "amplif.", "intruders"]

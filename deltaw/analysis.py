@@ -61,9 +61,11 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
     shape : (rows, cols)
     lowrank : bool
         True for a factored LoRA ΔW: all min(r, rows, cols) values the factors define are listed
-        (small ones are real: the factored SVD resolves them far below the numerical-rank
-        threshold), and no Gavish–Donoho rank is given (the spectrum is exactly low rank, there is
-        no noise bulk to threshold).
+        (the factored SVD resolves small ones far below ΔW's numerical-rank threshold when the
+        factors are well conditioned, to about eps·κ(B)κ(A)·σ₁; below that, as for values under
+        ``numerical_rank`` of ill-conditioned factors, they carry rounding), and no
+        Gavish–Donoho rank is given (the spectrum is exactly low rank, there is no noise bulk to
+        threshold).
     dtype : torch.dtype
         The math's dtype, whose eps sets the numerical-rank threshold σ₁ · max(rows, cols) · eps.
         That rank is reported (``numerical_rank``), never used to cut the listed values.
