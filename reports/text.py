@@ -299,7 +299,7 @@ def amplification_sentence(mods: list) -> str:
         return f"W is zero, so {PROJ} = 0 along every direction and no amplification factor is defined."
     ratio = float(np.median(ratios))
     chance = [x["delta_fro"] / e for x, e in zip(amps, rms) if x["factor"] is not None and e > 0]
-    sentence = (f"Along its top {r_text} directions the update {scaling_verb(med, ratio)} W: "
+    sentence = (f"Along its top {r_text} directions the update {scaling_verb(med, ratio)}: "
                 f"{NORM_DW}/{PROJ} is "
                 + (f"a median {median_and_range(factors)} over all {len(factors)} modules" if len(factors) > 1
                    else num(factors[0]))

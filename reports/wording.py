@@ -37,8 +37,8 @@ def with_noise_rule(sentences: list[str]) -> list[str]:
 
 
 def scaling_verb(factor: float, ratio: float) -> str:
-    """``"amplifies"`` when ``factor`` > 1 and ``ratio`` > :data:`ENRICHED`; otherwise
-    ``"does not amplify"`` (factor ≤ 1) or ``"does not amplify, beyond chance,"``.
+    """``"amplifies W"`` when ``factor`` > 1 and ``ratio`` > :data:`ENRICHED`; otherwise
+    ``"does not amplify W"`` (factor ≤ 1) or ``"does not amplify W beyond chance"``.
 
     The amplification factor ‖ΔW‖_F / ‖UᵀWV‖_F of Hu et al. (2021, §7.3) is > 1 when ΔW is
     larger along its directions than W is. That alone is no amplification of W: an update in
@@ -52,8 +52,8 @@ def scaling_verb(factor: float, ratio: float) -> str:
     if not (math.isfinite(factor) and math.isfinite(ratio)):
         raise ValueError(f"no verb for a factor of {factor} at a ratio of {ratio}")
     if factor <= 1:
-        return "does not amplify"
-    return "amplifies" if ratio > ENRICHED else "does not amplify, beyond chance,"
+        return "does not amplify W"
+    return "amplifies W" if ratio > ENRICHED else "does not amplify W beyond chance"
 
 
 #: W's weight along ΔW's directions is "more" (or "less") than along random directions only
