@@ -135,9 +135,11 @@ def amplification_table_blocks(analysis: Analysis) -> list[Block]:
             f"(“from ΔW”) measures how much of W lies along them. Baselines: U, V from W's own top-r "
             f"directions (the most W can hold) and, for chance, the root mean square over random "
             f"r-frames, r{text.NORM_W}/√(mn) (exact, not a draw). "
-            f"The amplification factor {text.NORM_DW}/{text.PROJ} says how strongly the update "
-            f"amplifies directions W already holds but does not emphasise; the paper finds "
-            f"≈21.5 at r = 4 and ≈1.9 at r = 64 (columns “paper”: GPT-3 175B, layer 48, $W_q$)."
+            f"The amplification factor {text.NORM_DW}/{text.PROJ} says how much larger ΔW is than W "
+            f"along ΔW's directions; it is an amplification of W's own features only where W holds "
+            f"those directions more than random ones (“from ΔW” beyond twice the random level), as "
+            f"the paper finds: ≈21.5 at r = 4 and ≈1.9 at r = 64 (columns “paper”: GPT-3 175B, "
+            f"layer 48, $W_q$)."
             + (" Columns: for each module type a low, a middle and a top layer, and the median "
                "over all its modules." if len(mods) > 6 else "")
         )
@@ -204,8 +206,8 @@ def reference_sentence(plotted: list[float], log: bool) -> str:
     left_out: dict[str, list[str]] = {}  # why → the factors left out for it
     for v, r in PAPER_FACTORS:
         if (v, r) not in shown:
-            why = (f"above {REFERENCE_REACH:g}× the largest plotted factor ({text.num(hi)})" if v > hi
-                   else f"below the smallest plotted factor ({text.num(lo)}) divided by "
+            why = (f"above {REFERENCE_REACH:g}× the largest value plotted ({text.num(hi)})" if v > hi
+                   else f"below the smallest value plotted ({text.num(lo)}) divided by "
                         f"{REFERENCE_REACH:g}")
             left_out.setdefault(why, []).append(f"at {r} ({v:g})")
     for why, which in left_out.items():
@@ -370,8 +372,8 @@ def amplification_layer_block(analysis: Analysis) -> Block | None:
 
     caption = (
         f"Left: amplification factor {text.NORM_DW}/{text.PROJ} per layer, "
-        + (f"the median over all {len(types)} module types with the interquartile range shaded "
-           f"(the grid below shows each type)" if aggregate else
+        + (f"the median over each layer's modules (all {len(types)} module types) with the interquartile "
+           f"range shaded (the grid below shows each type)" if aggregate else
            "one line per module type (median where a layer has several modules)")
         + f"; over these {len(factors)} modules with a layer index the median is "
         f"{text.num(float(np.median(factors)))}, the range {text.span(factors)}. "
@@ -407,9 +409,10 @@ def amplification_grid_block(analysis: Analysis) -> Block | None:
         return None
     scale = grid_scale(grid, 0.0)
     caption = grid_caption(
-        grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how "
-        "strongly ΔW amplifies directions of W that W does not emphasise: > 1 where ΔW is the "
-        "larger along them, < 1 where W is (see the table and the figure above).", text.num, len(analysis.not_finite),
+        grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how much "
+        "larger ΔW is than W along ΔW's own directions, > 1 where ΔW is the larger there, < 1 where "
+        "W is; an amplification of W's features only where W holds those directions more than "
+        "random ones (see the table and the figure above).", text.num, len(analysis.not_finite),
         scale=scale, scale_why="from zero to the largest cell")
     return grid_block(grid, title="Amplification factor", caption=caption,
                       fmt=lambda v: text.num(v, 2), scale=scale)

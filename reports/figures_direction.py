@@ -56,9 +56,9 @@ def direction_block(analysis: Analysis) -> Block | None:
         + (f"The Pearson correlation is {said[0]}; the dashed line is the least-squares fit. "
            + (f"{said[1]} " if said[1] else "") if r is not None else
            "The correlation is undefined (one of the two is constant). ")
-        + "The DoRA paper reports −0.62 for full fine-tuning, +0.83 for LoRA and −0.31 for DoRA: "
-          "LoRA tends to change magnitude and direction together, full fine-tuning trades one "
-          "for the other."
+        + "The DoRA paper reports −0.62 for full fine-tuning, +0.83 for LoRA and −0.31 for DoRA, "
+          "and reads them as LoRA changing magnitude and direction together where full "
+          "fine-tuning trades one for the other (its models and tasks, not this checkpoint)."
     )
     return Block(height=2.9, draw=draw, caption=caption)
 

@@ -190,11 +190,11 @@ def intruder_block(analysis: Analysis) -> Block | None:
     scale = grid_scale(grid, 0.0, float(max(k, 1)))
     caption = grid_caption(
         grid, "Intruder dimensions",
-        f"A singular vector among the top {k} of W + ΔW is an intruder when its cosine "
-        f"similarity to every singular vector of W stays below ε = {text.num(eps)} "
+        f"A singular vector among the top {k} of W + ΔW is an intruder when the absolute value of "
+        f"its cosine similarity to every singular vector of W stays below ε = {text.num(eps)} "
         f"(Shuttleworth et al. 2024): a new direction rather than a re-weighted old one. "
-        f"Counts run from 0 to {k}; LoRA adapters typically show some, full fine-tunes "
-        f"almost none, and more intruders go with more forgetting.",
+        f"Counts run from 0 to {k}. Shuttleworth et al. find some after LoRA, almost none after "
+        f"full fine-tuning, and more forgetting where there are more; forgetting is not measured here.",
         text.count, len(analysis.not_finite), scale=scale, scale_why=f"k = {k} is the most possible")
     return grid_block(grid, title=f"Intruder dimensions among the top {k} (ε = {text.num(eps)})",
                       caption=caption, fmt=text.count, integer=True, cmap=style.COUNTS,

@@ -94,7 +94,9 @@ def _rules_table(rec: Reproduction) -> list[Block]:
 
 def _runs_table(rec: Reproduction) -> list[Block]:
     rows = [[r.name, KIND[r.kind], "0" if r.kind == "head" else (str(r.rank) if r.rank else "all weights"),
-             str(r.seed), str(r.steps), text.num(r.final_loss), text.pct(r.eval_accuracy), str(r.n_eval)]
+             str(r.seed), str(r.steps), text.num(r.final_loss),
+             # one decimal, as the findings compare accuracies (88.6 vs 88.9 vs 89.6)
+             "not recorded" if r.eval_accuracy is None else f"{100 * r.eval_accuracy:.1f}%", str(r.n_eval)]
             for r in rec.runs]
     table = Table(header=["run", "kind", "r", "seed", "steps", "final loss", "eval accuracy", "n eval"],
                   rows=rows, align="llrrrrrr")

@@ -224,7 +224,7 @@ def add_survey(doc: Document, survey: Survey) -> None:
             _clustered_block(survey, _median_overlap(survey), order, Z, vmin=0.0, cmap=style.SEQUENTIAL,
                              caption="Median over modules of the overlap φ(k, k), k = min(8, ranks), in the "
                                      "same order. Grey: null (no module with a direction in both)."))
-    doc.section("Where pairs interfere", part=part)
+    doc.section("Where pairs are most alike", part=part)
     top, ranked = _top_modules_table(survey)
     doc.add(*table_blocks(top, top_modules_caption(len(top.rows), ranked)),
             *table_blocks(_type_medians_table(survey), "Medians per module type over all pairs of checkpoints."))

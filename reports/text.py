@@ -372,7 +372,7 @@ def analysis_findings(a: Analysis) -> list[str]:
         with_any = [m for m in intr if m.intruders["count"] > 0]
         k, eps = int(intr[0].intruders["k"]), intr[0].intruders["eps"]
         out.append(
-            f"Intruder dimensions (of the top {k} singular vectors of W + ΔW, those with cosine "
+            f"Intruder dimensions (of the top {k} singular vectors of W + ΔW, those with |cosine| "
             f"< {num(eps)} to every singular vector of W) appear in {len(with_any)} of "
             f"{plural(len(intr), 'module')}, median {count(float(np.median([m.intruders['count'] for m in intr])))} "
             f"per module (Shuttleworth et al. 2024: common after LoRA, rare after full fine-tuning)."
@@ -474,18 +474,22 @@ def pair_stats(pair: PairResult) -> dict[str, dict[str, float]]:
     return stats
 
 
-def subspace_size(basis: str, n: int) -> str:
+def subspace_size(basis: str, n: int | list[int]) -> str:
     """A compared subspace's size: ``"r = 8"`` for LoRA factors (basis A or B); in the delta
-    basis the directions compared, ``"64 directions"`` (a dense ΔW's top-k is not a rank)."""
-    return f"{n} directions" if basis == "delta" else f"r = {n}"
+    basis the directions compared, ``"64 directions"`` (a dense ΔW's top-k is not a rank).
+    Several sizes (one per module) read as their range: ``"5–64 directions"``."""
+    sizes = sorted(set([n] if isinstance(n, int) else n)) or [0]
+    value = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    return f"{value} directions" if basis == "delta" else f"r = {value}"
 
 
 def pair_label(comparison: Comparison, pair: PairResult) -> str:
-    """``"a (r = 8) vs b (r = 64)"``, or ``"a (8 directions) vs b (64 directions)"`` in the
-    delta basis (:func:`subspace_size`)."""
-    ra, rb = pair.modules[0].ranks if pair.modules else (0, 0)
-    return (f"{short_name(comparison.checkpoints[pair.a])} ({subspace_size(comparison.basis, ra)}) vs "
-            f"{short_name(comparison.checkpoints[pair.b])} ({subspace_size(comparison.basis, rb)})")
+    """``"a (r = 8) vs b (r = 64)"``, or ``"a (8 directions) vs b (5–64 directions)"`` in the
+    delta basis (:func:`subspace_size`), over every module compared."""
+    sizes = [m.ranks for m in pair.modules] or [(0, 0)]
+    return (f"{short_name(comparison.checkpoints[pair.a])} "
+            f"({subspace_size(comparison.basis, [a for a, _ in sizes])}) vs "
+            f"{short_name(comparison.checkpoints[pair.b])} ({subspace_size(comparison.basis, [b for _, b in sizes])})")
 
 
 #: φ at or above this is "shared", as the LoRA paper reads its Figure 3 (φ > 0.5).

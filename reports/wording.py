@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 
 #: The noise rule of :func:`difference`, quoted in the report where it is applied.
-NOISE_RULE = ("“About” equal or as many: apart by less than two standard errors of the "
-              "difference, or by less than one direction for ranks.")
+NOISE_RULE = ("“About” equal or as many: apart by at most two standard errors of the "
+              "difference, or by at most one direction for ranks.")
 
 
 def with_noise_rule(sentences: list[str]) -> list[str]:

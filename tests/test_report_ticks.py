@@ -204,9 +204,9 @@ def test_reference_sentence_names_what_is_drawn_and_why_the_rest_is_not():
 
     some = reference_sentence([0.254, 1.53], log=False)
     assert "factor (1.9 at r = 64)" in some and "extended" in some
-    assert "factor at r = 4 (21.5) is not drawn: it lies above 1.5× the largest plotted factor (1.53)" in some
+    assert "factor at r = 4 (21.5) is not drawn: it lies above 1.5× the largest value plotted (1.53)" in some
     none = reference_sentence([40.0, 900.0], log=True)
-    assert "Dashed" not in none and "below the smallest plotted factor (40) divided by 1.5" in none
+    assert "Dashed" not in none and "below the smallest value plotted (40) divided by 1.5" in none
     assert "factors at r = 4 (21.5) and at r = 64 (1.9) are not drawn: both lie below" in none
     apart = reference_sentence([0.05, 0.1], log=True)  # 21.5 too high; 1.9 too high as well
     assert "factors at r = 4 (21.5) and at r = 64 (1.9) are not drawn: both lie above" in apart

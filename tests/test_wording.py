@@ -270,3 +270,16 @@ def test_table_7_sets_the_random_root_mean_square_not_one_draw():
     m = _module(0, "query", [1.0] * 8, amp=_amp(0.5, proj_random=0.03))  # 64 × 64, r = 8, ‖W‖ = 60
     assert with_random_rms(m)["proj_random_rms"] == pytest.approx(8 * 60.0 / 64)
     assert "proj_random" not in [key for _, key in ROWS] and "proj_random_rms" in [key for _, key in ROWS]
+
+
+def test_a_pair_label_gives_every_module_size():
+    """The delta-basis label read the first module only: "(64 directions)" for a pair in which
+    layer 5's query had 5."""
+    from deltaw.records import Comparison, PairResult, PhiRecord
+
+    mods = [PhiRecord(name=f"encoder.layer.{l}.attention.self.query", phi=np.full((8, r), 0.5),
+                      random_phi=np.full((8, r), 0.01)) for l, r in ((0, 64), (5, 5))]
+    c = Comparison(checkpoints=["runs/lora-r8-s0", "runs/full-s0"], basis="delta",
+                   pairs=[PairResult(a=0, b=1, modules=mods)])
+    assert text.pair_label(c, c.pairs[0]) == "lora-r8-s0 (8 directions) vs full-s0 (5–64 directions)"
+    assert text.subspace_size("A", [8, 8]) == "r = 8"

@@ -91,9 +91,10 @@ def rule(ev: FullRankEvidence) -> Finding:
     gd = bootstrap(ev.gd_rank, what="median Gavish–Donoho rank")
     testable = [r for r in ev.lora_ranks if RATIO * r <= ev.max_rank]
     untestable = [r for r in ev.lora_ranks if RATIO * r > ev.max_rank]
-    ratios = ", ".join(f"×{attn.value / r:.0f} vs r = {r}" for r in testable) if attn.value else "not measured"
-    limits = (f"; r = {', '.join(map(str, untestable))}: not testable (needs {RATIO}·r > {ev.max_rank})"
-              if untestable else "")
+    # two decimals: a whole-number ratio would round 78/8 = 9.75 up to the ×10 the rule tests
+    ratios = ", ".join(f"×{attn.value / r:.2f} vs r = {r}" for r in testable) if attn.value else "not measured"
+    limits = (f"; r = {', '.join(map(str, untestable))}: not testable ({RATIO}·r exceeds the most directions, "
+              f"{ev.max_rank})" if untestable else "")
     ours = (f"full FT 90 %-energy rank, median: attention {show(attn, '.0f')}, MLP {show(mlp, '.0f')} of at most "
             f"{ev.max_rank}; {ratios}{limits}; Gavish–Donoho rank {show(gd, '.0f')}")
     numbers = {"energy_rank_attention": attn, "energy_rank_mlp": mlp, "mlp_minus_attention": diff,

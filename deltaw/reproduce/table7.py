@@ -102,7 +102,8 @@ def rule(rows: Sequence[AmplificationRow], target: str = "query") -> Finding:
     stronger = bootstrap(log_ratios, np.mean, what="mean log enrichment ratio")
     a = (lower_above(enrich, 1.0) and share is not None and share > MAJORITY) if enrich.value is not None else None
     checks = [
-        check(f"(a) ΔW's directions hold more of W than random ones (r = {LOW_RANK})", a,
+        check(f"(a) ΔW's directions hold more of W than random ones (r = {LOW_RANK}): enrichment interval above 1 "
+              f"and over {MAJORITY:.0%} of modules above their random 99th percentile", a,
               f"enrichment {show(enrich)}; {sum(beats)} of {len(beats)} modules above their random 99th percentile"),
         check(f"(b) not W's top directions: proj_delta / proj_base_top < {NOT_TOP}", upper_below(top_ratio, NOT_TOP),
               show(top_ratio, ".3f")),
