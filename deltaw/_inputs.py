@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
+
 import torch
 
 from deltaw.delta import Delta, DoraDelta, LowRankDelta
@@ -14,6 +18,45 @@ def check_dtype(dtype: torch.dtype) -> torch.dtype:
     if dtype not in MATH_DTYPES:
         raise DeltawError(f"dtype {dtype} is not supported for the math; use torch.float32 or torch.float64")
     return dtype
+
+
+def check_count(value, label: str, none: str | None = None) -> int | None:
+    """``value`` as a positive int, or None where ``none`` says what None means.
+
+    Raises a one-line DeltawError naming ``label`` for anything else: 0, a negative number, a
+    float such as 2.5 or "8", a bool (True is not a count).
+    """
+    if value is None and none is not None:
+        return None
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if whole and value >= 1:
+        return int(value)
+    instead = f"a whole number ≥ 1, or None ({none})" if none is not None else "a whole number ≥ 1"
+    raise DeltawError(f"{label} must be {'≥ 1' if whole else 'a whole number'}, got {value!r}; give {instead}")
+
+
+def check_number(value, label: str) -> float:
+    """``value`` as a float when it is a finite real number (not a bool, not a str); else one line."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    what = "not finite" if isinstance(value, numbers.Real) and not isinstance(value, bool) else "not a number"
+    raise DeltawError(f"{label} is {value!r}, {what}; give a finite number")
+
+
+def check_scale(scale) -> float | None:
+    """None, or the loralib scale α/r as a finite float (see :func:`deltaw.load_deltas`)."""
+    return None if scale is None else check_number(scale, "scale (α/r of a loralib state dict)")
+
+
+def check_paths(checkpoints, label: str, hint: str = ""):
+    """Refuse one path where a list of checkpoints is expected (a str would be iterated letter by letter).
+
+    ``hint`` ends the message: what the function can do with a list.
+    """
+    if isinstance(checkpoints, (str, bytes, os.PathLike)):
+        raise DeltawError(f"{label} is the single path {os.fsdecode(checkpoints)!r}, not a list of checkpoints; "
+                          f"give a list, e.g. [{os.fsdecode(checkpoints)!r}, …]{hint}")
+    return checkpoints
 
 
 def base_matrix(d: Delta, W, *, dtype: torch.dtype, device: torch.device, needed_for: str) -> torch.Tensor:

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from deltaw._inputs import base_matrix, check_dtype
+from deltaw._inputs import base_matrix, check_count, check_dtype
 from deltaw.delta import Delta, LowRankDelta
 from deltaw.linalg import SVD, base_svd, exact_math, resolve_device, svd
 from deltaw.linalg.base import BaseSVD
@@ -71,6 +71,7 @@ def amplification_rank(d: Delta, delta_svd: SVD, r: int | None = None,
     (:func:`own_directions`: for LoRA the rank the factors define, not ΔW's numerical rank) and at
     the number of singular vectors computed; 0 for ΔW = 0.
     """
+    r = check_count(r, "r", none="the default r")
     S = delta_svd.S
     if r is None and isinstance(d, LowRankDelta):
         r = d.rank
@@ -121,7 +122,7 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
         ΔW, (rows, cols) in the base tensor's layout.
     W : Tensor (rows, cols), optional
         The base weight; default ``d.base()``.
-    r : int, optional
+    r : int ≥ 1, optional
         Number of ΔW's singular directions; default see :func:`amplification_rank` (the LoRA
         rank; dense: the 90%-energy rank capped at 64).
     seed : int
@@ -150,6 +151,7 @@ def amplification(d: Delta, W=None, r: int | None = None, seed: int = 0, *,
     (21.5, 4)
     """
     check_dtype(dtype)
+    r = check_count(r, "r", none="the default r")
     device = resolve_device(device)
     W = base_matrix(d, W, dtype=dtype, device=device, needed_for="amplification")
     if delta_svd is None:
@@ -196,14 +198,18 @@ def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None
     d : Delta
     W : Tensor (rows, cols), optional
         Default ``d.base()``.
-    i : int, optional
+    i : int ≥ 1, optional
         ΔW's directions: default 8 (the paper shows the top 4), capped at :func:`own_directions`.
-    j : int, optional
+    j : int ≥ 1, optional
         W's directions: default 10% of min(rows, cols) (at least 1), the paper's "top 10%".
     delta_svd : SVD, optional
         Precomputed SVD of ΔW.
     W_svd : BaseSVD, optional
         W's SVD from :func:`deltaw.linalg.base_svd` (its top j right vectors are read).
+    device : "auto", "cpu", "cuda[:N]" or torch.device
+        Where W's SVD and ΔW's SVD are computed when not given.
+    dtype : torch.float32 or torch.float64
+        Precision of those SVDs; its eps sets the numerical rank that caps ``i``.
 
     Returns
     -------
@@ -212,6 +218,8 @@ def base_overlap(d: Delta, W=None, *, i: int | None = None, j: int | None = None
         vectors of ΔW and W); None when ΔW = 0. In the paper the values barely exceed 0.2.
     """
     check_dtype(dtype)
+    i = check_count(i, "i", none=f"the top {OVERLAP_DELTA_DIRECTIONS}")
+    j = check_count(j, "j", none="the top 10%")
     device = resolve_device(device)
     if W_svd is None:
         W = base_matrix(d, W, dtype=dtype, device=device, needed_for="the Fig. 8 overlap")

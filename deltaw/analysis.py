@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from deltaw._inputs import check_dtype, is_transposed
+from deltaw._inputs import check_count, check_dtype, check_scale, is_transposed
 from deltaw.amplify import OVERLAP_DELTA_DIRECTIONS, amplification, base_overlap
 from deltaw.cache import Cache
 from deltaw.delta import Delta, DenseDelta, DoraDelta, KroneckerDelta, LowRankDelta, nonfinite_count
@@ -321,11 +321,15 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
         are always exact and complete.
     rank : int, optional
         r of the amplification analysis. Default: the LoRA rank; for a dense ΔW the rank holding
-        90% of ‖ΔW‖²_F, capped at 64 (and at top_k). Capped at ΔW's numerical rank.
+        90% of ‖ΔW‖²_F, capped at 64. Always capped at the directions that are ΔW's own
+        (:func:`deltaw.amplify.own_directions`): for LoRA the rank its factors define,
+        min(rank B, rank A), not ΔW's numerical rank (``amplification.r`` may exceed
+        ``numerical_rank``); for a dense or DoRA ΔW its numerical rank; and at the singular
+        vectors computed (top_k).
     modules : str, optional
         Regular expression; only modules whose name it matches (``re.search``) are analysed.
     scale : float, optional
-        α/r for loralib state dicts.
+        α/r for loralib state dicts (a finite number; ignored, with a note, for other formats).
     intruder_k, intruder_eps : int, float
         Top-k vectors of W + ΔW examined and the |cos| threshold (Shuttleworth et al. 2024).
     seed : int
@@ -361,9 +365,11 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     >>> json.dump(analysis.to_json(), open("result.json", "w"))           # doctest: +SKIP
     """
     check_dtype(dtype)
-    for label, value in (("top_k", top_k), ("rank", rank), ("intruder_k", intruder_k)):
-        if value is not None and value < 1:
-            raise DeltawError(f"{label} must be ≥ 1, got {value}")
+    top_k = check_count(top_k, "top_k", none="the whole spectrum")
+    rank = check_count(rank, "rank", none="the default r")
+    intruder_k = check_count(intruder_k, "intruder_k")
+    check_scale(scale)
+    module_filter(modules)  # a bad regular expression is refused before the checkpoint is read
     if not 0 < intruder_eps <= 1:
         raise DeltawError(f"intruder_eps must be in (0, 1], got {intruder_eps}")
     device = resolve_device(device)

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 import torch
 
 from deltaw import hub
-from deltaw._inputs import check_dtype
+from deltaw._inputs import check_count, check_dtype, check_paths
 from deltaw.delta import Delta, LowRankDelta
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.linalg import check_memory_for, resolve_device
 from deltaw.linalg.routes import dense_method
 from deltaw.load import load_deltas
-from deltaw.naming import parse_module_name, shared_names
+from deltaw.naming import module_filter, parse_module_name, shared_names
 from deltaw.records import Comparison, PairResult, PhiRecord
 from deltaw.spectrum import TIE, tie_text
 from deltaw.subspace import _check_basis, phi_grid, random_subspace_similarity, subspace_bases
@@ -79,13 +79,16 @@ def compare(checkpoints: Sequence[str | os.PathLike | Deltas], base: str | os.Pa
         ``random_phi`` of the same shape; ``.to_json()`` is the ``deltaw.comparison/1`` document.
         Directions with σ = 0 are dropped, so r_a, r_b are the numerical ranks of the bases.
     """
-    checkpoints = list(checkpoints)
+    if isinstance(checkpoints, Deltas):
+        raise DeltawError(f"checkpoints is one checkpoint's Deltas ({checkpoints.checkpoint}), not a list; "
+                          "give a list of two or more paths or Deltas")
+    checkpoints = list(check_paths(checkpoints, "checkpoints", hint=" (two or more to compare)"))
     if len(checkpoints) < 2:
         raise DeltawError("compare needs at least two checkpoints")
     _check_basis(basis, side)
     check_dtype(dtype)
-    if top_k is not None and top_k < 1:
-        raise DeltawError(f"top_k must be ≥ 1, got {top_k}")
+    top_k = check_count(top_k, "top_k", none="all of a LoRA's directions, 64 of a dense ΔW's")
+    module_filter(modules)  # a bad regular expression is refused before any checkpoint is read
     device = resolve_device(device)
     loaded = [c if isinstance(c, Deltas) else load_deltas(c, base, scale=scale) for c in checkpoints]
     names = shared_names(loaded, modules)

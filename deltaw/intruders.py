@@ -57,6 +57,10 @@ def intruder_dimensions(d: Delta, W=None, k: int = DEFAULT_K, eps: float = DEFAU
         ΔW already formed (saves reading it again); default ``d.matrix()``.
     W_svd : BaseSVD, optional
         W's SVD from :func:`deltaw.linalg.base_svd`; computed here otherwise.
+    device : "auto", "cpu", "cuda[:N]" or torch.device
+        Where W + ΔW (and W's SVD, when not given) are decomposed.
+    dtype : torch.float32 or torch.float64
+        Precision of that math.
 
     Returns
     -------

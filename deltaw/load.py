@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from deltaw import hub
+from deltaw._inputs import check_scale
 from deltaw.deltas import Deltas
 from deltaw.errors import DeltawError
 from deltaw.formats import full, kohya, loralib, peft
@@ -89,7 +90,9 @@ def load_deltas(
         ``base_model_name_or_path`` is used, and a note says so), and for amplification and
         intruder dimensions.
     scale : float, optional
-        The LoRA scale α/r for loralib state dicts, which do not store it.
+        The LoRA scale α/r for loralib state dicts, which do not store it: a finite number. Other
+        formats carry their own scale (a PEFT adapter its α and r) or have none (a full
+        fine-tune); there it is ignored, and a note says so.
     require_base : bool
         With False, a DoRA adapter or full fine-tune without its base still loads (for
         ``deltaw info``, which only describes); its ΔW cannot be formed then.
@@ -106,6 +109,7 @@ def load_deltas(
     >>> d = deltas["model.layers.0.self_attn.q_proj"]                  # doctest: +SKIP
     >>> U, S, Vh = deltaw.svd(d)                                       # doctest: +SKIP
     """
+    scale = check_scale(scale)
     resolved, resolved_base = hub.resolve_pair(checkpoint, base)
     defaulted = False
     try:
@@ -117,6 +121,10 @@ def load_deltas(
         # ΔW needs W and none was given: the base the adapter declares, or this one line.
         resolved_base, base, defaulted = hub.default_base(resolved.path, missing), hub.AUTO, True
         deltas = _load_local(resolved.path, resolved_base.path, base, scale, require_base)
+    if scale is not None and deltas.format != "loralib":
+        deltas.notes.append(f"scale {scale:g} ignored: it is the α/r of a loralib state dict, and "
+                            + ("a full fine-tune has no LoRA scale" if deltas.format == "full"
+                               else f"a {deltas.format} checkpoint carries its own"))
     if hub.is_hub_id(checkpoint):
         deltas.checkpoint = resolved.label
     if resolved_base is not None and (hub.is_hub_id(base) or str(base) == hub.AUTO):

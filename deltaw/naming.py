@@ -86,10 +86,15 @@ def module_filter(modules: str | None):
     Raises
     ------
     DeltawError
-        When ``modules`` is not a valid regular expression.
+        When ``modules`` is not a str or not a valid regular expression.
     """
     if modules is None:
         return None
+    if not isinstance(modules, str):
+        names = list(modules) if isinstance(modules, (list, tuple)) else []
+        hint = (f", e.g. {'|'.join(names)!r} for any of these" if names and all(isinstance(m, str) for m in names)
+                else " (matched with re.search against module names)")
+        raise DeltawError(f"modules is {modules!r}, not a str; give one regular expression{hint}")
     try:
         return re.compile(modules)
     except re.error as err:

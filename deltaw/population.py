@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from deltaw import hub
-from deltaw._inputs import check_dtype
+from deltaw._inputs import check_dtype, check_paths
 from deltaw.cache import Cache
 from deltaw.errors import DeltawError
 from deltaw.formats import peft
-from deltaw.naming import shared_names
+from deltaw.naming import module_filter, shared_names
 from deltaw.pairwise import ModuleBlock, module_block, whole_model_cosine
 from deltaw.records import Analysis
 from deltaw.records.survey import CheckpointSummary, ModulePairs, NullPair, Survey
@@ -192,7 +192,9 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
     Parameters
     ----------
     checkpoints : list of paths
-        Two or more adapters or full fine-tunes of one base (see :func:`expand_checkpoints`).
+        Two or more adapters or full fine-tunes of one base. A folder that is not itself a
+        checkpoint stands for the checkpoints in it, as on the command line
+        (:func:`expand_checkpoints`).
     base : path, optional
         The base model: needed for full fine-tunes and DoRA; enables the base analyses of the
         per-checkpoint summaries.
@@ -220,7 +222,12 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
     from deltaw.engines import get_engine
 
     check_dtype(dtype)
-    paths = [str(c) for c in checkpoints]
+    check_paths(checkpoints, "checkpoints", hint=", or [folder] for the checkpoints in a folder")
+    module_filter(modules)  # a bad regular expression is refused before any checkpoint is read
+    paths = []
+    for c in checkpoints:  # a folder of checkpoints stands for them; other entries (Hub ids too) as given
+        folder = isinstance(c, (str, os.PathLike)) and Path(c).is_dir() and not is_checkpoint(Path(c))
+        paths += expand_checkpoints([c]) if folder else [str(c)]
     if len(paths) < 2:
         raise DeltawError(f"a survey needs at least two checkpoints, got {len(paths)}")
     engine = engine or get_engine("local")

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from deltaw._inputs import check_dtype
+from deltaw._inputs import check_count, check_dtype
 from deltaw.delta import Delta, DoraDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import SVD, svd_many
@@ -206,6 +206,10 @@ def subspace_bases(deltas: Iterable[Delta], basis: str = "A", *, side: str = "ri
         With ``basis="delta"``: how many directions (randomized SVD for a dense ΔW when
         top_k + 10 < min(rows, cols)). Default: all of a LoRA ΔW (its rank), 64 of a dense one.
         Ignored for "A" and "B", which keep all r.
+    device : "auto", "cpu", "cuda[:N]" or torch.device
+        Where the SVDs run; the bases come back on the CPU.
+    dtype : torch.float32 or torch.float64
+        Precision of the SVDs; its eps sets the numerical rank below which directions are dropped.
     ties : dict, optional
         Filled with module name → :func:`~deltaw.spectrum.tied_cuts` of its basis where there are
         any: the i at which the top-i subspace is not determined by the matrix (equal σ), so
@@ -218,6 +222,7 @@ def subspace_bases(deltas: Iterable[Delta], basis: str = "A", *, side: str = "ri
     """
     _check_basis(basis, side)
     check_dtype(dtype)
+    top_k = check_count(top_k, "top_k", none="all of a LoRA's directions, 64 of a dense ΔW's")
     if basis == "delta":
         def k_for(d: Delta) -> int | None:
             if top_k is not None:

@@ -13,6 +13,7 @@ over the type's modules never exceeds its value at that step again.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import statistics
@@ -24,6 +25,7 @@ import torch
 from deltaw import hub
 from deltaw.cache import Cache
 from deltaw.errors import DeltawError
+from deltaw.naming import module_filter
 from deltaw.pairwise import ModuleForm, module_form, overlap
 from deltaw.records.trajectory import ModuleTrajectory, Saturation, Trajectory
 
@@ -62,6 +64,44 @@ def parse_steps(items: Sequence[str]) -> list[tuple[int, str]]:
     return sorted(pairs)
 
 
+def explicit_steps(items) -> list[tuple[int, str]]:
+    """``[(step, checkpoint), …]`` given to :func:`trajectory`, checked as :func:`parse_steps`
+    checks the command line's: each step a whole number ≥ 0 (an int, or a str of digits, made an
+    int), none twice; sorted by step, checkpoints as str.
+
+    Raises
+    ------
+    DeltawError
+        One line naming the offending item.
+    """
+    example = "e.g. [(500, 'run/checkpoint-500'), (1000, 'run/checkpoint-1000')]"
+    try:
+        items = list(items)
+    except TypeError:
+        raise DeltawError(f"run is {items!r}; give a training run folder or a list of (step, checkpoint) "
+                          f"pairs, {example}") from None
+    pairs = []
+    for item in items:
+        if isinstance(item, str) and "=" in item:
+            raise DeltawError(f"run item {item!r} is a STEP=CHECKPOINT string (the command line's form); give "
+                              f"(step, checkpoint) pairs, {example}, or convert with deltaw.trajectories.parse_steps")
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise DeltawError(f"run item {item!r} is not a (step, checkpoint) pair; give {example}")
+        step, path = item
+        if isinstance(step, str) and step.strip().isdecimal():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise DeltawError(f"step {step!r} of checkpoint {path!r} is not a whole number ≥ 0; "
+                              f"give each step as an int (or a str of digits), {example}")
+        if not isinstance(path, (str, os.PathLike)):
+            raise DeltawError(f"the checkpoint of step {step} is {path!r}, not a path; give {example}")
+        pairs.append((int(step), os.fspath(path)))
+    steps = [s for s, _ in pairs]
+    if len(set(steps)) != len(steps):
+        raise DeltawError(f"a step is given twice: {sorted(steps)}; give each step once (one checkpoint per step)")
+    return sorted(pairs)
+
+
 def _median(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(statistics.median(values)) if values else None
@@ -96,11 +136,13 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
     Parameters
     ----------
     run : path or list of (step, path)
-        A Trainer run folder (its ``checkpoint-<step>`` sub-folders), or explicit steps.
+        A Trainer run folder (its ``checkpoint-<step>`` sub-folders), or explicit steps: each a
+        whole number ≥ 0 (an int, or a str of digits), none twice (see :func:`explicit_steps`).
     base : path, optional
         Needed for full fine-tunes (ΔW = W_step − W_base); LoRA runs need none.
     device, dtype, top_k, modules, scale
-        As for :func:`deltaw.analyze`.
+        As for :func:`deltaw.analyze`; only the modules ``modules`` matches are read, at every
+        step and at the last (for ``overlap_with_final``).
     cache : Cache, optional
         Base SVDs of a full fine-tune's base analyses, computed once for all steps.
     progress : callable(done, total, what), optional
@@ -114,13 +156,20 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
     from deltaw.analysis import analyze
     from deltaw.load import load_deltas
 
-    pairs = find_checkpoints(run) if isinstance(run, (str, os.PathLike)) else sorted(run)
+    module_filter(modules)  # a bad regular expression is refused before any checkpoint is read
+    pairs = find_checkpoints(run) if isinstance(run, (str, os.PathLike)) else explicit_steps(run)
     if not pairs:
         raise DeltawError("a trajectory needs at least one checkpoint")
     steps = [s for s, _ in pairs]
     final_step, final_path = pairs[-1]
     final = load_deltas(final_path, base, scale=scale)
-    finals = {name: _directions(d, dtype) for name, d in final.items()}
+    finals: dict[str, ModuleForm | None] = {}  # the last step's directions, of the analysed modules only
+
+    def final_directions(name: str) -> ModuleForm | None:
+        if name not in finals:
+            finals[name] = _directions(final[name], dtype) if name in final else None
+        return finals[name]
+
     per_module: dict[str, dict[int, object]] = {}
     overlaps: dict[str, dict[int, float | None]] = {}
     for done, (step, path) in enumerate(pairs):
@@ -129,7 +178,7 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
         for record in analysis.modules:
             per_module.setdefault(record.name, {})[step] = record
             here = _directions(deltas[record.name], dtype) if record.nonfinite == 0 else None
-            there = finals.get(record.name)
+            there = final_directions(record.name)
             overlaps.setdefault(record.name, {})[step] = (
                 None if here is None or there is None else overlap(here, there))
         if progress is not None:

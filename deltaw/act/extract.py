@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from deltaw.linalg import (check_memory, dense_method, exact_math, one_thread, o
                            robust_svd)
 from deltaw.linalg.gram_topk import certified_loss, gram_top_svd
 from deltaw.linalg.routes import energy as frobenius_energy
+from deltaw.naming import module_filter
 
 log = logging.getLogger("deltaw")
 
@@ -277,6 +277,7 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     from deltaw.records.resize import Resize, Skipped
 
     rule = RankRule(rank, energy, sv_ratio, max_rank)
+    module_filter(modules)  # a bad regular expression is refused before any work
     check_outputs(out, overwrite, pdf, inputs=(finetuned, base))
     fmt = check_format(format, "peft")
     from deltaw.load import check_base, detect_format
@@ -340,7 +341,7 @@ def _plan(tuned: TensorStore, base: TensorStore, kinds, task, fmt, dtype, module
     # The model built from config.json may name modules with another wrapper prefix than the
     # checkpoint (a headless LlamaModel: layers.0…, the checkpoint: model.layers.0…).
     kind_of = NameMatcher(kinds) if kinds is not None else None
-    pattern = re.compile(modules) if modules else None
+    pattern = module_filter(modules)
     targets, pairs, skipped, notes, new_weights = {}, [], [], [], []
     changed_vectors = 0
     found_dtype = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from deltaw._inputs import check_number, check_paths
 from deltaw.act.adapter import check_outputs, kept_modules, write_adapter
 from deltaw.act.resize import cut_lowrank
 from deltaw.act.rules import RankRule
@@ -61,6 +62,21 @@ def stacked(name: str, parts: list[tuple[float, LowRankDelta]]) -> StackedDelta:
                         parts=parts)
 
 
+def _weights(weights, count: int) -> list[float]:
+    """``weights`` as floats, each finite, one per adapter; else one line saying what to give."""
+    if isinstance(weights, (str, bytes)):
+        raise DeltawError(f"weights is the string {weights!r}; give a list of numbers, one per adapter, "
+                          f"e.g. [0.5, 0.5] (the command line's --weights 0.5,0.5)")
+    try:
+        weights = list(weights)
+    except TypeError:
+        raise DeltawError(f"weights is {weights!r}; give a list of numbers, one per adapter, e.g. [0.5, 0.5]") from None
+    values = [check_number(w, f"weights[{i}]") for i, w in enumerate(weights)]
+    if len(values) != count:
+        raise DeltawError(f"weights has {len(values)} values for {count} adapters; give one each")
+    return values
+
+
 def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
           weights: Sequence[float] | None = None, rank: int | None = None, energy: float | None = None,
           sv_ratio: float | None = None, max_rank: int | None = None, format: str | None = None,
@@ -76,10 +92,12 @@ def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         in some inputs only contributes where it is present.
     out : path
     weights : sequence of float, optional
-        wᵢ, one per checkpoint (default: all 1).
+        wᵢ, one finite number per checkpoint (default: all 1).
     rank, energy, sv_ratio, max_rank, format, dtype, base, scale, overwrite, pdf, device, math_dtype
         As :func:`deltaw.act.resize.resize`. The output carries the first input's PEFT config and
         ``modules_to_save`` tensors.
+    progress : callable(done, total, name), optional
+        Called after each module is cut (the CLI draws a progress bar with it).
 
     Returns
     -------
@@ -88,11 +106,10 @@ def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     """
     from deltaw.records.resize import Resize, Skipped
 
+    checkpoints = list(check_paths(checkpoints, "checkpoints", hint=" (two or more adapters to merge)"))
     if len(checkpoints) < 2:
         raise DeltawError("merge needs at least two adapters")
-    weights = [1.0] * len(checkpoints) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(checkpoints):
-        raise DeltawError(f"--weights has {len(weights)} values for {len(checkpoints)} adapters; give one each")
+    weights = [1.0] * len(checkpoints) if weights is None else _weights(weights, len(checkpoints))
     rule = RankRule(rank, energy, sv_ratio, max_rank)
     check_outputs(out, overwrite, pdf, inputs=(*checkpoints, base))
     sources = [read_lora(c, base=base, scale=scale) for c in checkpoints]

@@ -96,10 +96,15 @@ def resize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, rank: int |
         Only for kohya → PEFT, whose module paths come from the base's tensor names.
     scale : float, optional
         α/r of a loralib state dict.
+    overwrite : bool
+        Replace a non-empty ``out`` as a whole, deleting what it held (default False: a non-empty
+        ``out`` is refused).
     pdf : path, optional
         Also write a PDF report of the retained energy per module and of each cut on its spectrum.
     device : "auto", "cpu", "cuda[:N]"
     math_dtype : torch.float32 or torch.float64
+    progress : callable(done, total, name), optional
+        Called after each module is cut (the CLI draws a progress bar with it).
 
     Returns
     -------

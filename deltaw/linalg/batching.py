@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from deltaw._inputs import check_count
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import factored, resources, routes, structured
@@ -95,10 +96,10 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     ----------
     deltas : iterable of Delta
         Read lazily: at most one chunk of same-shape matrices is in memory at once.
-    k : int, optional
+    k : int ≥ 1, optional
         Keep the top ``k`` triplets. For LoRA the factored SVD is exact either way; for dense ΔW
         ``k`` switches to the randomized range finder (unless k + 10 ≥ min(m, n), where the full
-        SVD is cheaper), otherwise the full spectrum is computed.
+        SVD is cheaper), otherwise (None) the full spectrum is computed.
     device : "auto", "cpu", "cuda[:N]" or torch.device
     dtype : torch.float32 or torch.float64
         Precision of the math; bf16/fp16 checkpoints are upcast.
@@ -112,8 +113,19 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
     (Delta, SVD)
         In the order of ``deltas``; SVD tensors live on the CPU. Autograd and the matmul
         precision are as the caller set them whenever control is back with the caller.
+
+    Raises
+    ------
+    DeltawError
+        When ``k`` is not None or a whole number ≥ 1 (checked at the call, before any ΔW is read).
     """
-    device = resolve_device(device)
+    k = check_count(k, "k", none="the whole spectrum")
+    return _svd_many(deltas, k, resolve_device(device), dtype, n_iter, seed)
+
+
+def _svd_many(deltas: Iterable[Delta], k: int | None, device: torch.device, dtype: torch.dtype, n_iter: int,
+              seed: int) -> Iterator[tuple[Delta, SVD]]:
+    """:func:`svd_many` once its arguments are checked."""
     generator = torch.Generator().manual_seed(seed)
     workspace = _Workspace()
     lowrank: list[list[Delta]] = []  # a window of consecutive LoRA groups, decomposed together

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deltaw._inputs import check_count
 from deltaw.errors import DeltawError
 from deltaw.linalg.cholesky_qr import cholesky_qr, gram64
 from deltaw.linalg.nogil_lapack import dormtr_lower, dstemr_by_index, dsterf, dsytrd_lower
@@ -154,6 +155,7 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE, n_i
     -------
     U : (..., m, k), S : (..., k), Vh : (..., k, n)
     """
+    k = check_count(k, "k")
     m, n = M.shape[-2:]
     width = min(-(-(k + oversample) // SKETCH_ALIGN) * SKETCH_ALIGN, m, n)
     omega = torch.randn((*M.shape[:-2], n, width), generator=generator, dtype=M.dtype, device="cpu").to(M.device)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from deltaw._inputs import check_count
 from deltaw.linalg.resources import one_thread
 from deltaw.linalg.routes import SVD, robust_svd
 
@@ -112,8 +113,8 @@ def kronecker_svd(W1: torch.Tensor, W2: torch.Tensor, scale: float = 1.0, k: int
     W1 : Tensor, (a, b)
     W2 : Tensor, (c, d)
     scale : float
-    k : int, optional
-        Keep the top-``k`` triplets (chosen without forming every product).
+    k : int ≥ 1, optional
+        Keep the top-``k`` triplets (chosen without forming every product); None keeps all.
     ranks : (int, int), optional
         Upper bounds of rank(W1), rank(W2) known from their storage (a factor stored as
         w_a @ w_b of inner dimension r has rank ≤ r); singular triplets past them are exact
@@ -127,6 +128,7 @@ def kronecker_svd(W1: torch.Tensor, W2: torch.Tensor, scale: float = 1.0, k: int
     energy : float
         ‖ΔW‖²_F = s²‖W1‖²_F‖W2‖²_F, exact.
     """
+    k = check_count(k, "k", none="every triplet")
     dtype = W1.dtype
     # The factors are small; their SVDs run in float64 so σᵢσⱼ carries float64 accuracy.
     left, right = W1.to(torch.float64), W2.to(torch.float64)
