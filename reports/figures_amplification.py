@@ -16,7 +16,7 @@ from deltaw.naming import type_sort_key
 from deltaw.records import Analysis, ModuleRecord
 
 from . import style, text
-from .figures_layers import grid_block, grid_caption, grid_scale, layer_grid
+from .figures_layers import fenced_scale, grid_block, grid_caption, layer_grid
 from .layout import plain, representative_layers, type_labels
 from .pdf import Block
 from .ticks import set_log_ticks
@@ -407,12 +407,12 @@ def amplification_grid_block(analysis: Analysis) -> Block | None:
     grid = layer_grid(analysis, lambda m: m.amplification["factor"] if m.amplification else None)
     if grid is None:
         return None
-    scale = grid_scale(grid, 0.0)
+    scale, why = fenced_scale(grid, text.num)
     caption = grid_caption(
         grid, "Amplification factor", f"{text.NORM_DW}/{text.PROJ} for each module: how much "
         "larger ΔW is than W along ΔW's own directions, > 1 where ΔW is the larger there, < 1 where "
         "W is; an amplification of W's features only where W holds those directions more than "
         "random ones (see the table and the figure above).", text.num, len(analysis.not_finite),
-        scale=scale, scale_why="from zero to the largest cell")
+        scale=scale, scale_why=why)
     return grid_block(grid, title="Amplification factor", caption=caption,
                       fmt=lambda v: text.num(v, 2), scale=scale)

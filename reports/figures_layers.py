@@ -99,6 +99,30 @@ def grid_scale(grid: Grid, vmin: float | None = 0.0, vmax: float | None = None) 
     return lo, hi if hi > lo else lo + 1.0
 
 
+#: Tukey's "far out" fence: an open-ended grid's colours stop at Q3 + FAR · IQR of its cells
+#: when a cell lies beyond it (one module 15× the rest left every other cell one colour), once
+#: there are at least FENCE_CELLS cells to take quartiles of.
+FAR = 3.0
+FENCE_CELLS = 8
+
+
+def fenced_scale(grid: Grid, fmt: Callable[[float], str]) -> tuple[tuple[float, float], str]:
+    """The colour range of an open-ended grid (a size, a factor) from zero, and why: to the
+    largest cell, or to the fence :data:`FAR` interquartile ranges above the third quartile when
+    cells lie beyond it (they take the top colour; their values are printed in the cells)."""
+    finite = grid.values[np.isfinite(grid.values)]
+    top = float(finite.max())
+    if finite.size >= FENCE_CELLS:
+        q1, q3 = np.percentile(finite, [25, 75])
+        fence = float(q3 + FAR * (q3 - q1))
+        over = int((finite > fence).sum())
+        if 0 < fence < top:
+            return (0.0, fence), (f"from zero to Q3 + {FAR:g}·IQR of the cells ({fmt(fence)}); "
+                                  f"{text.plural(over, 'cell')} above it, up to {fmt(top)}, "
+                                  f"{'takes' if over == 1 else 'take'} the top colour")
+    return grid_scale(grid, 0.0), "from zero to the largest cell"
+
+
 def grid_block(grid: Grid, *, title: str, caption: str,
                fmt: Callable[[float], str], scale: tuple[float, float],
                cmap: str = style.SEQUENTIAL, integer: bool = False) -> Block:
@@ -131,8 +155,10 @@ def grid_block(grid: Grid, *, title: str, caption: str,
         )
         ax.set_title(title, loc="left")
         # the bar speaks the cells' unit for percentages; other formats round too hard
+        over = bool(np.any(grid.values[np.isfinite(grid.values)] > hi))  # a fenced scale: arrow at the top
         colorbar(bar.inset(left=0.05, right=0.58, top=0.30, bottom=0.45), mesh, None,
-                 integer=integer, formatter=text.pct if fmt is text.pct else None)
+                 integer=integer, formatter=text.pct if fmt is text.pct else None,
+                 extend="max" if over else "neither")
 
     return Block(height=height, draw=draw, caption=caption)
 
@@ -162,17 +188,18 @@ def layer_grid_blocks(analysis: Analysis) -> list[Block]:
         specs.append((f"Relative size of the update, {text.REL_NORM}",
                       lambda m: m.rel_norm, text.pct, f"Relative size {text.REL_NORM}",
                       "Brighter cells were changed more, relative to the pretrained weights.",
-                      None, "from zero to the largest cell"))
+                      None, None))
     else:
         specs.append((f"Size of the update, {text.NORM_DW} (no base weights given)",
                       lambda m: m.fro_norm, lambda v: text.num(v, 2), f"Size {text.NORM_DW}",
                       "Brighter cells were changed more. Without the base weights the size cannot "
-                      "be set against ‖W‖.", None, "from zero to the largest cell"))
+                      "be set against ‖W‖.", None, None))
     for title, value, fmt, metric, how, limits, why in specs:
         grid = layer_grid(analysis, value)
         if grid is None:
             continue
-        scale = grid_scale(grid, *(limits or (0.0, None)))
+        # open-ended values (sizes) stop at a fence beyond which outliers take the top colour
+        scale, why = (grid_scale(grid, *limits), why) if limits else fenced_scale(grid, fmt)
         caption = grid_caption(grid, metric, how, fmt, n_bad, scale=scale, scale_why=why)
         blocks.append(grid_block(grid, title=title, caption=caption, fmt=fmt, scale=scale,
                                  integer=fmt is text.count))

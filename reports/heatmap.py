@@ -149,7 +149,8 @@ def heatmap(
 
 
 def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None,
-             integer: bool = False, formatter: Callable[[float], str] | None = None):
+             integer: bool = False, formatter: Callable[[float], str] | None = None,
+             extend: str = "neither"):
     """A slim vertical colour bar filling ``region``, its ticks on the right.
 
     Parameters
@@ -166,9 +167,11 @@ def colorbar(region: Region, mappable, label: str | None = None, *, ticks=None,
     formatter : callable, optional
         A tick value's label (e.g. a percentage); by default the fewest decimals that write
         every tick exactly (:func:`reports.ticks.linear_labels`).
+    extend : "neither" or "max"
+        "max": values above the scale take its top colour, shown as an arrow on the bar.
     """
     cax = region.axes()
-    bar = region.fig.colorbar(mappable, cax=cax)
+    bar = region.fig.colorbar(mappable, cax=cax, extend=extend)
     bar.outline.set_linewidth(0.4)
     low, high = mappable.norm.vmin, mappable.norm.vmax
     given = ticks is not None
