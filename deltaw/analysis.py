@@ -336,7 +336,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
         Seeds the randomized SVD and the random baseline of the amplification.
     progress : callable(done, total, name), optional
         Called after each module (the CLI draws a progress bar with it).
-    cache : deltaw.cache.Cache, optional
+    cache : deltaw.cache.Cache or folder path, optional
         Where W's SVDs are kept between runs (``deltaw analyze`` uses the user cache folder);
         each module's ``base_svd_cached`` says whether its SVD was read from it. None: no cache.
 
@@ -376,7 +376,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     deltas = checkpoint if isinstance(checkpoint, Deltas) else load_deltas(checkpoint, base, scale=scale)
     _check_some_module(deltas)
     selected = _select(deltas, modules)
-    opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype, cache)
+    opts = _Options(rank, intruder_k, intruder_eps, seed, device, dtype, Cache.given(cache))
     fit = _check_memory(selected, top_k, opts)
     analysis = Analysis(checkpoint=deltas.checkpoint, base=deltas.base, format=deltas.format,
                         skipped=list(deltas.skipped),

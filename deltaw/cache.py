@@ -141,6 +141,17 @@ class Cache:
     def disabled(cls) -> "Cache":
         return cls(None)
 
+    @classmethod
+    def given(cls, cache) -> "Cache | None":
+        """A library function's ``cache`` argument: None (no cache), a :class:`Cache`, or a folder
+        path (``Cache.at(path)``); anything else is one :class:`DeltawError` line."""
+        if cache is None or isinstance(cache, Cache):
+            return cache
+        if isinstance(cache, (str, os.PathLike)):
+            return cls.at(cache)
+        raise DeltawError(f"cache is {cache!r}; give a folder path, a deltaw.Cache (Cache.at(folder)), or None "
+                          "for none")
+
     @property
     def enabled(self) -> bool:
         return self.root is not None

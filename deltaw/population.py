@@ -200,9 +200,9 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
         per-checkpoint summaries.
     engine : engine, optional
         From :func:`deltaw.engines.get_engine`; default the local engine.
-    cache : Cache, optional
-        Per-checkpoint results cache (and base SVDs); default :meth:`Cache.at` the default
-        folder. ``Cache.disabled()`` recomputes everything.
+    cache : Cache or folder path, optional
+        Per-checkpoint results cache (and base SVDs), e.g. ``Cache.at()`` for the user cache
+        folder (what ``deltaw survey`` uses); None (default): none, everything is computed.
     device, dtype, top_k, modules, scale
         As for :func:`deltaw.analyze`; ``modules`` also restricts the pairwise comparison.
     progress : callable(done, total, what), optional
@@ -231,7 +231,7 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
     if len(paths) < 2:
         raise DeltawError(f"a survey needs at least two checkpoints, got {len(paths)}")
     engine = engine or get_engine("local")
-    cache = cache if cache is not None else Cache.at()
+    cache = Cache.given(cache) or Cache.disabled()
     base = None if base is None else str(base)
     dtype_name = str(dtype).removeprefix("torch.")
     options = {"device": str(device), "dtype": dtype_name, "top_k": top_k, "modules": modules, "scale": scale}

@@ -143,8 +143,8 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
     device, dtype, top_k, modules, scale
         As for :func:`deltaw.analyze`; only the modules ``modules`` matches are read, at every
         step and at the last (for ``overlap_with_final``).
-    cache : Cache, optional
-        Base SVDs of a full fine-tune's base analyses, computed once for all steps.
+    cache : Cache or folder path, optional
+        Base SVDs of a full fine-tune's base analyses, computed once for all steps; None: none.
     progress : callable(done, total, what), optional
 
     Returns

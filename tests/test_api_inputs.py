@@ -290,3 +290,29 @@ def test_analyze_rank_docstring_says_lora_is_capped_by_its_factors_not_the_numer
     assert "Capped at ΔW's numerical rank." not in doc
     assert "for LoRA the rank its factors define" in doc and "own_directions" in doc
 
+
+
+def test_cache_is_none_a_cache_or_a_folder_and_survey_writes_none_unasked(tmp_path, monkeypatch):
+    """survey's default used the user cache (~/.cache/deltaw), unlike analyze and trajectory, so
+    a library call (and a test) wrote there unasked; a path given as cache= was an AttributeError."""
+    from deltaw.cache import Cache
+
+    assert Cache.given(None) is None
+    assert Cache.given(tmp_path / "c").root == tmp_path / "c"
+    own = Cache.at(tmp_path / "d")
+    assert Cache.given(own) is own
+    with pytest.raises(deltaw.DeltawError, match="cache is 3; give a folder path"):
+        Cache.given(3)
+    monkeypatch.setenv("DELTAW_CACHE_DIR", str(tmp_path / "user"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    from builders import make_adapter, tiny_llama
+
+    for seed, name in enumerate("ab"):
+        model = tiny_llama()
+        torch.manual_seed(seed)  # two different adapters (one file twice would be one cache entry)
+        make_adapter(model, tmp_path / name, target_modules=["q_proj"], r=2, lora_alpha=2)
+    result = deltaw.survey([tmp_path / "a", tmp_path / "b"], device="cpu")
+    assert not any(s.cached for s in result.summaries)
+    assert not (tmp_path / "user").exists() and not (tmp_path / "xdg").exists()
+    again = deltaw.survey([tmp_path / "a", tmp_path / "b"], device="cpu", cache=tmp_path / "c")
+    assert (tmp_path / "c").is_dir() and not any(s.cached for s in again.summaries)
