@@ -316,3 +316,21 @@ def test_cache_is_none_a_cache_or_a_folder_and_survey_writes_none_unasked(tmp_pa
     assert not (tmp_path / "user").exists() and not (tmp_path / "xdg").exists()
     again = deltaw.survey([tmp_path / "a", tmp_path / "b"], device="cpu", cache=tmp_path / "c")
     assert (tmp_path / "c").is_dir() and not any(s.cached for s in again.summaries)
+
+
+def test_the_math_dtype_is_checked_everywhere(tmp_path):
+    """float16 math was a NotImplementedError or a false "did not converge" in base_svd."""
+    from builders import make_adapter, tiny_llama
+
+    from deltaw.act.resize import resize
+    from deltaw.linalg import base_svd
+
+    make_adapter(tiny_llama(), tmp_path / "a", target_modules=["q_proj"], r=2, lora_alpha=2)
+    said = "dtype torch.float16 is not supported for the math"
+    with pytest.raises(deltaw.DeltawError, match=said):
+        deltaw.svd_many([], dtype=torch.float16)
+    with pytest.raises(deltaw.DeltawError, match=said):
+        base_svd(torch.eye(4), dtype=torch.float16)
+    with pytest.raises(deltaw.DeltawError, match=said):
+        resize(tmp_path / "a", tmp_path / "out", rank=1, math_dtype=torch.float16)
+    assert not (tmp_path / "out").exists()

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deltaw._inputs import check_dtype
 from deltaw.act.adapter import Plan, Target, check_format, check_outputs, kept_modules, output_dtype, write_adapter
 from deltaw.act.cut import TOP_ONLY, cut
 from deltaw.act.rules import RankRule
@@ -277,6 +278,7 @@ def extract(finetuned: str | os.PathLike, base: str | os.PathLike, out: str | os
     from deltaw.records.resize import Resize, Skipped
 
     rule = RankRule(rank, energy, sv_ratio, max_rank)
+    check_dtype(math_dtype)
     module_filter(modules)  # a bad regular expression is refused before any work
     check_outputs(out, overwrite, pdf, inputs=(finetuned, base))
     fmt = check_format(format, "peft")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from deltaw._inputs import check_number, check_paths
+from deltaw._inputs import check_dtype, check_number, check_paths
 from deltaw.act.adapter import check_outputs, kept_modules, write_adapter
 from deltaw.act.resize import cut_lowrank
 from deltaw.act.rules import RankRule
@@ -111,6 +111,7 @@ def merge(checkpoints: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         raise DeltawError("merge needs at least two adapters")
     weights = [1.0] * len(checkpoints) if weights is None else _weights(weights, len(checkpoints))
     rule = RankRule(rank, energy, sv_ratio, max_rank)
+    check_dtype(math_dtype)
     check_outputs(out, overwrite, pdf, inputs=(*checkpoints, base))
     sources = [read_lora(c, base=base, scale=scale) for c in checkpoints]
     _check_compatible(sources)

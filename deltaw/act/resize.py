@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from deltaw._inputs import check_dtype
 from deltaw.act.adapter import check_outputs, kept_modules, write_adapter
 from deltaw.act.cut import Cut, cut
 from deltaw.act.rules import RankRule
@@ -119,6 +120,7 @@ def resize(checkpoint: str | os.PathLike, out: str | os.PathLike, *, rank: int |
     from deltaw.records.resize import Resize, Skipped
 
     rule = RankRule(rank, energy, sv_ratio, max_rank)
+    check_dtype(math_dtype)
     check_outputs(out, overwrite, pdf, inputs=(checkpoint, base))
     source = read_lora(checkpoint, base=base, scale=scale)
     fmt, plan, notes = lora_plan(source, format, dtype, base)

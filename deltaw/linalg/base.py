@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from deltaw._inputs import check_dtype
 from deltaw.errors import DeltawError
 from deltaw.linalg.resources import exact_math, policy_threads, resolve_device
 from deltaw.linalg.routes import gram_svd, narrow_product, robust_svd
@@ -218,7 +219,7 @@ def base_svd(W, *, dtype: torch.dtype = torch.float32, device: str | torch.devic
         demand; float64 (and below the Gram bar): both sides from ``gesdd``. ``energy`` = ‖W‖²_F
         (summed in float64), ``method`` = "full".
     """
-    W = torch.as_tensor(W).to(device=resolve_device(device), dtype=dtype)
+    W = torch.as_tensor(W).to(device=resolve_device(device), dtype=check_dtype(dtype))
     if W.dim() != 2:
         raise DeltawError(f"base_svd takes a 2-D W (rows, cols), got shape {list(W.shape)}")
     with exact_math():

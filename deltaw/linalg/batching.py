@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from deltaw._inputs import check_count
+from deltaw._inputs import check_count, check_dtype
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import factored, resources, routes, structured
@@ -120,7 +120,7 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
         When ``k`` is not None or a whole number ≥ 1 (checked at the call, before any ΔW is read).
     """
     k = check_count(k, "k", none="the whole spectrum")
-    return _svd_many(deltas, k, resolve_device(device), dtype, n_iter, seed)
+    return _svd_many(deltas, k, resolve_device(device), check_dtype(dtype), n_iter, seed)
 
 
 def _svd_many(deltas: Iterable[Delta], k: int | None, device: torch.device, dtype: torch.dtype, n_iter: int,
