@@ -287,9 +287,10 @@ def amplification_sentence(mods: list) -> str:
     amps = [m.amplification for m in mods]
     rs = sorted({int(x["r"]) for x in amps})
     r_text = f"r = {rs[0]}" if len(rs) == 1 else f"r = {rs[0]}–{rs[-1]}"
+    r_text += " direction" if rs == [1] else " directions"
     factors = [x["factor"] for x in amps if x["factor"] is not None]
     if not factors:
-        return (f"ΔW is orthogonal to W along its top {r_text} directions ({PROJ} at the rounding "
+        return (f"ΔW is orthogonal to W along its top {r_text} ({PROJ} at the rounding "
                 f"level of the arithmetic, r√(m+n)·eps·σ₁(W)), so no amplification factor is defined.")
     med = float(np.median(factors))
     above = sum(f > 1 for f in factors)
@@ -299,7 +300,7 @@ def amplification_sentence(mods: list) -> str:
         return f"W is zero, so {PROJ} = 0 along every direction and no amplification factor is defined."
     ratio = float(np.median(ratios))
     chance = [x["delta_fro"] / e for x, e in zip(amps, rms) if x["factor"] is not None and e > 0]
-    sentence = (f"Along its top {r_text} directions the update {scaling_verb(med, ratio)}: "
+    sentence = (f"Along its top {r_text} the update {scaling_verb(med, ratio)}: "
                 f"{NORM_DW}/{PROJ} is "
                 + (f"a median {median_and_range(factors)} over all {len(factors)} modules" if len(factors) > 1
                    else num(factors[0]))

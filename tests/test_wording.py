@@ -283,3 +283,11 @@ def test_a_pair_label_gives_every_module_size():
                    pairs=[PairResult(a=0, b=1, modules=mods)])
     assert text.pair_label(c, c.pairs[0]) == "lora-r8-s0 (8 directions) vs full-s0 (5–64 directions)"
     assert text.subspace_size("A", [8, 8]) == "r = 8"
+
+
+def test_one_amplification_direction_is_singular():
+    mods = [_module(l, "query", [1.0], amp=Amplification(r=1, proj_delta=4.1, proj_base_top=21.2, proj_random=4.0,
+                                                         factor=3.0, delta_fro=12.3, base_fro=6.0))
+            for l in range(2)]
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
+    assert "Along its top r = 1 direction the update" in findings and "r = 1 directions" not in findings
