@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from deltaw.cli.options import device_option
+from deltaw.formats.names import PEFT_PREFIX
 from deltaw.records.resize import percent
 
 
@@ -84,7 +85,7 @@ def kept_table(report) -> str:
     if report.dropped:
         lines.append(f"dropped (ΔW = 0): {', '.join(report.dropped)}")
     if report.carried:
-        lines.append(f"copied unchanged: {', '.join(c.split('base_model.model.', 1)[-1] for c in report.carried)}")
+        lines.append(f"copied unchanged: {', '.join(c.removeprefix(PEFT_PREFIX) for c in report.carried)}")
     if missing := report.not_written:  # tensors of the input that are not in the written adapter, and why
         shown = "; ".join(f"{s.name} ({s.reason})" for s in missing[:3])
         more = f"; … {len(missing) - 3} more in deltaw-kept.json" if len(missing) > 3 else ""

@@ -169,6 +169,8 @@ class ModuleBlock:
     def tied_pairs(self) -> list[tuple[int, int, int]]:
         """(i, j, k), i < j, for the overlaps cut at a k where ΔWᵢ or ΔWⱼ has equal σ."""
         out = []
+        if not self.ties:  # a block made without tie information
+            return out
         for i, j in zip(*np.triu_indices(len(self.directions), 1)):
             k = min(self.directions[i], self.directions[j])
             if k and np.isfinite(self.overlap[i, j]) and (k in self.ties[i] or k in self.ties[j]):

@@ -228,6 +228,7 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
     for c in checkpoints:  # a folder of checkpoints stands for them; other entries (Hub ids too) as given
         folder = isinstance(c, (str, os.PathLike)) and Path(c).is_dir() and not is_checkpoint(Path(c))
         paths += expand_checkpoints([c]) if folder else [str(c)]
+    paths = list(dict.fromkeys(paths))  # a checkpoint named twice (a folder and one of its own) once
     if len(paths) < 2:
         raise DeltawError(f"a survey needs at least two checkpoints, got {len(paths)}")
     engine = engine or get_engine("local")
@@ -259,10 +260,10 @@ def survey(checkpoints: Sequence[str | os.PathLike], base: str | os.PathLike | N
         notes=[f"{len(names)} modules held by at least two checkpoints compared; the whole-model cosine "
                "sums inner products and norms over the modules each pair shares"]
         + [note for path, a in zip(paths, analyses) for note in hub.declared_base_notes(path, a.notes)]
-        + _tie_notes(blocks))
+        + _tie_notes(blocks, paths))
 
 
-def _tie_notes(blocks) -> list[str]:
+def _tie_notes(blocks, paths: list[str]) -> list[str]:
     """One note when overlaps were cut inside runs of equal singular values (ModuleBlock.tied_pairs)."""
     tied = [(b.name, *pair) for b in blocks for pair in b.tied_pairs()]
     if not tied:
@@ -270,5 +271,5 @@ def _tie_notes(blocks) -> list[str]:
     name, i, j, k = tied[0]
     what = f"{len(tied)} module overlap{'s' if len(tied) > 1 else ''}"
     return [f"{what} cut inside equal singular values (within {TIE:g} relative; e.g. {name} between "
-            f"checkpoints {i} and {j} at k = {k}): the top-k subspace there is not determined by ΔW, so "
+            f"#{i} {paths[i]} and #{j} {paths[j]} at k = {k}): the top-k subspace there is not determined by ΔW, so "
             "neither is that overlap (the cosine is)"]

@@ -111,8 +111,8 @@ def gavish_donoho_rank(sigma, shape: tuple[int, int], noise_std: float | None = 
 
     Values at or below the numerical-rank tolerance σ₁ · max(m, n) · eps (eps of the math dtype)
     are rounding, not signal, whatever the threshold: for an exactly low-rank ΔW the median of
-    the unknown-noise form is itself such rounding (1.5e-8·σ₁ against float32's resolution
-    of 6e-6·σ₁ for a 64 × 64 matrix of rank 6), and the threshold it gives counted 24 values.
+    the unknown-noise form is itself such rounding (1.5e-8·σ₁, where float32 resolves no more
+    than 64 · eps = 7.6e-6·σ₁ in a 64 × 64 matrix of rank 6), and the threshold it gave counted 24.
     """
     s = _values(sigma)
     if noise_std is None and s.size < min(shape):
@@ -128,9 +128,10 @@ TIE = 1e-5
 
 
 def tied_cuts(sigma, count: int | None = None) -> list[int]:
-    """The i ≤ ``count`` (1-based; σᵢ₊₁ listed) with σᵢ − σᵢ₊₁ ≤ :data:`TIE` · σᵢ, σᵢ > 0: the
-    numbers of leading directions whose span depends on how the matrix was written (its factors,
-    or rounding), not on the matrix. ``count``: how many leading values are directions (default all)."""
+    """The cuts i (1-based, i ≤ ``count``, and σᵢ₊₁ among the values given) with
+    σᵢ − σᵢ₊₁ ≤ :data:`TIE` · σᵢ, σᵢ > 0, for ``sigma`` descending: the numbers of leading
+    directions whose span depends on how the matrix was written (its factors, or rounding), not
+    on the matrix. ``count``: how many leading values are directions (default all)."""
     s = _values(sigma)
     count = s.size if count is None else count
     return [i + 1 for i in range(min(count, s.size - 1)) if s[i] > 0 and s[i] - s[i + 1] <= TIE * s[i]]

@@ -109,7 +109,8 @@ FENCE_CELLS = 8
 def fenced_scale(grid: Grid, fmt: Callable[[float], str]) -> tuple[tuple[float, float], str]:
     """The colour range of an open-ended grid (a size, a factor) from zero, and why: to the
     largest cell, or to the fence :data:`FAR` interquartile ranges above the third quartile when
-    cells lie beyond it (they take the top colour; their values are printed in the cells)."""
+    cells lie beyond it (they take the top colour; the caption gives the largest, and the cells
+    print their values up to 36 layers)."""
     finite = grid.values[np.isfinite(grid.values)]
     top = float(finite.max())
     if finite.size >= FENCE_CELLS:

@@ -291,7 +291,6 @@ def test_analyze_rank_docstring_says_lora_is_capped_by_its_factors_not_the_numer
     assert "for LoRA the rank its factors define" in doc and "own_directions" in doc
 
 
-
 def test_cache_is_none_a_cache_or_a_folder_and_survey_writes_none_unasked(tmp_path, monkeypatch):
     """survey's default used the user cache (~/.cache/deltaw), unlike analyze and trajectory, so
     a library call (and a test) wrote there unasked; a path given as cache= was an AttributeError."""

@@ -61,9 +61,12 @@ def test_modules_to_save_keep_their_reason(tmp_path, bert):
 
     torch.manual_seed(0)
     make_adapter(BertForSequenceClassification(tiny_bert_config()), tmp_path / "a", task_type="SEQ_CLS",
-                 target_modules=["query"], r=2, lora_alpha=4)
+                 target_modules=["query"], r=2, lora_alpha=4, bias="all")
     _, reasons = _reasons(tmp_path / "a", bert)
-    assert reasons["classifier.weight"] == "replaced whole (modules_to_save): not a low-rank delta"
+    # the head's bias is the replaced module's, not one of the trained biases (bias="all")
+    for name in ("classifier.weight", "classifier.bias"):
+        assert reasons[name] == "replaced whole (modules_to_save): not a low-rank delta", name
+    assert reasons["bert.encoder.layer.0.attention.self.key.bias"].startswith("bias trained with the adapter")
 
 
 class _Layers(torch.nn.Module):
@@ -121,7 +124,8 @@ def test_a_base_of_another_model_is_still_refused_by_name(tmp_path, bert):
     make_adapter(_bert(), tmp_path / "a", target_modules=["query"], r=2, lora_alpha=4)
     other = {"transformer.h.0.attn.weight": torch.zeros(4, 4)}
     save_file(other, str(tmp_path / "other.safetensors"))
-    with pytest.raises(deltaw.DeltawError, match="none of the adapter's 2 modules is in the base"):
+    with pytest.raises(deltaw.DeltawError, match=r"none of the adapter's modules is in the base .* \(2 not found "
+                                                r"by name, e.g. encoder\.layer\.0\.attention\.self\.query\)"):
         deltaw.load_deltas(tmp_path / "a", base=tmp_path / "other.safetensors")
 
 

@@ -21,7 +21,8 @@ from deltaw.act.rules import RankRule, retained
 from deltaw.spectrum import numerical_rank
 
 
-#: The routes that compute only the top singular values (the error then comes from ‖ΔW‖²_F).
+#: The routes that compute only the top singular values (the error then comes from ‖ΔW‖²_F, or,
+#: in extract, which holds ΔW, from the residual itself: :func:`deltaw.act.extract.residual_norm`).
 TOP_ONLY = ("randomized", "gram-eigh")
 
 
@@ -53,7 +54,8 @@ class Cut:
     retained : float
         Σ_{i≤k} σᵢ² / ‖ΔW‖²_F of the written ΔW_k.
     error : float
-        ‖ΔW − ΔW_k‖_F, from the discarded σ (or ‖ΔW‖²_F − Σ_{i≤k} σᵢ² for a top-k SVD).
+        ‖ΔW − ΔW_k‖_F, from the discarded σ (or √(‖ΔW‖²_F − Σ_{i≤k} σᵢ²) for a top-k SVD, which
+        extract replaces by the residual's own norm).
     method : str
         ``"factored"``, ``"full"``, ``"gram-eigh"`` or ``"randomized"``: how σ were computed.
     new_rank : int

@@ -78,6 +78,10 @@ def read_lora(checkpoint: str | os.PathLike, *, base: str | os.PathLike | None =
             raise DeltawError(f"{checkpoint}: module {d.name} is not a LoRA (B @ A); cannot resize it")
     if not deltas.deltas:
         raise DeltawError(f"{checkpoint}: no LoRA module found")
+    if multihead := deltas.details.get("multihead_attention"):
+        raise DeltawError(f"{checkpoint}: LoRA on a torch MultiheadAttention ({', '.join(multihead)}): PEFT builds "
+                          "its in_proj and out_proj LoRA with one rank and adds the out_proj update twice (peft "
+                          "0.21), so a cut per module cannot be written back faithfully; not supported here")
     source = LoraSource(str(checkpoint), deltas)
     if deltas.format == "peft":
         folder = Path(checkpoint)

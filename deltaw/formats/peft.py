@@ -200,7 +200,8 @@ def check_paired(folder: Path, base: TensorStore | None, out: Deltas) -> None:
     (Modules left out for other reasons, e.g. an unsupported layer, are listed, not refused.)"""
     missing = [s for s in out.skipped if s.reason == NOT_IN_BASE]
     if base is not None and not out.deltas and missing:
-        raise DeltawError(f"{folder}: none of the adapter's {len(missing)} modules is in the base {base.source}; "
+        raise DeltawError(f"{folder}: none of the adapter's modules is in the base {base.source} "
+                          f"({len(missing)} not found by name, e.g. {missing[0].name}); "
                           "is this the base model the adapter was trained on?")
 
 
@@ -212,7 +213,10 @@ def other_tensor_reason(key: str, config: dict, method: str = "a low-rank delta"
     and whole replaced modules (``modules_to_save``). ``method`` names what the tensor is not.
     """
     bias = config.get("bias", "none")
-    if "trainable_tokens_delta" in key.split("."):
+    parts = key.split(".")
+    if {"original_module", "modules_to_save"} & set(parts) or set(config.get("modules_to_save") or ()) & set(parts):
+        return f"replaced whole (modules_to_save): not {method}"
+    if "trainable_tokens_delta" in parts:
         return "token rows trained in place (trainable_token_indices): a sparse update of the embedding, not analysed"
     if key.endswith(".bias") and bias not in (None, "none"):
         return f"bias trained with the adapter (bias={bias!r}): a vector, not analysed"
@@ -259,6 +263,8 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
         out.notes.append(f"{', '.join(doubled)}: the out_proj of a torch MultiheadAttention, whose update PEFT "
                          "(0.21) adds twice, in its forward and in merge_and_unload(); ΔW here is that of the model "
                          "PEFT runs, 2·s·B@A")
+    # the LoRA layers PEFT builds around a torch MultiheadAttention: its in_proj (the module) and out_proj
+    multihead = sorted({m.removesuffix(MHA_OUT) for m in parts if m.endswith(MHA_OUT)})
     check_paired(folder, base, out)
     out.details = {
         "peft_type": config["peft_type"],
@@ -273,6 +279,7 @@ def load_peft(folder: Path, base: TensorStore | None, require_base: bool = True)
         "target_modules": config.get("target_modules"),
         "ranks": sorted(set(ranks.values())),
         "dtype": str(store.get(next(iter(store.keys()))).dtype) if store.keys() else None,
+        **({"multihead_attention": multihead} if multihead else {}),
     }
     return out
 
@@ -285,7 +292,7 @@ MHA_OUT = ".base_layer.out_proj"
 def _module_delta(module, keys, store, config, base, matcher, out, require_base):
     source = module
     # named as the model names the layer, with or without a base: <mha>.out_proj
-    module = module.replace(MHA_OUT, ".out_proj") if module.endswith(MHA_OUT) else module
+    module = module.removesuffix(MHA_OUT) + ".out_proj" if module.endswith(MHA_OUT) else module
     embedding = "lora_embedding_A" in keys
     a_key = keys.get("lora_embedding_A" if embedding else "lora_A")
     b_key = keys.get("lora_embedding_B" if embedding else "lora_B")
@@ -313,7 +320,8 @@ def _module_delta(module, keys, store, config, base, matcher, out, require_base)
             return None
         read_A, read_B, rank, scale = _adalora(store, a_key, b_key, keys["lora_E"], config)
     bias_key = keys.get("lora_B.bias")
-    scale = scale_for(config, source, rank) if scale is None else scale
+    # PEFT gives a MultiheadAttention's out_proj the α (and r) of the attention layer itself
+    scale = scale_for(config, source.removesuffix(MHA_OUT), rank) if scale is None else scale
     lowrank = LowRankDelta(
         name=name,
         shape=shape,

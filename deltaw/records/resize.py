@@ -13,6 +13,7 @@ from typing import Literal
 from deltaw.errors import DeltawError
 from deltaw.naming import parse_module_name
 from deltaw.records._base import Record, Vector, deltaw_version, utc_now
+from deltaw.formats.names import PEFT_PREFIX
 from deltaw.records.analysis import Skipped
 
 
@@ -148,7 +149,7 @@ class Resize(Record):
     def not_written(self) -> list[Skipped]:
         """The skipped input tensors that are not in the output either: ``skipped`` less the
         ``carried`` copies (a modules_to_save head is skipped as a delta but copied whole)."""
-        copied = {c.split("base_model.model.", 1)[-1] for c in self.carried}
+        copied = {c.removeprefix(PEFT_PREFIX) for c in self.carried}
         return [s for s in self.skipped if s.name not in copied]
 
     @property

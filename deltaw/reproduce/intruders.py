@@ -64,7 +64,8 @@ def rule(lora: Mapping[int, Sequence[int]], full: Sequence[int]) -> Finding:
         verdict, reason = "not reproduced", f"the full fine-tune has {show(full_est)} intruders per module"
     else:
         verdict, reason = "not reproduced", f"no LoRA rank r ≤ {MAX_RANK} has intruders beyond chance"
-    ours = ("intruders per W_q/W_v module, one run (seed) per rank: " + ", ".join(f"r = {r}: {show(e)}" for r, e in per_rank.items())
+    ours = ("intruders per W_q/W_v module, one run (seed) per rank: "
+            + ", ".join(f"r = {r}: {show(e)}" for r, e in per_rank.items())
             + f"; full FT {show(full_est)}")
     numbers = {f"lora_r{r}": e for r, e in per_rank.items()}
     numbers["full"] = full_est
