@@ -136,6 +136,12 @@ def test_act_outputs_never_replace_or_alter_an_input(adapter, tmp_path):
         _one_line_usage_error(_run(*args), said)
     with pytest.raises(deltaw.DeltawError, match="holds the input"):  # the library refuses it too
         deltaw.resize(adapter, adapter.parent, rank=1, overwrite=True)
+    # a link inside the input that points elsewhere: replacing it would still change the input
+    (tmp_path / "elsewhere").mkdir()
+    (adapter / "link").symlink_to(tmp_path / "elsewhere")
+    _one_line_usage_error(_run("resize", adapter, "--rank", "1", "--out", adapter / "link", "--overwrite"),
+                          "lies inside the input")
+    (adapter / "link").unlink()
     assert {p.name: p.read_bytes() for p in adapter.iterdir()} == files
     assert not (tmp_path / "o").exists()
 

@@ -243,22 +243,29 @@ def input_conflict(out: str | os.PathLike | None, inputs, pdf: str | os.PathLike
                for given in inputs if given is not None and os.path.exists(os.path.expanduser(str(given)))]
     for given, source in sources:
         if out is not None:
-            target = Path(os.path.realpath(os.path.expanduser(out)))
+            target, entry = _written(out)
             if target == source:
                 return (f"{out} is the input {given}: writing the adapter there would replace it; "
                         "give --out another folder")
-            if source in target.parents:
+            if source in target.parents or source in entry.parents:
                 return (f"{out} lies inside the input {given}: writing it would alter the input; "
                         "give --out a folder outside it")
             if target in source.parents:
                 return (f"{out} holds the input {given}: replacing the folder would delete the input; "
                         "give --out another folder")
         if pdf is not None:
-            target = Path(os.path.realpath(os.path.expanduser(pdf)))
-            if target == source or source in target.parents:
+            target, entry = _written(pdf)
+            if target == source or source in target.parents or source in entry.parents:
                 where = "is the input" if target == source else "lies inside the input"
                 return f"{pdf} {where} {given}: writing the report would alter it; give --pdf another path"
     return None
+
+
+def _written(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(where ``path`` leads, symlinks resolved; the directory entry an atomic write replaces: its
+    folder resolved, its own name kept, so a link inside an input counts as inside it)."""
+    path = Path(os.path.abspath(os.path.expanduser(path)))
+    return Path(os.path.realpath(path)), Path(os.path.realpath(path.parent)) / path.name
 
 
 def check_outputs(out: str | os.PathLike, overwrite: bool, pdf: str | os.PathLike | None, inputs=()) -> Path:
