@@ -290,15 +290,15 @@ def amplification_sentence(mods: list) -> str:
     r_text += " direction" if rs == [1] else " directions"
     factors = [x["factor"] for x in amps if x["factor"] is not None]
     if not factors:
+        if all(x["base_fro"] == 0 for x in amps):
+            return f"W is zero, so {PROJ} = 0 along every direction and no amplification factor is defined."
         return (f"ΔW is orthogonal to W along its top {r_text} ({PROJ} at the rounding "
                 f"level of the arithmetic, r√(m+n)·eps·σ₁(W)), so no amplification factor is defined.")
     med = float(np.median(factors))
     above = sum(f > 1 for f in factors)
     rms = [random_rms(m) for m in mods]
-    ratios = [x["proj_delta"] / e for x, e in zip(amps, rms) if e > 0]
-    if not ratios:  # W = 0: no weight along any direction
-        return f"W is zero, so {PROJ} = 0 along every direction and no amplification factor is defined."
-    ratio = float(np.median(ratios))
+    # a module with a factor has W ≠ 0, so a random level above 0
+    ratio = float(np.median([x["proj_delta"] / e for x, e in zip(amps, rms) if e > 0]))
     chance = [x["delta_fro"] / e for x, e in zip(amps, rms) if x["factor"] is not None and e > 0]
     sentence = (f"Along its top {r_text} the update {scaling_verb(med, ratio)}: "
                 f"{NORM_DW}/{PROJ} is "

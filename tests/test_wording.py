@@ -291,3 +291,16 @@ def test_one_amplification_direction_is_singular():
             for l in range(2)]
     findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=mods)))
     assert "Along its top r = 1 direction the update" in findings and "r = 1 directions" not in findings
+
+
+def test_a_zero_w_is_named_not_called_orthogonal():
+    zero_w = Amplification(r=8, proj_delta=0.0, proj_base_top=0.0, proj_random=0.0, factor=None, delta_fro=4.1,
+                           base_fro=0.0)
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=[
+        _module(l, "query", [1.0] * 8, amp=zero_w) for l in range(2)])))
+    assert "W is zero" in findings and "orthogonal" not in findings
+    tiny = Amplification(r=8, proj_delta=1e-9, proj_base_top=21.2, proj_random=4.0, factor=None, delta_fro=4.1,
+                         base_fro=60.0)
+    findings = " ".join(text.analysis_findings(Analysis(checkpoint="a", modules=[
+        _module(l, "query", [1.0] * 8, amp=tiny) for l in range(2)])))
+    assert "ΔW is orthogonal to W along its top r = 8 directions" in findings
