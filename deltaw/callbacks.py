@@ -5,7 +5,8 @@ At every Trainer log step, each LoRA module's ΔW = s·B A is decomposed exactly
 ``deltaw analyze`` does (:func:`deltaw.analysis.spectral_summary`). The medians over the modules
 of each type are added to the log as ``deltaw/<module type>/<metric>`` with metric one of
 ``fro_norm``, ``energy_rank_0.5``, ``energy_rank_0.9``, ``energy_rank_0.99``, ``effective_rank``,
-``stable_rank``.
+``stable_rank``. DoRA modules (``use_dora``) are left out: their ΔW is dense and needs W, not
+a cheap metric (``deltaw analyze --base`` of a saved checkpoint gives it).
 
 >>> trainer = Trainer(model=peft_model, args=args, train_dataset=data)   # doctest: +SKIP
 >>> trainer.callback_handler.callbacks.insert(0, DeltawCallback())        # doctest: +SKIP
@@ -36,9 +37,12 @@ def _lora_deltas(model) -> list[LowRankDelta]:
         lora_A, lora_B = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
         if not isinstance(lora_A, torch.nn.ModuleDict) or not isinstance(lora_B, torch.nn.ModuleDict):
             continue
+        magnitude = getattr(module, "lora_magnitude_vector", None) or {}
         for adapter in getattr(module, "active_adapters", list(lora_A)):
             if adapter not in lora_A or not hasattr(lora_A[adapter], "weight"):
                 continue  # an embedding LoRA keeps its factors elsewhere; not among the cheap metrics
+            if adapter in magnitude:  # DoRA: ΔW = m/‖W + sBA‖·(W + sBA) − W is dense, not s·B A
+                continue
             A = lora_A[adapter].weight.detach().float().cpu()  # (r, in)
             B = lora_B[adapter].weight.detach().float().cpu()  # (out, r)
             for prefix in _PEFT_PREFIXES:

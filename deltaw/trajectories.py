@@ -47,6 +47,12 @@ def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
     if not found:
         raise DeltawError(f"{run_dir}: no checkpoint-<step> folders in it (save checkpoints during training, "
                           "e.g. Trainer's save_steps or deltaw train --trajectory)")
+    by_step: dict[int, list[str]] = {}
+    for step, path in found:
+        by_step.setdefault(step, []).append(Path(path).name)
+    if twice := next((names for names in by_step.values() if len(names) > 1), None):
+        raise DeltawError(f"{run_dir}: {' and '.join(sorted(twice))} are one step; keep one of them, or give "
+                          "the checkpoints as STEP=CHECKPOINT pairs")
     return sorted(found)
 
 
@@ -55,7 +61,7 @@ def parse_steps(items: Sequence[str]) -> list[tuple[int, str]]:
     pairs = []
     for item in items:
         step, sep, path = item.partition("=")
-        if not sep or not step.strip().isdigit() or not path:
+        if not sep or not step.strip().isdecimal() or not path:  # isdigit() would take "²"
             raise DeltawError(f"{item!r}: expected STEP=CHECKPOINT (e.g. 500=run/checkpoint-500)")
         pairs.append((int(step), path))
     steps = [s for s, _ in pairs]

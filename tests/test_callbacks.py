@@ -46,3 +46,21 @@ def test_logged_metrics_equal_analyze_of_the_saved_adapter(tmp_path):
         assert last[key + "stable_rank"] == pytest.approx(statistics.median(r.stable_rank for r in records), rel=1e-5)
     # Step 2's ΔW differs from step 4's: the log is taken at its own step, not at the end.
     assert logs[0]["deltaw/attention.self.query/fro_norm"] != logs[1]["deltaw/attention.self.query/fro_norm"]
+
+
+def test_dora_modules_are_left_out_not_logged_as_lora():
+    """A DoRA module's ΔW is m/‖W + sBA‖·(W + sBA) − W, not s·B A: the callback logged s·B A's
+    metrics for it (fro_norm 1.03 where the merged update has 0.69)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    from deltaw.callbacks import lora_metrics
+
+    torch.manual_seed(0)
+    lora = get_peft_model(BertForSequenceClassification(tiny_bert_config(num_labels=2)),
+                          LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS", init_lora_weights=False))
+    assert "deltaw/attention.self.query/fro_norm" in lora_metrics(lora)
+    dora = get_peft_model(BertForSequenceClassification(tiny_bert_config(num_labels=2)),
+                          LoraConfig(r=4, target_modules=["query"], task_type="SEQ_CLS", init_lora_weights=False,
+                                     use_dora=True))
+    assert lora_metrics(dora) == {}

@@ -227,3 +227,17 @@ def test_trajectory_page_titles_sit_below_the_heading_and_read_as_formulas():
     words = [item[2] for a in fig.artists for item in getattr(a, "_items", [])]
     assert "highest at step 30 (3), then falls to 2 by step 90" in " ".join(words)
     assert not any("stops growing" in w for w in words)
+
+
+def test_two_folders_of_one_step_are_refused(tmp_path):
+    """checkpoint-010 and checkpoint-10 gave two rows of step 10, both with checkpoint-10's numbers."""
+    for name in ("checkpoint-010", "checkpoint-10", "checkpoint-40"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(DeltawError, match="checkpoint-010 and checkpoint-10 are one step"):
+        find_checkpoints(tmp_path)
+
+
+def test_a_superscript_step_is_one_line():
+    with pytest.raises(DeltawError, match="expected STEP=CHECKPOINT"):
+        parse_steps(["²=run/checkpoint-2"])
+

@@ -49,8 +49,8 @@ class Saturation(Record):
     median_energy_rank_90 : list of float or None
         Median over the type's modules of ``energy_rank["0.9"]``, per step.
     step : int or None
-        The first step from which the median never grows again; None when it still grows at
-        the last step (then ``note`` says so).
+        The first step whose median no later step exceeds (later ones may dip and recover
+        below it); None when the last step is a new maximum (then ``note`` says so).
     note : str or None
     """
 
