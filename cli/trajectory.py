@@ -74,8 +74,10 @@ def command(run, base, json_path, pdf_path, modules, top_k, device, dtype, scale
     finally:
         close()
     to_stderr = json_path == "-"
-    click.echo(f"{len(result.steps)} checkpoints (steps {result.steps[0]}–{result.steps[-1]}), "
-               f"{len(result.modules)} modules", err=to_stderr)
+    steps = (f"step {result.steps[0]}" if len(result.steps) == 1 else
+             f"{len(result.steps)} checkpoints (steps {result.steps[0]}–{result.steps[-1]})")
+    modules = f"{len(result.modules)} module{'' if len(result.modules) == 1 else 's'}"
+    click.echo(f"{steps}, {modules}", err=to_stderr)
     click.echo(_terminal_text(result), err=to_stderr, nl=False)
     write_outputs([result], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
