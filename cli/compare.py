@@ -107,8 +107,8 @@ def command(checkpoints, base, basis, side, top_k, modules, json_path, pdf_path,
     for line in summary_lines(comparison):
         click.echo(line, err=out)
     for note in comparison.notes:
-        # which base was used, where the adapter config chose it; what is approximate
-        if DECLARED in note or Comparison.RANDOMIZED in note:
+        # which base was used, where the adapter config chose it; what is approximate or not unique
+        if DECLARED in note or Comparison.RANDOMIZED in note or Comparison.TIED in note:
             click.echo(f"note: {note}", err=True)
     write_outputs([comparison], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):

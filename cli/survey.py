@@ -8,6 +8,7 @@ from deltaw.cli.options import (base_option, cache_options, check_outputs, devic
                                 open_cache, progress_bar, scale_option)
 from deltaw.cli.writers import write_outputs
 from deltaw.hub import DECLARED
+from deltaw.spectrum import TIED
 
 #: Up to this many checkpoints the whole-model cosine matrix is printed; beyond, the closest pairs.
 PRINT_MATRIX_UP_TO = 8
@@ -112,7 +113,7 @@ def command(checkpoints, base, from_list, json_path, pdf_path, engine, ray_addre
                err=to_stderr)
     click.echo(_terminal_text(result), err=to_stderr, nl=False)
     for note in result.notes:
-        if DECLARED in note:  # which base was used, where the adapter config chose it
+        if DECLARED in note or TIED in note:  # which base was used; overlaps that ΔW does not determine
             click.echo(f"note: {note}", err=True)
     write_outputs([result], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deltaw.records.trajectory import saturation_phrase
+from deltaw.records.trajectory import Trajectory, saturation_phrase
 
 from deltaw.cli.options import (base_option, cache_options, check_outputs, device_option, dtype_option,
                                 open_cache, progress_bar, scale_option)
@@ -79,6 +79,9 @@ def command(run, base, json_path, pdf_path, modules, top_k, device, dtype, scale
     modules = f"{len(result.modules)} module{'' if len(result.modules) == 1 else 's'}"
     click.echo(f"{steps}, {modules}", err=to_stderr)
     click.echo(_terminal_text(result), err=to_stderr, nl=False)
+    for note in result.notes:
+        if Trajectory.GAP in note:  # a module missing at some step moves its type's medians
+            click.echo(f"note: {note}", err=True)
     write_outputs([result], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):
         if path and path != "-":

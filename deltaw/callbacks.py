@@ -24,10 +24,10 @@ import torch
 from transformers import TrainerCallback
 
 from deltaw.delta import LowRankDelta
+from deltaw.load import module_name
 from deltaw.naming import parse_module_name
 
 PREFIX = "deltaw/"
-_PEFT_PREFIXES = ("base_model.model.",)
 
 
 def _lora_deltas(model) -> list[LowRankDelta]:
@@ -45,10 +45,9 @@ def _lora_deltas(model) -> list[LowRankDelta]:
                 continue
             A = lora_A[adapter].weight.detach().float().cpu()  # (r, in)
             B = lora_B[adapter].weight.detach().float().cpu()  # (out, r)
-            for prefix in _PEFT_PREFIXES:
-                name = name.removeprefix(prefix)
-            deltas.append(LowRankDelta(name=name, shape=(B.shape[0], A.shape[1]), read_A=lambda A=A: A,
-                                       read_B=lambda B=B: B, rank=A.shape[0],
+            # named as `deltaw analyze` names it (no PEFT prefix, no task wrapper before the body)
+            deltas.append(LowRankDelta(name=module_name(name), shape=(B.shape[0], A.shape[1]),
+                                       read_A=lambda A=A: A, read_B=lambda B=B: B, rank=A.shape[0],
                                        scale=float(module.scaling[adapter])))
     return deltas
 

@@ -144,7 +144,7 @@ def _tie_notes(checkpoints: list[str], ties: list[dict[str, list[int]]], basis: 
             continue
         name, cuts = next(iter(tied.items()))
         more = f" and {len(tied) - 1} more module{'s' if len(tied) > 2 else ''}" if len(tied) > 1 else ""
-        notes.append(f"{checkpoint}: equal singular values (within {TIE:g} relative) in the {basis} basis of "
+        notes.append(f"{checkpoint}: {Comparison.TIED} (within {TIE:g} relative) in the {basis} basis of "
                      f"{name} ({tie_text(cuts)}){more}: the top-i subspace is not unique for i inside such a "
                      "run, so φ(i, j) there depends on how the factors were written, not on ΔW alone")
     return notes

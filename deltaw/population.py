@@ -33,7 +33,7 @@ from deltaw.naming import module_filter, shared_names
 from deltaw.pairwise import ModuleBlock, module_block, whole_model_cosine
 from deltaw.records import Analysis
 from deltaw.records.survey import CheckpointSummary, ModulePairs, NullPair, Survey
-from deltaw.spectrum import TIE
+from deltaw.spectrum import TIE, TIED
 
 Progress = Callable[[int, int, str], None]
 
@@ -270,6 +270,6 @@ def _tie_notes(blocks, paths: list[str]) -> list[str]:
         return []
     name, i, j, k = tied[0]
     what = f"{len(tied)} module overlap{'s' if len(tied) > 1 else ''}"
-    return [f"{what} cut inside equal singular values (within {TIE:g} relative; e.g. {name} between "
+    return [f"{what} cut inside {TIED} (within {TIE:g} relative; e.g. {name} between "
             f"#{i} {paths[i]} and #{j} {paths[j]} at k = {k}): the top-k subspace there is not determined by ΔW, so "
             "neither is that overlap (the cosine is)"]

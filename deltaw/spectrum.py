@@ -125,6 +125,8 @@ def gavish_donoho_rank(sigma, shape: tuple[int, int], noise_std: float | None = 
 #: vectors valid, and float rounding of ~1e-7 picks one; a relative gap this small also leaves
 #: it to rounding: Davis–Kahan bounds the subspace's error by rounding / gap).
 TIE = 1e-5
+#: The phrase of every note on tied singular values, which the terminal and the reports repeat.
+TIED = "equal singular values"
 
 
 def tied_cuts(sigma, count: int | None = None) -> list[int]:

@@ -206,10 +206,15 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
         by_type.setdefault(record.module_type, []).append(record)
     saturations = [saturation(t, steps, [_median(m.energy_rank["0.9"][i] for m in ms) for i in range(len(steps))])
                    for t, ms in by_type.items()]
+    # a module absent or non-finite at some step is null there, and the type's median moves for it
+    gaps = [f"{name}: {Trajectory.GAP}{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+            "(absent from the checkpoint, or NaN/Inf); its type's medians there are over the others"
+            for name in per_module
+            if (missing := [s for s in steps if s not in per_module[name] or per_module[name][s].nonfinite])]
     # the base actually used: the declared one where ΔW needed a base and none was given
     used_base = final.base if final.base is not None else (None if base is None else str(base))
     return Trajectory(run="" if not isinstance(run, (str, os.PathLike)) else str(run),
                       base=used_base, steps=steps,
                       checkpoints=[p for _, p in pairs], modules=records, saturation=saturations,
                       notes=[f"overlap_with_final: top-k left singular vectors against step {final_step}, "
-                             "k = min(8, both ranks)", *hub.declared_base_notes(final_path, final.notes)])
+                             "k = min(8, both ranks)", *hub.declared_base_notes(final_path, final.notes), *gaps])

@@ -534,7 +534,7 @@ def comparison_findings(c: Comparison) -> list[str]:
         roles = {role_of(t): t for t in stats}
         if "query" in roles and "value" in roles:
             out.append(_query_value_overlap(pair, roles["query"], roles["value"]))
-    out += [plain(note) + "." for note in c.notes if Comparison.RANDOMIZED in note]
+    out += [plain(note) + "." for note in c.notes if Comparison.RANDOMIZED in note or Comparison.TIED in note]
     return with_noise_rule(out)
 
 

@@ -24,8 +24,10 @@ def test_logged_metrics_equal_analyze_of_the_saved_adapter(tmp_path):
     from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
     torch.manual_seed(0)
+    # the pooler too: outside the layers, where the callback's names once kept the task wrapper ("bert.")
     model = get_peft_model(BertForSequenceClassification(tiny_bert_config(num_labels=2)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"))
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value", "pooler.dense"],
+                                      task_type="SEQ_CLS"))
     g = torch.Generator().manual_seed(0)
     data = [{"input_ids": torch.randint(5, 100, (12,), generator=g), "labels": i % 2} for i in range(32)]
     args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=8,
@@ -38,6 +40,8 @@ def test_logged_metrics_equal_analyze_of_the_saved_adapter(tmp_path):
     assert [entry["step"] for entry in logs] == [2, 4]
     model.save_pretrained(str(tmp_path / "adapter"))
     analysis = deltaw.analyze(tmp_path / "adapter")
+    assert "pooler.dense" in analysis.by_type()
+    assert {k.split("/")[1] for k in logs[-1] if k.startswith("deltaw/")} == set(analysis.by_type())
     for module_type, records in analysis.by_type().items():
         last = logs[-1]
         key = f"deltaw/{module_type}/"

@@ -275,6 +275,9 @@ def test_equal_singular_values_are_said_to_leave_phi_to_the_factors():
     comparison = deltaw.compare(checkpoints, basis="delta", device="cpu")
     notes = [n for n in comparison.notes if "equal singular values" in n]
     assert len(notes) == 2 and "(σ1…σ16)" in notes[0] and "depends on how the factors were written" in notes[0]
+    from deltaw.reports import text
+
+    assert sum("equal singular values" in f for f in text.comparison_findings(comparison)) == 2  # the PDF says so
     block = module_block("m", same)
     assert block.tied_pairs() == [(0, 1, 8)]
     distinct = lowrank(torch.from_numpy(U * np.linspace(2, 1, 16)).float(), torch.from_numpy(V.T).float())

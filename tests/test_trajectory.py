@@ -241,3 +241,28 @@ def test_a_superscript_step_is_one_line():
     with pytest.raises(DeltawError, match="expected STEP=CHECKPOINT"):
         parse_steps(["²=run/checkpoint-2"])
 
+
+
+def test_a_module_missing_at_a_step_is_noted(run, tmp_path):
+    """A module absent from one checkpoint was null there without a word, and its type's median
+    moved for it alone."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    steps = find_checkpoints(run)
+    first = tmp_path / "checkpoint-1"
+    shutil.copytree(steps[0][1], first)
+    weights = first / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    gone = next(k for k in tensors if "layer.0.attention.self.query.lora_A" in k)
+    tensors = {k: v for k, v in tensors.items() if ".layer.0.attention.self.query." not in k}
+    save_file(tensors, str(weights))
+    shutil.copytree(steps[-1][1], tmp_path / "checkpoint-2")
+    result = trajectory(tmp_path, device="cpu")
+    notes = [n for n in result.notes if Trajectory.GAP in n]
+    assert len(notes) == 1 and notes[0].startswith("encoder.layer.0.attention.self.query: null at step 1 ")
+    assert gone and "encoder.layer.0.attention.self.query" in {m.name for m in result.modules}
+    out = CliRunner().invoke(cli, ["trajectory", str(tmp_path), "--no-cache"])
+    assert out.exit_code == 0, out.output
+    assert "note: encoder.layer.0.attention.self.query: null at step 1" in out.output

@@ -8,6 +8,7 @@ from typing import Literal
 from deltaw.errors import DeltawError
 from deltaw.naming import parse_module_name, type_sort_key
 from deltaw.records._base import Grid, Record, deltaw_version, utc_now
+from deltaw.spectrum import TIED
 
 
 @dataclass(kw_only=True, eq=False)
@@ -90,6 +91,8 @@ class Comparison(Record):
     #: In a note saying which bases are approximate (dense ΔWs whose top-k came from a randomized
     #: SVD): the terminal and the report repeat those notes.
     RANDOMIZED = "come from a randomized SVD"
+    #: The phrase of the notes on equal singular values, whose top-i subspaces ΔW does not determine.
+    TIED = TIED
 
     checkpoints: list[str]
     basis: Literal["A", "B", "delta"]

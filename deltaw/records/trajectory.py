@@ -123,6 +123,8 @@ class Trajectory(Record):
     """
 
     SCHEMA = "deltaw.trajectory/1"
+    #: In the notes on modules absent or non-finite at some step: the terminal repeats them.
+    GAP = "null at step"
 
     run: str = ""
     base: str | None = None
