@@ -32,15 +32,18 @@ def _has_analyze() -> bool:
     return callable(getattr(deltaw, "analyze", None))
 
 
-def _deltaw_svd(checkpoint: str, base: str | None, k: int | None, device: str, dtype: str = "float32"):
-    """deltaw's library path for spectra: load_deltas + svd_many (vectors kept until discarded)."""
+def _deltaw_svd(checkpoint: str, base: str | None, k: int | None, device: str, dtype: str = "float32",
+                vectors: bool = True):
+    """deltaw's library path for spectra: load_deltas + svd_many (vectors kept until discarded;
+    ``vectors=False``: the values alone, as ``deltaw.analyze`` without a base asks for them)."""
     import torch
 
     import deltaw
 
     deltas = deltaw.load_deltas(checkpoint, base=base)
     count = 0
-    for _delta, _svd in deltaw.svd_many(deltas.values(), k, device=device, dtype=getattr(torch, dtype)):
+    for _delta, _svd in deltaw.svd_many(deltas.values(), k, device=device, dtype=getattr(torch, dtype),
+                                        vectors=vectors):
         count += 1
     return count
 
@@ -67,11 +70,13 @@ def lora_time(args):
     fns = {
         "read_f32": lambda: read_float32(files),
         "deltaw_svd": lambda: (_deltaw_svd(folder, None, None, device), _sync(device)),
+        "deltaw_values": lambda: (_deltaw_svd(folder, None, None, device, vectors=False), _sync(device)),
     }
     if args.get("analyze", True) and _has_analyze():
         fns["deltaw_analyze"] = lambda: _deltaw_analyze(folder, None, None, device)
     res = interleaved(fns, repeats, warmup=1)
     res["ratio_svd_vs_read"] = pair_ratio(res, "deltaw_svd", "read_f32")
+    res["ratio_values_vs_read"] = pair_ratio(res, "deltaw_values", "read_f32")
     if "deltaw_analyze" in res:
         res["ratio_analyze_vs_read"] = pair_ratio(res, "deltaw_analyze", "read_f32")
     res["modules"] = _deltaw_svd(folder, None, None, device)

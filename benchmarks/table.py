@@ -52,6 +52,11 @@ def markdown(r: dict, cuda: dict | None = None) -> str:
                      f"vs reading the tensors into float32 | {_s(lora['deltaw_svd']['median'])} | "
                      f"{_s(lora['read_f32']['median'])} | {_x(lora['ratio_svd_vs_read'])} | ≤ 8× | "
                      f"{_holds(lora['ratio_svd_vs_read'] <= 8)} |")
+        if "deltaw_values" in lora:
+            lines.append(f"| LoRA: load + the exact singular values alone (`svd_many(vectors=False)`, what "
+                         f"`deltaw analyze` without a base computes) vs reading | "
+                         f"{_s(lora['deltaw_values']['median'])} | {_s(lora['read_f32']['median'])} | "
+                         f"{_x(lora['ratio_values_vs_read'])} | — | |")
         trained = r.get("lora_trained")
         if trained:
             routes = ", ".join(f"{n} {k}" for k, n in sorted(trained.get("routes", {}).items()))

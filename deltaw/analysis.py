@@ -417,11 +417,15 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
 
     # LoRA keeps its exact, complete spectrum; dense ΔW gets top_k. One stream per run, in order.
     for structured, run in itertools.groupby(enumerate(selected), key=lambda item: item[1].structured):
+        run = list(run)
         if not structured and device.type == "cpu":
-            _dense_on_cpu_threads(list(run), top_k, opts, fit, finish)
+            _dense_on_cpu_threads(run, top_k, opts, fit, finish)
             continue
+        # Spectra and ranks need σ alone; only the base analyses use ΔW's vectors (a LoRA's
+        # products with its tall factors are half of its SVD's time).
+        vectors = any(d.read_base is not None for _, d in run)
         for view, result in svd_many(finite_views(run), None if structured else top_k, device=device,
-                                     dtype=dtype, seed=seed):
+                                     dtype=dtype, seed=seed, vectors=vectors):
             i, original = originals.pop(id(view))
             finish(i, _measure(original, view, result, opts))
     analysis.modules = [r for r in records if r is not None]

@@ -1,8 +1,9 @@
 """A ``transformers.TrainerCallback`` that logs cheap LoRA metrics while a PEFT model trains.
 
-At every Trainer log step, each LoRA module's ΔW = s·B A is decomposed exactly from its factors
-(:func:`deltaw.linalg.factored_svd`: O((m + n) r²), ΔW never formed) and summarised as
-``deltaw analyze`` does (:func:`deltaw.analysis.spectral_summary`). The medians over the modules
+At every Trainer log step, the singular values of each LoRA module's ΔW = s·B A are computed
+exactly from its factors (:func:`deltaw.linalg.svd_many` with ``vectors=False``: O((m + n) r²),
+ΔW never formed) and summarised as ``deltaw analyze`` does
+(:func:`deltaw.analysis.spectral_summary`). The medians over the modules
 of each type are added to the log as ``deltaw/<module type>/<metric>`` with metric one of
 ``fro_norm``, ``energy_rank_0.5``, ``energy_rank_0.9``, ``energy_rank_0.99``, ``effective_rank``,
 ``stable_rank``. DoRA modules (``use_dora``) are left out: their ΔW is dense and needs W, not
@@ -58,7 +59,7 @@ def lora_metrics(model) -> dict[str, float]:
     from deltaw.linalg import svd_many
 
     by_type: dict[str, dict[str, list[float]]] = {}
-    for d, result in svd_many(_lora_deltas(model), device="cpu"):
+    for d, result in svd_many(_lora_deltas(model), device="cpu", vectors=False):  # these metrics need σ alone
         summary = spectral_summary(result, d.matrix_shape, lowrank=True)
         values = {"fro_norm": summary.fro_norm, "effective_rank": summary.effective_rank,
                   "stable_rank": summary.stable_rank,

@@ -522,7 +522,7 @@ def test_batches_shrink_to_fit_instead_of_refusing(monkeypatch):
                                 read_tuned=lambda M=M: M) for i, M in enumerate(mats)]
     batches = []
     real = linalg.robust_svd
-    monkeypatch.setattr(linalg.routes, "robust_svd", lambda M: batches.append(M.shape[0]) or real(M))
+    monkeypatch.setattr(linalg.routes, "robust_svd", lambda M, **kw: batches.append(M.shape[0]) or real(M, **kw))
     monkeypatch.setattr(linalg.resources, "available_memory",
                         lambda device: linalg.dense_svd_bytes((64, 64), None, torch.float32))
     results = list(deltaw.svd_many(deltas, device="cpu"))

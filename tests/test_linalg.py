@@ -420,7 +420,7 @@ def test_lowrank_window_batches_each_shape_across_layers_in_input_order():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(batching, "_lowrank_svds", spy)
         pairs = list(batching._run_lowrank_batches([[d] for d in deltas], None, torch.float32, batching._Workspace(),
-                                                   device=torch.device("cpu")))
+                                                   device=torch.device("cpu"), vectors=True))
     assert calls == [["l0.0", "l1.0"], ["l0.1", "l1.1"], ["l0.2", "l1.2"], ["l0.3", "l1.3"]]
     assert [d.name for d, _ in pairs] == [d.name for d in deltas]
     for d, r in pairs:

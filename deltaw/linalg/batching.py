@@ -83,13 +83,14 @@ def check_memory_for(deltas: Iterable[Delta], k: int | None, dtype: torch.dtype,
 
 
 def svd(delta: Delta, k: int | None = None, *, device: str | torch.device = "auto",
-        dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> SVD:
+        dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0, vectors: bool = True) -> SVD:
     """SVD of one ΔW (conv kernels reshaped to 2-D); see :func:`svd_many`."""
-    return next(svd_many([delta], k, device=device, dtype=dtype, n_iter=n_iter, seed=seed))[1]
+    return next(svd_many([delta], k, device=device, dtype=dtype, n_iter=n_iter, seed=seed, vectors=vectors))[1]
 
 
 def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | torch.device = "auto",
-             dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0) -> Iterator[tuple[Delta, SVD]]:
+             dtype: torch.dtype = torch.float32, n_iter: int = 4, seed: int = 0,
+             vectors: bool = True) -> Iterator[tuple[Delta, SVD]]:
     """SVDs of many ΔW, batched by shape, streamed in input order.
 
     Parameters
@@ -107,6 +108,11 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
         Power iterations of the randomized SVD.
     seed : int
         Seeds the randomized SVD's test matrices.
+    vectors : bool
+        False: the singular values alone, ``U`` and ``Vh`` None (what spectra and ranks need).
+        The same values, for less work: a LoRA's factored SVD skips its products with the
+        tall factors (half its time), a LoKr the Kronecker products of its vectors, a full
+        dense SVD its vectors; the randomized range finder needs its basis either way.
 
     Yields
     ------
@@ -120,11 +126,11 @@ def svd_many(deltas: Iterable[Delta], k: int | None = None, *, device: str | tor
         When ``k`` is not None or a whole number ≥ 1 (checked at the call, before any ΔW is read).
     """
     k = check_count(k, "k", none="the whole spectrum")
-    return _svd_many(deltas, k, resolve_device(device), check_dtype(dtype), n_iter, seed)
+    return _svd_many(deltas, k, resolve_device(device), check_dtype(dtype), n_iter, seed, bool(vectors))
 
 
 def _svd_many(deltas: Iterable[Delta], k: int | None, device: torch.device, dtype: torch.dtype, n_iter: int,
-              seed: int) -> Iterator[tuple[Delta, SVD]]:
+              seed: int, vectors: bool) -> Iterator[tuple[Delta, SVD]]:
     """:func:`svd_many` once its arguments are checked."""
     generator = torch.Generator().manual_seed(seed)
     workspace = _Workspace()
@@ -132,8 +138,8 @@ def _svd_many(deltas: Iterable[Delta], k: int | None, device: torch.device, dtyp
 
     def run_lowrank(groups: list[list[Delta]]) -> Iterator[tuple[Delta, SVD]]:
         if device.type == "cpu":
-            return _run_lowrank_groups(groups, k, dtype, workspace)
-        return _run_lowrank_batches(groups, k, dtype, workspace, device)
+            return _run_lowrank_groups(groups, k, dtype, workspace, vectors)
+        return _run_lowrank_batches(groups, k, dtype, workspace, device, vectors)
 
     for group in _groups(deltas):
         if isinstance(group[0], LowRankDelta):
@@ -145,7 +151,7 @@ def _svd_many(deltas: Iterable[Delta], k: int | None, device: torch.device, dtyp
         if lowrank:
             yield from run_lowrank(lowrank)
             lowrank = []
-        yield from _run_group(group, k, device, dtype, n_iter, generator, workspace)
+        yield from _run_group(group, k, device, dtype, n_iter, generator, workspace, vectors)
     if lowrank:
         yield from run_lowrank(lowrank)
 
@@ -180,7 +186,7 @@ def _elements(groups: list[list[Delta]]) -> int:
     return sum(len(g) * _per_matrix(g[0]) for g in groups)
 
 
-def _run_group(group, k, device, dtype, n_iter, generator, workspace) -> Iterator[tuple[Delta, SVD]]:
+def _run_group(group, k, device, dtype, n_iter, generator, workspace, vectors) -> Iterator[tuple[Delta, SVD]]:
     """One group of same-shape ΔWs, in batches that fit in memory; results yielded in order."""
     batch = len(group)
     if not group[0].structured:
@@ -193,17 +199,17 @@ def _run_group(group, k, device, dtype, n_iter, generator, workspace) -> Iterato
     for start in range(0, len(group), batch):
         chunk = group[start:start + batch]
         with exact_math(), threads(svd_threads(min(*group[0].matrix_shape, rank or math.inf))):
-            results = _decompose(chunk, k, device, dtype, n_iter, generator, workspace)
+            results = _decompose(chunk, k, device, dtype, n_iter, generator, workspace, vectors)
         yield from zip(chunk, results)
 
 
-def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SVD]:
+def _decompose(group, k, device, dtype, n_iter, generator, workspace, vectors) -> list[SVD]:
     """The SVDs of one batch of same-shape ΔWs, as one batched computation."""
     first = group[0]
     if isinstance(first, KroneckerDelta):  # exact from the factors' SVDs, one module at a time
-        return [structured.kronecker_delta_svd(d, k, dtype, device) for d in group]
+        return [structured.kronecker_delta_svd(d, k, dtype, device, vectors=vectors) for d in group]
     if isinstance(first, LowRankDelta):
-        return _lowrank_svds(group, k, dtype, device, workspace)
+        return _lowrank_svds(group, k, dtype, device, workspace, vectors)
     m, n = first.matrix_shape
     if len(group) == 1:  # no batch to copy into (the routes leave M as it is)
         M = first.matrix(dtype).to(device).reshape(1, m, n)
@@ -214,24 +220,24 @@ def _decompose(group, k, device, dtype, n_iter, generator, workspace) -> list[SV
     energy = routes.energy(M)
     method = dense_method((m, n), k)
     if method == "randomized":
-        U, S, Vh = routes.randomized_svd(M, k, n_iter=n_iter, generator=generator)
+        U, S, Vh = routes.randomized_svd(M, k, n_iter=n_iter, generator=generator, vectors=vectors)
     else:
-        U, S, Vh = routes.robust_svd(M)
+        U, S, Vh = routes.robust_svd(M, vectors=vectors)
     del M
     return _records(U, S, Vh, energy, [method] * len(group), k, workspace)
 
 
-def _lowrank_svds(group: list[LowRankDelta], k, dtype, device, workspace) -> list[SVD]:
+def _lowrank_svds(group: list[LowRankDelta], k, dtype, device, workspace, vectors) -> list[SVD]:
     """Exact factored SVDs of same-shape LoRA ΔWs (:mod:`deltaw.linalg.factored`)."""
     L, R = _stacked_factors(group, workspace.take(len(group) * _per_matrix(group[0]), dtype, device))
     scales = torch.tensor([d.scale for d in group], dtype=dtype, device=device).reshape(-1, 1, 1)
     # The scales multiply the r × r cores: σ ≥ 0 and a negative scale's sign lands in U.
-    U, S, Vh, method = factored.factored_svd_routes(L, R, scales)
+    U, S, Vh, method = factored.factored_svd_routes(L, R, scales, vectors=vectors)
     return _records(U, S, Vh, (S.double() ** 2).sum(-1), method, k, workspace)
 
 
 def _run_lowrank_batches(groups: list[list[LowRankDelta]], k, dtype, workspace,
-                         device: torch.device) -> Iterator[tuple[Delta, SVD]]:
+                         device: torch.device, vectors: bool) -> Iterator[tuple[Delta, SVD]]:
     """A window of LoRA groups on a GPU: one batched factored SVD per shape (and rank), results
     yielded in input order once the window is done.
 
@@ -251,13 +257,14 @@ def _run_lowrank_batches(groups: list[list[LowRankDelta]], k, dtype, workspace,
     for members in batches.values():
         batch = [deltas[i] for i in members]
         with exact_math(), threads(svd_threads(min(*batch[0].matrix_shape))):
-            records = _lowrank_svds(batch, k, dtype, device, workspace)
+            records = _lowrank_svds(batch, k, dtype, device, workspace, vectors)
         for i, record in zip(members, records):
             results[i] = record
     yield from zip(deltas, results)
 
 
-def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, workspace) -> Iterator[tuple[Delta, SVD]]:
+def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, workspace,
+                        vectors: bool) -> Iterator[tuple[Delta, SVD]]:
     """Consecutive LoRA groups on the CPU, one module at a time on each of the policy's threads.
 
     Every step of one LoRA matrix is a small GEMM (inner or outer dimension r), an r × r LAPACK
@@ -288,7 +295,7 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, workspace) -
                 size += _per_matrix(deltas[end])
                 end += 1
             with resources.one_thread_settings():
-                results = _lowrank_on_threads(deltas[start:end], pool, workspaces, k, dtype)
+                results = _lowrank_on_threads(deltas[start:end], pool, workspaces, k, dtype, vectors)
             yield from zip(deltas[start:end], results)
             start = end
     finally:
@@ -296,7 +303,7 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, workspace) -
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype) -> list[SVD]:
+def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype, vectors) -> list[SVD]:
     """:func:`_lowrank_svd` of each of ``deltas``, dealt to the pool's threads largest first (in
     the calling thread when ``pool`` is None)."""
     shares: list[list[int]] = [[] for _ in range(min(len(workspaces), len(deltas)))]
@@ -310,7 +317,7 @@ def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype) 
     def run(share: list[int], space: _Workspace) -> None:
         with exact_math():  # grad mode is per thread
             for i in share:
-                results[i] = _lowrank_svd(deltas[i], k, dtype, space)
+                results[i] = _lowrank_svd(deltas[i], k, dtype, space, vectors)
 
     if pool is None:
         run(shares[0], workspaces[0])
@@ -320,11 +327,12 @@ def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype) 
     return results
 
 
-def _lowrank_svd(delta: LowRankDelta, k, dtype, workspace) -> SVD:
+def _lowrank_svd(delta: LowRankDelta, k, dtype, workspace, vectors) -> SVD:
     """The exact factored SVD of one LoRA ΔW on the calling CPU thread."""
     L, R = _stacked_factors([delta], workspace.take(_per_matrix(delta), dtype, torch.device("cpu")))
-    U, S, Vh, method = factored.factored_svd_one(L[0], R[0], delta.scale)
-    return _records(U[None], S[None], Vh[None], (S.double() ** 2).sum(-1, keepdim=True), [method], k)[0]
+    U, S, Vh, method = factored.factored_svd_one(L[0], R[0], delta.scale, vectors=vectors)
+    batch = (None, None) if U is None else (U[None], Vh[None])
+    return _records(batch[0], S[None], batch[1], (S.double() ** 2).sum(-1, keepdim=True), [method], k)[0]
 
 
 def _records(U, S, Vh, energy, method: list[str], k: int | None, workspace: _Workspace | None = None) -> list[SVD]:
@@ -332,12 +340,15 @@ def _records(U, S, Vh, energy, method: list[str], k: int | None, workspace: _Wor
 
     A GPU batch is copied to the host whole (:meth:`_Workspace.to_host`: one copy per tensor,
     not three per matrix, each one a synchronisation); each record's tensors are views of the
-    batch's host copy.
+    batch's host copy. U and Vh None (values alone) give records without vectors.
     """
-    if k is not None:
-        U, S, Vh = U[..., :k], S[..., :k], Vh[..., :k, :]
     to_host = workspace.to_host if workspace is not None else torch.Tensor.cpu
-    U, S, Vh, energy = to_host(U), to_host(S), to_host(Vh), energy.cpu().tolist()
+    S, energy = to_host(S[..., :k] if k is not None else S), energy.cpu().tolist()
+    if U is None:
+        return [SVD(None, S[i], None, float(energy[i]), method[i]) for i in range(len(method))]
+    if k is not None:
+        U, Vh = U[..., :k], Vh[..., :k, :]
+    U, Vh = to_host(U), to_host(Vh)
     return [SVD(U[i], S[i], Vh[i], float(energy[i]), method[i]) for i in range(len(method))]
 
 

@@ -40,12 +40,13 @@ class SVD:
 
     Attributes
     ----------
-    U : Tensor, (rows, k)
-        Left singular vectors, columns ordered by descending σ.
+    U : Tensor, (rows, k), or None
+        Left singular vectors, columns ordered by descending σ; None when the values alone were
+        asked for (``svd_many(..., vectors=False)``).
     S : Tensor, (k,)
         Singular values, descending.
-    Vh : Tensor, (k, cols)
-        Right singular vectors as rows.
+    Vh : Tensor, (k, cols), or None
+        Right singular vectors as rows; None with U.
     energy : float
         ‖ΔW‖²_F, exact (float64 sum) whatever k is.
     method : str
@@ -53,12 +54,13 @@ class SVD:
         κ₂ ≤ 4, float32 products), ``"factored-gram"`` (float64 Grams, float32 products) or
         ``"factored"`` (float64 throughout; :mod:`deltaw.linalg.factored`); ``"kronecker"``
         (LoKr); ``"full"`` (exact, dense); or ``"randomized"`` (top-k, approximate; values
-        converge to the exact ones with the power iterations).
+        converge to the exact ones with the power iterations). Values alone have no products
+        to make: a LoRA's are ``"factored-gram32"`` or ``"factored"`` by the Grams' dtype.
     """
 
-    U: torch.Tensor
+    U: torch.Tensor | None
     S: torch.Tensor
-    Vh: torch.Tensor
+    Vh: torch.Tensor | None
     energy: float
     method: str
 
@@ -73,35 +75,42 @@ class SVD:
         return min(1.0, float((self.S.double() ** 2).sum()) / self.energy)
 
 
-def robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def robust_svd(M: torch.Tensor, *, vectors: bool = True):
     """Thin SVD of ``M`` (..., m, n), retried on convergence failure.
 
     The retries, in order: ``gesvd`` (CUDA), float64, float64 on the CPU. Each is logged.
     Results are returned in ``M``'s dtype and device. CPU threads follow the thread policy
     (:func:`~deltaw.linalg.resources.svd_threads`: one thread up to min(m, n) = 512).
+    With ``vectors=False`` only the values are computed (LAPACK's ``gesdd`` without U and V)
+    and U and Vh are returned as None.
     """
     with policy_threads(M):
-        return _robust_svd(M)
+        return _robust_svd(M, vectors)
 
 
-def _robust_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _robust_svd(M: torch.Tensor, vectors: bool = True):
     if not M.is_cuda and M.shape[-2] < M.shape[-1]:
         # CPU gesdd of a wide (m < n) row-major matrix measured 3–4× slower than of its transpose
         # (1024 × 4096 float32, torch 2.13 + MKL): decompose Mᵀ = V Σ Uᵀ and swap the factors.
-        U_t, S, Vh_t = _robust_svd_as_given(M.mT)
-        return Vh_t.mT, S, U_t.mT
-    return _robust_svd_as_given(M)
+        U_t, S, Vh_t = _robust_svd_as_given(M.mT, vectors)
+        return (Vh_t.mT, S, U_t.mT) if vectors else (None, S, None)
+    return _robust_svd_as_given(M, vectors)
 
 
-def _robust_svd_as_given(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _robust_svd_as_given(M: torch.Tensor, vectors: bool = True):
+    def decompose(X: torch.Tensor, driver: str | None = None):
+        if vectors:
+            return torch.linalg.svd(X, full_matrices=False, driver=driver)
+        return None, torch.linalg.svdvals(X, driver=driver), None
+
     attempts = []
     if M.is_cuda:
-        attempts.append(("gesvd driver", lambda: torch.linalg.svd(M, full_matrices=False, driver="gesvd")))
-    attempts.append(("float64", lambda: torch.linalg.svd(M.double(), full_matrices=False)))
+        attempts.append(("gesvd driver", lambda: decompose(M, "gesvd")))
+    attempts.append(("float64", lambda: decompose(M.double())))
     if M.is_cuda:
-        attempts.append(("float64 on the CPU", lambda: torch.linalg.svd(M.double().cpu(), full_matrices=False)))
+        attempts.append(("float64 on the CPU", lambda: decompose(M.double().cpu())))
     try:
-        return torch.linalg.svd(M, full_matrices=False)
+        return decompose(M)
     except (torch.linalg.LinAlgError, RuntimeError) as first:
         _raise_if_out_of_memory(M, first)
         error = first
@@ -109,7 +118,8 @@ def _robust_svd_as_given(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
         log.warning("SVD did not converge (%s); retrying with %s", str(error).splitlines()[0], what)
         try:
             U, S, Vh = attempt()
-            return U.to(M), S.to(M.real.dtype).to(M.device), Vh.to(M)
+            S = S.to(M.real.dtype).to(M.device)
+            return (U.to(M), S, Vh.to(M)) if vectors else (None, S, None)
         except (torch.linalg.LinAlgError, RuntimeError) as err:
             _raise_if_out_of_memory(M, err)
             error = err
@@ -135,7 +145,7 @@ SKETCH_ALIGN = 16
 
 
 def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE, n_iter: int = 4,
-                   generator: torch.Generator | None = None):
+                   generator: torch.Generator | None = None, vectors: bool = True):
     """Top-``k`` SVD of ``M`` (..., m, n) by the randomized range finder with power iterations.
 
     Parameters
@@ -150,6 +160,9 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE, n_i
         Power iterations q, each re-orthonormalised (Alg. 4.4), sharpening the decay σ^(2q+1).
     generator : torch.Generator, optional
         Seeds the Gaussian test matrix, so results are reproducible.
+    vectors : bool
+        False: the values only (U and Vh None). The range finder needs its basis either way;
+        only the small SVD's vectors and the product U = Q·U_small are saved.
 
     Returns
     -------
@@ -165,7 +178,9 @@ def randomized_svd(M: torch.Tensor, k: int, *, oversample: int = OVERSAMPLE, n_i
         Q = orthonormal_basis(M @ Q)  # (.., m, l)
     small = Q.mT @ M  # (.., l, n)
     with one_thread(small):
-        U_small, S, Vh = robust_svd(small)
+        U_small, S, Vh = robust_svd(small, vectors=vectors)
+    if not vectors:
+        return None, S[..., :k], None
     return (Q @ U_small)[..., :k], S[..., :k], Vh[..., :k, :]
 
 

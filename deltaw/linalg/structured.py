@@ -105,7 +105,7 @@ def top_grid_pairs(S1: torch.Tensor, S2: torch.Tensor, k: int | None) -> tuple[t
 
 
 def kronecker_svd(W1: torch.Tensor, W2: torch.Tensor, scale: float = 1.0, k: int | None = None,
-                  ranks: tuple[int, int] | None = None):
+                  ranks: tuple[int, int] | None = None, *, vectors: bool = True):
     """Exact SVD of ``scale · kron(W1, W2)`` from the SVDs of the two factors.
 
     Parameters
@@ -119,6 +119,9 @@ def kronecker_svd(W1: torch.Tensor, W2: torch.Tensor, scale: float = 1.0, k: int
         Upper bounds of rank(W1), rank(W2) known from their storage (a factor stored as
         w_a @ w_b of inner dimension r has rank ≤ r); singular triplets past them are exact
         zeros and are not formed.
+    vectors : bool
+        False: the values σᵢσⱼ alone; the Kronecker products of the vectors, most of the time,
+        are not formed (U and Vh None).
 
     Returns
     -------
@@ -133,24 +136,26 @@ def kronecker_svd(W1: torch.Tensor, W2: torch.Tensor, scale: float = 1.0, k: int
     # The factors are small; their SVDs run in float64 so σᵢσⱼ carries float64 accuracy.
     left, right = W1.to(torch.float64), W2.to(torch.float64)
     with one_thread(left):
-        U1, S1, V1h = robust_svd(left)
-        U2, S2, V2h = robust_svd(right)
+        U1, S1, V1h = robust_svd(left, vectors=vectors)
+        U2, S2, V2h = robust_svd(right, vectors=vectors)
     if ranks is not None:
-        U1, S1, V1h = U1[:, :ranks[0]], S1[:ranks[0]], V1h[:ranks[0]]
-        U2, S2, V2h = U2[:, :ranks[1]], S2[:ranks[1]], V2h[:ranks[1]]
+        S1, S2 = S1[:ranks[0]], S2[:ranks[1]]
     i, j = top_grid_pairs(S1, S2, k)
     S = S1[i] * S2[j] * abs(scale)
+    energy = scale**2 * float(left.pow(2).sum()) * float(right.pow(2).sum())
+    if not vectors:
+        return None, S.to(dtype), None, energy
     # Column t of U is kron(U1[:, i_t], U2[:, j_t]): (a, 1, t) * (1, c, t) → (a·c, t).
     U = (U1[:, i].unsqueeze(1) * U2[:, j].unsqueeze(0)).reshape(-1, len(i))
     Vh = (V1h[i].unsqueeze(2) * V2h[j].unsqueeze(1)).reshape(len(i), -1)
     if scale < 0:  # a negative scale flips one side; σ stays ≥ 0
         U = -U
-    energy = scale**2 * float(left.pow(2).sum()) * float(right.pow(2).sum())
     return U.to(dtype), S.to(dtype), Vh.to(dtype), energy
 
 
 
-def kronecker_delta_svd(delta, k: int | None, dtype: torch.dtype, device: torch.device) -> SVD:
+def kronecker_delta_svd(delta, k: int | None, dtype: torch.dtype, device: torch.device, *,
+                        vectors: bool = True) -> SVD:
     """The exact SVD of a :class:`~deltaw.delta.KroneckerDelta` (``svd_method`` = "kronecker").
 
     Parameters
@@ -162,7 +167,11 @@ def kronecker_delta_svd(delta, k: int | None, dtype: torch.dtype, device: torch.
         Dtype of the returned vectors and values.
     device : torch.device
         Where the factor SVDs run (they are small; results come back on the CPU).
+    vectors : bool
+        False: σ alone (U and Vh None).
     """
     W1, W2 = (t.to(device) for t in delta.halves(torch.float64))
-    U, S, Vh, energy = kronecker_svd(W1, W2, delta.scale, k, delta.ranks)
+    U, S, Vh, energy = kronecker_svd(W1, W2, delta.scale, k, delta.ranks, vectors=vectors)
+    if not vectors:
+        return SVD(None, S.to(dtype).cpu(), None, energy, "kronecker")
     return SVD(U.to(dtype).cpu(), S.to(dtype).cpu(), Vh.to(dtype).cpu(), energy, "kronecker")

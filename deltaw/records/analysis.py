@@ -102,7 +102,9 @@ class SpectralSummary(Record):
         randomized SVD.
     svd_method : str
         ``"factored-gram32"`` / ``"factored-gram"`` / ``"factored"`` / ``"kronecker"`` / ``"full"``
-        (exact; :class:`deltaw.linalg.SVD` says how) or ``"randomized"`` (approximate top-k).
+        (exact; :class:`deltaw.linalg.SVD` says how) or ``"randomized"`` (approximate top-k). A
+        LoRA analysed without a base has its values alone computed: ``"factored-gram32"`` or
+        ``"factored"``, by its Grams' dtype (no products to make in float32 or float64).
     energy_captured : float
         Σ listed σᵢ² / ‖ΔW‖²_F (1.0 when all values are listed).
     energy_rank : dict
