@@ -263,11 +263,17 @@ def profile_markdown(r: dict) -> str:
     rows.append(("reading (safetensors) + Python + outside torch ops", max(0.0, wall - total_ops - gram)))
     head = (f"wall {p['wall_s']:.2f} s on {p['threads']} threads, {one:.2f} s on the one thread profiled"
             if one is not None else f"wall {wall:.2f} s without the profiler, {p['threads']} threads")
+    # The profiler's own overhead can make its op times sum past the unprofiled wall time: the
+    # shares are then of that sum, and nothing is left for the row outside torch's ops.
+    whole = max(wall, total_ops + gram)
+    if whole > wall:
+        head += (f"; the profiler's op times sum to {whole:.2f} s (its overhead included), and the shares "
+                 "are of that sum")
     lines = [f"Profile of one LoRA run (load + SVD of every module), {head}:", "",
              "| where | seconds | share |", "|---|---|---|"]
     for label, t in rows:
         if t > 0:  # a route not taken (QR, stacking) has no row
-            lines.append(f"| {label} | {t:.3f} | {100 * t / wall:.0f}% |")
+            lines.append(f"| {label} | {t:.3f} | {100 * t / whole:.0f}% |")
     lines += ["", "Top Python-level functions by own time (cProfile):", "",
               "| function | calls | own s | cumulative s |", "|---|---|---|---|"]
     for f in p["python_top"][:10]:

@@ -102,3 +102,20 @@ def test_analyze_asks_for_vectors_only_when_a_base_needs_them(tmp_path, monkeypa
         reference = np.linalg.svd(d.to_dense(torch.float64).numpy(), compute_uv=False)[:4]
         np.testing.assert_allclose(record.singular_values, reference, rtol=1e-5)
     assert asked == [False, True]
+
+
+def test_host_core_values_split_across_threads_give_the_one_thread_bits():
+    # The host's share of a GPU batch (factored.core_svd), values alone: dealt to the threads,
+    # the same bits as one thread, and the values of the SVD with vectors.
+    from deltaw.linalg.factored import _host_svds
+    from deltaw.linalg.resources import one_thread, threads
+    from deltaw.linalg.routes import robust_svd
+
+    cores = torch.randn(2, 5, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with one_thread():
+        want = robust_svd(cores, vectors=False)[1]
+        with_vectors = robust_svd(cores)[1]
+    with threads(3):
+        U, got, Vh = _host_svds(cores, vectors=False)
+    assert U is None and Vh is None and got.shape == (2, 5, 48) and torch.equal(got, want)
+    np.testing.assert_allclose(got.numpy(), with_vectors.numpy(), rtol=1e-12, atol=1e-13 * float(with_vectors.max()))
