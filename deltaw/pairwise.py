@@ -10,9 +10,12 @@ For checkpoints i, j that both update a module:
 - ``overlap`` = ‖Uᵢ,ₖᵀ Uⱼ,ₖ‖²_F / k with U the top-k left singular vectors of ΔW and
   k = min(8, both numerical ranks): φ(k, k) of Hu et al. 2021 (eq. 4) on ΔW's own basis.
 
-Singular vectors: LoRA by the exact factored SVD (:func:`deltaw.linalg.factored_svd`), dense by
-:func:`deltaw.linalg.top_left_singular_vectors` (exact to float tolerance). Only one module of
-every checkpoint is held at a time.
+Singular vectors: LoRA from its factors, dense by :func:`deltaw.linalg.top_left_singular_vectors`
+(exact to float tolerance). A LoRA's float64 Grams LᵀL and RRᵀ give ‖ΔW‖²_F = s² Σ (LᵀL) ∘ (RRᵀ)
+and, by Cholesky, LᵀL = T_LᵀT_L and RRᵀ = T_RᵀT_R: σ and U_c are the SVD of the r × r core
+s·T_L T_Rᵀ, and only the top q ≤ 8 columns of U = L·T_L⁻¹U_c are formed (in float64; V never);
+factors one Cholesky pass cannot take take the factored SVD (:func:`deltaw.linalg.factored_svd`:
+CholeskyQR2, Householder). Only one module of every checkpoint is held at a time.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch
 
 from deltaw._inputs import check_dtype
 from deltaw.delta import Delta, LowRankDelta
-from deltaw.linalg import exact_math, factored_svd, top_left_singular_vectors
+from deltaw.linalg import exact_math, factored_svd, robust_svd, top_left_singular_vectors
+from deltaw.linalg.cholesky_qr import gram_cholesky
+from deltaw.linalg.resources import one_thread
 from deltaw.spectrum import numerical_rank, tied_cuts
 
 #: At most this many of ΔW's top left singular vectors are compared by ``overlap``.
@@ -73,6 +78,30 @@ def _finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def _lowrank_form(d: LowRankDelta, dtype: torch.dtype) -> ModuleForm | str:
+    """:func:`module_form` of a LoRA, from its float64 Grams (see the module docstring)."""
+    L, R = d.factors(torch.float64)  # float32/bf16 storage is exact in float64
+    # A float64 sum of float32/bf16 values cannot overflow: it is finite iff every value is.
+    if not (np.isfinite(float(L.sum())) and np.isfinite(float(R.sum()))):
+        return NONFINITE
+    G_L, G_R = L.mT @ L, R @ R.mT  # (r, r)
+    energy = d.scale ** 2 * float((G_L * G_R).sum())  # ‖sLR‖²_F = s² tr(LᵀL RRᵀ)
+    if energy <= 0:
+        return ZERO
+    T_L, T_R = gram_cholesky(G_L), gram_cholesky(G_R)
+    if T_L is None or T_R is None:
+        U, S, _ = factored_svd(L.to(dtype), R.to(dtype), d.scale)
+        X = None
+    else:
+        with one_thread():
+            U_c, S, _ = robust_svd(d.scale * (T_L @ T_R.mT))
+        U, X = None, torch.linalg.solve_triangular(T_L, U_c, upper=True)  # U = L·X
+    S = S.double().numpy()
+    k = min(OVERLAP_DIRECTIONS, numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps))
+    top = (L @ X[:, :k]) if X is not None else U[:, :k].double()
+    return ModuleForm(L=L, R=R, scale=float(d.scale), U=top, energy=energy, ties=tied_cuts(S, k))
+
+
 def module_form(d: Delta, dtype: torch.dtype = torch.float32) -> ModuleForm | str:
     """Read one module's ΔW into a :class:`ModuleForm`, or return why it cannot be compared.
 
@@ -81,7 +110,9 @@ def module_form(d: Delta, dtype: torch.dtype = torch.float32) -> ModuleForm | st
     d : Delta
         A LoRA update (kept factored) or a dense / DoRA one (formed once, in ``dtype``).
     dtype : torch.float32 or torch.float64
-        Precision of the singular vectors (the inner products are always float64).
+        Precision of a dense ΔW's singular vectors, and the eps of the numerical-rank threshold
+        (the inner products are always float64). A LoRA's vectors come from its float64 Grams;
+        the factored SVD in ``dtype`` only where one Cholesky pass cannot take a factor.
 
     Returns
     -------
@@ -90,18 +121,7 @@ def module_form(d: Delta, dtype: torch.dtype = torch.float32) -> ModuleForm | st
     check_dtype(dtype)
     with exact_math():
         if isinstance(d, LowRankDelta):
-            L, R = d.factors(torch.float64)  # float32/bf16 storage is exact in float64
-            if not _finite(L, R):
-                return NONFINITE
-            # ‖sLR‖²_F = s² Σ (LᵀL) ∘ (RRᵀ): r×r products only.
-            energy = d.scale ** 2 * float(((L.mT @ L) * (R @ R.mT)).sum())
-            if energy <= 0:
-                return ZERO
-            U, S, _ = factored_svd(L.to(dtype), R.to(dtype), d.scale)
-            k = min(OVERLAP_DIRECTIONS, numerical_rank(S.double().numpy(), d.matrix_shape,
-                                                       eps=torch.finfo(dtype).eps))
-            return ModuleForm(L=L, R=R, scale=float(d.scale), U=U[:, :k].double(), energy=energy,
-                              ties=tied_cuts(S.double().numpy(), k))
+            return _lowrank_form(d, dtype)
         D = d.matrix(dtype)  # (m, n)
         if not _finite(D):
             return NONFINITE

@@ -142,3 +142,34 @@ def test_checkpoint_summary_medians_run_over_the_modules_it_changed():
     assert (line.modules, line.energy_rank_90, line.effective_rank, line.stable_rank) == (3, 3, 3, 1.0)
     untouched = summarize(Analysis(checkpoint="none", format="full", modules=[module("b", [0.0])]), cached=False)
     assert untouched.energy_rank_90 is None and untouched.fro_norm == 0
+
+
+def test_lowrank_forms_from_their_grams_and_the_fallback_agree_with_float64(monkeypatch):
+    # A LoRA's top vectors come from the Cholesky factors of its float64 Grams; a factor one
+    # Cholesky pass cannot take (the rank-2 B of an early checkpoint, σ spread 1e6) goes to the
+    # factored SVD. Both against numpy's SVD of the dense float64 ΔW.
+    import deltaw.pairwise as pairwise
+    from deltaw.pairwise import module_form
+
+    fallbacks = []
+    real = pairwise.factored_svd
+    monkeypatch.setattr(pairwise, "factored_svd", lambda *a: fallbacks.append(a[0].shape) or real(*a))
+    g = np.random.default_rng(5)
+    A = g.standard_normal((16, 40))
+    B_trained = g.standard_normal((48, 16)) @ np.diag(np.logspace(0, -2, 16))
+    B_early = 1e-3 * g.standard_normal((48, 2)) @ g.standard_normal((2, 16)) + 1e-9 * g.standard_normal((48, 16))
+    deltas = [LowRankDelta(name="q", shape=(48, 40), read_A=lambda: torch.from_numpy(A).float(),
+                           read_B=lambda B=B: torch.from_numpy(B).float(), rank=16, scale=2.0)
+              for B in (B_trained, B_early)]
+    block = module_block("q", deltas, torch.float32)
+    dense = [2.0 * d.factors(torch.float64)[0].numpy() @ d.factors(torch.float64)[1].numpy() for d in deltas]
+    eps = torch.finfo(torch.float32).eps
+    ranks = [np.linalg.matrix_rank(m, tol=np.linalg.norm(m, 2) * max(m.shape) * eps) for m in dense]
+    assert ranks[1] == 2 and block.directions == [8, 2] and len(fallbacks) == 1  # the early B only
+    assert block.overlap[0, 1] == pytest.approx(overlap_reference(dense[0], dense[1], *ranks), abs=1e-5)
+    assert block.cosine[0, 1] == pytest.approx(cosine_reference(dense[0], dense[1]), abs=1e-9)
+    for d, m, k in zip(deltas, dense, (8, 2)):
+        U = module_form(d).U.numpy()
+        U_ref = np.linalg.svd(m, full_matrices=False)[0][:, :k]
+        assert np.abs(U.T @ U - np.eye(k)).max() < 1e-5
+        np.testing.assert_allclose(np.abs(U_ref.T @ U), np.eye(k), atol=1e-4)  # same directions, up to sign

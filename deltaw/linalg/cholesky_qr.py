@@ -9,6 +9,7 @@
 - :func:`cholesky_r`: T and T⁻¹ of one float32 matrix on the CPU from the cheaper of two Grams, a
   float32 one where X is conditioned well enough for it (κ₂(X) ≤ 4), else :func:`gram64`'s; the
   one-module LoRA route (:func:`deltaw.linalg.factored.factored_svd_one`).
+- :func:`gram_cholesky`: T from a float64 Gram already at hand, where one pass is accurate.
 
 References
 ----------
@@ -150,10 +151,22 @@ def cholesky_r(X: torch.Tensor):
             T_inv = torch.linalg.solve_triangular(C.mT, eye, upper=True)
             if _float32_gram_within_bar(G, T_inv):
                 return C.mT, T_inv, "float32"
-        C, info = torch.linalg.cholesky_ex(gram64(X))
-        if info != 0 or not _diag_spread(C) <= _ONE_PASS_SPREAD:  # nan (non-finite X) included
+        T = gram_cholesky(gram64(X))
+        if T is None:
             return None
-        return C.mT, torch.linalg.solve_triangular(C.mT, eye, upper=True), "float64"
+        return T, torch.linalg.solve_triangular(T, eye, upper=True), "float64"
+
+
+def gram_cholesky(G: torch.Tensor) -> torch.Tensor | None:
+    """The R factor T (r, r), upper triangular, of X = Q T from X's float64 Gram G = XᵀX (its
+    lower triangle is read), or None where one Cholesky pass is not accurate enough (a spread of
+    T's diagonal over :data:`_ONE_PASS_SPREAD`: its error grows as cond(X)² · eps64) or fails
+    (a rank-deficient or non-finite X). One thread: r × r work."""
+    with one_thread(G):
+        C, info = torch.linalg.cholesky_ex(G)
+    if info != 0 or not _diag_spread(C) <= _ONE_PASS_SPREAD:  # nan compares False
+        return None
+    return C.mT
 
 
 def _float32_gram_within_bar(G: torch.Tensor, T_inv: torch.Tensor) -> bool:
