@@ -80,7 +80,8 @@ def command(run, base, json_path, pdf_path, modules, top_k, device, dtype, scale
     click.echo(f"{steps}, {modules}", err=to_stderr)
     click.echo(_terminal_text(result), err=to_stderr, nl=False)
     for note in result.notes:
-        if Trajectory.GAP in note:  # a module missing at some step moves its type's medians
+        # a module missing at some step moves its type's medians; a folder without a step is not read
+        if Trajectory.GAP in note or note.startswith(Trajectory.LEFT_OUT):
             click.echo(f"note: {note}", err=True)
     write_outputs([result], json_path, pdf_path)
     for label, path in (("JSON", json_path), ("PDF report", pdf_path)):

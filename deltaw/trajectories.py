@@ -56,6 +56,17 @@ def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def unnumbered_checkpoints(run_dir: str | os.PathLike) -> list[str]:
+    """Names of the run folder's ``checkpoint-…`` sub-folders without a step number in the name
+    (``checkpoint-final``, ``checkpoint-best``), sorted: :func:`find_checkpoints` leaves them out,
+    and a trajectory says so."""
+    try:
+        return sorted(p.name for p in Path(run_dir).iterdir()
+                      if p.is_dir() and p.name.startswith("checkpoint-") and not _CHECKPOINT.match(p.name))
+    except OSError:  # find_checkpoints has read the folder already; nothing to add
+        return []
+
+
 def parse_steps(items: Sequence[str]) -> list[tuple[int, str]]:
     """``["500=path/a", "1000=path/b"]`` → ``[(500, "path/a"), (1000, "path/b")]``, sorted by step."""
     pairs = []
@@ -211,10 +222,14 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
             "(absent from the checkpoint, or NaN/Inf); its type's medians there are over the others"
             for name in per_module
             if (missing := [s for s in steps if s not in per_module[name] or per_module[name][s].nonfinite])]
+    unnumbered = unnumbered_checkpoints(run) if isinstance(run, (str, os.PathLike)) else []
+    them = "them" if len(unnumbered) > 1 else "it"
+    left_out = [f"{Trajectory.LEFT_OUT} {', '.join(unnumbered)} (no step number in the name; to include {them}, give "
+                f"the checkpoints as STEP=CHECKPOINT pairs)"] if unnumbered else []
     # the base actually used: the declared one where ΔW needed a base and none was given
     used_base = final.base if final.base is not None else (None if base is None else str(base))
     return Trajectory(run="" if not isinstance(run, (str, os.PathLike)) else str(run),
                       base=used_base, steps=steps,
                       checkpoints=[p for _, p in pairs], modules=records, saturation=saturations,
                       notes=[f"overlap_with_final: top-k left singular vectors against step {final_step}, "
-                             "k = min(8, both ranks)", *hub.declared_base_notes(final_path, final.notes), *gaps])
+                             "k = min(8, both ranks)", *hub.declared_base_notes(final_path, final.notes), *gaps, *left_out])

@@ -266,3 +266,27 @@ def test_a_module_missing_at_a_step_is_noted(run, tmp_path):
     out = CliRunner().invoke(cli, ["trajectory", str(tmp_path), "--no-cache"])
     assert out.exit_code == 0, out.output
     assert "note: encoder.layer.0.attention.self.query: null at step 1" in out.output
+
+
+def test_a_checkpoint_folder_without_a_step_number_is_noted(run, tmp_path):
+    """``checkpoint-final`` has no step to place it at: left out, and said (it was silent)."""
+    import shutil
+
+    from deltaw.trajectories import unnumbered_checkpoints
+
+    steps = find_checkpoints(run)
+    for name, (_, path) in (("checkpoint-1", steps[0]), ("checkpoint-2", steps[-1]), ("checkpoint-final", steps[-1])):
+        shutil.copytree(path, tmp_path / name)
+    (tmp_path / "checkpoint-notes.txt").write_text("a file, not a checkpoint")
+    assert [s for s, _ in find_checkpoints(tmp_path)] == [1, 2]
+    assert unnumbered_checkpoints(tmp_path) == ["checkpoint-final"]
+    result = trajectory(tmp_path, device="cpu", modules="layer.0.attention.self.query")
+    assert result.steps == [1, 2]
+    note = "left out: checkpoint-final (no step number in the name; to include it, give the checkpoints as " \
+           "STEP=CHECKPOINT pairs)"
+    assert note in result.notes
+    out = CliRunner().invoke(cli, ["trajectory", str(tmp_path), "--no-cache", "--modules", "layer.0.attention.self.query"])
+    assert out.exit_code == 0, out.output
+    assert "note: left out: checkpoint-final" in out.output
+    # a run folder holding only numbered checkpoints gets no such note
+    assert not any(n.startswith("left out") for n in trajectory(run, device="cpu", modules="layer.0.attention.self.query").notes)

@@ -125,6 +125,8 @@ class Trajectory(Record):
     SCHEMA = "deltaw.trajectory/1"
     #: In the notes on modules absent or non-finite at some step: the terminal repeats them.
     GAP = "null at step"
+    #: Starts the note on a run folder's checkpoint folders without a step number: repeated too.
+    LEFT_OUT = "left out:"
 
     run: str = ""
     base: str | None = None
