@@ -119,3 +119,22 @@ def test_host_core_values_split_across_threads_give_the_one_thread_bits():
         U, got, Vh = _host_svds(cores, vectors=False)
     assert U is None and Vh is None and got.shape == (2, 5, 48) and torch.equal(got, want)
     np.testing.assert_allclose(got.numpy(), with_vectors.numpy(), rtol=1e-12, atol=1e-13 * float(with_vectors.max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_window_values_equal_the_cpu_values():
+    # The GPU's window route, values alone: bf16 factors batched by shape, the r = 64 cores on
+    # the host, an early-checkpoint B on Householder; against the CPU route and numpy float64.
+    deltas = [lowrank(*shape, seed=i, name=f"m{i}") for i, shape in enumerate([(96, 80, 8), (160, 96, 64)] * 2)]
+    B, A = early_checkpoint_B(300, 16, 11), conditioned(200, 16, 10.0, 12)
+    deltas.append(LowRankDelta(name="early", shape=(300, 200), read_A=lambda: A.mT.contiguous(), read_B=lambda: B,
+                               rank=16))
+    gpu = list(deltaw.svd_many(deltas, device="cuda", vectors=False))
+    cpu = list(deltaw.svd_many(deltas, device="cpu", vectors=False))
+    for (d, a), (_, b) in zip(gpu, cpu):
+        assert a.U is None and a.S.device.type == "cpu"
+        L, R = d.factors(torch.float64)
+        reference = float64_values(L, d.scale * R)
+        for S in (a.S, b.S):
+            np.testing.assert_allclose(S.double().numpy(), reference, rtol=1e-6, atol=1e-6 * reference[0], err_msg=d.name)
