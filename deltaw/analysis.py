@@ -231,7 +231,8 @@ def _dense_on_cpu_threads(run: list[tuple[int, Delta]], top_k: int | None, opts:
         view, bad = _read(d, opts.dtype)
         if bad:
             return ModuleRecord(**_identity(d), nonfinite=bad)
-        result = svd(view, top_k, device=opts.device, dtype=opts.dtype, seed=_module_seed(opts.seed, d.name))
+        result = svd(view, top_k, device=opts.device, dtype=opts.dtype, seed=_module_seed(opts.seed, d.name),
+                     vectors=view.read_base is not None)  # without W, σ alone are measured
         return _measure(d, view, result, opts)
 
     if count == 1:

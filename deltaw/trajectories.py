@@ -45,8 +45,11 @@ def find_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, str]]:
     except OSError as err:
         raise DeltawError(f"{run_dir}: cannot read the folder ({err.strerror})") from err
     if not found:
+        unnumbered = unnumbered_checkpoints(run_dir)
+        have = (f"; {', '.join(unnumbered)} carr{'y' if len(unnumbered) > 1 else 'ies'} no step number: give "
+                "checkpoints as STEP=CHECKPOINT pairs" if unnumbered else "")
         raise DeltawError(f"{run_dir}: no checkpoint-<step> folders in it (save checkpoints during training, "
-                          "e.g. Trainer's save_steps or deltaw train --trajectory)")
+                          f"e.g. Trainer's save_steps or deltaw train --trajectory){have}")
     by_step: dict[int, list[str]] = {}
     for step, path in found:
         by_step.setdefault(step, []).append(Path(path).name)

@@ -290,3 +290,10 @@ def test_a_checkpoint_folder_without_a_step_number_is_noted(run, tmp_path):
     assert "note: left out: checkpoint-final" in out.output
     # a run folder holding only numbered checkpoints gets no such note
     assert not any(n.startswith("left out") for n in trajectory(run, device="cpu", modules="layer.0.attention.self.query").notes)
+
+
+def test_a_run_of_only_unnumbered_checkpoints_names_them(tmp_path):
+    (tmp_path / "checkpoint-final").mkdir()
+    with pytest.raises(DeltawError, match="checkpoint-final carries no step number: give checkpoints as "
+                                          "STEP=CHECKPOINT pairs"):
+        find_checkpoints(tmp_path)

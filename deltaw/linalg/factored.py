@@ -115,14 +115,14 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0, *, ve
     vectors : bool
         False: the values alone, those of the r × r core (U and Vh None); neither the Gram bar
         nor the products are needed (a 7B-shaped r = 64 adapter: 0.59 s against 1.06 s with
-        vectors, two threads).
+        vectors, two threads, the benchmark job alone).
 
     Returns
     -------
     U (m, r), S (r,), Vh (r, n), route
-        ``route`` is ``"factored-gram32"`` where a factor's Gram was float32 (both factors
-        κ₂ ≤ 4: σ to 2e-6 relative of numpy float64, tested), else that of
-        :func:`factored_svd_routes`.
+        ``route`` is ``"factored-gram32"`` where at least one factor's Gram was float32 (that
+        factor κ₂ ≤ 4: σ to 2e-6 relative of numpy float64, tested) and, with vectors, both
+        factors are within the Gram bar; else that of :func:`factored_svd_routes`.
     """
     left = cholesky_r(L) if L.dtype == torch.float32 and 0 < L.shape[1] <= min(L.shape[0], R.shape[1]) else None
     right = cholesky_r(R.mT) if left is not None else None
