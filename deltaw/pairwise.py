@@ -89,16 +89,16 @@ def _lowrank_form(d: LowRankDelta, dtype: torch.dtype) -> ModuleForm | str:
     if energy <= 0:
         return ZERO
     T_L, T_R = gram_cholesky(G_L), gram_cholesky(G_R)
-    if T_L is None or T_R is None:
+    if T_L is None or T_R is None:  # CholeskyQR2 or Householder, U whole
         U, S, _ = factored_svd(L.to(dtype), R.to(dtype), d.scale)
-        X = None
     else:
         with one_thread():
             U_c, S, _ = robust_svd(d.scale * (T_L @ T_R.mT))
-        U, X = None, torch.linalg.solve_triangular(T_L, U_c, upper=True)  # U = L·X
+        U = None
     S = S.double().numpy()
     k = min(OVERLAP_DIRECTIONS, numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps))
-    top = (L @ X[:, :k]) if X is not None else U[:, :k].double()
+    # the top k columns of U = L·T_L⁻¹U_c alone
+    top = U[:, :k].double() if U is not None else L @ torch.linalg.solve_triangular(T_L, U_c[:, :k], upper=True)
     return ModuleForm(L=L, R=R, scale=float(d.scale), U=top, energy=energy, ties=tied_cuts(S, k))
 
 

@@ -227,8 +227,8 @@ def trajectory(run: str | os.PathLike | Sequence[tuple[int, str]], base: str | o
             if (missing := [s for s in steps if s not in per_module[name] or per_module[name][s].nonfinite])]
     unnumbered = unnumbered_checkpoints(run) if isinstance(run, (str, os.PathLike)) else []
     them = "them" if len(unnumbered) > 1 else "it"
-    left_out = [f"{Trajectory.LEFT_OUT} {', '.join(unnumbered)} (no step number in the name; to include {them}, give "
-                f"the checkpoints as STEP=CHECKPOINT pairs)"] if unnumbered else []
+    left_out = [f"{Trajectory.LEFT_OUT} {', '.join(unnumbered)} (no step number in the name; to include "
+                f"{them}, give the checkpoints as STEP=CHECKPOINT pairs)"] if unnumbered else []
     # the base actually used: the declared one where ΔW needed a base and none was given
     used_base = final.base if final.base is not None else (None if base is None else str(base))
     return Trajectory(run="" if not isinstance(run, (str, os.PathLike)) else str(run),

@@ -331,8 +331,8 @@ def _lowrank_svd(delta: LowRankDelta, k, dtype, workspace, vectors) -> SVD:
     """The exact factored SVD of one LoRA ΔW on the calling CPU thread."""
     L, R = _stacked_factors([delta], workspace.take(_per_matrix(delta), dtype, torch.device("cpu")))
     U, S, Vh, method = factored.factored_svd_one(L[0], R[0], delta.scale, vectors=vectors)
-    batch = (None, None) if U is None else (U[None], Vh[None])
-    return _records(batch[0], S[None], batch[1], (S.double() ** 2).sum(-1, keepdim=True), [method], k)[0]
+    U, Vh = (None, None) if U is None else (U[None], Vh[None])
+    return _records(U, S[None], Vh, (S.double() ** 2).sum(-1, keepdim=True), [method], k)[0]
 
 
 def _records(U, S, Vh, energy, method: list[str], k: int | None, workspace: _Workspace | None = None) -> list[SVD]:

@@ -51,7 +51,8 @@ class SVD:
         ‖ΔW‖²_F, exact (float64 sum) whatever k is.
     method : str
         Exact from a LoRA's factors: ``"factored-gram32"`` (a float32 Gram for each factor with
-        κ₂ ≤ 4, float64 for the other, float32 products), ``"factored-gram"`` (float64 Grams, float32 products) or
+        κ₂ ≤ 4, float64 for the other, float32 products), ``"factored-gram"`` (float64 Grams,
+        float32 products) or
         ``"factored"`` (float64 throughout; :mod:`deltaw.linalg.factored`); ``"kronecker"``
         (LoKr); ``"full"`` (exact, dense); or ``"randomized"`` (top-k, approximate; values
         converge to the exact ones with the power iterations). Values alone have no products

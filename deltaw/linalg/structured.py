@@ -172,6 +172,5 @@ def kronecker_delta_svd(delta, k: int | None, dtype: torch.dtype, device: torch.
     """
     W1, W2 = (t.to(device) for t in delta.halves(torch.float64))
     U, S, Vh, energy = kronecker_svd(W1, W2, delta.scale, k, delta.ranks, vectors=vectors)
-    if not vectors:
-        return SVD(None, S.to(dtype).cpu(), None, energy, "kronecker")
-    return SVD(U.to(dtype).cpu(), S.to(dtype).cpu(), Vh.to(dtype).cpu(), energy, "kronecker")
+    U, S, Vh = (None if X is None else X.to(dtype).cpu() for X in (U, S, Vh))
+    return SVD(U, S, Vh, energy, "kronecker")
