@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from act_oracles import best_rank_k, peft_delta
 from builders import save_model, tiny_bert_config, tiny_gpt2
-from deltaw.act.extract import extract, top_svd
+from deltaw.act.extract import extract, residual_norm, top_svd
 from deltaw.errors import DeltawError
 from deltaw.linalg.gram_topk import certified_loss, gram_top_svd, rounding_estimate
 
@@ -155,11 +155,19 @@ SPECTRA = {
 
 
 def _top_k_error(M: np.ndarray, k: int, dtype=torch.float32, **options):
-    """(method, true error ‖M − U S Vh‖_F, stated error √(‖M‖² − Σ S²), S) of top_svd on ``M``."""
-    U, S, Vh, method, _ = top_svd(torch.tensor(M, dtype=dtype), k, generator=torch.Generator().manual_seed(0),
-                                  **options)
+    """(method, true error ‖M − U S Vh‖_F of the top k, the error extract states, S) of top_svd on ``M``.
+
+    extract states the residual's own norm for a top-k route (:func:`residual_norm`; the
+    Pythagorean √(‖M‖² − Σ S²) cancels in float32 where the kept share is near 1) and, for the
+    full SVD a route can fall back to (every σ), the dropped σ's √Σ_{i>k} σᵢ²."""
+    X = torch.tensor(M, dtype=dtype)
+    U, S, Vh, method, _ = top_svd(X, k, generator=torch.Generator().manual_seed(0), **options)
+    if method == "full":
+        stated = float(S[k:].double().pow(2).sum().sqrt())
+        U, S, Vh = U[:, :k], S[:k], Vh[:k]
+    else:
+        stated = residual_norm(X, U, S, Vh)
     approx = (U.double().numpy() * S.double().numpy()) @ Vh.double().numpy()
-    stated = np.sqrt(max((M**2).sum() - (S.double().numpy() ** 2).sum(), 0.0))
     return method, np.linalg.norm(M - approx), stated, S.double().numpy()
 
 
@@ -173,12 +181,17 @@ def test_top_k_error_within_a_thousandth_of_the_optimum(spectrum, k, gram, wide)
     M = M.T if wide else M
     method, error, stated, _ = _top_k_error(M, k, gram=gram)
     # these spectra hold most of ‖M‖² beyond k: the Gram route's rounding estimate fits the promise
-    # (but inside the 168-fold cluster syevr may return fewer than k: see the test below)
+    # (but inside the 168-fold cluster syevr may return fewer than k: see the test below). With k
+    # inside the 140-fold cluster of "flat around k" (k = 64 > 60), the route may end in the full
+    # SVD, as it says: there the randomized error falls by float32 rounding steps, which the
+    # convergence rule does not take for convergence on every CPU (an AVX-512 Xeon took the full
+    # SVD, an AVX2 EPYC converged), and syevr may fail inside the cluster as above.
+    inside_cluster = spectrum == "flat around k" and k > 60
     if spectrum != "a gap right after k" or not gram:
-        assert method == ("gram-eigh" if gram else "randomized")
+        assert method == ("gram-eigh" if gram else "randomized") or (inside_cluster and method == "full")
     _, optimum, _ = best_rank_k(M, k)
     assert error <= 1.001 * optimum
-    # the error the report states (exact energy minus the kept σ²) is the true error
+    # the error the report states is the true error
     assert stated == pytest.approx(error, rel=1e-4)
 
 

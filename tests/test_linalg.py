@@ -294,10 +294,10 @@ def test_lowrank_batch_split_between_threads_gives_the_same_numbers(monkeypatch)
     np.testing.assert_allclose(r.S[0].double(), torch.linalg.svdvals(0.5 * L.double() @ R.double())[0], rtol=1e-6)
 
 
-def test_lowrank_threads_stream_in_stretches_and_hand_on_a_module_error(monkeypatch):
-    # Results are handed on every LORA_STREAM_ELEMENTS factor values (here one module's worth
-    # each), in input order; a module that cannot be read on a pool thread reaches the caller as
-    # its own DeltawError, and stopping early leaves no thread behind.
+def test_lowrank_threads_hand_on_in_order_and_a_module_error(monkeypatch):
+    # Results are handed on in input order, the threads at most LORA_STREAM_ELEMENTS factor values
+    # ahead (here one module's worth); a module that cannot be read on a pool thread reaches the
+    # caller as its own DeltawError, and stopping early leaves no thread behind.
     import threading
 
     import deltaw.linalg.batching as batching

@@ -7,10 +7,11 @@ windows across shapes: on the CPU each is decomposed on its own on one of the th
 
 Groups are cut into chunks of at most :data:`CHUNK_ELEMENTS` values, and a dense chunk shrinks
 further to what :func:`check_memory` says fits, so memory stays bounded however many modules a
-checkpoint has; CPU LoRA results are handed on every :data:`LORA_STREAM_ELEMENTS` factor values.
-The precision context (:func:`~deltaw.linalg.resources.exact_math`) is entered for each chunk's
-computation and left before its results are yielded: the caller of the generator never runs
-inside it, even when it stops iterating early.
+checkpoint has; the CPU's LoRA threads run at most :data:`LORA_STREAM_ELEMENTS` factor values
+ahead of the caller. The precision context (:func:`~deltaw.linalg.resources.exact_math`) is
+entered for each chunk's computation and left before its results are yielded: the caller of the
+generator never runs inside it, even when it stops iterating early (the CPU's LoRA threads go
+on meanwhile only where the caller's own precision is exact: :mod:`deltaw.linalg.ahead`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from deltaw._inputs import check_count, check_dtype
 from deltaw.delta import Delta, KroneckerDelta, LowRankDelta
 from deltaw.errors import DeltawError
 from deltaw.linalg import factored, resources, routes, structured
+from deltaw.linalg.ahead import computed_ahead
 from deltaw.linalg.resources import exact_math, resolve_device, svd_threads, threads
 from deltaw.linalg.routes import SVD, dense_method, dense_svd_bytes
 
@@ -33,10 +35,10 @@ CHUNK_ELEMENTS = 64 * 2**20
 # Page-locked host memory a GPU batch's results are copied through (_Workspace.to_host).
 HOST_STAGING_BYTES = 64 * 2**20
 
-# Factor values of the LoRA modules decomposed on the CPU threads before their results are handed
-# on (_run_lowrank_groups): the caller is done with one stretch's U and V, and their memory is
-# free for the next, before it is computed (keeping all of a 7B adapter's U and V to the end cost
-# 0.15–0.2 s of page faults on two threads, measured).
+# Factor values of the LoRA modules the CPU threads may have started and not yet handed on
+# (_run_lowrank_groups, deltaw.linalg.ahead): what bounds the U and V kept ahead of the caller
+# (keeping all of a 7B adapter's U and V to the end cost 0.15–0.2 s of page faults on two
+# threads, measured).
 LORA_STREAM_ELEMENTS = 8 * 2**20
 
 
@@ -272,59 +274,26 @@ def _run_lowrank_groups(groups: list[list[LowRankDelta]], k, dtype, workspace,
     Grams, measured); independent matrices on separate threads keep every core busy with all of
     it. Each module is converted, reduced and multiplied before the next is read
     (:func:`~deltaw.linalg.factored.factored_svd_one`), so its factors are still in cache for
-    the products, with few r × r steps between. Whole batches converted, then reduced, then
-    multiplied streamed tens of MB through
-    the shared cache three times: two threads ran 1.3× faster than one, against 1.4–1.6× now
-    (224 Llama-2-7B-shaped r = 64 modules; two processes, each with half of the modules, measured
-    the same, ~20 % slower each than alone: the rest is the memory both cores stream). The
-    modules are dealt to the threads largest first; results are yielded in input order, a
-    stretch of :data:`LORA_STREAM_ELEMENTS` at a time, after its computation (the caller never
-    runs inside the precision context). A matrix's numbers do not depend on the thread count:
-    each is computed on one thread either way.
+    the products, with few r × r steps between. The threads work ahead of the caller
+    (:func:`~deltaw.linalg.ahead.computed_ahead`: results in input order, at most
+    :data:`LORA_STREAM_ELEMENTS` factor values started and not yet handed on). A matrix's
+    numbers do not depend on the thread count: each is computed on one thread either way. With
+    one thread the modules are decomposed on the caller's, one per result asked for.
     """
     deltas = [d for g in groups for d in g]
     count = min(len(deltas), max(svd_threads(min(g[0].matrix_shape)) for g in groups))
-    # One thread: the caller's own (no pool to start, and profilers of the caller see the work).
-    pool = resources.one_thread_pool(count) if count > 1 else None
-    workspaces = [workspace] + [_Workspace() for _ in range(count - 1)]
-    try:
-        start = 0
-        while start < len(deltas):
-            end, size = start + 1, _per_matrix(deltas[start])
-            while end < len(deltas) and size + _per_matrix(deltas[end]) <= LORA_STREAM_ELEMENTS:
-                size += _per_matrix(deltas[end])
-                end += 1
-            with resources.one_thread_settings():
-                results = _lowrank_on_threads(deltas[start:end], pool, workspaces, k, dtype, vectors)
-            yield from zip(deltas[start:end], results)
-            start = end
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+    if count > 1:
+        def compute(delta: LowRankDelta, scratch: dict) -> SVD:
+            space = scratch.setdefault("workspace", _Workspace())
+            return _lowrank_svd(delta, k, dtype, space, vectors)
 
-
-def _lowrank_on_threads(deltas: list[LowRankDelta], pool, workspaces, k, dtype, vectors) -> list[SVD]:
-    """:func:`_lowrank_svd` of each of ``deltas``, dealt to the pool's threads largest first (in
-    the calling thread when ``pool`` is None)."""
-    shares: list[list[int]] = [[] for _ in range(min(len(workspaces), len(deltas)))]
-    load = [0] * len(shares)
-    for i in sorted(range(len(deltas)), key=lambda i: -_per_matrix(deltas[i])):
-        j = load.index(min(load))
-        shares[j].append(i)
-        load[j] += _per_matrix(deltas[i])
-    results: list[SVD | None] = [None] * len(deltas)
-
-    def run(share: list[int], space: _Workspace) -> None:
-        with exact_math():  # grad mode is per thread
-            for i in share:
-                results[i] = _lowrank_svd(deltas[i], k, dtype, space, vectors)
-
-    if pool is None:
-        run(shares[0], workspaces[0])
-        return results
-    for done in [pool.submit(run, share, space) for share, space in zip(shares, workspaces)]:
-        done.result()  # a thread's exception is raised here
-    return results
+        yield from computed_ahead(deltas, compute, threads=count, budget=LORA_STREAM_ELEMENTS, size=_per_matrix)
+        return
+    for delta in deltas:
+        with resources.one_thread_settings():
+            result = _lowrank_svd(delta, k, dtype, workspace, vectors)
+        yield delta, result
+        del result
 
 
 def _lowrank_svd(delta: LowRankDelta, k, dtype, workspace, vectors) -> SVD:

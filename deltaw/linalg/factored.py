@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from deltaw.linalg.cholesky_qr import cholesky_qr, cholesky_r
+from deltaw.linalg.cholesky_qr import cholesky_qr, cholesky_rs
 from deltaw.linalg.resources import numpy_blas_threads, one_thread, one_thread_workers
 from deltaw.linalg.routes import robust_svd
 
@@ -101,7 +101,7 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0, *, ve
     (:mod:`deltaw.linalg.batching`): a module's factors are read, reduced and multiplied while
     they are still in cache, in a dozen small steps where the batched route takes ~40 (they cost
     2.6 ms a module more, measured for the 7B-shaped r = 64 modules one at a time on one thread).
-    Each factor's R comes from :func:`~deltaw.linalg.cholesky_qr.cholesky_r`;
+    Both factors' R come from :func:`~deltaw.linalg.cholesky_qr.cholesky_rs`;
     with both within the Gram bar, U and V are the float32 products of ``"factored-gram"``.
     A factor beyond the Gram bar has its products in float64 on the same triangles
     (``"factored"``, no Gram formed twice); factors one Cholesky pass cannot take (CholeskyQR2,
@@ -124,25 +124,25 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0, *, ve
         factor κ₂ ≤ 4: σ to 2e-6 relative of numpy float64, tested) and, with vectors, both
         factors are within the Gram bar; else that of :func:`factored_svd_routes`.
     """
-    left = cholesky_r(L) if L.dtype == torch.float32 and 0 < L.shape[1] <= min(L.shape[0], R.shape[1]) else None
-    right = cholesky_r(R.mT) if left is not None else None
-    if left is None or right is None:
+    eligible = L.dtype == torch.float32 and 0 < L.shape[1] <= min(L.shape[0], R.shape[1])
+    found = cholesky_rs([L, R.mT]) if eligible else None
+    if found is None:
         U, S, Vh, routes = factored_svd_routes(L[None], R[None], scale, vectors=vectors)
         return (U[0], S[0], Vh[0], routes[0]) if vectors else (None, S[0], None, routes[0])
-    (T_l, inv_l, gram_l), (T_r, inv_r, gram_r) = left, right
+    T, T_inv, grams = found  # (2, r, r): L's and Rᵀ's
     dtype = L.dtype
-    if not vectors:
-        with one_thread():
-            _, S, _ = robust_svd(scale * (T_l @ T_r.mT), vectors=False)
-        return None, S.to(dtype), None, "factored-gram32" if "float32" in (gram_l, gram_r) else "factored"
+    gram32 = "float32" in grams
     with one_thread():
-        U_core, S, Vh_core = robust_svd(scale * (T_l @ T_r.mT))
-        M_l, M_r = inv_l @ U_core, inv_r @ Vh_core.mT  # U = L·M_l, V = Rᵀ·M_r
-        if bool(within_gram_bar(T_l, inv_l)) and bool(within_gram_bar(T_r, inv_r)):
-            U, Vh = _float32_vectors(L, M_l, R.mT, M_r)
-            return U, S.to(dtype), Vh, "factored-gram32" if "float32" in (gram_l, gram_r) else "factored-gram"
+        core = scale * (T[0] @ T[1].mT)
+        if not vectors:
+            return None, robust_svd(core, vectors=False)[1].to(dtype), None, "factored-gram32" if gram32 else "factored"
+        U_core, S, Vh_core = robust_svd(core)
+        M = T_inv @ torch.stack((U_core, Vh_core.mT))  # U = L·M[0], V = Rᵀ·M[1]
+        if bool(within_gram_bar(T, T_inv).all()):
+            U, Vh = _float32_vectors(L, M[0], R.mT, M[1])
+            return U, S.to(dtype), Vh, "factored-gram32" if gram32 else "factored-gram"
         # Beyond the bar: float64 products on the same triangles (the Grams are not formed again).
-        U, Vh = _float64_vectors(L, M_l, R.mT, M_r, dtype)
+        U, Vh = _float64_vectors(L, M[0], R.mT, M[1], dtype)
     return U, S.to(dtype), Vh, "factored"
 
 

@@ -185,8 +185,8 @@ def one_thread_workers(count: int) -> Iterator[ThreadPoolExecutor]:
     own thread contexts change nothing.
 
     :func:`one_thread_settings` is held until the threads are done. Work still pending when the
-    body raises is cancelled. A caller that hands results on between stretches of work keeps
-    one :func:`one_thread_pool` instead and holds the settings around each stretch.
+    body raises is cancelled. A stream that hands results on while its threads go on keeps one
+    :func:`one_thread_pool` instead (:func:`deltaw.linalg.ahead.computed_ahead`).
     """
     with one_thread_settings():
         pool = one_thread_pool(count)
@@ -201,7 +201,7 @@ def one_thread_workers(count: int) -> Iterator[ThreadPoolExecutor]:
 def one_thread_pool(count: int) -> ThreadPoolExecutor:
     """The threads of :func:`one_thread_workers`, each with torch on one thread; the process-wide
     settings they need are :func:`one_thread_settings`, held by the caller while they work."""
-    return ThreadPoolExecutor(max(1, count), initializer=_start_one_thread_worker)
+    return ThreadPoolExecutor(max(1, count), initializer=become_one_thread_worker)
 
 
 @contextlib.contextmanager
@@ -218,7 +218,9 @@ def one_thread_settings():
         yield
 
 
-def _start_one_thread_worker() -> None:
+def become_one_thread_worker() -> None:
+    """Make the calling thread one of :func:`one_thread_pool`'s: torch on one thread there, and
+    :func:`svd_threads` 1 (for threads that a stream starts itself: :mod:`deltaw.linalg.ahead`)."""
     torch.set_num_threads(1)
     _worker.one_thread = True
 
@@ -244,7 +246,14 @@ def numpy_blas_threads(count: int):
     They keep their own thread pool (OpenBLAS), deaf to ``torch.set_num_threads``: left alone it
     spins one thread per core beside torch's, and on a loaded 2-core machine a float64 Gram took
     59.5 s that way against 2.2 s limited (224 LoRA Grams, interleaved runs at load 2–4).
+
+    On a thread of :func:`one_thread_pool` nothing changes: the count is process-wide, and the
+    pool's owner sets it (:func:`one_thread_settings`; a worker asks for one thread anyway, as
+    :func:`svd_threads` says there) — a worker setting and restoring it would undo the owner's,
+    or the caller's while a stream computes ahead of it (:mod:`deltaw.linalg.ahead`).
     """
+    if getattr(_worker, "one_thread", False):
+        return contextlib.nullcontext()
     return _numpy_blas().limit(limits=count, user_api="blas")
 
 
