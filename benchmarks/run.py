@@ -50,6 +50,7 @@ class Plan:
     analyze_layers: int = 1
     thread_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 384, 512, 768, 1024, 2048])
     timeout: float = 1800
+    report_repeats: int = 3  # fresh interpreters for the report's time and matplotlib's floor, alternated
 
 
 #: The parts a GPU run measures (``--gpu``): the CUDA tests, the 7B-shaped LoRA, batched vs
@@ -64,7 +65,7 @@ def plan_for(mode: str) -> Plan:
     if mode == "gpu":
         return Plan("gpu", D.LLAMA2_7B, 32, 64, 3, D.LLAMA32_1B, 1, 1, [1], 64, 1, 1, 1, timeout=420)
     if mode == "smoke":
-        return Plan("smoke", D.TINY, 2, 8, 2, D.TINY, 2, 2, [1, 2], 8, 1, 1, 1,
+        return Plan("smoke", D.TINY, 2, 8, 2, D.TINY, 2, 2, [1, 2], 8, 1, 1, 1, report_repeats=1,
                     scaling=dict(module_counts=[1, 7, 14], ranks=[2, 4, 8], rank_shape=[64, 64], rank_modules=2,
                                  sizes=[32, 64], dense_topk_max=64, dense_full_max=64, repeats=1),
                     thread_sizes=[32, 64], timeout=300)
@@ -256,10 +257,8 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
 
     # the PDF report beside the analysis it reports (deltaw analyze --pdf)
     if want("report"):
-        _log("report: analyze + PDF of the LoRA adapter")
-        results["report"] = {"lora": run_job("report_time", {**common, "folder": str(lora_dir),
-                                                              "pdf": str(data_dir / "report-lora.pdf")},
-                                              timeout=timeout)}
+        _log(f"report: analyze + PDF of the LoRA adapter, and matplotlib's floor, {plan.report_repeats}× each")
+        results["report"] = _report_and_floor(plan, lora_dir, data_dir, common, timeout)
         results["report"]["lora"]["adapter"] = f"{plan.lora_shape.name}-shaped LoRA r={plan.rank}"
         try:
             if plan.mode == "smoke":  # training a MiniLM adapter takes longer than the whole smoke run
@@ -290,6 +289,24 @@ def run(*, mode: str = "full", out: Path, data_dir: Path, device: str = "cpu", w
     out.write_text(json.dumps(results, indent=1))
     _log(f"wrote {out} in {results['wall_s']:.0f} s")
     return results
+
+
+def _report_and_floor(plan: Plan, lora_dir: Path, data_dir: Path, common: dict, timeout: float) -> dict:
+    """``report_time`` of the LoRA adapter and ``matplotlib_floor`` for as many pages, alternated,
+    each run in a fresh interpreter (the import of matplotlib is part of both). One run each is a
+    single sample of a first call, which a burst of load on this shared machine can halve or
+    double; the run kept is the one with the median ratio, and every ratio is recorded."""
+    reports, floors = [], []
+    for _ in range(plan.report_repeats):
+        reports.append(run_job("report_time", {**common, "folder": str(lora_dir),
+                                               "pdf": str(data_dir / "report-lora.pdf")}, timeout=timeout))
+        floors.append(run_job("matplotlib_floor", {"pages": reports[-1]["pages"],
+                                                   "pdf": str(data_dir / "report-floor.pdf")}, timeout=timeout))
+    report = sorted(reports, key=lambda x: x["ratio"])[len(reports) // 2]
+    floor = sorted(floors, key=lambda x: x["floor_s"])[len(floors) // 2]
+    report["ratios"] = [x["ratio"] for x in reports]
+    floor["runs"] = [x["floor_s"] for x in floors]
+    return {"lora": report, "floor": floor}
 
 
 def _ww_peft(ww_py, folder, plan, common, timeout):
@@ -392,9 +409,14 @@ def goals(r: dict) -> list[dict]:
                 da["peak_rss_anon_bytes"] / GiB, f"≤ {budget / GiB:.2f} GiB", da["peak_rss_anon_bytes"] <= budget)
     rep_ = (r.get("report") or {}).get("lora")
     if rep_ and "ratio" in rep_:
+        floor = (r.get("report") or {}).get("floor")
+        note = ""
+        if floor and floor["floor_s"] > rep_["analyze_s"]:
+            note = (f"matplotlib alone, importing it and saving {floor['pages']} pages of one axes each, takes "
+                    f"{floor['floor_s'] / rep_['analyze_s']:.2f}× the analysis: no report of as many pages that "
+                    "matplotlib draws can meet the goal")
         add("report_vs_analyze", f"deltaw analyze --pdf, {rep_.get('adapter', 'LoRA')}: PDF time ÷ analysis time",
-            rep_["ratio"],
-            "≤ 1×", rep_["ratio"] <= 1)
+            rep_["ratio"], "≤ 1×", rep_["ratio"] <= 1, note)
     acc = r.get("dense_accuracy")
     if acc:
         top = max(m["max_abs_err_over_sigma1"] for m in acc["modules"])

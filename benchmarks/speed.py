@@ -6,6 +6,7 @@ Registered in :mod:`benchmarks.registry` on import, like the other job modules.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -80,7 +81,41 @@ def report_time(args):
     reports.render([analysis], pdf)
     pdf_s = time.perf_counter() - start
     return {"analyze_s": analyze_s, "pdf_s": pdf_s, "import_s": import_s, "ratio": pdf_s / analyze_s,
-            "pdf_bytes": pdf.stat().st_size, "modules": len(analysis.modules)}
+            "pdf_bytes": pdf.stat().st_size, "pages": page_count(pdf), "modules": len(analysis.modules)}
+
+
+def page_count(pdf: Path) -> int:
+    """The pages of a PDF written by matplotlib (its page objects, ``/Type /Page``)."""
+    return len(re.findall(rb"/Type\s*/Page\b(?!s)", pdf.read_bytes()))
+
+
+@job
+def matplotlib_floor(args):
+    """What any report drawn by matplotlib costs at least: importing its figure and PDF modules
+    and saving ``pages`` A4 pages of one axes with one line each, nothing else, in a fresh
+    interpreter after the analysis's own imports (as :func:`report_time` times its report), the
+    cyclic collector paused as the report pauses it (:mod:`deltaw.collector`). Against the
+    analysis time, it bounds from below the ratio of goal 3 of issue 16 for any report of that
+    many pages that matplotlib draws."""
+    import deltaw.analysis  # noqa: F401  (not timed: the analysis has imported it)
+    from deltaw.collector import collector_paused
+
+    pdf = Path(args["pdf"])
+    with collector_paused():
+        start = time.perf_counter()
+        import numpy as np
+        from matplotlib.backends.backend_pdf import PdfPages
+        from matplotlib.figure import Figure
+
+        import_s = time.perf_counter() - start
+        x = np.arange(1, 65)
+        with PdfPages(pdf) as out:
+            for _ in range(args["pages"]):
+                fig = Figure(figsize=(8.27, 11.69))  # A4, as reports.style
+                fig.add_axes((0.15, 0.55, 0.7, 0.35)).plot(x, 1.0 / x)
+                fig.savefig(out, format="pdf")
+        floor_s = time.perf_counter() - start
+    return {"import_s": import_s, "floor_s": floor_s, "pages": page_count(pdf)}
 
 
 @job

@@ -178,6 +178,13 @@ def report_rows(r: dict) -> list[str]:
         lines.append(f"| `deltaw analyze --pdf`, {what} ({x['modules']} modules; PDF {x['pdf_bytes'] / 2**20:.1f} MiB"
                      f"{imported}): PDF vs the analysis | {_s(x['pdf_s'])} | {_s(x['analyze_s'])} | {_x(x['ratio'])} | "
                      f"{'≤ 1×' if goal else '—'} | {_holds(x['ratio'] <= 1) if goal else ''} |")
+        floor = rep.get("floor")
+        if key == "lora" and floor:
+            ratio = floor["floor_s"] / x["analyze_s"]
+            verdict = "the goal above cannot be met while matplotlib draws the pages" if ratio > 1 else ""
+            lines.append(f"| matplotlib's floor for that PDF: importing it and saving {floor['pages']} A4 pages of one "
+                         f"axes with one line each, nothing else ({_s(floor['import_s'])} of it the import) vs the "
+                         f"analysis | {_s(floor['floor_s'])} | {_s(x['analyze_s'])} | {_x(ratio)} | — | {verdict} |")
     return lines
 
 

@@ -94,6 +94,28 @@ def test_table_and_plot_from_results(smoke, tmp_path):
     assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_smoke_report_and_matplotlib_floor(smoke):
+    _, r = smoke
+    report, floor = r["report"]["lora"], r["report"]["floor"]
+    assert report["pages"] >= 1 and floor["pages"] == report["pages"]  # the floor saved as many pages
+    assert _finite_positive(report["analyze_s"]) and _finite_positive(report["pdf_s"])
+    assert 0 < floor["import_s"] < floor["floor_s"] and len(floor["runs"]) == len(report["ratios"]) == 1
+
+
+@pytest.mark.parametrize("floor_s, says", [(0.5, False), (1.5, True)])
+def test_report_goal_says_cannot_be_met_only_when_the_floor_exceeds_the_analysis(floor_s, says):
+    from benchmarks.run import goals
+    from benchmarks.table import report_rows
+
+    r = {"report": {"lora": {"analyze_s": 1.0, "pdf_s": 2.0, "import_s": 0.4, "ratio": 2.0, "pdf_bytes": 2**20,
+                             "pages": 12, "modules": 224, "adapter": "7B"},
+                    "floor": {"import_s": 0.4, "floor_s": floor_s, "pages": 12}}}
+    goal = next(g for g in goals(r) if g["id"] == "report_vs_analyze")
+    assert goal["holds"] is False and ("no report of as many pages" in goal["note"]) is says
+    floor_row = report_rows(r)[1]
+    assert "12 A4 pages" in floor_row and ("cannot be met" in floor_row) is says
+
+
 def test_smoke_thread_timings(smoke):
     _, r = smoke
     threads = r["threads"]
