@@ -114,8 +114,8 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0, *, ve
     scale : float
     vectors : bool
         False: the values alone, those of the r × r core (U and Vh None); neither the Gram bar
-        nor the products are needed (a 7B-shaped r = 64 adapter: 0.59 s against 1.06 s with
-        vectors, two threads, the benchmark job alone).
+        nor the products are needed (a 7B-shaped r = 64 adapter: 0.34 s against 0.51 s with
+        vectors, two threads, the benchmarks' full run).
 
     Returns
     -------
