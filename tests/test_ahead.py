@@ -146,3 +146,18 @@ def test_a_stream_left_suspended_does_not_keep_the_interpreter_from_exiting():
             "print('done')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+
+
+def test_streams_read_side_by_side_give_the_callers_blas_count_back_whichever_ends_first():
+    # zip() over two streams leaves the second suspended when the first ends; it is dropped later
+    import threadpoolctl
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        first, second = stream(Spy(), 3), stream(Spy(), 6)
+        assert len(list(zip(first, second))) == 3
+        assert blas_threads() == {1}  # the second is still open
+        second.close()
+        assert blas_threads() == {2}

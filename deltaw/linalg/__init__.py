@@ -9,6 +9,8 @@
   holding the GIL (modules run side by side on threads).
 - :mod:`~deltaw.linalg.batching`: :func:`svd` / :func:`svd_many`, grouping by shape, batches
   sized to memory (:func:`check_memory`), CPU LoRA modules one per thread.
+- :mod:`~deltaw.linalg.ahead`: results computed on threads ahead of the caller, handed on in
+  order (the CPU LoRA modules of :func:`svd_many`).
 - :mod:`~deltaw.linalg.resources`: devices, the precision and thread contexts, free memory.
 - :mod:`~deltaw.linalg.base`: decompositions of the base weight W (:func:`base_svd`).
 - :mod:`~deltaw.linalg.structured`: exact SVDs of Kronecker (LoKr) and Hadamard (LoHa) updates.

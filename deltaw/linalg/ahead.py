@@ -19,8 +19,10 @@ as they are. Two settings are process-wide. numpy's and scipy's BLAS runs on one
 stream's life, from its first result to its last or to its closing (so that OpenBLAS does not
 spin a thread per core beside torch's when the workers form the float64 Grams of
 ill-conditioned LoRA factors); the caller's own BLAS calls meanwhile run on one thread unless
-it sets otherwise, and its count is back when the stream ends or is abandoned (deltaw's routes
-set theirs around each call anyway). The float32 matmul precision must be "highest" for exact
+it sets otherwise, and its count is back when the stream ends or is abandoned, or with several
+streams open, when the last of them does, in whichever order they end
+(:func:`~deltaw.linalg.resources.numpy_blas_one_thread_held`; deltaw's routes set theirs around
+each call anyway). The float32 matmul precision must be "highest" for exact
 results: where the caller's is (torch's default), nothing is changed and the workers go on
 while the caller holds a result; where it is not, the stream sets "highest" while it runs
 itself and gives the caller its own back with each result, and the workers finish the items
@@ -88,7 +90,7 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
     # numpy's BLAS on one thread for the stream's life (the workers' float64 Grams): set and reset
     # at every result it cost 0.07 ms a result (224 7B-shaped modules: 0.43 s against 0.41 s)
     try:
-        with resources.numpy_blas_threads(1):
+        with resources.numpy_blas_one_thread_held():
             for _ in range(threads):
                 # daemon threads: a stream left suspended when the interpreter exits must not keep
                 # it waiting for threads that wait for the stream

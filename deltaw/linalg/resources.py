@@ -257,6 +257,36 @@ def numpy_blas_threads(count: int):
     return _numpy_blas().limit(limits=count, user_api="blas")
 
 
+_one_blas_thread = {"holders": 0, "context": None}  # numpy_blas_one_thread_held's shared state
+_one_blas_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def numpy_blas_one_thread_held():
+    """numpy's and scipy's BLAS on one thread while at least one of these contexts is open.
+
+    For contexts that stay open across a generator's ``yield`` (:mod:`deltaw.linalg.ahead`): two
+    streams read side by side close in whatever order they end or are dropped, and nested
+    :func:`numpy_blas_threads` contexts closed out of order would leave the count of the one
+    entered second; here the first to open records the caller's count and the last to close
+    gives it back.
+    """
+    with _one_blas_thread_lock:
+        if _one_blas_thread["holders"] == 0:
+            context = numpy_blas_threads(1)  # threadpoolctl's limiter gives the count back on exit
+            context.__enter__()
+            _one_blas_thread["context"] = context
+        _one_blas_thread["holders"] += 1
+    try:
+        yield
+    finally:
+        with _one_blas_thread_lock:
+            _one_blas_thread["holders"] -= 1
+            if _one_blas_thread["holders"] == 0:
+                _one_blas_thread["context"].__exit__(None, None, None)
+                _one_blas_thread["context"] = None
+
+
 def available_memory(device: torch.device) -> int | None:
     """Bytes free on ``device`` (host RAM for the CPU), or None when unknown.
 
