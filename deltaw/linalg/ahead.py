@@ -74,13 +74,14 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
     ------
     (item, result) in the order of ``items``.
     """
-    state = _State(len(items))
+    sizes = [size(item) for item in items]  # here, so that a failing size() is the caller's error
+    state = _State(sizes, budget)
     workers: list[threading.Thread] = []
 
     def work(scratch: dict) -> None:
         resources.become_one_thread_worker()
         with torch.no_grad():
-            while (i := state.take(size, items, budget)) is not None:
+            while (i := state.take()) is not None:
                 try:
                     outcome = (True, compute(items[i], scratch))
                 except BaseException as err:  # handed to the caller with the item
@@ -101,7 +102,7 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
                 with contextlib.nullcontext() if exact else resources.highest_precision():
                     state.resume(exact=exact)
                     ok, value = state.wait_for(i)
-                    state.hand_on(i, size(items[i]))
+                    state.hand_on(i)
                     # The workers go on while the caller holds the result only if its precision is
                     # exact; leaving this block gives the caller its own back.
                     state.pause(caller_exact=exact)
@@ -118,9 +119,10 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
 class _State:
     """What the workers and the stream share, under one condition variable."""
 
-    def __init__(self, count: int):
+    def __init__(self, sizes: list[int], budget: int):
         self.cv = threading.Condition()
-        self.count = count
+        self.sizes, self.budget = sizes, budget
+        self.count = len(sizes)
         self.next = 0  # the next item to start
         self.handed = 0  # items handed on so far
         self.ahead = 0  # size of the items started and not yet handed on
@@ -132,18 +134,18 @@ class _State:
 
     # --- the workers' side
 
-    def take(self, size, items, budget) -> int | None:
+    def take(self) -> int | None:
         """The index of the next item to compute, once the stream lets a worker start it; None
         when there are no more or the stream has stopped."""
         with self.cv:
             while not self.stopped and self.next < self.count and (
-                    not self.open or (self.next > self.handed and self.ahead + size(items[self.next]) > budget)):
+                    not self.open or (self.next > self.handed and self.ahead + self.sizes[self.next] > self.budget)):
                 self.cv.wait()
             if self.stopped or self.next >= self.count:
                 return None
             i = self.next
             self.next += 1
-            self.ahead += size(items[i])
+            self.ahead += self.sizes[i]
             self.running += 1
             return i
 
@@ -175,10 +177,10 @@ class _State:
                 self.cv.wait()
             return self.results.pop(i)
 
-    def hand_on(self, i: int, size: int) -> None:
+    def hand_on(self, i: int) -> None:
         with self.cv:
             self.handed = i + 1
-            self.ahead -= size
+            self.ahead -= self.sizes[i]
             self.cv.notify_all()
 
     def pause(self, *, caller_exact: bool) -> None:
