@@ -9,8 +9,9 @@ items into stretches (all threads done before any result of a stretch is handed 
 stretch started when the caller asks for it) this removes a wait at every stretch and keeps
 fewer results alive at once: the allocator then hands a result's memory straight to the next
 one instead of returning it to the system and faulting it in again (the 224 LoRA modules of a
-7B-shaped r = 64 adapter with their vectors, two threads: 6–7 thousand page faults against
-86–92 thousand, 0.39 s against 0.47 s, medians of interleaved runs).
+7B-shaped r = 64 adapter with their vectors, two threads, after reading the file as the
+benchmark does: 11–19 thousand page faults a run against 41–54 thousand, 0.43–0.54 s against
+0.47–0.62 s in 5 interleaved children, a median pair ratio of 1.12×).
 
 What the threads need of the process, and what the caller sees
 ---------------------------------------------------------------
