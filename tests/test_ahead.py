@@ -136,16 +136,26 @@ def test_numpy_blas_runs_on_one_thread_for_the_streams_life_and_gets_the_callers
         assert blas_threads() == {2}
 
 
-def test_a_stream_left_suspended_does_not_keep_the_interpreter_from_exiting():
+def test_a_stream_left_suspended_does_not_keep_the_interpreter_from_exiting(tmp_path):
+    # ... and the items its workers are on when it exits are finished first, not cut off
     import subprocess
     import sys
 
-    code = ("from deltaw.linalg.ahead import computed_ahead\n"
-            "stream = computed_ahead(list(range(100)), lambda item, scratch: item, threads=2, budget=2, size=lambda item: 1)\n"
-            "assert next(stream) == (0, 0)\n"  # the workers now wait for the caller, which exits
+    log = tmp_path / "log"
+    code = ("import time\n"
+            "from deltaw.linalg.ahead import computed_ahead\n"
+            f"log = open({str(log)!r}, 'a', buffering=1)\n"
+            "def compute(item, scratch):\n"
+            "    log.write(f'start {item}\\n'); time.sleep(0.2); log.write(f'end {item}\\n'); return item\n"
+            "stream = computed_ahead(list(range(100)), compute, threads=2, budget=4, size=lambda item: 1)\n"
+            "assert next(stream) == (0, 0)\n"  # the workers go on ahead while the caller exits
             "print('done')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
+    words = log.read_text().split()
+    events = list(zip(words[::2], words[1::2]))  # ("start" or "end", item)
+    started = sorted(item for event, item in events if event == "start")
+    assert len(started) > 1 and started == sorted(item for event, item in events if event == "end")
 
 
 def test_streams_read_side_by_side_give_the_callers_blas_count_back_whichever_ends_first():

@@ -11,7 +11,9 @@ fewer results alive at once: the allocator then hands a result's memory straight
 one instead of returning it to the system and faulting it in again (the 224 LoRA modules of a
 7B-shaped r = 64 adapter with their vectors, two threads, after reading the file as the
 benchmark does: 11–19 thousand page faults a run against 41–54 thousand, 0.43–0.54 s against
-0.47–0.62 s in 5 interleaved children, a median pair ratio of 1.12×).
+0.47–0.62 s in 5 interleaved children, a median pair ratio of 1.12×). A stream still open when
+the interpreter exits is stopped first: its threads finish the items they are on and start no
+other.
 
 What the threads need of the process, and what the caller sees
 ---------------------------------------------------------------
@@ -37,8 +39,10 @@ for float32 products, this cannot change a number).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -77,7 +81,7 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
     """
     sizes = [size(item) for item in items]  # here, so that a failing size() is the caller's error
     state = _State(sizes, budget)
-    workers: list[threading.Thread] = []
+    workers = state.workers
 
     def work(scratch: dict) -> None:
         resources.become_one_thread_worker()
@@ -95,9 +99,10 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
         with resources.numpy_blas_one_thread_held():
             for _ in range(threads):
                 # daemon threads: a stream left suspended when the interpreter exits must not keep
-                # it waiting for threads that wait for the stream
+                # it waiting for threads that wait for the stream (_stop_at_exit stops them first)
                 workers.append(threading.Thread(target=work, args=({},), daemon=True, name="deltaw-ahead"))
                 workers[-1].start()
+            _OPEN.add(state)
             for i in range(len(items)):
                 exact = torch.get_float32_matmul_precision() == EXACT_PRECISION  # the caller's, now
                 with contextlib.nullcontext() if exact else resources.highest_precision():
@@ -113,8 +118,6 @@ def computed_ahead(items: Sequence[Item], compute: Callable[[Item, dict], Result
                 del value
     finally:
         state.stop()
-        for worker in workers:
-            worker.join()
 
 
 class _State:
@@ -132,6 +135,7 @@ class _State:
         self.open = False  # whether a worker may start an item: not before the stream's settings hold
         self.worked_while_caller_held = False
         self.stopped = False
+        self.workers: list[threading.Thread] = []
 
     # --- the workers' side
 
@@ -196,6 +200,20 @@ class _State:
                 self.cv.wait()
 
     def stop(self) -> None:
+        """No more items; returns once the workers are done with the ones they were on."""
         with self.cv:
             self.stopped = True
             self.cv.notify_all()
+        for worker in self.workers:
+            worker.join()
+
+
+#: The streams whose workers may be running: :func:`_stop_at_exit` stops them before the
+#: interpreter shuts down, so that no worker is left in the middle of an item then.
+_OPEN: weakref.WeakSet[_State] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    for state in list(_OPEN):
+        state.stop()
