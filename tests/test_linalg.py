@@ -112,17 +112,17 @@ def test_factors_beyond_the_bar_take_the_accurate_route(which):
 
 @pytest.mark.parametrize("cond,gram", [(1.0, "float32"), (1.5, "float32"), (3.0, "float32"), (4.5, "float64"),
                                        (10.0, "float64"), (1e6, None)])
-def test_cholesky_r_takes_the_float32_gram_only_within_its_bar(cond, gram):
+def test_cholesky_rs_takes_the_float32_gram_only_within_its_bar(cond, gram):
     # κ₂(G) = κ₂(X)² ≤ 16 keeps the float32 Gram: κ = 3 (κ₂(G) = 9) does, κ = 4.5 (20.25) and
     # 10 take the float64 Gram; beyond one Cholesky pass's reach, None (CholeskyQR2's job).
-    from deltaw.linalg.cholesky_qr import cholesky_r
+    from deltaw.linalg.cholesky_qr import cholesky_rs
 
     X = conditioned(500, 24, cond, 40)
-    got = cholesky_r(X)
+    got = cholesky_rs([X])
     if gram is None:
         assert got is None
         return
-    T, T_inv, used = got
+    T, T_inv, used = got[0][0], got[1][0], got[2][0]
     assert used == gram
     T_ref = np.linalg.cholesky(X.double().numpy().T @ X.double().numpy()).T
     np.testing.assert_allclose(T.numpy(), T_ref, rtol=0, atol=(1e-6 if gram == "float32" else 1e-12) * cond)

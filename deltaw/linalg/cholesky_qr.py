@@ -9,7 +9,7 @@
 - :func:`cholesky_rs`: T and T⁻¹ of float32 matrices on the CPU (a LoRA's two factors at once)
   from the cheaper of two Grams, a float32 one where X is conditioned well enough for it
   (κ₂(X) ≤ 4), else :func:`gram64`'s; the one-module LoRA route
-  (:func:`deltaw.linalg.factored.factored_svd_one`). :func:`cholesky_r` is its one-matrix case.
+  (:func:`deltaw.linalg.factored.factored_svd_one`).
 - :func:`gram_cholesky`: T from a float64 Gram already at hand, where one pass is accurate.
 
 References
@@ -41,8 +41,8 @@ _MIN_BLOCK_ROWS = 256
 _ONE_PASS_SPREAD = 1e3
 _TWO_PASS_SPREAD = 1e7
 
-#: :func:`cholesky_r`'s bar for a float32 Gram: κ₂(G) = λ_max/λ_min ≤ 16 (the Gram's own
-#: condition number, :func:`_float32_gram_within_bar`), i.e. κ₂(X) ≤ 4. The float32 Gram's
+#: :func:`cholesky_rs`'s bar for a float32 Gram: κ₂(G) = λ_max/λ_min ≤ 16 (the Gram's own
+#: condition number, :func:`_float32_grams_within_bar`), i.e. κ₂(X) ≤ 4. The float32 Gram's
 #: rounding, O(eps32)‖X‖², reaches T as a relative error O(κ₂(X)² · eps32) ≤ ~1e-6 there
 #: (Higham 2002, §19; measured: T's σ within 1.3e-7 of float64 at κ₂ = 3.9, 11008 × 64), and
 #: moves λ_min by far less than the bar's margin. tests/test_linalg.py measures σ against
@@ -129,18 +129,6 @@ def cholesky_qr(X: torch.Tensor):
         ok = ok & (info2 == 0)
         T2 = torch.where(ok[..., None, None], C2, eye).mT
         return Q1, T2, T2 @ T, ok
-
-
-def cholesky_r(X: torch.Tensor):
-    """The R factor T (r, r) of X = Q T and T⁻¹, float64, for one float32 X (m, r) on the CPU.
-
-    Returns
-    -------
-    (T, T_inv, gram) with ``gram`` "float32" or "float64", the Gram that made T; or None: see
-    :func:`cholesky_rs`, of which this is the one-matrix case.
-    """
-    found = cholesky_rs([X])
-    return None if found is None else (found[0][0], found[1][0], found[2][0])
 
 
 def cholesky_rs(Xs: list[torch.Tensor]):
