@@ -644,3 +644,43 @@ def test_thread_limit_and_the_policy_context_restore_torch_threads():
     finally:
         resources.set_thread_limit(None)
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kappa_squared,inside", [(1.0, True), (1e3, True), (5e5, True), (2e6, False), (1e10, False)])
+def test_core_svd_by_gram_meets_float64_gesdd_within_its_bar(kappa_squared, inside):
+    # A 64 × 64 core with log-spaced σ, κ₂(C)² on both sides of CORE_GRAM_MAX_COND (10⁶): inside,
+    # σ to 1e-8 relative of numpy's float64 SVD (the bar's bound: ~4e-9), U and V orthonormal,
+    # C = UΣVᵀ; outside, None (gesdd's case). Values alone: the same σ.
+    from deltaw.linalg.factored import CORE_GRAM_MAX_COND, core_svd_by_gram
+
+    assert 5e5 < CORE_GRAM_MAX_COND < 2e6
+    g = torch.Generator().manual_seed(45)
+    Q1, Q2 = (torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64)).Q for _ in range(2))
+    sigma = 3.0 * torch.logspace(0, -0.5 * np.log10(kappa_squared), 64, dtype=torch.float64)
+    C = (Q1 * sigma) @ Q2.mT
+    got = core_svd_by_gram(C)
+    assert (got is not None) == inside
+    assert (core_svd_by_gram(C, vectors=False) is not None) == inside
+    if not inside:
+        return
+    U, S, Vh = got
+    reference = np.linalg.svd(C.numpy(), compute_uv=False)
+    np.testing.assert_allclose(S.numpy(), reference, rtol=1e-8, atol=0)
+    np.testing.assert_allclose(core_svd_by_gram(C, vectors=False)[1].numpy(), reference, rtol=1e-8, atol=0)
+    np.testing.assert_allclose((U.mT @ U).numpy(), np.eye(64), atol=1e-9)
+    np.testing.assert_allclose((Vh @ Vh.mT).numpy(), np.eye(64), atol=1e-12)
+    np.testing.assert_allclose(((U * S) @ Vh).numpy(), C.numpy(), atol=1e-12 * float(S[0]))
+
+
+@pytest.mark.parametrize("core", ["zero", "nan", "rank-deficient"])
+def test_core_svd_by_gram_leaves_singular_and_non_finite_cores_to_gesdd(core):
+    from deltaw.linalg.factored import core_svd_by_gram
+
+    C = torch.eye(8, dtype=torch.float64)
+    if core == "zero":
+        C.zero_()
+    elif core == "nan":
+        C[2, 3] = float("nan")
+    else:
+        C[5, 5] = 0.0
+    assert core_svd_by_gram(C) is None and core_svd_by_gram(C, vectors=False) is None
