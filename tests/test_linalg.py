@@ -684,3 +684,38 @@ def test_core_svd_by_gram_leaves_singular_and_non_finite_cores_to_gesdd(core):
     else:
         C[5, 5] = 0.0
     assert core_svd_by_gram(C) is None and core_svd_by_gram(C, vectors=False) is None
+
+
+def test_the_gram_bar_settles_a_trained_b_by_kappa_1_without_its_singular_values(monkeypatch):
+    # κ₂(T) = 300, σ log-spaced, r = 64: κ_F ≈ 1,800 is over the bar, √κ₁(TᵀT) ≈ 700 is under it
+    # and bounds κ₂ from above, so T's σ (an SVD per factor) are not needed; κ₂ = 1100 still
+    # takes them (and fails).
+    from deltaw.linalg.factored import GRAM_MAX_COND, within_gram_bar
+
+    def no_svdvals(*args, **kwargs):
+        raise AssertionError("T's singular values were taken")
+
+    for cond, inside in ((300.0, True), (1100.0, False)):
+        T = torch.linalg.qr(conditioned(2048, 64, cond, 46).double()).R
+        T_inv = torch.linalg.inv(T)
+        assert float(torch.linalg.matrix_norm(T) * torch.linalg.matrix_norm(T_inv)) > GRAM_MAX_COND
+        with monkeypatch.context() as patch:
+            if inside:
+                patch.setattr(torch.linalg, "svdvals", no_svdvals)
+            assert bool(within_gram_bar(T, T_inv)) == inside
+
+
+@pytest.mark.parametrize("r", [8, 64, 96, 128])
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_gram64_meets_numpy_float64_on_both_of_its_routes(r, layout):
+    # r ≤ 96: torch's float64 GEMM over blocks of rows; r = 128: OpenBLAS dsyrk. Either layout
+    # (a LoRA B row-major, a LoRA Aᵀ read by A's rows), several blocks: the lower triangle of
+    # XᵀX to float64 rounding, the strict upper triangle zero.
+    from deltaw.linalg.cholesky_qr import gram64
+
+    g = torch.Generator().manual_seed(47)
+    X = torch.randn(3000, r, generator=g) if layout == "rows" else torch.randn(r, 3000, generator=g).mT
+    G = gram64(X).numpy()
+    want = X.double().numpy().T @ X.double().numpy()
+    np.testing.assert_allclose(np.tril(G), np.tril(want), rtol=0, atol=1e-12 * np.abs(want).max())
+    assert not np.triu(G, 1).any()
