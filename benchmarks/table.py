@@ -245,7 +245,8 @@ def profile_markdown(r: dict) -> str:
     ops = p["torch_ops"]
     groups = {
         "QR (geqrf + orgqr)": ("linalg_qr", "geqrf", "orgqr", "householder"),
-        "small SVD of the r×r core": ("linalg_svd", "_linalg_svd"),
+        "small SVD of the r×r core (gesdd, or eigh of its Gram)": ("linalg_svd", "_linalg_svd", "linalg_eigh",
+                                                                   "_linalg_eigh", "linalg_eigvalsh"),
         "other matmuls (U = B·(T⁻¹U_c), V, r×r products)": ("matmul", "bmm", "mm", "mul"),
         "conversions (bf16 → float32 into the workspace)": ("_to_copy", "to", "copy_"),
         "stacking same-shape factors": ("stack", "cat"),

@@ -104,7 +104,8 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0, *, ve
     2.6 ms a module more, measured for the 7B-shaped r = 64 modules one at a time on one thread).
     Both factors' R come from :func:`~deltaw.linalg.cholesky_qr.cholesky_rs`, the r × r core's
     SVD from the eigendecomposition of its Gram where κ₂(C)² ≤ :data:`CORE_GRAM_MAX_COND`
-    (:func:`core_svd_by_gram`), else from ``gesdd``; with both factors within the Gram bar, U and V are the float32 products of ``"factored-gram"``.
+    (:func:`core_svd_by_gram`), else from ``gesdd``; with both factors within the Gram bar, U
+    and V are the float32 products of ``"factored-gram"``.
     A factor beyond the Gram bar has its products in float64 on the same triangles
     (``"factored"``, no Gram formed twice); factors one Cholesky pass cannot take (CholeskyQR2,
     Householder) go to :func:`factored_svd_routes`.
@@ -181,11 +182,10 @@ def core_svd_by_gram(C: torch.Tensor, *, vectors: bool = True):
     The computed λ_min is within O(eps64) λ_max of the true one, so a core that passes is truly
     within the bar (to a relative 1e-7); its σ and U are then as accurate as the bar says
     (UᵀU = Σ⁻¹VᵀCᵀCVΣ⁻¹: its rounding is that of the Gram's eigenvalues), V orthonormal to
-    O(eps64). The cores of
-    a LoRA's well-conditioned factors cost half of ``gesdd`` this way: 224 cores of 64 × 64 from
-    the 7B-shaped Gaussian adapter, one thread, 84 ms against 150 ms (their σ are clustered,
-    κ₂(C) = 1.3, where ``gesdd``'s divide and conquer deflates nothing). tests/test_linalg.py
-    checks σ and vectors against numpy float64 on both sides of the bar.
+    O(eps64). The cores of a LoRA's well-conditioned factors cost half of ``gesdd`` this way:
+    224 cores of 64 × 64 from the 7B-shaped Gaussian adapter, one thread, 84 ms against 150 ms
+    (their σ are clustered, κ₂(C) = 1.3, where ``gesdd``'s divide and conquer deflates nothing).
+    tests/test_linalg.py checks σ and vectors against numpy float64 on both sides of the bar.
 
     Returns
     -------
