@@ -670,6 +670,11 @@ def test_core_svd_by_gram_meets_float64_gesdd_within_its_bar(kappa_squared, insi
     np.testing.assert_allclose((U.mT @ U).numpy(), np.eye(64), atol=1e-8)
     np.testing.assert_allclose((Vh @ Vh.mT).numpy(), np.eye(64), atol=1e-12)
     np.testing.assert_allclose(((U * S) @ Vh).numpy(), C.numpy(), atol=1e-12 * float(S[0]))
+    # A batch (2, 64, 64): each core as alone; one core over the bar sends the whole batch to gesdd.
+    U2, S2, Vh2 = core_svd_by_gram(torch.stack((C, 2.0 * C)))
+    np.testing.assert_allclose(S2.numpy(), np.stack((S.numpy(), 2.0 * S.numpy())), rtol=1e-12)
+    np.testing.assert_allclose(((U2 * S2[:, None, :]) @ Vh2)[1].numpy(), 2.0 * C.numpy(), atol=1e-11 * float(S[0]))
+    assert core_svd_by_gram(torch.stack((C, C @ torch.diag(torch.logspace(0, -5, 64, dtype=torch.float64))))) is None
 
 
 @pytest.mark.parametrize("core", ["zero", "nan", "rank-deficient"])
