@@ -714,7 +714,7 @@ def test_the_gram_bar_settles_a_trained_b_by_kappa_1_without_its_singular_values
 @pytest.mark.parametrize("layout", ["rows", "columns"])
 def test_gram64_meets_numpy_float64_on_both_of_its_routes(r, layout):
     # r ≤ 96: torch's float64 GEMM over blocks of rows; r = 128: OpenBLAS dsyrk. Either layout
-    # (a LoRA B row-major, a LoRA Aᵀ read by A's rows), several blocks: the lower triangle of
+    # (a LoRA B row-major, a LoRA Aᵀ read by A's rows), several blocks from r = 64 on: the lower triangle of
     # XᵀX to float64 rounding, the strict upper triangle zero.
     from deltaw.linalg.cholesky_qr import gram64
 
