@@ -724,3 +724,17 @@ def test_gram64_meets_numpy_float64_on_both_of_its_routes(r, layout):
     want = X.double().numpy().T @ X.double().numpy()
     np.testing.assert_allclose(np.tril(G), np.tril(want), rtol=0, atol=1e-12 * np.abs(want).max())
     assert not np.triu(G, 1).any()
+
+
+def test_gram64_of_a_lora_factor_has_the_same_bits_on_any_thread_count():
+    # MKL's GEMM splits an 11008 × 64 factor's sums differently on two threads (measured: 7e-12
+    # apart); gram64 sums on one thread, as the OpenBLAS dsyrk it replaced did.
+    from deltaw.linalg.cholesky_qr import gram64
+    from deltaw.linalg.resources import threads
+
+    X = torch.randn(11008, 64, generator=torch.Generator().manual_seed(48))
+    with threads(1):
+        want = gram64(X)
+    for count in (2, 3):
+        with threads(count):
+            assert torch.equal(gram64(X), want)
