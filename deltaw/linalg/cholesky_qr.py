@@ -2,9 +2,8 @@
 
 - :func:`gram64`: XᵀX in float64 for X (..., m, r), accumulated by BLAS ``syrk`` (MKL's GEMM for
   a LoRA factor's small r) over blocks of rows converted to float64 one at a time (no float64
-  copy of X). W's Gram for its SVD
-  (:func:`deltaw.linalg.routes.gram_svd`, X = Wᵀ or W) and a LoRA factor's
-  (:mod:`deltaw.linalg.factored`) are this one function.
+  copy of X). W's Gram for its SVD (:func:`deltaw.linalg.routes.gram_svd`, X = Wᵀ or W) and a
+  LoRA factor's (:mod:`deltaw.linalg.factored`) are this one function.
 - :func:`cholesky_qr`: X = Q T from that Gram without forming Q (CholeskyQR2 where one pass is not
   accurate enough), for the factored SVD and for orthonormal bases (``routes.orthonormal_basis``).
 - :func:`cholesky_rs`: T and T⁻¹ of float32 matrices on the CPU (a LoRA's two factors at once)
@@ -71,8 +70,9 @@ def gram64(X: torch.Tensor) -> torch.Tensor:
     a LoRA A, or Wᵀ for W's row Gram) is read by column blocks of A: no transposing copy.
     numpy's BLAS threads are the caller's to set
     (:func:`~deltaw.linalg.resources.numpy_blas_threads`). float64 input (its products are
-    exact enough already) and CUDA tensors (blocks of rows, converted on the device) take torch, and so
-    do the small r of LoRA factors (r ≤ :data:`_GEMM_GRAM_MAX_RANK`), where MKL's GEMM beats ``dsyrk``.
+    exact enough already) and CUDA tensors (blocks of rows, converted on the device) take torch,
+    and so do the small r of LoRA factors (r ≤ :data:`_GEMM_GRAM_MAX_RANK`, one thread), where
+    MKL's GEMM beats ``dsyrk``.
     """
     m, r = X.shape[-2:]
     rows = max(_MIN_BLOCK_ROWS, _BLOCK_VALUES // max(r, 1))
@@ -92,7 +92,7 @@ def gram64(X: torch.Tensor) -> torch.Tensor:
             work = torch.empty(min(m, rows) * r, dtype=torch.float64)
             grams = [_gram64_by_gemm(x, rows, work) for x in X.reshape(-1, m, r)]
             return torch.stack(grams).reshape(*X.shape[:-2], r, r)
-    work = np.empty(min(m, rows) * r)
+    work = torch.empty(min(m, rows) * r, dtype=torch.float64)
     grams = [_gram64_cpu(x, rows, work) for x in X.reshape(-1, m, r)]
     if X.dim() == 2:  # W's Gram: handed on in the Fortran order LAPACK reads, no copy
         return torch.from_numpy(grams[0])
@@ -100,42 +100,46 @@ def gram64(X: torch.Tensor) -> torch.Tensor:
 
 
 def _gram64_by_gemm(x: torch.Tensor, rows: int, work: torch.Tensor) -> torch.Tensor:
-    """xᵀx (r, r), lower triangle, for one float32 x (m, r) of a small r: blocks of rows
-    converted into ``work`` and added by torch's float64 GEMM (see :data:`_GEMM_GRAM_MAX_RANK`)."""
+    """xᵀx (r, r), lower triangle, for one float32 x (m, r) of a small r: its float64 blocks
+    (:func:`_float64_blocks`) added by torch's GEMM (see :data:`_GEMM_GRAM_MAX_RANK`)."""
+    r = x.shape[1]
+    G = torch.zeros((r, r), dtype=torch.float64)
+    for block, by_columns in _float64_blocks(x, rows, work):
+        if by_columns:
+            G.addmm_(block, block.mT)
+        else:
+            G.addmm_(block.mT, block)
+    return G.tril_()
+
+
+def _gram64_cpu(x: torch.Tensor, rows: int, work: torch.Tensor) -> np.ndarray:
+    """xᵀx (r, r), lower triangle, Fortran order, for one float32 x (m, r): its float64 blocks
+    (:func:`_float64_blocks`) added by BLAS ``dsyrk`` (see :func:`gram64`)."""
+    r = x.shape[1]
+    G = np.zeros((r, r), order="F")
+    for block, by_columns in _float64_blocks(x, rows, work):
+        # the block's transpose is Fortran-ordered: (count, r) for A's layout, Gram by AᵀA;
+        # (r, count) for rows, Gram by A Aᵀ
+        dsyrk_lower(G, block.numpy().T, trans=by_columns)
+    return G
+
+
+def _float64_blocks(x: torch.Tensor, rows: int, work: torch.Tensor):
+    """x (m, r) float32 by blocks of ``rows`` rows, each converted into ``work`` (float64):
+    yields ``(block, by_columns)``, the block (count, r) row-major, or (r, count) row-major where
+    x is stored as A (x = Aᵀ, A (r, m) row-major: read by column blocks, no transposing copy)."""
     m, r = x.shape
     by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: A's layout
     stored = x.mT if by_columns else x  # (r, m) or (m, r), a view
-    G = torch.zeros((r, r), dtype=torch.float64)
     for start in range(0, m, rows):
         count = min(rows, m - start)
         if by_columns:
             block = work[:count * r].view(r, count)
             block.copy_(stored[:, start:start + count])
-            G.addmm_(block, block.mT)
         else:
             block = work[:count * r].view(count, r)
             block.copy_(stored[start:start + count])
-            G.addmm_(block.mT, block)
-    return G.tril_()
-
-
-def _gram64_cpu(x: torch.Tensor, rows: int, work: np.ndarray) -> np.ndarray:
-    """xᵀx (r, r), lower triangle, Fortran order, for one float32 x (m, r): see :func:`gram64`."""
-    m, r = x.shape
-    by_columns = x.stride(-2) == 1 and x.stride(-1) != 1  # x.mT is row-major: A's layout
-    stored = (x.mT if by_columns else x).numpy()  # (r, m) or (m, r), a view
-    G = np.zeros((r, r), order="F")
-    for start in range(0, m, rows):
-        count = min(rows, m - start)
-        if by_columns:  # (r, count) row-major: the block (count, r) in Fortran order, Gram by AᵀA
-            block = work[:count * r].reshape(r, count)
-            np.copyto(block, stored[:, start:start + count])
-            dsyrk_lower(G, block.T, trans=True)
-        else:  # (count, r) row-major: the block's transpose (r, count) in Fortran order, A Aᵀ
-            block = work[:count * r].reshape(count, r)
-            np.copyto(block, stored[start:start + count])
-            dsyrk_lower(G, block.T, trans=False)
-    return G
+        yield block, by_columns
 
 
 def cholesky_qr(X: torch.Tensor):
@@ -171,8 +175,8 @@ def cholesky_rs(Xs: list[torch.Tensor]):
     """The R factors T_i (r, r) of X_i = Q_i T_i and their inverses, float64, for float32 X_i
     (m_i, r) on the CPU (a LoRA's B and Aᵀ), their r × r steps taken together.
 
-    Each Gram X_iᵀX_i is first formed in float32 (one MKL GEMM, 2.4× faster than :func:`gram64`'s
-    float64 ``syrk`` with its conversions, measured at 11008 × 64) and kept where it passes
+    Each Gram X_iᵀX_i is first formed in float32 (one MKL GEMM, 1.7× faster than :func:`gram64`'s
+    float64 one with its conversions, measured at 11008 × 64) and kept where it passes
     :data:`FLOAT32_GRAM_MAX_COND` (κ₂(X_i) ≤ 4); otherwise it is formed again by :func:`gram64`.
     The Cholesky factorisations, inverses and bars of all X_i are single batched calls, one
     thread (224 7B-shaped r = 64 modules with vectors, one thread: 0.57–0.59 s against
@@ -222,7 +226,7 @@ def _float32_grams_within_bar(G: torch.Tensor, T_inv: torch.Tensor, info: torch.
     symmetric G, ‖G‖₂ ≤ ‖G‖₁ ≤ √r‖G‖₂): it settles a Gaussian factor (κ₁ under the bar) and a
     trained one (κ₁ over r times the bar) alone; G's eigenvalues decide in between.
     """
-    kappa_1 = torch.linalg.matrix_norm(G, 1) * torch.linalg.matrix_norm(T_inv @ T_inv.mT, 1)
+    kappa_1 = gram_kappa_1(G, T_inv)
     kept = []
     for i, (kappa, failed) in enumerate(zip(kappa_1.tolist(), info.tolist())):
         if failed or not kappa <= FLOAT32_GRAM_MAX_COND * G.shape[-1]:  # NaN included
@@ -233,6 +237,12 @@ def _float32_grams_within_bar(G: torch.Tensor, T_inv: torch.Tensor, info: torch.
             eig = torch.linalg.eigvalsh(G[i])  # ascending
             kept.append(bool(eig[-1] <= FLOAT32_GRAM_MAX_COND * eig[0]))
     return kept
+
+
+def gram_kappa_1(G: torch.Tensor, T_inv: torch.Tensor) -> torch.Tensor:
+    """κ₁(G) = ‖G‖₁‖G⁻¹‖₁ (...,) of symmetric G = TᵀT (..., r, r) from T⁻¹ (G⁻¹ = T⁻¹T⁻ᵀ): an
+    upper bound of κ₂(G) (‖G‖₂ ≤ ‖G‖₁ for symmetric G) and at most r times it."""
+    return torch.linalg.matrix_norm(G, 1) * torch.linalg.matrix_norm(T_inv @ T_inv.mT, 1)
 
 
 def _diag_spread(C: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from deltaw.linalg.cholesky_qr import cholesky_qr, cholesky_rs
+from deltaw.linalg.cholesky_qr import cholesky_qr, cholesky_rs, gram_kappa_1
 from deltaw.linalg.resources import numpy_blas_threads, one_thread, one_thread_workers
 from deltaw.linalg.routes import robust_svd
 
@@ -344,10 +344,9 @@ def within_gram_bar(T: torch.Tensor, T_inv: torch.Tensor) -> torch.Tensor:
     ok = torch.linalg.matrix_norm(T) * torch.linalg.matrix_norm(T_inv) <= GRAM_MAX_COND
     if bool(ok.all()):
         return ok
-    # κ₂(T)² = κ₂(TᵀT) ≤ κ₁(TᵀT) (‖G‖₂ ≤ ‖G‖₁ for symmetric G), r times closer than κ_F² at worst:
-    # a trained B with κ₂ = 300 has √κ₁ ≈ 630–790 (benchmarks' trained-like factors), its σ not needed.
-    kappa_1 = torch.linalg.matrix_norm(T.mT @ T, 1) * torch.linalg.matrix_norm(T_inv @ T_inv.mT, 1)
-    ok = ok | (kappa_1 <= GRAM_MAX_COND ** 2)
+    # κ₂(T)² = κ₂(TᵀT) ≤ κ₁(TᵀT), r times closer than κ_F² at worst: a trained B with κ₂ = 300
+    # has √κ₁ ≈ 630–790 (benchmarks' trained-like factors), its σ not needed.
+    ok = ok | (gram_kappa_1(T.mT @ T, T_inv) <= GRAM_MAX_COND ** 2)
     if bool(ok.all()):
         return ok
     finite = torch.isfinite(T).flatten(-2).all(-1)  # LAPACK refuses NaN/Inf: those fail the bar
