@@ -162,6 +162,55 @@ def test_top_vectors_then_the_rest_match_float64(m, n):
     assert np.abs(everything.double().numpy() * signs - ref).max() < 1e-6
 
 
+def _gram_eigen(lam, seed):
+    """A float64 Gram E diag(lam) Eᵀ (p × p, Fortran order) with random E, reduced once."""
+    from deltaw.linalg.routes import _TridiagonalEigen
+
+    E = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(lam), len(lam))))[0]
+    G = (E * lam) @ E.T
+    return G, E, _TridiagonalEigen(np.asfortranarray(G))
+
+
+@pytest.mark.parametrize("spectrum", ["packed", "tied"])
+def test_top_vectors_by_inverse_iteration_are_eigenvectors_to_float64_rounding(spectrum):
+    # packed: a Gaussian W's top σ² (0.25 % apart: stein reorthogonalises them as one cluster);
+    # tied: 40 equal top eigenvalues (to rounding), whose vectors only the span defines
+    p = 400
+    lam = np.linspace(2.0, 1.0, p) if spectrum == "packed" else np.r_[np.full(40, 2.0), np.linspace(1.0, 0.5, p - 40)]
+    G, E, eigen = _gram_eigen(lam, seed=5)
+    Z = eigen.top_vectors(100)  # ≤ p/2: inverse iteration
+    top = np.sort(lam)[::-1][:100]
+    assert np.abs(Z.T @ Z - np.eye(100)).max() < 1e-13
+    assert np.abs(G @ Z - Z * top).max() < 1e-12 * lam.max()
+    if spectrum == "tied":  # within the tie only the span is defined: it is E's first 40 columns'
+        P = Z[:, :40] @ Z[:, :40].T
+        assert np.abs(P - E[:, :40] @ E[:, :40].T).max() < 1e-12
+
+
+def test_tridiagonal_vectors_route_by_count_and_fall_back_to_mrrr(monkeypatch):
+    from deltaw.linalg import routes
+
+    calls = []
+    real_stein, real_stemr = routes.dstein, routes.dstemr_by_index
+    monkeypatch.setattr(routes, "dstein", lambda *a: calls.append("stein") or real_stein(*a))
+    monkeypatch.setattr(routes, "dstemr_by_index", lambda *a: calls.append("stemr") or real_stemr(*a))
+    p = 200
+    _, _, eigen = _gram_eigen(np.logspace(0, -3, p), seed=6)
+    stein = eigen.top_vectors(p // 2)
+    assert calls == ["stein"]
+    eigen.all_vectors()  # more than half of them: MRRR, whose cost does not grow with count²
+    assert calls == ["stein", "stemr"]
+
+    def unconverged(*args):
+        raise DeltawError("LAPACK dstein failed (info 3)")
+
+    monkeypatch.setattr(routes, "dstein", unconverged)
+    calls.clear()
+    mrrr = eigen.top_vectors(p // 2)
+    assert calls == ["stemr"]
+    np.testing.assert_allclose(np.abs(np.sum(stein * mrrr, axis=0)), 1.0, atol=1e-10)
+
+
 def test_max_cosines_settled_by_the_top_vectors_or_over_all():
     """left_max_cosines against numpy's float64 max over all of W's left vectors: y near W's top
     directions is settled by the held top (Bessel), a spread y needs all of them."""

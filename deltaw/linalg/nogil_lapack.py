@@ -135,6 +135,33 @@ def dstemr_by_index(d: np.ndarray, e: np.ndarray, low: int, high: int) -> np.nda
     return z
 
 
+def dstein(d: np.ndarray, e: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The eigenvectors of the tridiagonal (d, e) for its eigenvalues ``values`` (ascending), by
+    inverse iteration, vectors of eigenvalues closer than 10⁻³‖T‖₁ reorthogonalised (LAPACK's
+    ``stein``, as ``syevx`` calls it).
+
+    T is handed over as one block (``stein`` reads blocks and split points from ``stebz``):
+    where it splits, inverse iteration still converges to each eigenvalue's vector, and equal
+    eigenvalues of two blocks are one cluster, reorthogonalised. Returns Z (p, m),
+    Fortran-ordered; raises :class:`~deltaw.errors.DeltawError` when a vector did not converge.
+    """
+    p, m = len(d), len(values)
+    dd, ee = np.array(d, dtype=np.float64), np.zeros(max(p, 1))
+    ee[:p - 1] = e
+    w = np.ascontiguousarray(values, dtype=np.float64)
+    iblock = np.ones(max(m, 1), dtype=np.int32)
+    isplit = np.zeros(max(p, 1), dtype=np.int32)
+    isplit[0] = p
+    z = np.zeros((p, m), order="F")
+    work, iwork = np.empty(5 * max(p, 1)), np.empty(max(p, 1), dtype=np.int32)
+    ifail, info = np.empty(max(m, 1), dtype=np.int32), _int(0)
+    _routine("lapack", "dstein")(ctypes.byref(_int(p)), _p(dd), _p(ee), ctypes.byref(_int(m)), _p(w), _p(iblock),
+                                 _p(isplit), _p(z), ctypes.byref(_int(max(1, p))), _p(work), _p(iwork),
+                                 _p(ifail), ctypes.byref(info))
+    _check(info, "dstein")
+    return z
+
+
 def dormtr_lower(reflectors: np.ndarray, tau: np.ndarray, z: np.ndarray) -> None:
     """Z ← Q Z in place, Q = the product of :func:`dsytrd_lower`'s reflectors (``reflectors``:
     the array it overwrote)."""
