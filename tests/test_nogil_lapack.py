@@ -49,6 +49,20 @@ def test_inverse_iteration_matches_scipy_and_numpy():
     np.testing.assert_allclose(np.abs(np.sum(Z * V[:, -12:], axis=0)), 1.0, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_symmetric_product_reads_one_triangle(dtype):
+    G, _ = _symmetric(50, 80, seed=7)
+    G = np.ascontiguousarray(G, dtype=dtype)  # C order, as numpy's X @ X.T gives it: G.T is Fortran
+    x = np.random.default_rng(8).standard_normal(50)
+    want = G.astype(np.float64) @ x
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(N.symv_lower(G.T, x), want, rtol=tol, atol=tol * np.abs(want).max())
+    upper_garbage = np.asfortranarray(np.tril(G) + np.triu(np.full_like(G, np.nan), 1))
+    np.testing.assert_allclose(N.symv_lower(upper_garbage, x), want, rtol=tol, atol=tol * np.abs(want).max())
+    with pytest.raises(ValueError, match="Fortran-ordered"):
+        N.symv_lower(np.ascontiguousarray(G[:, :49]), x[:49])
+
+
 @pytest.mark.parametrize("trans", [False, True])
 def test_syrk_accumulates_the_lower_triangle_in_place(trans):
     _, X = _symmetric(40, 70, seed=1)
