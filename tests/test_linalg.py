@@ -428,19 +428,34 @@ def test_lowrank_window_batches_each_shape_across_layers_in_input_order():
         assert_float64_oracle(L, d.scale * R, r.U, r.S, r.Vh, sigma_rtol=1e-6, vector_tol=1e-5)
 
 
+def _host_cores():
+    """2 × 5 float64 cores of 48 × 48, one of them beyond the Gram bar (κ₂² ≈ 10¹²)."""
+    cores = torch.randn(2, 5, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cores[1, 2, :, 0] *= 1e-6
+    return cores
+
+
 def test_host_core_svds_split_across_threads_give_the_one_thread_bits():
     # A GPU batch's cores decomposed on the host (factored.core_svd) are dealt to torch's threads,
-    # each core on one thread: the same numbers as one thread doing them all, batch shape kept.
-    from deltaw.linalg.factored import _host_svds
+    # each core on one thread, each by its own route (its Gram within the bar, gesdd beyond):
+    # the same numbers as one thread doing them all, batch shape kept, and numpy's float64 SVD.
+    from deltaw.linalg.factored import _host_svds, core_svd_by_gram
     from deltaw.linalg.resources import one_thread, threads
 
-    cores = torch.randn(2, 5, 48, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cores = _host_cores()
     with one_thread():
-        want = robust_svd(cores)
+        want = _host_svds(cores)
+        by_gram, by_gesdd = core_svd_by_gram(cores[0, 0]), robust_svd(cores[1, 2])
+    assert core_svd_by_gram(cores[1, 2]) is None
     with threads(3):
         got = _host_svds(cores)
     for a, b in zip(got, want):
         assert a.shape == b.shape and torch.equal(a, b)
+    for i, (a, b) in enumerate(zip(got, by_gram)):  # the route each core takes is its own
+        assert torch.equal(a[0, 0], b) and torch.equal(got[i][1, 2], by_gesdd[i])
+    U, S, Vh = got
+    np.testing.assert_allclose(S.numpy(), np.linalg.svd(cores.numpy(), compute_uv=False), rtol=1e-9)
+    np.testing.assert_allclose((U * S[..., None, :] @ Vh).numpy(), cores.numpy(), atol=1e-11)
 
 
 @pytest.mark.gpu

@@ -211,14 +211,18 @@ def core_svd_by_gram(C: torch.Tensor, *, vectors: bool = True):
 #: thread; two runs of ``python -m benchmarks run --gpu``): up to r = 32 cuSOLVER's batched Jacobi
 #: SVD takes them all at once (1 ms against 8–40 ms on the host); from r = 64 it takes one after
 #: the other (r = 64: 315–323 ms against 115–164 ms on the host; r = 128: 802 against 470–506 ms);
-#: at r = 256 they are even (2.2 s against 2.3–2.4 s).
+#: at r = 256 they are even (2.2 s against 2.3–2.4 s). Those host times are ``gesdd``'s; the host
+#: now takes a core within :data:`CORE_GRAM_MAX_COND` from its Gram (:func:`_host_svds`), which
+#: halved them on the 2-core CPU (224 cores of 64 × 64 from Gaussian factors, one thread: 74–76
+#: ms against 148–149 ms), so the upper bound may rise; not measured on a GPU host yet.
 HOST_CORE_RANKS = (32, 128)
 
 
 def core_svd(core: torch.Tensor, *, vectors: bool = True):
     """:func:`~deltaw.linalg.routes.robust_svd` of the r × r cores (..., r, r) of the factored
     route; a GPU batch of cores of the ranks in :data:`HOST_CORE_RANKS` is decomposed on the host
-    (one LAPACK call per core, the cores dealt to torch's threads) and its results moved back.
+    (:func:`_host_svds`: core by core, from its Gram within :data:`CORE_GRAM_MAX_COND`, else
+    ``gesdd``, the cores dealt to torch's threads) and its results moved back.
     U and Vh are None with ``vectors=False``."""
     if not _on_host(core):
         return robust_svd(core, vectors=vectors)
@@ -229,21 +233,33 @@ def core_svd(core: torch.Tensor, *, vectors: bool = True):
 
 
 def _host_svds(cores: torch.Tensor, vectors: bool = True):
-    """:func:`robust_svd` of a host batch of small matrices (..., r, r), its matrices dealt to
-    torch's threads, each one decomposed on one thread (the same bits whatever the split)."""
+    """SVDs of a host batch of float64 r × r cores (..., r, r): each core's from its Gram
+    (:func:`core_svd_by_gram`) where it is within that bar, else :func:`robust_svd`, decided
+    core by core; the cores dealt to torch's threads, each decomposed on one thread (the same
+    bits whatever the split)."""
     flat = cores.reshape(-1, *cores.shape[-2:])
     count = min(len(flat), torch.get_num_threads())
     if count <= 1:
         with one_thread():
-            return robust_svd(cores, vectors=vectors)
-    with one_thread_workers(count) as pool:
-        parts = list(pool.map(lambda part: robust_svd(part, vectors=vectors), torch.tensor_split(flat, count)))
+            parts = [_svds_one_by_one(flat, vectors)]
+    else:
+        with one_thread_workers(count) as pool:
+            parts = list(pool.map(lambda part: _svds_one_by_one(part, vectors), torch.tensor_split(flat, count)))
     batch = cores.shape[:-2]
     S = torch.cat([part[1] for part in parts]).reshape(*batch, -1)
     if not vectors:
         return None, S, None
     U, Vh = (torch.cat([part[i] for part in parts]) for i in (0, 2))
     return U.reshape(*batch, *U.shape[-2:]), S, Vh.reshape(*batch, *Vh.shape[-2:])
+
+
+def _svds_one_by_one(cores: torch.Tensor, vectors: bool):
+    """(U, S, Vh) of cores (n, r, r), stacked, each core's by :func:`core_svd_by_gram` or ``gesdd``."""
+    found = [core_svd_by_gram(C, vectors=vectors) or robust_svd(C, vectors=vectors) for C in cores]
+    S = torch.stack([f[1] for f in found])
+    if not vectors:
+        return None, S, None
+    return torch.stack([f[0] for f in found]), S, torch.stack([f[2] for f in found])
 
 
 def _on_host(X: torch.Tensor) -> bool:
