@@ -444,12 +444,13 @@ def profile_lora(args):
 
 @job
 def core_svd_sites(args):
-    """A GPU batch's r × r cores (float64, the factored route's) decomposed on the device vs on
-    the host (one thread, and dealt to torch's threads as the route does), per rank: the
-    evidence for :data:`deltaw.linalg.factored.HOST_CORE_RANKS`."""
+    """A GPU batch's r × r cores (float64, the factored route's) decomposed on the device (by
+    ``gesdd``, and by their Gram where within its bar) vs on the host as the route does it (core
+    by core, on one thread and dealt to torch's threads), per rank: the evidence for
+    :data:`deltaw.linalg.factored.HOST_CORE_RANKS`."""
     import torch
 
-    from deltaw.linalg.factored import _host_svds
+    from deltaw.linalg.factored import _host_svds, core_svd_by_gram
     from deltaw.linalg.resources import one_thread
     from deltaw.linalg.routes import robust_svd
 
@@ -464,15 +465,19 @@ def core_svd_sites(args):
             robust_svd(on_device)
             _sync(device)
 
+        def gpu_gram():
+            core_svd_by_gram(on_device) or robust_svd(on_device)
+            _sync(device)
+
         def host():
             with one_thread():
-                robust_svd(on_device.cpu())
+                _host_svds(on_device.cpu())
 
         def host_threads():
             _host_svds(on_device.cpu())
 
         out.append({"rank": r, "count": count, "device_s": _median_time(gpu, 3), "host_s": _median_time(host, 3),
-                    "host_threads_s": _median_time(host_threads, 3)})
+                    "host_threads_s": _median_time(host_threads, 3), "device_gram_s": _median_time(gpu_gram, 3)})
     return {"cores": out, "threads": torch.get_num_threads()}
 
 

@@ -220,6 +220,9 @@ def gpu_rows(cuda: dict | None) -> list[str]:
         ranks = ", ".join(str(c["rank"]) for c in cores)
         lines.append(f"| {gpu}: SVD of the factored route's {cores[0]['count']} float64 r × r cores, r = {ranks}: "
                      f"on the GPU vs on the host (one thread) | {per_rank('device_s', 'host_s')} | — | |")
+    if cores and "device_gram_s" in cores[0]:
+        lines.append(f"| {gpu}: the same cores on the GPU by their Gram (`core_svd_by_gram`, `gesdd` for a batch "
+                     f"beyond its bar) vs by `gesdd` | {per_rank('device_gram_s', 'device_s')} | — | |")
     if cores and "host_threads_s" in cores[0]:
         lines.append(f"| {gpu}: the same cores on the host dealt to {sites['threads']} threads (as the route does) "
                      f"vs one thread | {per_rank('host_threads_s', 'host_s')} | — | |")
