@@ -107,10 +107,12 @@ def spectral_summary(result: SVD, shape: tuple[int, int], *, lowrank: bool,
 class _FormedDelta(DenseDelta):
     """A dense (or DoRA) ΔW already formed in memory, with its base, so nothing is read twice.
 
-    Made only by :func:`_read`, after both were counted finite.
+    Made only by :func:`_read`, after both were counted finite. ``stored_base`` is W as read
+    from the file, before its conversion to the analysis dtype (what the base cache's key hashes).
     """
 
     formed: torch.Tensor | None = field(default=None, repr=False)
+    stored_base: torch.Tensor | None = field(default=None, repr=False)
 
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.formed.to(dtype).reshape(self.shape)
@@ -147,7 +149,7 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     if bad:
         return d, bad
     return _FormedDelta(name=d.name, shape=d.matrix_shape, read_base=None if W is None else (lambda: W),
-                        formed=delta), 0
+                        formed=delta, stored_base=None if W is None else base), 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,10 +182,14 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
     lowrank = view.structured
     summary = spectral_summary(result, view.matrix_shape, lowrank=lowrank, dtype=opts.dtype)
     record = ModuleRecord(**identity, **{f.name: getattr(summary, f.name) for f in fields(summary)})
-    W = view.base(opts.dtype)
-    if W is None:
+    if view.read_base is None:
         return record
-    bad = 0 if isinstance(view, _FormedDelta) else nonfinite_count(W)  # _read counted a formed W
+    if isinstance(view, _FormedDelta):  # _read converted W and counted it finite
+        W, stored, bad = view.base(opts.dtype), view.stored_base, 0
+    else:
+        stored = view.read_base()
+        W = stored.to(opts.dtype).reshape(view.matrix_shape)
+        bad = nonfinite_count(W)
     if bad:
         return ModuleRecord(**identity, nonfinite=bad)
     W = W.to(opts.device)
@@ -191,7 +197,7 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
         W_svd = base_svd(W, dtype=opts.dtype, device=opts.device)
     else:
         W_svd, record.base_svd_cached = opts.cache.base_svd(
-            W, lambda: base_svd(W, dtype=opts.dtype, device=opts.device))
+            W, lambda: base_svd(W, dtype=opts.dtype, device=opts.device), stored=stored)
     record.base_fro_norm = math.sqrt(W_svd.energy)
     common = dict(device=opts.device, dtype=opts.dtype)
     record.amplification = amplification(view, W, opts.rank, opts.seed, delta_svd=result, W_svd=W_svd, **common)

@@ -2,10 +2,11 @@
 
 - ``base/``: the thin SVD of a base weight W (:func:`deltaw.linalg.base_svd`), the most expensive
   step of the base analyses on dense models: σ and the singular vectors it holds (those of W's
-  Gram side; the other side is formed from W on demand). The key is the SHA-256 of W's bytes
-  exactly as the SVD consumes them (in the analysis dtype), with the shape, the dtype and the
-  stored layout's version: a changed file gives other bytes and so another key; it can never be
-  served a stale entry, nor one of another layout.
+  Gram side; the other side is formed from W on demand). The key is the SHA-256 of W's bytes as
+  read from the file (with their dtype and shape; the analysis converts them, a function of
+  those) or exactly as the SVD consumes them, with W's shape, the analysis dtype and the stored
+  layout's version: a changed file gives other bytes and so another key; it can never be served
+  a stale entry, nor one of another layout.
 - ``analyses/``: a checkpoint's ``deltaw.analysis/1`` document, keyed by the SHA-256 of every
   file of the checkpoint and of the base, the analysis options and the deltaw version, so that
   ``deltaw survey`` re-analyses only what changed.
@@ -183,7 +184,8 @@ class Cache:
 
     # -- base SVDs ------------------------------------------------------------------------------
 
-    def base_svd(self, W: torch.Tensor, compute: Callable[[], SVD]) -> tuple[SVD, bool | None]:
+    def base_svd(self, W: torch.Tensor, compute: Callable[[], SVD], *,
+                 stored: torch.Tensor | None = None) -> tuple[SVD, bool | None]:
         """W's SVD from the cache, or ``compute()`` stored for next time.
 
         Parameters
@@ -192,6 +194,11 @@ class Cache:
             The base weight exactly as the SVD will consume it (analysis dtype).
         compute : callable
             Returns the :class:`~deltaw.linalg.base.BaseSVD` of W when the cache has none.
+        stored : Tensor, optional
+            The tensor W was converted from, as read from the file
+            (``W = stored.to(W.dtype).reshape(W.shape)``). The key then hashes its bytes, with its
+            dtype and shape, instead of W's: the conversion is a function of them, so the key
+            still names W exactly, from half the bytes for a bf16 or float16 checkpoint.
 
         Returns
         -------
@@ -204,9 +211,12 @@ class Cache:
 
         if not self.enabled:
             return compute(), None
+        source = W if stored is None else stored
         key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "layout": BASE_LAYOUT,
-                                         "bytes": tensor_digest(W),
-                                         "shape": list(W.shape), "dtype": str(W.dtype)}).encode()).hexdigest()
+                                         "bytes": tensor_digest(source),
+                                         "shape": list(W.shape), "dtype": str(W.dtype),
+                                         "stored": None if stored is None else
+                                         {"shape": list(stored.shape), "dtype": str(stored.dtype)}}).encode()).hexdigest()
         path = self._entry("base", key)
         found = self._read_svd(path, key)
         if found is not None:

@@ -56,6 +56,25 @@ def test_a_changed_weight_is_a_new_key(tmp_path):
     assert not cache.base_svd(W.reshape(32, 48), lambda: base_svd(W.reshape(32, 48)))[1]
 
 
+def test_a_key_from_the_stored_bytes_names_the_converted_weight(tmp_path):
+    # A bf16 checkpoint's W: the key hashes the bf16 bytes as read (half of float32's), with
+    # their dtype; one changed bit of them is a new key, and so is the same W given as it is.
+    cache = Cache.at(tmp_path)
+    stored = _W().to(torch.bfloat16)
+    W = stored.float()
+    first, cached = cache.base_svd(W, lambda: base_svd(W), stored=stored)
+    assert not cached
+    again, cached = cache.base_svd(stored.float(), lambda: pytest.fail("not read back"), stored=stored.clone())
+    assert cached and all(torch.equal(a, b) for a, b in zip(first, again))
+    flipped = stored.clone()
+    flipped.view(torch.int16)[3, 5] ^= 1  # the last mantissa bit of one value
+    assert not cache.base_svd(flipped.float(), lambda: base_svd(flipped.float()), stored=flipped)[1]
+    assert not cache.base_svd(W, lambda: base_svd(W))[1]  # W's own bytes: another key
+    # the analysis dtype is part of the key whatever was stored
+    assert not cache.base_svd(stored.double(), lambda: base_svd(stored.double(), dtype=torch.float64),
+                              stored=stored)[1]
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "garbage"])
 def test_a_corrupt_entry_is_recomputed(tmp_path, damage):
     cache = Cache.at(tmp_path)
