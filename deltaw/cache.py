@@ -212,11 +212,10 @@ class Cache:
         if not self.enabled:
             return compute(), None
         source = W if stored is None else stored
+        stored_as = None if stored is None else {"shape": list(stored.shape), "dtype": str(stored.dtype)}
         key = hashlib.sha256(json.dumps({"v": _VERSION, "what": "base_svd", "layout": BASE_LAYOUT,
-                                         "bytes": tensor_digest(source),
-                                         "shape": list(W.shape), "dtype": str(W.dtype),
-                                         "stored": None if stored is None else
-                                         {"shape": list(stored.shape), "dtype": str(stored.dtype)}}).encode()).hexdigest()
+                                         "bytes": tensor_digest(source), "stored": stored_as,
+                                         "shape": list(W.shape), "dtype": str(W.dtype)}).encode()).hexdigest()
         path = self._entry("base", key)
         found = self._read_svd(path, key)
         if found is not None:

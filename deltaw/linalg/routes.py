@@ -214,10 +214,11 @@ def top_left_singular_vectors(M: torch.Tensor, k: int) -> torch.Tensor:
     A full SVD costs O(mn·min(m, n)) to keep k vectors. On the CPU, for k ≤ min(m, n)/8 and
     min(m, n) ≥ :data:`LANCZOS_MIN_DIM`, the vectors come from the smaller Gram G = X Xᵀ
     (X = M or Mᵀ, p = min(m, n) rows; one ``syrk`` in M's dtype, half the flops of a product and
-    a single pass over M), its top-k eigenvectors (ARPACK on the p × p G, cache-resident, its products by ``symv`` on
-    one triangle, instead of a few hundred matrix–vector products with M) and one Rayleigh–Ritz step on M itself: with
-    Y the Gram's vectors on M's left side, B = Yᵀ M = Û Σ Vᵀ (float64, k × n) gives u = Y Û,
-    v = V, σ, so that Mᵀ u = σ v holds to rounding. The route is accepted when every residual
+    a single pass over M), its top-k eigenvectors (ARPACK on the p × p G, cache-resident, its
+    products by ``symv`` on one triangle, instead of a few hundred matrix–vector products with M)
+    and one Rayleigh–Ritz step on M itself: with Y the Gram's vectors on M's left side,
+    B = Yᵀ M = Û Σ Vᵀ (float64, k × n) gives u = Y Û, v = V, σ, so that Mᵀ u = σ v holds to
+    rounding. The route is accepted when every residual
     ‖M vⱼ − σⱼ uⱼ‖ ≤ :data:`TOP_RESIDUAL_TOL` · √max(m, n) · eps · σ₁: (u, v, σ) are then exact
     singular triplets of a matrix within that distance of M, the backward error of a ``gesdd``
     of M in the same dtype (the Gram's own error, O(eps · σ₁²), would let the vectors of a σⱼ ≪ σ₁
@@ -347,10 +348,11 @@ def gram_svd(W: torch.Tensor, top: int | None = None):
     more accurate whenever σᵢ > 10⁻⁹ σ₁. Inverse iteration's vectors have residuals
     O(eps64 · ‖T‖); those of eigenvalues closer than 10⁻³‖T‖ are reorthogonalised, the others
     are orthogonal to O(eps64 · ‖T‖ / gap) ≤ O(10³ · eps64) (MRRR's to O(p · eps64); Dhillon,
-    Parlett & Vömel 2006): both far below float32's (tests/test_base_gram.py measures them). The other side's vectors Σ⁻¹ Eᵀ X, a float32
-    product, carry O(eps32 · σ₁ / σᵢ), as float32 gesdd's do. Individual vectors inside a cluster
-    of nearly equal σ are not determined by W (any rotation within the cluster is an SVD), with
-    this route or any other; only the cluster's subspace is (tests/test_base_gram.py states both).
+    Parlett & Vömel 2006): both far below float32's (tests/test_base_gram.py measures them).
+    The other side's vectors Σ⁻¹ Eᵀ X, a float32 product, carry O(eps32 · σ₁ / σᵢ), as float32
+    gesdd's do. Individual vectors inside a cluster of nearly equal σ are not determined by W
+    (any rotation within the cluster is an SVD), with this route or any other; only the
+    cluster's subspace is (tests/test_base_gram.py states both).
     """
     with policy_threads(W):
         return _gram_svd(W, top)
