@@ -170,6 +170,9 @@ def test_gpu_run_dry_mode_on_the_cpu(tmp_path):
                    for how in ("batched", "per_module"))
     shapes = r["base_routes"]["shapes"]
     assert len(shapes) == 4 and all(_finite_positive(s["gram"]) and _finite_positive(s["gesdd"]) for s in shapes)
+    cores = r["core_svd_sites"]["cores"]  # the r × r cores on each side, by gesdd and by their Gram
+    assert cores and all(_finite_positive(c[key]) for c in cores
+                         for key in ("device_s", "device_gram_s", "host_s", "host_threads_s"))
     from benchmarks.table import gpu_rows, markdown
 
     assert "not run" in gpu_rows(None)[0]
