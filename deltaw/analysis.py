@@ -118,12 +118,12 @@ class _FormedDelta(DenseDelta):
         return self.formed.to(dtype).reshape(self.shape)
 
 
-def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
+def _read(d: Delta, dtype: torch.dtype, keep_stored: bool = False) -> tuple[Delta, int]:
     """(the Delta to decompose, NaN/Inf count of the module's tensors).
 
     A LoRA is returned as it is (its factors are small; W is read later, when measured). A dense
     or DoRA ΔW is formed once here from tensors read once, and returned, with W, as a
-    :class:`_FormedDelta`.
+    :class:`_FormedDelta`; with ``keep_stored`` (a base cache to key), with W as stored too.
     """
     if d.structured:  # LoRA, LoHa, LoKr: decomposed from their parts, ΔW never formed
         return d, nonfinite_count(*d.parts())
@@ -149,7 +149,7 @@ def _read(d: Delta, dtype: torch.dtype) -> tuple[Delta, int]:
     if bad:
         return d, bad
     return _FormedDelta(name=d.name, shape=d.matrix_shape, read_base=None if W is None else (lambda: W),
-                        formed=delta, stored_base=None if W is None else base), 0
+                        formed=delta, stored_base=base if keep_stored and W is not None else None), 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +165,11 @@ class _Options:
     device: torch.device
     dtype: torch.dtype
     cache: Cache | None = None  # base SVDs from / to the on-disk cache (deltaw.cache)
+
+    @property
+    def caches_bases(self) -> bool:
+        """Whether W's SVDs go through an enabled cache, whose key hashes W as stored."""
+        return self.cache is not None and self.cache.enabled
 
 
 def _identity(d: Delta) -> dict:
@@ -234,7 +239,7 @@ def _dense_on_cpu_threads(run: list[tuple[int, Delta]], top_k: int | None, opts:
 
     def one(item: tuple[int, Delta]) -> ModuleRecord:
         i, d = item
-        view, bad = _read(d, opts.dtype)
+        view, bad = _read(d, opts.dtype, keep_stored=opts.caches_bases)
         if bad:
             return ModuleRecord(**_identity(d), nonfinite=bad)
         result = svd(view, top_k, device=opts.device, dtype=opts.dtype, seed=_module_seed(opts.seed, d.name),
@@ -415,7 +420,7 @@ def analyze(checkpoint: str | os.PathLike | Deltas, base: str | os.PathLike | No
     def finite_views(run):
         """The Deltas to decompose, in order; modules with NaN/Inf are recorded on the way."""
         for i, d in run:
-            view, bad = _read(d, dtype)
+            view, bad = _read(d, dtype, keep_stored=opts.caches_bases)
             if bad:
                 finish(i, ModuleRecord(**_identity(d), nonfinite=bad))
                 continue

@@ -171,6 +171,19 @@ def test_analyze_cli_second_run_reads_every_base_svd(tmp_path):
     assert {m["base_svd_cached"] for m in json.loads((tmp_path / "none.json").read_text())["modules"]} == {None}
 
 
+def test_full_finetune_second_analysis_reads_every_base_svd(tmp_path):
+    # a dense pair: W is formed in _read and keyed as stored; the second run hits every entry
+    import deltaw
+
+    fam = family()
+    cache = Cache.at(tmp_path / "c")
+    first, second = (deltaw.analyze(fam.full.path, base=fam.base, cache=cache, top_k=8) for _ in range(2))
+    assert [m.base_svd_cached for m in first.modules] == [False] * len(first.modules)
+    assert [m.base_svd_cached for m in second.modules] == [True] * len(second.modules)
+    for a, b in zip(first.modules, second.modules):
+        assert a.to_json() | {"base_svd_cached": None} == b.to_json() | {"base_svd_cached": None}
+
+
 def test_cache_info_and_clear_cli(tmp_path):
     cache = Cache.at(tmp_path)
     W = _W()
