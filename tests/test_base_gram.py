@@ -187,6 +187,25 @@ def test_top_vectors_by_inverse_iteration_are_eigenvectors_to_float64_rounding(s
         assert np.abs(P - E[:, :40] @ E[:, :40].T).max() < 1e-12
 
 
+def test_inverse_iteration_on_a_tridiagonal_that_splits():
+    # a block-diagonal Gram: T has an exact zero off its diagonal, and stein is handed T as one
+    # block; 30 eigenvalues are equal across the two blocks (one cluster, reorthogonalised)
+    from deltaw.linalg.routes import _TridiagonalEigen
+
+    g = np.random.default_rng(7)
+    l1, l2 = np.linspace(2.0, 1.0, 150), np.linspace(1.9, 0.5, 250)
+    l2[:30] = l1[:30]
+    E1, E2 = (np.linalg.qr(g.standard_normal((n, n)))[0] for n in (150, 250))
+    G = np.zeros((400, 400))
+    G[:150, :150], G[150:, 150:] = (E1 * l1) @ E1.T, (E2 * l2) @ E2.T
+    eigen = _TridiagonalEigen(np.asfortranarray(G))
+    assert (eigen._e == 0).any()
+    Z = eigen.top_vectors(100)
+    top = np.sort(np.r_[l1, l2])[::-1][:100]
+    assert np.abs(Z.T @ Z - np.eye(100)).max() < 1e-13
+    assert np.abs(G @ Z - Z * top).max() < 1e-12
+
+
 def test_tridiagonal_vectors_route_by_count_and_fall_back_to_mrrr(monkeypatch):
     from deltaw.linalg import routes
 
