@@ -171,13 +171,24 @@ def test_analyze_cli_second_run_reads_every_base_svd(tmp_path):
     assert {m["base_svd_cached"] for m in json.loads((tmp_path / "none.json").read_text())["modules"]} == {None}
 
 
-def test_full_finetune_second_analysis_reads_every_base_svd(tmp_path):
-    # a dense pair: W is formed in _read and keyed as stored; the second run hits every entry
+def test_full_finetune_second_analysis_reads_every_base_svd(tmp_path, monkeypatch):
+    # a dense pair: W is formed in _read and keyed as stored (float32 on disk, converted to the
+    # analysis' float64); the second run hits every entry
     import deltaw
 
+    keyed = []
+    base_svd_of = Cache.base_svd
+
+    def spy(self, W, compute, *, stored=None):
+        keyed.append((W.dtype, None if stored is None else stored.dtype))
+        return base_svd_of(self, W, compute, stored=stored)
+
+    monkeypatch.setattr(Cache, "base_svd", spy)
     fam = family()
     cache = Cache.at(tmp_path / "c")
-    first, second = (deltaw.analyze(fam.full.path, base=fam.base, cache=cache, top_k=8) for _ in range(2))
+    first, second = (deltaw.analyze(fam.full.path, base=fam.base, cache=cache, top_k=8, dtype=torch.float64)
+                     for _ in range(2))
+    assert set(keyed) == {(torch.float64, torch.float32)}
     assert [m.base_svd_cached for m in first.modules] == [False] * len(first.modules)
     assert [m.base_svd_cached for m in second.modules] == [True] * len(second.modules)
     for a, b in zip(first.modules, second.modules):

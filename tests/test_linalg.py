@@ -456,6 +456,8 @@ def test_host_core_svds_split_across_threads_give_the_one_thread_bits():
     U, S, Vh = got
     np.testing.assert_allclose(S.numpy(), np.linalg.svd(cores.numpy(), compute_uv=False), rtol=1e-9)
     np.testing.assert_allclose((U * S[..., None, :] @ Vh).numpy(), cores.numpy(), atol=1e-11)
+    none = _host_svds(cores[:0, 0])  # an empty batch: empty results, as gesdd gives them
+    assert none[0].shape == (0, 48, 48) and none[1].shape == (0, 48) and none[2].shape == (0, 48, 48)
 
 
 @pytest.mark.gpu
@@ -690,6 +692,8 @@ def test_core_svd_by_gram_meets_float64_gesdd_within_its_bar(kappa_squared, insi
     np.testing.assert_allclose(S2.numpy(), np.stack((S.numpy(), 2.0 * S.numpy())), rtol=1e-12)
     np.testing.assert_allclose(((U2 * S2[:, None, :]) @ Vh2)[1].numpy(), 2.0 * C.numpy(), atol=1e-11 * float(S[0]))
     assert core_svd_by_gram(torch.stack((C, C @ torch.diag(torch.logspace(0, -5, 64, dtype=torch.float64))))) is None
+    # The bar's accuracy is float64's: a float32 core (a GPU batch's Householder route) takes gesdd.
+    assert core_svd_by_gram(C.float()) is None
 
 
 @pytest.mark.parametrize("core", ["zero", "nan", "rank-deficient"])

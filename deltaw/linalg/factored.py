@@ -176,8 +176,8 @@ CORE_GRAM_MAX_COND = 1e8
 def core_svd_by_gram(C: torch.Tensor, *, vectors: bool = True):
     """SVD of float64 r × r cores C (..., r, r) from the symmetric eigendecomposition
     CᵀC = V Λ Vᵀ: σ = √λ (descending), U = C V Σ⁻¹; or None where a core's computed
-    κ₂(C)² = λ_max/λ_min is over :data:`CORE_GRAM_MAX_COND` (or not finite): those take
-    ``gesdd`` (:func:`~deltaw.linalg.routes.robust_svd`).
+    κ₂(C)² = λ_max/λ_min is over :data:`CORE_GRAM_MAX_COND` (or not finite), and for cores of
+    another dtype: those take ``gesdd`` (:func:`~deltaw.linalg.routes.robust_svd`).
 
     The computed λ_min is within O(eps64) λ_max of the true one, so a core that passes is truly
     within the bar (to a relative 1e-7); its σ and U are then as accurate as the bar says
@@ -192,6 +192,8 @@ def core_svd_by_gram(C: torch.Tensor, *, vectors: bool = True):
     (U (..., r, r), S (..., r), Vh (..., r, r)) with U and Vh None when ``vectors`` is False;
     or None.
     """
+    if C.dtype != torch.float64:  # the bar's accuracy is float64's: a float32 core goes to gesdd
+        return None
     G = C.mT @ C
     if not bool(torch.isfinite(G).all()):  # LAPACK's eigensolver refuses NaN/Inf (gesdd's retries log it)
         return None
@@ -239,7 +241,9 @@ def _host_svds(cores: torch.Tensor, vectors: bool = True):
     bits whatever the split)."""
     flat = cores.reshape(-1, *cores.shape[-2:])
     count = min(len(flat), torch.get_num_threads())
-    if count <= 1:
+    if not count:  # no core: gesdd's empty results, shaped as the batch
+        return robust_svd(cores, vectors=vectors)
+    if count == 1:
         with one_thread():
             parts = [_svds_one_by_one(flat, vectors)]
     else:

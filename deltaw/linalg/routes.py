@@ -259,7 +259,7 @@ def _gram_top_left(M: torch.Tensor, k: int) -> torch.Tensor | None:
         except (ArpackNoConvergence, ArpackError):
             _, E = eigh(G, subset_by_index=[p - k, p - 1])
     E = torch.from_numpy(np.ascontiguousarray(E))
-    del G
+    del product, G  # the operator holds G (through G.T) too
     with one_thread(M):  # the k-column products and k × n SVD: small next to the Gram
         Y = E if m <= n else narrow_product(M, E)  # (m, k): M's left side spanned by the Gram's vectors
         Y = Y / torch.linalg.vector_norm(Y, dim=0).clamp_min(torch.finfo(M.dtype).tiny)
