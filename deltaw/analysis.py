@@ -117,6 +117,10 @@ class _FormedDelta(DenseDelta):
     def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.formed.to(dtype).reshape(self.shape)
 
+    def base_with_stored(self, dtype: torch.dtype = torch.float32):
+        # W as converted in _read, and as read there (kept only where a cache keys it)
+        return super().base_with_stored(dtype)[0], self.stored_base
+
 
 def _read(d: Delta, dtype: torch.dtype, keep_stored: bool = False) -> tuple[Delta, int]:
     """(the Delta to decompose, NaN/Inf count of the module's tensors).
@@ -187,14 +191,10 @@ def _measure(original: Delta, view: Delta, result: SVD, opts: _Options) -> Modul
     lowrank = view.structured
     summary = spectral_summary(result, view.matrix_shape, lowrank=lowrank, dtype=opts.dtype)
     record = ModuleRecord(**identity, **{f.name: getattr(summary, f.name) for f in fields(summary)})
-    if view.read_base is None:
+    W, stored = view.base_with_stored(opts.dtype)
+    if W is None:
         return record
-    if isinstance(view, _FormedDelta):  # _read converted W and counted it finite
-        W, stored, bad = view.base(opts.dtype), view.stored_base, 0
-    else:
-        stored = view.read_base()
-        W = stored.to(opts.dtype).reshape(view.matrix_shape)
-        bad = nonfinite_count(W)
+    bad = 0 if isinstance(view, _FormedDelta) else nonfinite_count(W)  # _read counted a formed W
     if bad:
         return ModuleRecord(**identity, nonfinite=bad)
     W = W.to(opts.device)

@@ -72,9 +72,15 @@ class Delta:
 
     def base(self, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """The base weight W as a 2-D ``matrix_shape`` tensor, or None without a base."""
+        return self.base_with_stored(dtype)[0]
+
+    def base_with_stored(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor | None, ...]:
+        """(W as :meth:`base` gives it, W as read from the file before its conversion), or
+        (None, None) without a base: the base cache keys W by the second."""
         if self.read_base is None:
-            return None
-        return self.read_base().to(dtype).reshape(self.matrix_shape)
+            return None, None
+        stored = self.read_base()
+        return stored.to(dtype).reshape(self.matrix_shape), stored
 
     def matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """ΔW as a dense 2-D ``matrix_shape`` tensor."""

@@ -13,7 +13,7 @@ For checkpoints i, j that both update a module:
 Singular vectors: LoRA from its factors, dense by :func:`deltaw.linalg.top_left_singular_vectors`
 (exact to float tolerance). A LoRA's float64 Grams LᵀL and RRᵀ give ‖ΔW‖²_F = s² Σ (LᵀL) ∘ (RRᵀ)
 and, by Cholesky, LᵀL = T_LᵀT_L and RRᵀ = T_RᵀT_R: σ and U_c are the SVD of the r × r core
-s·T_L T_Rᵀ (by :func:`deltaw.linalg.factored.core_svd_by_gram` where it is well conditioned),
+s·T_L T_Rᵀ (by :func:`deltaw.linalg.factored.core_svd_one`: from its Gram where well conditioned),
 and only the top q ≤ 8 columns of U = L·T_L⁻¹U_c are formed (in float64; V never); factors one
 Cholesky pass cannot take take the factored SVD (:func:`deltaw.linalg.factored_svd`: CholeskyQR2,
 Householder). Only one module of every checkpoint is held at a time.
@@ -28,9 +28,9 @@ import torch
 
 from deltaw._inputs import check_dtype
 from deltaw.delta import Delta, LowRankDelta
-from deltaw.linalg import exact_math, factored_svd, robust_svd, top_left_singular_vectors
+from deltaw.linalg import exact_math, factored_svd, top_left_singular_vectors
 from deltaw.linalg.cholesky_qr import gram_cholesky
-from deltaw.linalg.factored import core_svd_by_gram
+from deltaw.linalg.factored import core_svd_one
 from deltaw.linalg.resources import one_thread
 from deltaw.spectrum import numerical_rank, tied_cuts
 
@@ -95,8 +95,7 @@ def _lowrank_form(d: LowRankDelta, dtype: torch.dtype) -> ModuleForm | str:
         U, S, _ = factored_svd(L.to(dtype), R.to(dtype), d.scale)
     else:
         with one_thread():
-            core = d.scale * (T_L @ T_R.mT)
-            U_c, S, _ = core_svd_by_gram(core) or robust_svd(core)
+            U_c, S, _ = core_svd_one(d.scale * (T_L @ T_R.mT))
         U = None
     S = S.double().numpy()
     k = min(OVERLAP_DIRECTIONS, numerical_rank(S, d.matrix_shape, eps=torch.finfo(dtype).eps))

@@ -84,15 +84,14 @@ def gram64(X: torch.Tensor) -> torch.Tensor:
             block = X[..., start:start + rows, :].to(torch.float64)
             G += block.mT @ block
         return G.tril_()
+    work = torch.empty(min(m, rows) * r, dtype=torch.float64)  # one float64 block of rows at a time
     if r <= _GEMM_GRAM_MAX_RANK:
         # One thread, as the dsyrk it replaces ran there (numpy_blas_threads(1) in the factored
         # route): MKL splits these sums differently on two threads, so the bits would follow the
         # caller's thread count.
         with one_thread():
-            work = torch.empty(min(m, rows) * r, dtype=torch.float64)
             grams = [_gram64_by_gemm(x, rows, work) for x in X.reshape(-1, m, r)]
             return torch.stack(grams).reshape(*X.shape[:-2], r, r)
-    work = torch.empty(min(m, rows) * r, dtype=torch.float64)
     grams = [_gram64_cpu(x, rows, work) for x in X.reshape(-1, m, r)]
     if X.dim() == 2:  # W's Gram: handed on in the Fortran order LAPACK reads, no copy
         return torch.from_numpy(grams[0])

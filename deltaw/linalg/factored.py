@@ -137,7 +137,7 @@ def factored_svd_one(L: torch.Tensor, R: torch.Tensor, scale: float = 1.0, *, ve
     gram32 = "float32" in grams
     with one_thread():
         core = scale * (T[0] @ T[1].mT)
-        U_core, S, Vh_core = core_svd_by_gram(core, vectors=vectors) or robust_svd(core, vectors=vectors)
+        U_core, S, Vh_core = core_svd_one(core, vectors=vectors)
         if not vectors:
             return None, S.to(dtype), None, "factored-gram32" if gram32 else "factored"
         M = T_inv @ torch.stack((U_core, Vh_core.mT))  # U = L·M[0], V = Rᵀ·M[1]
@@ -257,9 +257,15 @@ def _host_svds(cores: torch.Tensor, vectors: bool = True):
     return U.reshape(*batch, *U.shape[-2:]), S, Vh.reshape(*batch, *Vh.shape[-2:])
 
 
+def core_svd_one(C: torch.Tensor, *, vectors: bool = True):
+    """(U, S, Vh) of one r × r core C: from its Gram (:func:`core_svd_by_gram`) where it is
+    within that bar, else by ``gesdd`` (:func:`~deltaw.linalg.routes.robust_svd`)."""
+    return core_svd_by_gram(C, vectors=vectors) or robust_svd(C, vectors=vectors)
+
+
 def _svds_one_by_one(cores: torch.Tensor, vectors: bool):
-    """(U, S, Vh) of cores (n, r, r), stacked, each core's by :func:`core_svd_by_gram` or ``gesdd``."""
-    found = [core_svd_by_gram(C, vectors=vectors) or robust_svd(C, vectors=vectors) for C in cores]
+    """(U, S, Vh) of cores (n, r, r), stacked, each core's by :func:`core_svd_one`."""
+    found = [core_svd_one(C, vectors=vectors) for C in cores]
     S = torch.stack([f[1] for f in found])
     if not vectors:
         return None, S, None
